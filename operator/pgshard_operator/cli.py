@@ -1,0 +1,68 @@
+"""Console scripts ``pgshard`` and ``pgshard-operator``.
+
+This module is the composition root: it parses arguments (argparse) and hands
+them to the command modules listed in ``COMMANDS``; each of those exposes
+``register(subparsers)`` and sets ``func`` on its parser. It is the one place in
+the operator distribution allowed to reach proxy modules beyond the contract
+(for ``pgshard rewrite``), and it does so lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+# Modules exposing ``register(subparsers)``; imported lazily so that a command's
+# heavy dependencies load only when it is used.
+COMMANDS: tuple[str, ...] = ()
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as ``pgshard: error: …`` with exit status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgshard", description="Replicated, sharded PostgreSQL: control plane commands."
+    )
+    parser.add_argument("--version", action="version", version=f"pgshard {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except CommandError as e:
+        print(f"pgshard: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+def operator_main(argv: Sequence[str] | None = None) -> int:
+    print("pgshard-operator: not built yet (see the operator issue)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

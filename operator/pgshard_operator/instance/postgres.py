@@ -1,0 +1,208 @@
+"""PostgreSQL server binaries: find them, and run them as an unprivileged user.
+
+PostgreSQL refuses to run as root. When pgshard itself runs as root (containers,
+CI), every server-side binary is started as ``PGSHARD_PG_USER`` (default
+``postgres``) and the directories it writes are handed to that user. This is the
+only module that spawns PostgreSQL binaries; the instance agent, the local
+platform and the test fixtures all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+PG_MAJOR = 15
+INSTALL_HINT = (
+    "install the PostgreSQL 15 server: 'bash scripts/install-postgres' "
+    "(Debian: apt-get install postgresql-15), or point PGSHARD_PG_BINDIR at its bin directory"
+)
+
+
+class PostgresNotInstalled(RuntimeError):
+    """The PostgreSQL server binaries cannot be found."""
+
+
+class PostgresCommandFailed(RuntimeError):
+    """A PostgreSQL binary exited non-zero; carries its output for the error message."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        super().__init__(f"{Path(argv[0]).name} exited with status {returncode}:\n{tail}")
+
+
+def find_bindir() -> Path:
+    """The directory holding ``postgres``, ``pg_ctl``, ``initdb``, ``pg_basebackup``…
+
+    Order: ``$PGSHARD_PG_BINDIR``, Debian's ``/usr/lib/postgresql/15/bin``, the
+    directory of ``pg_ctl`` on ``PATH`` (following symlinks).
+    """
+    candidates: list[Path] = []
+    if env := os.environ.get("PGSHARD_PG_BINDIR"):
+        candidates.append(Path(env))
+    candidates.append(Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin"))
+    if found := shutil.which("pg_ctl"):
+        candidates.append(Path(found).resolve().parent)
+    for c in candidates:
+        if (c / "postgres").is_file() and (c / "pg_ctl").is_file() and (c / "initdb").is_file():
+            return c
+    raise PostgresNotInstalled(f"PostgreSQL server binaries not found; {INSTALL_HINT}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunAs:
+    """Who server processes run as: ``None`` fields mean 'the current user'."""
+
+    uid: int | None = None
+    gid: int | None = None
+    name: str | None = None
+
+    @classmethod
+    def detect(cls) -> RunAs:
+        """Current user unless root, else ``$PGSHARD_PG_USER`` (default ``postgres``)."""
+        if os.geteuid() != 0:
+            return cls()
+        name = os.environ.get("PGSHARD_PG_USER", "postgres")
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise PostgresNotInstalled(
+                f"running as root, but the unprivileged user {name!r} that PostgreSQL must run as "
+                f"does not exist; create it (useradd --system {name}) or set PGSHARD_PG_USER"
+            ) from None
+        return cls(uid=pw.pw_uid, gid=pw.pw_gid, name=name)
+
+    @property
+    def extra_groups(self) -> list[int] | None:
+        """Supplementary groups for the child: none when switching user, else inherited."""
+        return [] if self.uid is not None else None
+
+    def own(self, path: Path, mode: int = 0o700) -> None:
+        """Create ``path`` (and parents) and hand it to this user with ``mode``."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid if self.gid is not None else -1)
+        path.chmod(mode)
+
+    def own_tree(self, path: Path) -> None:
+        """Hand an existing tree to this user (used after copying files in as root)."""
+        if self.uid is None:
+            return
+        gid = self.gid if self.gid is not None else -1
+        os.chown(path, self.uid, gid)
+        for root, dirs, files in os.walk(path):
+            for n in dirs + files:
+                os.chown(os.path.join(root, n), self.uid, gid, follow_symlinks=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    """Resolved binaries plus the user they run as."""
+
+    bindir: Path
+    run_as: RunAs
+
+    @classmethod
+    def detect(cls) -> Binaries:
+        return cls(find_bindir(), RunAs.detect())
+
+    def path(self, tool: str) -> str:
+        return str(self.bindir / tool)
+
+    def env(self) -> dict[str, str]:
+        """Environment for server binaries: no inherited PG* connection settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = env.get("LC_ALL", "C.UTF-8")
+        if self.run_as.name:
+            env["HOME"] = pwd.getpwnam(self.run_as.name).pw_dir
+            env["USER"] = self.run_as.name
+        return env
+
+    def run(self, tool: str, *args: str, timeout: float = 120, input: str | None = None) -> str:
+        """Run a binary to completion; returns its combined output or raises."""
+        argv = [self.path(tool), *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                input=input,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                env=self.env(),
+                cwd="/",
+                user=self.run_as.uid,
+                group=self.run_as.gid,
+                extra_groups=self.run_as.extra_groups,
+            )
+        except subprocess.TimeoutExpired as e:
+            out = e.output.decode() if isinstance(e.output, bytes) else (e.output or "")
+            raise PostgresCommandFailed(argv, -1, f"timed out after {timeout}s\n{out}") from None
+        if proc.returncode != 0:
+            raise PostgresCommandFailed(argv, proc.returncode, proc.stdout)
+        return str(proc.stdout)
+
+    async def run_async(self, tool: str, *args: str, timeout: float = 120) -> str:
+        """Like :meth:`run`, without blocking the event loop; kills the child on timeout."""
+        argv = [self.path(tool), *args]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env(),
+            cwd="/",
+            user=self.run_as.uid,
+            group=self.run_as.gid,
+            extra_groups=self.run_as.extra_groups,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise PostgresCommandFailed(argv, -1, f"timed out after {timeout}s") from None
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise PostgresCommandFailed(argv, proc.returncode or -1, text)
+        return text
+
+
+def initdb(bins: Binaries, datadir: Path, superuser: str = "postgres") -> None:
+    """A fresh cluster in ``datadir`` (must not exist or be empty)."""
+    bins.run_as.own(datadir)
+    bins.run(
+        "initdb",
+        "-D",
+        str(datadir),
+        "-U",
+        superuser,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+        "--no-instructions",
+    )
+
+
+def postmaster_pid(datadir: Path) -> int | None:
+    """The running postmaster's pid from ``postmaster.pid``, if it is alive."""
+    try:
+        first = (datadir / "postmaster.pid").read_text().split("\n", 1)[0]
+        pid = int(first)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

@@ -1,0 +1,225 @@
+"""The cluster topology: which member of each shard is primary, at which epoch.
+
+This is the contract between the control plane (which writes it: the local
+platform to ``DIR/topology.json``, the operator to the ShardedCluster status)
+and the proxy (which routes by it). The JSON form is exactly what
+``pgshard local status --json`` prints (DESIGN §2); field names there are
+camelCase and are relied on by users' scripts, so change them only by adding.
+
+Positions are ints here and LSN strings (``X/Y``) in JSON for ``wal`` mode,
+plain integers for ``statement`` mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from . import positions
+
+MemberState = Literal["bootstrapping", "catching-up", "streaming", "down"]
+MEMBER_STATES: tuple[str, ...] = ("bootstrapping", "catching-up", "streaming", "down")
+
+HASH_SPACE = 1 << 32
+"""Shard keys hash into [0, 2**32); each shard owns one contiguous range."""
+
+
+class BadTopology(ValueError):
+    """A topology document that does not follow the contract."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One PostgreSQL server of a shard, as clients reach it."""
+
+    name: str
+    address: str
+    """``host:port`` a client can connect to."""
+    dsn: str
+    """Connection URI carrying the cluster's application credentials."""
+    position: positions.Position | None = None
+    """Primary: current write position. Follower: replayed position."""
+    lag_bytes: int | None = None
+    state: str = "streaming"
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    index: int
+    epoch: int
+    primary: Member | None
+    followers: tuple[Member, ...] = ()
+    hash_range: tuple[int, int] = (0, HASH_SPACE)
+    """Half-open range ``[lo, hi)`` of shard-key hashes this shard owns."""
+    last_failover: Mapping[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    address: str
+    dsn: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    shards: tuple[Shard, ...]
+    method: str = "wal"
+    """Replication method: ``wal`` or ``statement`` (how positions are read)."""
+    version: int = 0
+    """Grows with every write of the topology; lets readers skip unchanged documents."""
+    proxy: Proxy | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Top-level fields this version does not interpret, kept on round-trips."""
+
+    def shard(self, index: int) -> Shard:
+        for s in self.shards:
+            if s.index == index:
+                return s
+        raise KeyError(f"no shard {index} in topology")
+
+
+def hash_ranges(count: int) -> list[tuple[int, int]]:
+    """Split the hash space evenly into ``count`` contiguous half-open ranges."""
+    if count < 1:
+        raise ValueError("a cluster has at least one shard")
+    bounds = [i * HASH_SPACE // count for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+
+
+def _pos_to_json(pos: positions.Position | None, method: str) -> object:
+    if pos is None:
+        return None
+    return positions.format_lsn(pos) if method == "wal" else int(pos)
+
+
+def _member_to_dict(m: Member, method: str, follower: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": m.name,
+        "address": m.address,
+        "dsn": m.dsn,
+        "position": _pos_to_json(m.position, method),
+    }
+    if follower:
+        d["lagBytes"] = m.lag_bytes
+        d["state"] = m.state
+    return d
+
+
+def to_dict(topo: Topology) -> dict[str, Any]:
+    """The JSON-ready status structure of DESIGN §2."""
+    doc: dict[str, Any] = dict(topo.extra)
+    doc.update(
+        {
+            "version": topo.version,
+            "method": topo.method,
+            "shards": [
+                {
+                    "index": s.index,
+                    "epoch": s.epoch,
+                    "hashRange": list(s.hash_range),
+                    "primary": _member_to_dict(s.primary, topo.method, False)
+                    if s.primary
+                    else None,
+                    "followers": [_member_to_dict(f, topo.method, True) for f in s.followers],
+                    "lastFailover": dict(s.last_failover) if s.last_failover else None,
+                }
+                for s in topo.shards
+            ],
+        }
+    )
+    if topo.proxy is not None:
+        doc["proxy"] = {"address": topo.proxy.address, "dsn": topo.proxy.dsn}
+    return doc
+
+
+def to_json(topo: Topology) -> str:
+    return json.dumps(to_dict(topo), indent=2, sort_keys=False)
+
+
+def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
+    try:
+        return d[key]
+    except KeyError:
+        raise BadTopology(f"{where}: missing field {key!r}") from None
+
+
+def _member_from_dict(d: Mapping[str, Any], where: str) -> Member:
+    if not isinstance(d, Mapping):
+        raise BadTopology(f"{where}: expected an object, got {type(d).__name__}")
+    address = str(_req(d, "address", where))
+    if ":" not in address:
+        raise BadTopology(f"{where}: address must be host:port, got {address!r}")
+    state = str(d.get("state", "streaming"))
+    if state not in MEMBER_STATES:
+        raise BadTopology(f"{where}: state {state!r} is not one of {', '.join(MEMBER_STATES)}")
+    try:
+        pos = positions.parse(d.get("position"))
+    except positions.BadPosition as e:
+        raise BadTopology(f"{where}: {e}") from None
+    lag = d.get("lagBytes")
+    return Member(
+        name=str(_req(d, "name", where)),
+        address=address,
+        dsn=str(d.get("dsn", "")),
+        position=pos,
+        lag_bytes=int(lag) if lag is not None else None,
+        state=state,
+    )
+
+
+def from_dict(doc: Mapping[str, Any]) -> Topology:
+    """Parse the status structure; raises :class:`BadTopology` naming the bad field."""
+    if not isinstance(doc, Mapping):
+        raise BadTopology("topology must be a JSON object")
+    raw_shards = _req(doc, "shards", "topology")
+    if not isinstance(raw_shards, Sequence):
+        raise BadTopology("topology: 'shards' must be a list")
+    shards = []
+    for i, s in enumerate(raw_shards):
+        where = f"shards[{i}]"
+        if not isinstance(s, Mapping):
+            raise BadTopology(f"{where}: expected an object")
+        primary = s.get("primary")
+        hr = s.get("hashRange", [0, HASH_SPACE])
+        shards.append(
+            Shard(
+                index=int(_req(s, "index", where)),
+                epoch=int(_req(s, "epoch", where)),
+                primary=_member_from_dict(primary, f"{where}.primary") if primary else None,
+                followers=tuple(
+                    _member_from_dict(f, f"{where}.followers[{j}]")
+                    for j, f in enumerate(s.get("followers") or ())
+                ),
+                hash_range=(int(hr[0]), int(hr[1])),
+                last_failover=s.get("lastFailover"),
+            )
+        )
+    proxy = doc.get("proxy")
+    known = {"version", "method", "shards", "proxy"}
+    return Topology(
+        shards=tuple(shards),
+        method=str(doc.get("method", "wal")),
+        version=int(doc.get("version", 0)),
+        proxy=Proxy(address=str(proxy["address"]), dsn=str(proxy.get("dsn", "")))
+        if proxy
+        else None,
+        extra={k: v for k, v in doc.items() if k not in known},
+    )
+
+
+def from_json(text: str) -> Topology:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadTopology(f"topology is not valid JSON: {e}") from None
+    return from_dict(doc)

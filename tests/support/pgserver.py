@@ -1,0 +1,94 @@
+"""A throwaway PostgreSQL server for tests that need one plain server.
+
+Replicated shards come from the local platform; this is for tests of pieces that
+only need *a* real server (the rewriter's differential harness, protocol tests).
+Started as the unprivileged user when running as root, stopped by pid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from pgshard_operator.instance import postgres
+
+from . import net
+
+
+@dataclasses.dataclass
+class PgServer:
+    datadir: Path
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    user: str = "postgres"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
+
+    def start(self, bins: postgres.Binaries, timeout: float = 30) -> None:
+        log = open(self.datadir.parent / f"{self.datadir.name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                bins.path("postgres"),
+                "-D",
+                str(self.datadir),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                f"port={self.port}",
+                "-c",
+                f"unix_socket_directories={self.datadir}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=bins.env(),
+            cwd="/",
+            user=bins.run_as.uid,
+            group=bins.run_as.gid,
+            extra_groups=bins.run_as.extra_groups,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}; see {log.name}")
+            try:
+                bins.run("pg_isready", "-h", self.host, "-p", str(self.port), "-t", "1", timeout=5)
+                return
+            except postgres.PostgresCommandFailed:
+                time.sleep(0.1)
+        raise TimeoutError(f"postgres on {self.host}:{self.port} not ready after {timeout}s")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # fast shutdown
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def make_server(base: Path, name: str = "pg", host: str | None = None) -> PgServer:
+    """initdb + start a server under ``base`` on a random loopback address."""
+    bins = postgres.Binaries.detect()
+    bins.run_as.own(base, 0o755)
+    datadir = base / name
+    postgres.initdb(bins, datadir)
+    host = host or net.random_loopback()
+    server = PgServer(datadir=datadir, host=host, port=net.free_port(host))
+    if bins.run_as.uid is not None:
+        os.chown(base, bins.run_as.uid, bins.run_as.gid or -1)
+    server.start(bins)
+    return server

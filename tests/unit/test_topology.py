@@ -1,0 +1,69 @@
+import itertools
+
+import pytest
+
+from pgshard_proxy.contract import topology
+
+
+def sample() -> topology.Topology:
+    return topology.Topology(
+        version=3,
+        shards=(
+            topology.Shard(
+                index=0,
+                epoch=2,
+                primary=topology.Member("s0-0", "127.0.0.1:5432", "postgresql://a@x/y", 0x3000060),
+                followers=(
+                    topology.Member("s0-1", "127.0.0.2:5432", "", 0x3000000, 96, "catching-up"),
+                ),
+                hash_range=(0, 1 << 31),
+            ),
+        ),
+        proxy=topology.Proxy("127.0.0.1:6432", "postgresql://app@127.0.0.1:6432/app"),
+        extra={"cluster": "demo"},
+    )
+
+
+def test_json_round_trip_keeps_every_field() -> None:
+    topo = sample()
+    doc = topology.to_dict(topo)
+    assert doc["shards"][0]["primary"]["position"] == "0/3000060"
+    assert doc["shards"][0]["followers"][0]["lagBytes"] == 96
+    assert doc["cluster"] == "demo"
+    assert topology.from_json(topology.to_json(topo)) == topo
+
+
+def test_hash_ranges_cover_the_space_without_gaps() -> None:
+    ranges = topology.hash_ranges(3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == topology.HASH_SPACE
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+
+
+@pytest.mark.parametrize(
+    "doc,needle",
+    [
+        ({}, "missing field 'shards'"),
+        ({"shards": [{"index": 0}]}, "shards[0]: missing field 'epoch'"),
+        (
+            {"shards": [{"index": 0, "epoch": 1, "primary": {"name": "a", "address": "nohost"}}]},
+            "address must be host:port",
+        ),
+        (
+            {
+                "shards": [
+                    {
+                        "index": 0,
+                        "epoch": 1,
+                        "primary": None,
+                        "followers": [{"name": "a", "address": "h:1", "state": "odd"}],
+                    }
+                ]
+            },
+            "state 'odd'",
+        ),
+    ],
+)
+def test_bad_documents_name_the_field(doc: dict[str, object], needle: str) -> None:
+    with pytest.raises(topology.BadTopology) as e:
+        topology.from_dict(doc)
+    assert needle in str(e.value)
