@@ -1,0 +1,1 @@
+"""The operator's view of its custom resource: parsed specs (``spec``)."""

@@ -1,0 +1,377 @@
+"""Parse a ShardedCluster ``spec`` (DESIGN §2) into frozen dataclasses.
+
+Called by the operator's handlers (``k8s/handlers.py``) on every event, and by the
+manifest builders through the resulting :class:`ClusterSpec`. The CRD's OpenAPI
+schema already refuses most bad input at the API server; this parser checks the
+same rules again (the operator may meet objects stored under an older CRD, and
+tests build specs without an API server) and collects *every* problem into one
+:class:`SpecInvalid`, each naming the field and what to do. Defaults here equal
+the CRD's (a unit test compares them).
+
+Specs that are well-formed but cannot be satisfied (a quorum larger than the
+followers) are not parse errors: :func:`impossibilities` lists them, so the
+operator can report them as a condition and an Event and keep the cluster as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+MAX_SHARDS = 64
+MAX_FOLLOWERS = 15
+POSTGRES_VERSIONS = (15,)
+
+MANAGED_PARAMETERS = frozenset(
+    {
+        "port",
+        "listen_addresses",
+        "data_directory",
+        "hba_file",
+        "ident_file",
+        "primary_conninfo",
+        "primary_slot_name",
+        "synchronous_standby_names",
+        "hot_standby",
+        "wal_level",
+        "restore_command",
+        "recovery_target_timeline",
+        "promote_trigger_file",
+    }
+)
+"""postgresql.conf settings the instance agent and shard manager own."""
+
+_QUANTITY = re.compile(
+    r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$"
+)
+_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+class ReplicationMethod(enum.Enum):
+    WAL = "wal"
+    STATEMENT = "statement"
+
+
+class ReplicationMode(enum.Enum):
+    ASYNC = "async"
+    SYNC = "sync"
+    QUORUM = "quorum"
+
+
+class Consistency(enum.Enum):
+    SESSION = "session"
+    EVENTUAL = "eventual"
+    STRONG = "strong"
+
+
+class SpecInvalid(ValueError):
+    """A spec the operator cannot act on; ``problems`` name each bad field."""
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+Pairs = tuple[tuple[str, str], ...]
+"""A sorted, hashable string map (PostgreSQL parameters, resource quantities)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """Kubernetes compute resources of one container."""
+
+    requests: Pairs = ()
+    limits: Pairs = ()
+
+    def to_k8s(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        if self.requests:
+            out["requests"] = dict(self.requests)
+        if self.limits:
+            out["limits"] = dict(self.limits)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresSpec:
+    version: int = 15
+    parameters: Pairs = ()
+    """postgresql.conf settings for every member, values as PostgreSQL reads them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSpec:
+    size: str = "1Gi"
+    storage_class: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicationSpec:
+    method: ReplicationMethod = ReplicationMethod.WAL
+    mode: ReplicationMode = ReplicationMode.ASYNC
+    quorum: int | None = None
+    """With mode quorum: how many followers must confirm each commit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedTable:
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingSpec:
+    tables: tuple[ShardedTable, ...] = ()
+    reference_tables: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FailoverSpec:
+    enabled: bool = True
+    detection_seconds: int = 10
+    cooldown_seconds: int = 60
+    max_lag_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySpec:
+    replicas: int = 2
+    consistency: Consistency = Consistency.SESSION
+    max_wait_ms: int | None = None
+    """None: the proxy's own default."""
+    resources: Resources = Resources()
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    shards: int = 2
+    replicas_per_shard: int = 2
+    """Followers per shard, not counting the primary."""
+    image: str | None = None
+    """None: the operator's configured image."""
+    postgres: PostgresSpec = PostgresSpec()
+    resources: Resources = Resources()
+    storage: StorageSpec = StorageSpec()
+    replication: ReplicationSpec = ReplicationSpec()
+    sharding: ShardingSpec = ShardingSpec()
+    failover: FailoverSpec = FailoverSpec()
+    proxy: ProxySpec = ProxySpec()
+
+    @property
+    def members_per_shard(self) -> int:
+        return 1 + self.replicas_per_shard
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class _Reader:
+    """Reads one object of the spec, recording problems under its path."""
+
+    def __init__(self, raw: object, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            problems.append(f"{path}: must be an object, got {_kind(raw)}")
+            raw = {}
+        self.raw: Mapping[str, Any] = raw
+
+    def bad(self, name: str, what: str) -> None:
+        self.problems.append(f"{self.path}.{name}: {what}")
+
+    def child(self, name: str) -> _Reader:
+        return _Reader(self.raw.get(name), f"{self.path}.{name}", self.problems)
+
+    def integer(self, name: str, default: int, lo: int, hi: int | None = None) -> int:
+        value = self.optional_integer(name, lo, hi)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, lo: int, hi: int | None = None) -> int | None:
+        value = self.raw.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(name, f"must be an integer, got {value!r}")
+            return None
+        if value < lo or (hi is not None and value > hi):
+            limits = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            self.bad(name, f"must be {limits}, got {value}")
+            return None
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw.get(name, default)
+        if not isinstance(value, bool):
+            self.bad(name, f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def string(self, name: str, pattern: re.Pattern[str] | None = None) -> str | None:
+        value = self.raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.bad(name, f"must be a non-empty string, got {value!r}")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.bad(name, f"{value!r} is not a Kubernetes quantity such as 10Gi")
+            return None
+        return value
+
+    def choice(self, name: str, enum_type: type[E], default: E) -> E:
+        value = self.raw.get(name, default.value)
+        try:
+            return enum_type(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in enum_type)
+            self.bad(name, f"{value!r} is not one of {allowed}")
+            return default
+
+    def pairs(self, name: str, value_pattern: re.Pattern[str] | None = None) -> Pairs:
+        raw = self.raw.get(name)
+        if raw is None:
+            return ()
+        if not isinstance(raw, Mapping):
+            self.bad(name, f"must be an object of name: value, got {_kind(raw)}")
+            return ()
+        out = []
+        for key, value in raw.items():
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                self.bad(
+                    f"{name}.{key}",
+                    f"must be a string or an integer, got {value!r} (quote booleans: 'on')",
+                )
+                continue
+            if value_pattern is not None and not value_pattern.match(str(value)):
+                self.bad(f"{name}.{key}", f"{value!r} is not a Kubernetes quantity such as 500m")
+                continue
+            out.append((str(key), str(value)))
+        return tuple(sorted(out))
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _resources(r: _Reader) -> Resources:
+    return Resources(requests=r.pairs("requests", _QUANTITY), limits=r.pairs("limits", _QUANTITY))
+
+
+def _postgres(r: _Reader) -> PostgresSpec:
+    version = r.raw.get("version", POSTGRES_VERSIONS[-1])
+    if isinstance(version, bool) or version not in POSTGRES_VERSIONS:
+        r.bad("version", f"{version!r} is not supported; use {POSTGRES_VERSIONS[-1]}")
+        version = POSTGRES_VERSIONS[-1]
+    parameters = r.pairs("parameters")
+    managed = sorted(k for k, _ in parameters if k in MANAGED_PARAMETERS)
+    if managed:
+        r.bad(
+            "parameters",
+            f"{', '.join(managed)} may not be set: pgshard manages them; remove them from the spec",
+        )
+        parameters = tuple(p for p in parameters if p[0] not in MANAGED_PARAMETERS)
+    return PostgresSpec(version=int(version), parameters=parameters)
+
+
+def _replication(r: _Reader) -> ReplicationSpec:
+    mode = r.choice("mode", ReplicationMode, ReplicationMode.ASYNC)
+    quorum = r.optional_integer("quorum", 1, MAX_FOLLOWERS)
+    if mode is ReplicationMode.QUORUM and quorum is None and "quorum" not in r.raw:
+        r.bad("quorum", "is required when mode is quorum (how many followers confirm a commit)")
+    if mode is not ReplicationMode.QUORUM and "quorum" in r.raw:
+        r.bad("quorum", "is only used with mode quorum; remove it or set mode: quorum")
+    return ReplicationSpec(
+        method=r.choice("method", ReplicationMethod, ReplicationMethod.WAL),
+        mode=mode,
+        quorum=quorum,
+    )
+
+
+def _sharding(r: _Reader) -> ShardingSpec:
+    tables: list[ShardedTable] = []
+    raw_tables = r.raw.get("tables") or []
+    if not isinstance(raw_tables, list):
+        r.bad("tables", "must be a list of {name, key}")
+        raw_tables = []
+    for i, raw in enumerate(raw_tables):
+        t = _Reader(raw, f"{r.path}.tables[{i}]", r.problems)
+        name, key = t.string("name"), t.string("key")
+        if name is None or key is None:
+            r.problems.append(f"{t.path}: needs both name and key (the shard key column)")
+            continue
+        if any(existing.name == name for existing in tables):
+            r.problems.append(f"{t.path}: table {name!r} is listed twice")
+            continue
+        tables.append(ShardedTable(name=name, key=key))
+    refs = r.raw.get("referenceTables") or []
+    if not isinstance(refs, list) or not all(isinstance(x, str) and x for x in refs):
+        r.bad("referenceTables", "must be a list of table names")
+        refs = []
+    both = sorted({t.name for t in tables} & set(refs))
+    if both:
+        r.bad("referenceTables", f"{', '.join(both)} cannot be both distributed and reference")
+    return ShardingSpec(tables=tuple(tables), reference_tables=tuple(dict.fromkeys(refs)))
+
+
+def parse_spec(raw: object) -> ClusterSpec:
+    """``spec`` of a ShardedCluster (a dict from the API) -> :class:`ClusterSpec`.
+
+    Raises :class:`SpecInvalid` listing every problem found.
+    """
+    problems: list[str] = []
+    r = _Reader(raw, "spec", problems)
+    failover = r.child("failover")
+    proxy = r.child("proxy")
+    storage = r.child("storage")
+    spec = ClusterSpec(
+        shards=r.integer("shards", 2, 1, MAX_SHARDS),
+        replicas_per_shard=r.integer("replicasPerShard", 2, 0, MAX_FOLLOWERS),
+        image=r.string("image"),
+        postgres=_postgres(r.child("postgres")),
+        resources=_resources(r.child("resources")),
+        storage=StorageSpec(
+            size=storage.string("size", _SIZE) or "1Gi",
+            storage_class=storage.string("storageClass"),
+        ),
+        replication=_replication(r.child("replication")),
+        sharding=_sharding(r.child("sharding")),
+        failover=FailoverSpec(
+            enabled=failover.boolean("enabled", True),
+            detection_seconds=failover.integer("detectionSeconds", 10, 1, 3600),
+            cooldown_seconds=failover.integer("cooldownSeconds", 60, 0, 86400),
+            max_lag_bytes=failover.optional_integer("maxLagBytes", 0),
+        ),
+        proxy=ProxySpec(
+            replicas=proxy.integer("replicas", 2, 1, 100),
+            consistency=proxy.choice("consistency", Consistency, Consistency.SESSION),
+            max_wait_ms=proxy.optional_integer("maxWaitMs", 0, 60000),
+            resources=_resources(proxy.child("resources")),
+        ),
+    )
+    if problems:
+        raise SpecInvalid(tuple(problems))
+    return spec
+
+
+def impossibilities(spec: ClusterSpec) -> tuple[str, ...]:
+    """Well-formed specs the cluster cannot satisfy, each with what to change."""
+    out = []
+    followers = spec.replicas_per_shard
+    mode = spec.replication.mode
+    if mode is ReplicationMode.SYNC and followers < 1:
+        out.append(
+            "replication.mode sync needs at least one follower per shard: "
+            "set replicasPerShard >= 1 or replication.mode async"
+        )
+    quorum = spec.replication.quorum
+    if mode is ReplicationMode.QUORUM and quorum is not None and quorum > followers:
+        out.append(
+            f"replication.quorum {quorum} is larger than replicasPerShard {followers}: "
+            "no commit could ever be confirmed; lower the quorum or add followers"
+        )
+    return tuple(out)

@@ -1,0 +1,136 @@
+"""Parsing ShardedCluster specs: defaults equal the CRD's, every problem is named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pgshard_operator.model import spec as specs
+from tests.support import crd
+
+
+def test_empty_spec_gets_the_design_defaults() -> None:
+    parsed = specs.parse_spec({})
+    assert parsed == specs.ClusterSpec()
+    assert (parsed.shards, parsed.replicas_per_shard, parsed.members_per_shard) == (2, 2, 3)
+    assert parsed.replication.method is specs.ReplicationMethod.WAL
+    assert parsed.replication.mode is specs.ReplicationMode.ASYNC
+    assert parsed.failover == specs.FailoverSpec(True, 10, 60, None)
+    assert parsed.proxy.replicas == 2
+    assert parsed.proxy.consistency is specs.Consistency.SESSION
+
+
+def test_defaults_equal_the_crd_defaults() -> None:
+    """One truth: what the API server fills in parses to what the parser assumes."""
+    defaulted = crd.apply_defaults(crd.root_schema(), crd.cluster({}))["spec"]
+    assert specs.parse_spec(defaulted) == specs.parse_spec({})
+
+
+def test_full_spec() -> None:
+    parsed = specs.parse_spec(
+        {
+            "shards": 3,
+            "replicasPerShard": 1,
+            "image": "pgshard:dev",
+            "postgres": {"parameters": {"work_mem": "8MB", "max_connections": 200}},
+            "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
+            "storage": {"size": "5Gi", "storageClass": "fast"},
+            "replication": {"method": "statement", "mode": "quorum", "quorum": 1},
+            "sharding": {
+                "tables": [{"name": "orders", "key": "customer_id"}],
+                "referenceTables": ["countries"],
+            },
+            "failover": {"enabled": False, "maxLagBytes": 1024},
+            "proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 20},
+        }
+    )
+    assert parsed.postgres.parameters == (("max_connections", "200"), ("work_mem", "8MB"))
+    assert parsed.resources.to_k8s() == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
+    assert parsed.storage == specs.StorageSpec("5Gi", "fast")
+    assert parsed.replication == specs.ReplicationSpec(
+        specs.ReplicationMethod.STATEMENT, specs.ReplicationMode.QUORUM, 1
+    )
+    assert parsed.sharding.tables == (specs.ShardedTable("orders", "customer_id"),)
+    assert parsed.sharding.reference_tables == ("countries",)
+    assert parsed.failover.max_lag_bytes == 1024
+    assert not parsed.failover.enabled
+    assert parsed.proxy == specs.ProxySpec(3, specs.Consistency.STRONG, 20, specs.Resources())
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("nope", "spec: must be an object, got str"),
+        ({"shards": 0}, "spec.shards: must be between 1 and 64, got 0"),
+        ({"shards": True}, "spec.shards: must be an integer, got True"),
+        ({"postgres": {"version": 14}}, "spec.postgres.version: 14 is not supported; use 15"),
+        (
+            {"postgres": {"parameters": {"port": 1, "listen_addresses": "*"}}},
+            "spec.postgres.parameters: listen_addresses, port may not be set",
+        ),
+        (
+            {"postgres": {"parameters": {"fsync": False}}},
+            "spec.postgres.parameters.fsync: must be a string or an integer, got False",
+        ),
+        ({"storage": {"size": "big"}}, "spec.storage.size: 'big' is not a Kubernetes quantity"),
+        (
+            {"replication": {"mode": "semi"}},
+            "spec.replication.mode: 'semi' is not one of async, sync, quorum",
+        ),
+        ({"replication": {"mode": "quorum"}}, "spec.replication.quorum: is required"),
+        ({"replication": {"quorum": 2}}, "spec.replication.quorum: is only used with mode"),
+        (
+            {"sharding": {"tables": [{"name": "t"}]}},
+            "spec.sharding.tables[0]: needs both name and key",
+        ),
+        (
+            {"sharding": {"tables": [{"name": "t", "key": "a"}, {"name": "t", "key": "b"}]}},
+            "spec.sharding.tables[1]: table 't' is listed twice",
+        ),
+        (
+            {"sharding": {"tables": [{"name": "t", "key": "a"}], "referenceTables": ["t"]}},
+            "spec.sharding.referenceTables: t cannot be both",
+        ),
+        ({"failover": {"enabled": "yes"}}, "spec.failover.enabled: must be true or false"),
+        ({"proxy": {"consistency": "x"}}, "spec.proxy.consistency: 'x' is not one of session"),
+        (
+            {"proxy": {"resources": {"limits": {"cpu": "lots"}}}},
+            "spec.proxy.resources.limits.cpu: 'lots' is not a Kubernetes quantity",
+        ),
+    ],
+)
+def test_problems_name_the_field(raw: Any, expected: str) -> None:
+    with pytest.raises(specs.SpecInvalid) as err:
+        specs.parse_spec(raw)
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(specs.SpecInvalid) as err:
+        specs.parse_spec({"shards": -1, "replicasPerShard": 99, "proxy": {"replicas": 0}})
+    assert len(err.value.problems) == 3
+    assert "spec.replicasPerShard" in str(err.value)
+
+
+def test_impossible_specs_are_explained() -> None:
+    assert specs.impossibilities(specs.parse_spec({})) == ()
+    quorum = specs.parse_spec(
+        {"replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
+    )
+    (problem,) = specs.impossibilities(quorum)
+    assert "quorum 2 is larger than replicasPerShard 1" in problem
+    sync = specs.parse_spec({"replicasPerShard": 0, "replication": {"mode": "sync"}})
+    (problem,) = specs.impossibilities(sync)
+    assert "needs at least one follower" in problem
+
+
+def test_parser_agrees_with_the_crd() -> None:
+    """What the CRD accepts parses; what it refuses, the parser refuses too."""
+    from tests.unit.test_crd import INVALID, VALID
+
+    for sample in VALID:
+        specs.parse_spec(sample)
+    for sample, _, _ in INVALID:
+        with pytest.raises(specs.SpecInvalid):
+            specs.parse_spec(sample)
