@@ -1,0 +1,1 @@
+"""The Kubernetes operator: desired objects, applying them, status, kopf handlers."""

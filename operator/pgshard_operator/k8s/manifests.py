@@ -1,0 +1,386 @@
+"""Pure builders of the Kubernetes objects a ShardedCluster owns (DESIGN §3).
+
+Called by ``apply.py`` through :func:`desired_objects`; unit-tested in
+tests/unit/test_manifests.py. No I/O here: credentials and the image come in as
+arguments, every object carries an owner reference to the cluster so deleting it
+cascades, and names/labels come from ``naming``.
+
+What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``):
+
+- shard pods: ``PGSHARD_PLATFORM=kubernetes``, ``PGSHARD_CLUSTER``,
+  ``PGSHARD_NAMESPACE``, ``PGSHARD_SHARD``, ``PGSHARD_POD_NAME``, ``PGSHARD_POD_IP``
+  (also the listen address: pods may share a host in test environments),
+  ``PGSHARD_PORT``, ``PGSHARD_STATUS_PORT``, ``PGSHARD_DATA_DIR`` (on the volume
+  ``data``), ``PGSHARD_PG_CONFIG`` (the user's parameters, mounted from the
+  ConfigMap ``<name>-postgres``), ``PGSHARD_REPLICATION_METHOD``,
+  ``PGSHARD_LEASE_NAME``, ``PGSHARD_LEASE_TTL_SECONDS``, ``PGSHARD_APP_USER``,
+  ``PGSHARD_APP_PASSWORD``, ``PGSHARD_APP_DATABASE``, ``PGSHARD_SUPERUSER_PASSWORD``,
+  ``PGSHARD_REPLICATION_PASSWORD``;
+- proxy pods: ``PGSHARD_TOPOLOGY=kubernetes``, ``PGSHARD_CLUSTER``,
+  ``PGSHARD_NAMESPACE``, ``PGSHARD_PROXY_LISTEN`` (``<pod IP>:5432``),
+  ``PGSHARD_CONSISTENCY``, ``PGSHARD_MAX_WAIT_MS`` (when set), ``PGSHARD_SHARDING``
+  (JSON: ``{"tables": [{"name", "key"}], "referenceTables": [...]}``) and the app
+  credentials as above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from .. import naming
+from ..model import spec as specs
+from . import rbac
+from . import settings as operator_settings
+from .objects import ClusterRef, Manifest, meta
+
+DATA_MOUNT = "/var/lib/pgshard"
+CONFIG_MOUNT = "/etc/pgshard"
+APP_DATABASE = "app"
+APP_USER = "app"
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """Generated once per cluster; kept in the Secrets ``<name>-app`` and ``<name>-internal``."""
+
+    app_password: str
+    superuser_password: str
+    replication_password: str
+    app_user: str = APP_USER
+
+    @classmethod
+    def generate(cls, token: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> Credentials:
+        return cls(app_password=token(), superuser_password=token(), replication_password=token())
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _plain_env(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [{"name": k, "value": v} for k, v in pairs]
+
+
+def _app_credentials_env(ref: ClusterRef) -> list[dict[str, Any]]:
+    secret = naming.app_secret(ref.name)
+    return [
+        _secret_env("PGSHARD_APP_USER", secret, "username"),
+        _secret_env("PGSHARD_APP_PASSWORD", secret, "password"),
+        {"name": "PGSHARD_APP_DATABASE", "value": APP_DATABASE},
+    ]
+
+
+def postgres_conf(spec: specs.ClusterSpec) -> str:
+    """The user's parameters as a postgresql.conf include file."""
+    lines = ["# Managed by pgshard-operator from spec.postgres.parameters"]
+    for key, value in spec.postgres.parameters:
+        escaped = value.replace("\\", "\\\\").replace("'", "''")
+        lines.append(f"{key} = '{escaped}'")
+    return "\n".join(lines) + "\n"
+
+
+def config_hash(spec: specs.ClusterSpec) -> str:
+    """Changes exactly when the PostgreSQL configuration of the pods changes."""
+    return hashlib.sha256(postgres_conf(spec).encode()).hexdigest()[:16]
+
+
+def postgres_configmap(ref: ClusterRef, spec: specs.ClusterSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(ref, naming.postgres_config(ref.name)),
+        "data": {"postgresql.conf": postgres_conf(spec)},
+    }
+
+
+def app_secret(ref: ClusterRef, creds: Credentials) -> Manifest:
+    host = naming.service_host(naming.proxy_service(ref.name), ref.namespace)
+    uri = (
+        f"postgresql://{quote(creds.app_user, safe='')}:{quote(creds.app_password, safe='')}"
+        f"@{host}:{naming.PG_PORT}/{APP_DATABASE}"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": meta(ref, naming.app_secret(ref.name)),
+        "stringData": {"username": creds.app_user, "password": creds.app_password, "uri": uri},
+    }
+
+
+def internal_secret(ref: ClusterRef, creds: Credentials) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": meta(ref, naming.internal_secret(ref.name)),
+        "stringData": {
+            "superuser-password": creds.superuser_password,
+            "replication-password": creds.replication_password,
+        },
+    }
+
+
+def _instance_env(
+    ref: ClusterRef, spec: specs.ClusterSpec, shard: int, extra: tuple[tuple[str, str], ...]
+) -> list[dict[str, Any]]:
+    internal = naming.internal_secret(ref.name)
+    return [
+        _field_env("PGSHARD_NAMESPACE", "metadata.namespace"),
+        _field_env("PGSHARD_POD_NAME", "metadata.name"),
+        _field_env("PGSHARD_POD_IP", "status.podIP"),
+        *_plain_env(
+            [
+                ("PGSHARD_PLATFORM", "kubernetes"),
+                ("PGSHARD_CLUSTER", ref.name),
+                ("PGSHARD_SHARD", str(shard)),
+                ("PGSHARD_PORT", str(naming.PG_PORT)),
+                ("PGSHARD_STATUS_PORT", str(naming.STATUS_PORT)),
+                ("PGSHARD_DATA_DIR", f"{DATA_MOUNT}/data"),
+                ("PGSHARD_PG_CONFIG", f"{CONFIG_MOUNT}/postgresql.conf"),
+                ("PGSHARD_REPLICATION_METHOD", spec.replication.method.value),
+                ("PGSHARD_LEASE_NAME", naming.shard_lease(ref.name, shard)),
+                ("PGSHARD_LEASE_TTL_SECONDS", str(spec.failover.detection_seconds)),
+            ]
+        ),
+        *_app_credentials_env(ref),
+        _secret_env("PGSHARD_SUPERUSER_PASSWORD", internal, "superuser-password"),
+        _secret_env("PGSHARD_REPLICATION_PASSWORD", internal, "replication-password"),
+        *_plain_env(list(extra)),
+    ]
+
+
+def shard_statefulset(
+    ref: ClusterRef,
+    spec: specs.ClusterSpec,
+    shard: int,
+    settings: operator_settings.OperatorSettings,
+) -> Manifest:
+    """One shard: ``1 + replicasPerShard`` pods; the operator, not the StatefulSet
+    controller, replaces pods on template changes (``OnDelete``) so it can roll
+    followers first and switch over before restarting the primary."""
+    selector = naming.shard_selector(ref.name, shard)
+    container: dict[str, Any] = {
+        "name": "instance",
+        "image": spec.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.instance_command),
+        "env": _instance_env(ref, spec, shard, settings.pod_env),
+        "ports": [
+            {"name": "postgres", "containerPort": naming.PG_PORT},
+            {"name": "status", "containerPort": naming.STATUS_PORT},
+        ],
+        "readinessProbe": {
+            "tcpSocket": {"port": "postgres"},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        ],
+    }
+    if resources := spec.resources.to_k8s():
+        container["resources"] = resources
+    storage: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage.size}},
+    }
+    if spec.storage.storage_class:
+        storage["storageClassName"] = spec.storage.storage_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(ref, naming.shard_statefulset(ref.name, shard), selector),
+        "spec": {
+            "replicas": spec.members_per_shard,
+            "serviceName": naming.shard_headless_service(ref.name, shard),
+            "selector": {"matchLabels": selector},
+            # Members find the primary through the lease, not through start order.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            # A removed follower's volume goes with it; deleting the cluster removes all.
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Delete",
+            },
+            "template": {
+                "metadata": {
+                    "labels": {**naming.cluster_labels(ref.name), **selector},
+                    "annotations": {naming.CONFIG_HASH_ANNOTATION: config_hash(spec)},
+                },
+                "spec": {
+                    "serviceAccountName": naming.instance_service_account(ref.name),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "config",
+                            "configMap": {"name": naming.postgres_config(ref.name)},
+                        }
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data", "labels": naming.cluster_labels(ref.name)},
+                    "spec": storage,
+                }
+            ],
+        },
+    }
+
+
+def _service(
+    ref: ClusterRef, name: str, selector: dict[str, str], labels: dict[str, str], headless: bool
+) -> Manifest:
+    spec: dict[str, Any] = {
+        "selector": selector,
+        "ports": [
+            {
+                "name": "postgres",
+                "port": naming.PG_PORT,
+                "targetPort": "postgres",
+                "protocol": "TCP",
+            }
+        ],
+    }
+    if headless:
+        # Members must resolve each other while bootstrapping, before they are ready.
+        spec.update({"clusterIP": "None", "publishNotReadyAddresses": True})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(ref, name, labels),
+        "spec": spec,
+    }
+
+
+def shard_services(ref: ClusterRef, shard: int) -> list[Manifest]:
+    """Headless (member DNS), ``-rw`` (the primary) and ``-ro`` (the followers)."""
+    labels = naming.shard_selector(ref.name, shard)
+    return [
+        _service(ref, naming.shard_headless_service(ref.name, shard), labels, labels, True),
+        _service(
+            ref,
+            naming.shard_rw_service(ref.name, shard),
+            naming.role_selector(ref.name, shard, naming.Role.PRIMARY),
+            labels,
+            False,
+        ),
+        _service(
+            ref,
+            naming.shard_ro_service(ref.name, shard),
+            naming.role_selector(ref.name, shard, naming.Role.REPLICA),
+            labels,
+            False,
+        ),
+    ]
+
+
+def shard_pdb(ref: ClusterRef, shard: int) -> Manifest:
+    """Voluntary disruptions (node drains) take at most one member of a shard at a time."""
+    selector = naming.shard_selector(ref.name, shard)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(ref, naming.shard_pdb(ref.name, shard), selector),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+
+
+def sharding_json(spec: specs.ClusterSpec) -> str:
+    return json.dumps(
+        {
+            "tables": [{"name": t.name, "key": t.key} for t in spec.sharding.tables],
+            "referenceTables": list(spec.sharding.reference_tables),
+        },
+        separators=(",", ":"),
+    )
+
+
+def proxy_deployment(
+    ref: ClusterRef, spec: specs.ClusterSpec, settings: operator_settings.OperatorSettings
+) -> Manifest:
+    selector = naming.component_selector(ref.name, naming.Component.PROXY)
+    env: list[dict[str, Any]] = [
+        _field_env("PGSHARD_NAMESPACE", "metadata.namespace"),
+        _field_env("PGSHARD_POD_IP", "status.podIP"),
+        *_plain_env(
+            [
+                ("PGSHARD_TOPOLOGY", "kubernetes"),
+                ("PGSHARD_CLUSTER", ref.name),
+                ("PGSHARD_PROXY_LISTEN", f"$(PGSHARD_POD_IP):{naming.PG_PORT}"),
+                ("PGSHARD_CONSISTENCY", spec.proxy.consistency.value),
+                ("PGSHARD_SHARDING", sharding_json(spec)),
+            ]
+        ),
+    ]
+    if spec.proxy.max_wait_ms is not None:
+        env.append({"name": "PGSHARD_MAX_WAIT_MS", "value": str(spec.proxy.max_wait_ms)})
+    env += [*_app_credentials_env(ref), *_plain_env(list(settings.pod_env))]
+    container: dict[str, Any] = {
+        "name": "proxy",
+        "image": spec.image or settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.proxy_command),
+        "env": env,
+        "ports": [{"name": "postgres", "containerPort": naming.PG_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 2},
+    }
+    if resources := spec.proxy.resources.to_k8s():
+        container["resources"] = resources
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(ref, naming.proxy_deployment(ref.name), selector),
+        "spec": {
+            "replicas": spec.proxy.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**naming.cluster_labels(ref.name), **selector}},
+                "spec": {
+                    "serviceAccountName": naming.proxy_service_account(ref.name),
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def proxy_service(ref: ClusterRef) -> Manifest:
+    selector = naming.component_selector(ref.name, naming.Component.PROXY)
+    return _service(ref, naming.proxy_service(ref.name), selector, selector, False)
+
+
+def desired_objects(
+    ref: ClusterRef,
+    spec: specs.ClusterSpec,
+    settings: operator_settings.OperatorSettings,
+    creds: Credentials,
+) -> list[Manifest]:
+    """Everything the cluster owns, in an order that lets each object's
+    dependencies exist first (accounts and secrets before pods that use them)."""
+    out: list[Manifest] = [
+        *rbac.instance_access(ref),
+        *rbac.proxy_access(ref),
+        app_secret(ref, creds),
+        internal_secret(ref, creds),
+        postgres_configmap(ref, spec),
+    ]
+    for shard in range(spec.shards):
+        out += shard_services(ref, shard)
+        out.append(shard_pdb(ref, shard))
+        out.append(shard_statefulset(ref, spec, shard, settings))
+    out += [proxy_service(ref), proxy_deployment(ref, spec, settings)]
+    return out

@@ -1,0 +1,68 @@
+"""Settings of the ``pgshard-operator`` process (not of one cluster).
+
+Built by ``cli.operator_main`` from flags and the environment the Helm chart sets;
+passed explicitly to the handlers and manifest builders (no globals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    image: str = "pgshard:0.1.0"
+    """Image of shard and proxy pods when a ShardedCluster does not name one."""
+    image_pull_policy: str = "IfNotPresent"
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means every namespace."""
+    log_level: LogLevel = LogLevel.INFO
+    instance_command: tuple[str, ...] = ("pgshard-instance",)
+    """Container command of shard pods. Tests that run pods as local processes
+    point it at this checkout (``python -m pgshard_operator.instance.main``)."""
+    proxy_command: tuple[str, ...] = ("pgshard-proxy",)
+    pod_env: tuple[tuple[str, str], ...] = ()
+    """Extra environment for every pod the operator creates (e.g. PYTHONPATH in tests)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Read ``PGSHARD_OPERATOR_*`` variables (the Helm chart sets them)."""
+        env = os.environ if env is None else env
+        d = cls()
+        level = env.get("PGSHARD_OPERATOR_LOG_LEVEL", d.log_level.value).lower()
+        try:
+            log_level = LogLevel(level)
+        except ValueError:
+            allowed = ", ".join(m.value for m in LogLevel)
+            raise ValueError(
+                f"PGSHARD_OPERATOR_LOG_LEVEL={level!r} is not one of {allowed}"
+            ) from None
+        namespaces = env.get("PGSHARD_OPERATOR_NAMESPACES", "")
+        return cls(
+            image=env.get("PGSHARD_OPERATOR_IMAGE", d.image),
+            image_pull_policy=env.get("PGSHARD_OPERATOR_IMAGE_PULL_POLICY", d.image_pull_policy),
+            namespaces=tuple(n.strip() for n in namespaces.split(",") if n.strip()),
+            log_level=log_level,
+            instance_command=_words(env.get("PGSHARD_OPERATOR_INSTANCE_COMMAND"))
+            or d.instance_command,
+            proxy_command=_words(env.get("PGSHARD_OPERATOR_PROXY_COMMAND")) or d.proxy_command,
+            pod_env=tuple(
+                (k.removeprefix("PGSHARD_OPERATOR_POD_ENV_"), v)
+                for k, v in sorted(env.items())
+                if k.startswith("PGSHARD_OPERATOR_POD_ENV_")
+            ),
+        )
+
+
+def _words(value: str | None) -> tuple[str, ...]:
+    return tuple(value.split()) if value else ()

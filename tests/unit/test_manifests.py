@@ -1,0 +1,253 @@
+"""Desired Kubernetes objects of a ShardedCluster (pure builders, no API server)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from pgshard_operator import naming
+from pgshard_operator.k8s import manifests
+from pgshard_operator.k8s.objects import ClusterRef
+from pgshard_operator.k8s.settings import OperatorSettings
+from pgshard_operator.model import spec as specs
+
+REF = ClusterRef(name="demo", namespace="shop", uid="0b4e-uid")
+SETTINGS = OperatorSettings(image="pgshard:test")
+CREDS = manifests.Credentials(
+    app_password="p@ss/w:rd", superuser_password="su", replication_password="repl"
+)
+
+
+def build(raw: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    objs = manifests.desired_objects(REF, specs.parse_spec(raw or {}), SETTINGS, CREDS)
+    by_key = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    assert len(by_key) == len(objs), "two objects with the same kind and name"
+    return by_key
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_the_cluster_owns_exactly_these_objects() -> None:
+    assert sorted(build({"shards": 2})) == sorted(
+        [
+            ("ServiceAccount", "demo-instance"),
+            ("Role", "demo-instance"),
+            ("RoleBinding", "demo-instance"),
+            ("ServiceAccount", "demo-proxy"),
+            ("Role", "demo-proxy"),
+            ("RoleBinding", "demo-proxy"),
+            ("Secret", "demo-app"),
+            ("Secret", "demo-internal"),
+            ("ConfigMap", "demo-postgres"),
+            *[
+                (kind, f"demo-shard-{i}{suffix}")
+                for i in (0, 1)
+                for kind, suffix in [
+                    ("Service", ""),
+                    ("Service", "-rw"),
+                    ("Service", "-ro"),
+                    ("PodDisruptionBudget", ""),
+                    ("StatefulSet", ""),
+                ]
+            ],
+            ("Service", "demo"),
+            ("Deployment", "demo-proxy"),
+        ]
+    )
+
+
+def test_every_object_is_owned_labelled_and_namespaced() -> None:
+    for (kind, name), obj in build().items():
+        meta = obj["metadata"]
+        assert meta["namespace"] == "shop", (kind, name)
+        assert meta["labels"][naming.NAME_LABEL] == "pgshard", (kind, name)
+        assert meta["labels"][naming.INSTANCE_LABEL] == "demo", (kind, name)
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "pgshard.io/v1alpha1",
+                "kind": "ShardedCluster",
+                "name": "demo",
+                "uid": "0b4e-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_shard_statefulset() -> None:
+    sts = build(
+        {
+            "replicasPerShard": 2,
+            "storage": {"size": "5Gi", "storageClass": "fast"},
+            "resources": {"limits": {"memory": "1Gi"}},
+        }
+    )[("StatefulSet", "demo-shard-1")]
+    pod_labels = {
+        "app.kubernetes.io/name": "pgshard",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "instance",
+        "pgshard.io/shard": "1",
+    }
+    s = sts["spec"]
+    assert s["replicas"] == 3
+    assert s["updateStrategy"] == {"type": "OnDelete"}
+    assert s["serviceName"] == "demo-shard-1"
+    assert s["selector"] == {"matchLabels": pod_labels}
+    template = s["template"]
+    assert pod_labels.items() <= template["metadata"]["labels"].items()
+    assert naming.ROLE_LABEL not in template["metadata"]["labels"], "roles are set on pods"
+    (container,) = template["spec"]["containers"]
+    assert container["command"] == ["pgshard-instance"]
+    assert container["image"] == "pgshard:test"
+    assert container["resources"] == {"limits": {"memory": "1Gi"}}
+    env = env_of(container)
+    assert env["PGSHARD_SHARD"] == "1"
+    assert env["PGSHARD_CLUSTER"] == "demo"
+    assert env["PGSHARD_LEASE_NAME"] == "demo-shard-1-primary"
+    assert env["PGSHARD_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PGSHARD_APP_PASSWORD"] == {"secretKeyRef": {"name": "demo-app", "key": "password"}}
+    assert env["PGSHARD_REPLICATION_PASSWORD"] == {
+        "secretKeyRef": {"name": "demo-internal", "key": "replication-password"}
+    }
+    assert template["spec"]["serviceAccountName"] == "demo-instance"
+    (claim,) = s["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
+    assert claim["spec"]["storageClassName"] == "fast"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert env["PGSHARD_DATA_DIR"].startswith(mounts["data"] + "/")
+    assert env["PGSHARD_PG_CONFIG"].startswith(mounts["config"] + "/")
+
+
+def test_cluster_image_overrides_the_operator_default() -> None:
+    objs = build({"image": "mine:1"})
+    assert (
+        objs[("StatefulSet", "demo-shard-0")]["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "mine:1"
+    )
+    assert (
+        objs[("Deployment", "demo-proxy")]["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "mine:1"
+    )
+
+
+def test_shard_services_select_by_role() -> None:
+    objs = build()
+    headless = objs[("Service", "demo-shard-0")]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["publishNotReadyAddresses"] is True
+    rw = objs[("Service", "demo-shard-0-rw")]["spec"]
+    ro = objs[("Service", "demo-shard-0-ro")]["spec"]
+    assert rw["selector"]["pgshard.io/role"] == "primary"
+    assert ro["selector"]["pgshard.io/role"] == "replica"
+    for s in (rw, ro):
+        assert s["selector"]["pgshard.io/shard"] == "0"
+        assert "clusterIP" not in s
+        assert [p["port"] for p in s["ports"]] == [5432]
+
+
+def test_proxy_service_and_deployment() -> None:
+    objs = build({"proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 25}})
+    assert objs[("Service", "demo")]["spec"] == {
+        "selector": {
+            "app.kubernetes.io/name": "pgshard",
+            "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/component": "proxy",
+        },
+        "ports": [{"name": "postgres", "port": 5432, "targetPort": "postgres", "protocol": "TCP"}],
+    }
+    dep = objs[("Deployment", "demo-proxy")]["spec"]
+    assert dep["replicas"] == 3
+    (container,) = dep["template"]["spec"]["containers"]
+    assert container["command"] == ["pgshard-proxy"]
+    assert container["ports"] == [{"name": "postgres", "containerPort": 5432}]
+    env = env_of(container)
+    assert env["PGSHARD_CONSISTENCY"] == "strong"
+    assert env["PGSHARD_MAX_WAIT_MS"] == "25"
+    assert env["PGSHARD_PROXY_LISTEN"] == "$(PGSHARD_POD_IP):5432"
+    assert dep["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "proxy"
+
+
+def test_app_secret_uri_points_at_the_proxy_service() -> None:
+    data = build()[("Secret", "demo-app")]["stringData"]
+    assert (data["username"], data["password"]) == ("app", "p@ss/w:rd")
+    uri = urlsplit(data["uri"])
+    assert (uri.scheme, uri.hostname, uri.port, uri.path) == (
+        "postgresql",
+        "demo.shop.svc",
+        5432,
+        "/app",
+    )
+    assert unquote(uri.password or "") == "p@ss/w:rd"
+    assert unquote(uri.username or "") == "app"
+
+
+def test_generated_credentials_differ() -> None:
+    a, b = manifests.Credentials.generate(), manifests.Credentials.generate()
+    assert len({a.app_password, a.superuser_password, a.replication_password}) == 3
+    assert a.app_password != b.app_password
+    assert len(a.app_password) >= 24
+
+
+def test_parameters_roll_out_and_follower_count_does_not() -> None:
+    def template(raw: dict[str, Any]) -> Any:
+        return build(raw)[("StatefulSet", "demo-shard-0")]["spec"]["template"]
+
+    base = template({})
+    assert template({"replicasPerShard": 4}) == base, "scaling must not restart members"
+    changed = template({"postgres": {"parameters": {"work_mem": "8MB"}}})
+    assert (
+        changed["metadata"]["annotations"][naming.CONFIG_HASH_ANNOTATION]
+        != base["metadata"]["annotations"][naming.CONFIG_HASH_ANNOTATION]
+    )
+
+
+def test_postgres_conf_quotes_values() -> None:
+    conf = manifests.postgres_conf(
+        specs.parse_spec({"postgres": {"parameters": {"a": "it's", "b": 3}}})
+    )
+    assert conf.splitlines()[1:] == ["a = 'it''s'", "b = '3'"]
+
+
+def test_pdb_and_rbac() -> None:
+    objs = build()
+    pdb = objs[("PodDisruptionBudget", "demo-shard-0")]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"]["pgshard.io/shard"] == "0"
+    binding = objs[("RoleBinding", "demo-instance")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-instance", "namespace": "shop"}
+    ]
+    rules = objs[("Role", "demo-instance")]["rules"]
+    assert any(r["resources"] == ["leases"] and "update" in r["verbs"] for r in rules)
+    proxy_rules = objs[("Role", "demo-proxy")]["rules"]
+    assert proxy_rules == [
+        {
+            "apiGroups": ["pgshard.io"],
+            "resources": ["shardedclusters"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 40])
+def test_names_stay_valid_for_the_longest_cluster_name(name: str) -> None:
+    ref = ClusterRef(name=name, namespace="ns", uid="u")
+    spec = specs.parse_spec({"shards": specs.MAX_SHARDS, "replicasPerShard": specs.MAX_FOLLOWERS})
+    for obj in manifests.desired_objects(ref, spec, SETTINGS, CREDS):
+        obj_name = obj["metadata"]["name"]
+        assert DNS_LABEL.match(obj_name) and len(obj_name) <= 63, obj_name
+        if obj["kind"] == "StatefulSet":
+            # Pods are <sts>-<ordinal>; the controller-revision-hash label is
+            # <sts>-<10 chars> and must fit a 63-character label value.
+            assert len(obj_name) + 11 <= 63
+            last_pod = naming.member_pod(name, specs.MAX_SHARDS - 1, specs.MAX_FOLLOWERS)
+            assert len(last_pod) <= 63
