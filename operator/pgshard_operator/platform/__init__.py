@@ -1,0 +1,1 @@
+"""Platforms carry out the shard manager's actions: ``base`` is the interface."""
