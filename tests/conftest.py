@@ -7,8 +7,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from tests.support import pgserver
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[object]:
+    """Close the event loop looptime's hook creates around *synchronous* tests.
+
+    looptime asks pytest-asyncio's policy for "the running loop" around every test;
+    for a sync test that call creates a fresh loop nobody closes, and with warnings
+    as errors its ResourceWarning fails the session. We close it after the test.
+    """
+    try:
+        return (yield)
+    finally:
+        policy = pyfuncitem.funcargs.get("event_loop_policy")
+        if policy is not None and not pytest_asyncio.is_async_test(pyfuncitem):
+            try:
+                loop = policy.get_event_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and not loop.is_running() and not loop.is_closed():
+                loop.close()
+                policy.set_event_loop(None)
 
 
 @pytest.fixture
