@@ -1,0 +1,1 @@
+"""Per-session consistency: position tokens (pure) and the follower position monitor (asyncpg)."""

@@ -1,0 +1,1 @@
+"""Statement classification and the pure routing decision (which member runs a statement)."""

@@ -1,0 +1,560 @@
+"""What a SQL string does, as far as routing cares: read, write, transaction control, session state.
+
+Called by the client session (``server/session.py``) for every simple Query and
+every Parse; the result is cached by the exact text, so a repeated statement
+never lexes or parses again (:func:`classify`, :func:`classify_bytes`).
+
+On a miss, cheap keyword rules decide most statements (:mod:`.lexer` splits the
+string, the leading words pick a rule); only queries that call functions, lock
+rows, write through a CTE or ``SELECT INTO`` are parsed with sqlglot (postgres
+dialect). Anything unknown or unparseable is :attr:`Kind.OTHER`, which always
+goes to the primary: a wrong READ is a bug, a wrong OTHER only costs a little.
+
+Multi-statement strings (simple protocol) get the *most demanding* kind of their
+statements (see :func:`_combine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+
+import sqlglot
+from sqlglot import exp
+
+from pgshard_proxy.consistency import tracker
+
+from . import functions, lexer
+from .lexer import Tok, Token
+
+
+class Kind(enum.Enum):
+    READ = "read"
+    """Only reads: may run on a follower that satisfies the session's consistency."""
+    WRITE = "write"
+    """Changes data (DML, ``SELECT … FOR UPDATE``, ``nextval()``, ``VACUUM``…): primary."""
+    DDL = "ddl"
+    """Changes the schema (``CREATE``/``ALTER``/``DROP``/``GRANT``/``SELECT INTO``…): primary."""
+    BEGIN = "begin"
+    """``BEGIN``/``START TRANSACTION``; see :attr:`Classified.read_only_tx`."""
+    COMMIT = "commit"
+    """``COMMIT``/``END`` (also ``… AND CHAIN``)."""
+    ROLLBACK = "rollback"
+    """``ROLLBACK``/``ABORT`` of the whole transaction."""
+    SAVEPOINT = "savepoint"
+    """``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``: stays inside the transaction."""
+    SESSION_SET = "session_set"
+    """Session state every backend of the session must share (``SET``, ``RESET``,
+    ``DISCARD``, ``CLOSE ALL``, ``UNLISTEN``): replay :attr:`Classified.session_sql`."""
+    TX_SET = "tx_set"
+    """``SET LOCAL``, ``SET TRANSACTION``, ``SET CONSTRAINTS``: only the current
+    transaction; goes with it, never replayed elsewhere."""
+    PROXY_SET = "proxy_set"
+    """``SET``/``RESET pgshard.<name>``: the proxy answers it, PostgreSQL never sees it."""
+    PROXY_SHOW = "proxy_show"
+    """``SHOW pgshard.<name>``: the proxy answers it."""
+    PIN = "pin"
+    """Creates state only one backend can hold (``LISTEN``, SQL ``PREPARE``,
+    ``PREPARE TRANSACTION``, ``LOAD``): primary, and pins the session."""
+    OTHER = "other"
+    """Unknown or unparseable: primary."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """The proxy answers the statement with this error instead of forwarding it."""
+
+    sqlstate: str
+    message: str
+    hint: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Classified:
+    kind: Kind
+    read_only_tx: bool = False
+    """``BEGIN READ ONLY``, ``START TRANSACTION … READ ONLY``, ``SET TRANSACTION READ ONLY``."""
+    pins_session: bool = False
+    """Temporary tables, session advisory locks, ``LISTEN``, ``WITH HOLD`` cursors, SQL
+    ``PREPARE``, ``set_config()``…: from now on the session uses only the primary."""
+    proxy_setting: tuple[str, str] | None = None
+    """``SET pgshard.consistency = 'eventual'`` -> ``("consistency", "eventual")``;
+    ``RESET``/``SET … TO DEFAULT`` -> value ``"default"``; ``SHOW`` -> value ``""``."""
+    session_sql: str | None = None
+    """The client's own text of the statements that change session state, to replay on
+    the session's other backends (for :attr:`Kind.SESSION_SET` the whole string)."""
+    refusal: Refusal | None = None
+    """Set when the proxy must answer with an error (bad ``pgshard.*`` setting)."""
+
+
+PROXY_PREFIX = "pgshard."
+DEFAULT_VALUE = "default"
+PROXY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "consistency": tuple(m.value for m in tracker.Mode),
+}
+"""Settings the proxy answers itself, with their valid values (``default`` always allowed)."""
+
+READ = Classified(Kind.READ)
+WRITE = Classified(Kind.WRITE)
+DDL = Classified(Kind.DDL)
+OTHER = Classified(Kind.OTHER)
+SAVEPOINT = Classified(Kind.SAVEPOINT)
+
+CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def classify(sql: str) -> Classified:
+    """Classify a SQL string; cached by text (bounded LRU; results are immutable)."""
+    return classify_uncached(sql)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def classify_bytes(sql: bytes) -> Classified:
+    """Same, keyed by the raw bytes of a Query/Parse message (no decode on a hit)."""
+    return classify(sql.decode("utf-8", "replace"))
+
+
+def classify_uncached(sql: str) -> Classified:
+    """The classification itself (benchmarks and tests call it to skip the cache)."""
+    try:
+        statements = lexer.split(sql)
+    except lexer.LexError:
+        return OTHER
+    if not statements:
+        return READ  # empty query: PostgreSQL answers EmptyQueryResponse anywhere
+    parts = [_statement(s.text, s.tokens) for s in statements]
+    if len(parts) == 1:
+        return parts[0]
+    return _combine(parts, [s.text for s in statements])
+
+
+# --- one statement ---------------------------------------------------------------------
+
+
+def _words(tokens: Sequence[Token], limit: int = 8) -> list[str]:
+    """Leading tokens as upper-case words; non-words become ``""`` so indexes line up."""
+    return [t.text if t.kind is Tok.WORD else "" for t in tokens[:limit]]
+
+
+def _statement(text: str, tokens: Sequence[Token]) -> Classified:
+    first = tokens[0]
+    if first.kind is Tok.PUNCT and first.text == "(":
+        return _query(text, tokens)
+    if first.kind is not Tok.WORD:
+        return OTHER
+    rule = _RULES.get(first.text)
+    return rule(text, tokens) if rule else OTHER
+
+
+def _simple(result: Classified) -> Callable[[str, Sequence[Token]], Classified]:
+    return lambda _text, _tokens: result
+
+
+_STATEMENT_TREES = (exp.Query, exp.Values, exp.Insert, exp.Update, exp.Delete, exp.Merge)
+
+
+def _query(text: str, tokens: Sequence[Token]) -> Classified:
+    """SELECT / VALUES / TABLE / WITH / parenthesised queries."""
+    # Cheap rule: no parenthesis means no function call, no CTE and no subquery;
+    # without FOR (row locks) and INTO (creates a table) such a query only reads.
+    if tokens[0].text != "WITH" and not any(
+        (t.kind is Tok.PUNCT and t.text == "(")
+        or (t.kind is Tok.WORD and t.text in ("FOR", "INTO"))
+        for t in tokens
+    ):
+        return READ
+    try:
+        tree = sqlglot.parse_one(text, dialect="postgres")
+    except Exception:
+        # sqlglot raises ParseError/TokenError and, on odd input, others; unknown
+        # goes to the primary, which is always safe.
+        return OTHER
+    if not isinstance(
+        tree, exp.Query | exp.Values | exp.Insert | exp.Update | exp.Delete | exp.Merge
+    ):
+        return OTHER
+    return _tree(text, tree)
+
+
+def _tree(text: str, tree: exp.Expr) -> Classified:
+    kind = Kind.READ
+    pins = False
+    release_only = False
+    for node in tree.walk():
+        if isinstance(node, exp.Insert | exp.Update | exp.Delete | exp.Merge | exp.Lock):
+            kind = _max(kind, Kind.WRITE)
+        elif isinstance(node, exp.Into):
+            kind = Kind.DDL
+            pins = pins or bool(node.args.get("temporary"))
+        elif isinstance(node, exp.Anonymous | exp.AnonymousAggFunc):
+            name = node.name.lower()
+            if isinstance(node.parent, exp.Dot):
+                kind = _max(kind, Kind.WRITE)  # schema-qualified: may be a user function
+            elif name in functions.PINNING:
+                kind, pins = _max(kind, Kind.WRITE), True
+            elif name == functions.RELEASE_ALL:
+                release_only = True
+            elif name not in functions.READ_ONLY_POSTGRES:
+                kind = _max(kind, Kind.WRITE)
+        elif isinstance(node, exp.Func) and any(
+            n.lower() in functions.NOT_READ_ONLY_KNOWN for n in type(node).sql_names()
+        ):
+            kind = _max(kind, Kind.WRITE)
+    if release_only and kind is Kind.READ and not pins:
+        return Classified(Kind.SESSION_SET, session_sql=text)
+    if release_only:
+        kind = _max(kind, Kind.WRITE)
+    return Classified(kind, pins_session=pins)
+
+
+def _depth0_index(tokens: Sequence[Token], words: tuple[str, ...], start: int = 1) -> int:
+    """Index of the first WORD in ``words`` outside parentheses, or -1."""
+    depth = 0
+    for i in range(start, len(tokens)):
+        t = tokens[i]
+        if t.kind is Tok.PUNCT:
+            depth += {"(": 1, ")": -1}.get(t.text, 0)
+        elif depth == 0 and t.kind is Tok.WORD and t.text in words:
+            return i
+    return -1
+
+
+def _inner_query(text: str, tokens: Sequence[Token], start: int) -> Classified:
+    """Classify the query beginning at ``tokens[start]`` (DECLARE … FOR q, COPY (q) TO)."""
+    if start >= len(tokens):
+        return OTHER
+    inner = tokens[start:]
+    offset = inner[0].start
+    rebased = [Token(t.kind, t.text, t.start - offset) for t in inner]
+    return _statement(text[offset:], rebased)
+
+
+def _copy(text: str, tokens: Sequence[Token]) -> Classified:
+    direction = _depth0_index(tokens, ("FROM", "TO"))
+    if direction < 0:
+        return OTHER
+    if tokens[direction].text == "FROM":
+        return WRITE
+    target = tokens[direction + 1] if direction + 1 < len(tokens) else None
+    if target is None or target.kind is not Tok.WORD or target.text != "STDOUT":
+        return OTHER  # COPY … TO 'file' / PROGRAM writes on the server: primary
+    if len(tokens) > 1 and tokens[1].kind is Tok.PUNCT and tokens[1].text == "(":
+        close = _depth0_index(tokens, ("TO",)) - 1  # the ")" before TO
+        return _inner_query(text[: tokens[close].start], tokens[:close], 2)
+    return READ
+
+
+def _explain(text: str, tokens: Sequence[Token]) -> Classified:
+    analyze = False
+    i = 1
+    if i < len(tokens) and tokens[i].kind is Tok.PUNCT and tokens[i].text == "(":
+        # EXPLAIN (ANALYZE [boolean], BUFFERS, …) statement
+        i += 1
+        option: list[str] = []
+        while i < len(tokens) and not (tokens[i].kind is Tok.PUNCT and tokens[i].text == ")"):
+            t = tokens[i]
+            if t.kind is Tok.PUNCT and t.text == ",":
+                analyze = analyze or _analyze_option(option)
+                option = []
+            else:
+                option.append(t.text.upper())
+            i += 1
+        analyze = analyze or _analyze_option(option)
+        i += 1
+    else:
+        while i < len(tokens) and tokens[i].kind is Tok.WORD:
+            if tokens[i].text in ("ANALYZE", "ANALYSE"):
+                analyze = True
+            elif tokens[i].text != "VERBOSE":
+                break
+            i += 1
+    inner = _inner_query(text, tokens, i)
+    if analyze:
+        return inner
+    # Without ANALYZE nothing executes; a standby plans DML fine.
+    return READ if inner.kind in (Kind.READ, Kind.WRITE) else OTHER
+
+
+def _analyze_option(option: list[str]) -> bool:
+    if not option or option[0] not in ("ANALYZE", "ANALYSE"):
+        return False
+    return len(option) == 1 or option[1] in ("TRUE", "ON", "1")
+
+
+def _declare(text: str, tokens: Sequence[Token]) -> Classified:
+    at = _depth0_index(tokens, ("FOR",))
+    if at < 0:
+        return OTHER
+    words = [t.text for t in tokens[:at] if t.kind is Tok.WORD]
+    hold = any(a == "WITH" and b == "HOLD" for a, b in itertools.pairwise(words))
+    inner = _inner_query(text, tokens, at + 1)
+    if hold:  # a cursor that outlives its transaction lives on one backend
+        return dataclasses.replace(inner, pins_session=True)
+    return inner
+
+
+def _create(text: str, tokens: Sequence[Token]) -> Classified:
+    temp = False
+    for w in _words(tokens, 6)[1:]:  # CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP[ORARY] …
+        if w not in ("OR", "REPLACE", "GLOBAL", "LOCAL"):
+            temp = w in ("TEMP", "TEMPORARY")
+            break
+    for a, b in itertools.pairwise(tokens):
+        if a.kind is Tok.WORD and a.text == "PG_TEMP" and b.text == ".":
+            temp = True
+    return Classified(Kind.DDL, pins_session=temp)
+
+
+def _read_only(tokens: Sequence[Token]) -> bool:
+    """The last ``READ ONLY`` / ``READ WRITE`` in a transaction-mode list wins."""
+    read_only = False
+    for a, b in itertools.pairwise(tokens):
+        if a.kind is Tok.WORD and a.text == "READ" and b.kind is Tok.WORD:
+            if b.text == "ONLY":
+                read_only = True
+            elif b.text == "WRITE":
+                read_only = False
+    return read_only
+
+
+def _begin(text: str, tokens: Sequence[Token]) -> Classified:
+    words = _words(tokens, 2)
+    if words[0] == "START" and (len(words) < 2 or words[1] != "TRANSACTION"):
+        return OTHER
+    return Classified(Kind.BEGIN, read_only_tx=_read_only(tokens))
+
+
+def _commit(text: str, tokens: Sequence[Token]) -> Classified:
+    if _words(tokens, 2)[1:] == ["PREPARED"]:
+        return WRITE  # COMMIT PREPARED 'gid': outside a transaction, on the primary
+    return Classified(Kind.COMMIT)
+
+
+def _rollback(text: str, tokens: Sequence[Token]) -> Classified:
+    words = _words(tokens, 4)
+    if words[1:2] == ["PREPARED"]:
+        return WRITE
+    if "TO" in words[1:3]:
+        return SAVEPOINT
+    return Classified(Kind.ROLLBACK)
+
+
+def _setting_name(tokens: Sequence[Token], start: int) -> tuple[str, int]:
+    """``a.b`` (words, quoted identifiers and dots) from ``start``; returns (name, next index)."""
+    parts: list[str] = []
+    i = start
+    while i < len(tokens):
+        t = tokens[i]
+        if t.kind is Tok.WORD and t.text not in ("TO",):
+            parts.append(t.text.lower())
+        elif t.kind is Tok.IDENT:
+            parts.append(t.text)
+        elif not (t.kind is Tok.PUNCT and t.text == "."):
+            break
+        i += 1
+    return ".".join(parts) if parts else "", i
+
+
+def _proxy(kind: Kind, name: str, value: str) -> Classified:
+    """A ``pgshard.*`` statement, validated here so the session only has to answer it."""
+    key = name[len(PROXY_PREFIX) :]
+    valid = PROXY_SETTINGS.get(key)
+    if valid is None:
+        known = ", ".join(PROXY_PREFIX + k for k in PROXY_SETTINGS)
+        return Classified(
+            Kind.OTHER,
+            refusal=Refusal("42704", f'unrecognized pgshard setting "{name}"', f"known: {known}"),
+        )
+    if kind is Kind.PROXY_SET and value not in (*valid, DEFAULT_VALUE):
+        return Classified(
+            Kind.OTHER,
+            refusal=Refusal(
+                "22023",
+                f'invalid value for parameter "{name}": "{value}"',
+                f"Available values: {', '.join(valid)}.",
+            ),
+        )
+    return Classified(kind, proxy_setting=(key, value))
+
+
+def _set(text: str, tokens: Sequence[Token]) -> Classified:
+    words = _words(tokens, 3)
+    i = 1
+    local = False
+    if words[1:2] in (["SESSION"], ["LOCAL"]):
+        local = words[1] == "LOCAL"
+        if words[2:3] in (["CHARACTERISTICS"], ["AUTHORIZATION"]):
+            return Classified(Kind.SESSION_SET, session_sql=text)
+        i = 2
+    head = tokens[i].text if i < len(tokens) and tokens[i].kind is Tok.WORD else ""
+    if head == "TRANSACTION":
+        return Classified(Kind.TX_SET, read_only_tx=_read_only(tokens))
+    if head == "CONSTRAINTS":
+        return Classified(Kind.TX_SET)
+    name, j = _setting_name(tokens, i)
+    if name.startswith(PROXY_PREFIX):
+        # SET pgshard.x {TO | =} value; the proxy's settings are session-level (LOCAL too)
+        if j < len(tokens) and (tokens[j].text == "=" or tokens[j].text == "TO"):
+            j += 1
+        values = tokens[j:]
+        if len(values) != 1 or values[0].kind not in (Tok.WORD, Tok.STRING, Tok.IDENT):
+            shown = text[tokens[j].start :] if j < len(tokens) else ""
+            return Classified(
+                Kind.OTHER,
+                refusal=Refusal(
+                    "22023", f'invalid value for parameter "{name}": "{shown}"', "give one value"
+                ),
+            )
+        return _proxy(Kind.PROXY_SET, name, values[0].text.lower())
+    if local:
+        return Classified(Kind.TX_SET)
+    return Classified(Kind.SESSION_SET, session_sql=text)
+
+
+def _reset(text: str, tokens: Sequence[Token]) -> Classified:
+    name, _ = _setting_name(tokens, 1)
+    if name.startswith(PROXY_PREFIX):
+        return _proxy(Kind.PROXY_SET, name, DEFAULT_VALUE)
+    return Classified(Kind.SESSION_SET, session_sql=text)
+
+
+def _show(text: str, tokens: Sequence[Token]) -> Classified:
+    name, _ = _setting_name(tokens, 1)
+    if name.startswith(PROXY_PREFIX):
+        return _proxy(Kind.PROXY_SHOW, name, "")
+    return READ
+
+
+def _session(text: str, tokens: Sequence[Token]) -> Classified:
+    return Classified(Kind.SESSION_SET, session_sql=text)
+
+
+def _close(text: str, tokens: Sequence[Token]) -> Classified:
+    return _session(text, tokens) if _words(tokens, 2)[1:] == ["ALL"] else OTHER
+
+
+_PIN = Classified(Kind.PIN, pins_session=True)
+
+_RULES: dict[str, Callable[[str, Sequence[Token]], Classified]] = {
+    "SELECT": _query,
+    "WITH": _query,
+    "VALUES": _query,
+    "TABLE": _query,
+    **dict.fromkeys(
+        [
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "MERGE",
+            "TRUNCATE",
+            "CALL",
+            "DO",
+            "LOCK",
+            "VACUUM",
+            "ANALYZE",
+            "ANALYSE",
+            "CLUSTER",
+            "REINDEX",
+            "CHECKPOINT",
+            "NOTIFY",
+        ],
+        _simple(WRITE),
+    ),
+    **dict.fromkeys(
+        [
+            "ALTER",
+            "DROP",
+            "COMMENT",
+            "GRANT",
+            "REVOKE",
+            "SECURITY",
+            "IMPORT",
+            "REASSIGN",
+            "REFRESH",
+        ],
+        _simple(DDL),
+    ),
+    "CREATE": _create,
+    "COPY": _copy,
+    "EXPLAIN": _explain,
+    "DECLARE": _declare,
+    "BEGIN": _begin,
+    "START": _begin,
+    "COMMIT": _commit,
+    "END": _commit,
+    "ROLLBACK": _rollback,
+    "ABORT": _rollback,
+    "SAVEPOINT": _simple(SAVEPOINT),
+    "RELEASE": _simple(SAVEPOINT),
+    "SET": _set,
+    "RESET": _reset,
+    "SHOW": _show,
+    "DISCARD": _session,
+    "UNLISTEN": _session,
+    "CLOSE": _close,
+    "LISTEN": _simple(_PIN),
+    "PREPARE": _simple(_PIN),
+    "LOAD": _simple(_PIN),
+}
+"""First word -> rule. Words not listed (EXECUTE, DEALLOCATE, FETCH, MOVE, …) are OTHER."""
+
+
+# --- several statements in one string ----------------------------------------------------
+
+_RANK: dict[Kind, int] = {
+    k: i
+    for i, k in enumerate(
+        (
+            Kind.READ,
+            Kind.SESSION_SET,
+            Kind.TX_SET,
+            Kind.SAVEPOINT,
+            Kind.BEGIN,
+            Kind.COMMIT,
+            Kind.ROLLBACK,
+            Kind.PIN,
+            Kind.WRITE,
+            Kind.OTHER,
+            Kind.DDL,
+            Kind.PROXY_SHOW,
+            Kind.PROXY_SET,
+        )
+    )
+}
+"""How demanding a kind is; a multi-statement string gets the highest of its parts."""
+
+
+def _max(a: Kind, b: Kind) -> Kind:
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def _combine(parts: Sequence[Classified], texts: Sequence[str]) -> Classified:
+    """``BEGIN; INSERT …; COMMIT`` -> WRITE; ``SELECT 1; SELECT 2`` -> READ; ``SET a=1; SELECT``
+    -> READ with ``session_sql='SET a=1'`` (the SET alone is replayed elsewhere)."""
+    for p in parts:
+        if p.refusal is not None:
+            return p
+        if p.kind in (Kind.PROXY_SET, Kind.PROXY_SHOW):
+            return Classified(
+                Kind.OTHER,
+                refusal=Refusal(
+                    "0A000",
+                    "SET/SHOW pgshard.* cannot be combined with other statements in one query",
+                    "send it as a query of its own",
+                ),
+            )
+    kind = Kind.READ if any(p.kind is not Kind.SESSION_SET for p in parts) else Kind.SESSION_SET
+    for p in parts:
+        if p.kind is not Kind.SESSION_SET:
+            kind = _max(kind, p.kind)
+    session_sql = [t for p, t in zip(parts, texts, strict=True) if p.kind is Kind.SESSION_SET]
+    return Classified(
+        kind,
+        read_only_tx=kind is Kind.BEGIN and any(p.read_only_tx for p in parts),
+        pins_session=any(p.pins_session for p in parts),
+        session_sql=";\n".join(session_sql) if session_sql else None,
+    )

@@ -1,0 +1,200 @@
+"""Which member of a shard runs a statement: the pure routing decision.
+
+Called by the client session (``server/session.py``) once per statement (per
+Query, or per Sync-terminated batch of the extended protocol) with the
+statement's :class:`~.classify.Classified`, the session's state and the latest
+follower positions from ``consistency/monitor.PositionMonitor.replayed``. No I/O,
+no clock: the session does the waiting and the bookkeeping a :class:`Route` asks for:
+
+1. ``route.wait_ms > 0``: ``await monitor.wait_for(route.member.name,
+   route.min_position, route.wait_ms / 1000)``; if that returns False use
+   ``route.on_timeout`` (the primary) instead;
+2. run the statement on ``route.member``;
+3. after its ReadyForQuery, by ``route.track``: ``CAPTURE_PRIMARY`` -> start
+   ``monitor.primary_position(shard)`` (do not delay the client) and feed it to
+   ``tokens.after_write`` / ``after_primary_read`` — the session's next read on
+   that shard awaits it; while the transaction is still open (status T/E) the
+   capture may be skipped, the one after it ends covers it. ``FOLLOWER`` ->
+   ``tokens.after_read(shard, route.observed, route.member.name)``.
+
+Inside a transaction every statement goes where the transaction started (pass
+that route as ``in_transaction``); ``pinned`` sessions use only the primary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+
+from pgshard_proxy.consistency.tracker import Mode, SessionTokens
+from pgshard_proxy.contract.positions import Position
+from pgshard_proxy.contract.topology import Member, Shard
+
+from .classify import Classified, Kind
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    FOLLOWER = "follower"
+
+
+class Track(enum.Enum):
+    """What the session records after the statement ran (see the module docstring)."""
+
+    NOTHING = "nothing"
+    CAPTURE_PRIMARY = "capture-primary"
+    FOLLOWER = "follower"
+
+
+class Reason(enum.Enum):
+    """Why this member: for logs, metrics and tests."""
+
+    STRONG = "strong mode"
+    NOT_A_READ = "not a read"
+    PINNED = "session pinned to the primary"
+    IN_TRANSACTION = "inside a transaction"
+    NO_FOLLOWER = "no streaming follower with a known position"
+    STICKY_FOLLOWER_GONE = "the follower this session read from is gone"
+    FOLLOWER = "follower has the session's position"
+    FOLLOWER_WAIT = "follower behind the session's position: wait"
+    FOLLOWER_TIMEOUT = "follower still behind after maxWaitMs"
+    NO_WAIT = "follower behind and maxWaitMs is 0"
+    EVENTUAL = "eventual mode: any streaming follower"
+
+
+class NoPrimary(RuntimeError):
+    """The shard has no primary right now (failover in progress); the client should retry."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    role: Role
+    member: Member
+    reason: Reason
+    min_position: Position | None = None
+    """Replayed position ``member`` needs before it may run the statement (followers)."""
+    wait_ms: int = 0
+    """How long to wait for ``member`` to reach ``min_position``; 0 = it already has."""
+    on_timeout: Route | None = None
+    """Where to go when the wait times out (the primary); None if there is no primary now."""
+    track: Track = Track.NOTHING
+    observed: Position | None = None
+    """FOLLOWER routes: the follower's replayed position when routed (for ``after_read``)."""
+
+
+def route(
+    c: Classified,
+    *,
+    mode: Mode,
+    in_transaction: Route | None,
+    pinned: bool,
+    shard: Shard,
+    tokens: SessionTokens,
+    replayed: Mapping[str, Position],
+    max_wait_ms: int,
+    seed: int = 0,
+) -> Route:
+    """Decide where ``c`` runs. ``seed`` spreads sessions over equally good followers
+    (pass something stable per session, e.g. its backend key); raises :class:`NoPrimary`
+    when the primary is needed and the shard has none."""
+    if in_transaction is not None:
+        # Statements of a transaction follow its first route; nothing waits mid-transaction.
+        return dataclasses.replace(
+            in_transaction,
+            reason=Reason.IN_TRANSACTION,
+            min_position=None,
+            wait_ms=0,
+            on_timeout=None,
+        )
+    tracking = mode is Mode.SESSION and bool(shard.followers)
+    if mode is Mode.STRONG:
+        return _primary(shard, Reason.STRONG, tracking)
+    if pinned or c.pins_session:
+        return _primary(shard, Reason.PINNED, False)
+    if not _is_read(c):
+        # Session settings change no data: nothing to capture after them.
+        return _primary(shard, Reason.NOT_A_READ, tracking and c.kind not in _NO_DATA)
+    streaming = [
+        f for f in shard.followers if f.state == "streaming" and replayed.get(f.name) is not None
+    ]
+    if mode is Mode.EVENTUAL:
+        if not streaming:
+            return _primary(shard, Reason.NO_FOLLOWER, False)
+        chosen = _pick(streaming, tokens.sticky_follower(shard.index), seed)
+        return Route(Role.FOLLOWER, chosen, Reason.EVENTUAL, observed=replayed[chosen.name])
+    return _session_read(shard, tokens, replayed, streaming, max_wait_ms, seed)
+
+
+_NO_DATA = frozenset((Kind.SESSION_SET, Kind.TX_SET, Kind.PROXY_SET, Kind.PROXY_SHOW))
+
+
+def _is_read(c: Classified) -> bool:
+    return c.kind is Kind.READ or (c.kind is Kind.BEGIN and c.read_only_tx)
+
+
+def _primary(shard: Shard, reason: Reason, capture: bool) -> Route:
+    if shard.primary is None:
+        raise NoPrimary(
+            f"shard {shard.index} has no primary right now (failover in progress?); retry"
+        )
+    return Route(
+        Role.PRIMARY,
+        shard.primary,
+        reason,
+        track=Track.CAPTURE_PRIMARY if capture else Track.NOTHING,
+    )
+
+
+def _pick(candidates: list[Member], sticky: str | None, seed: int) -> Member:
+    for f in candidates:
+        if f.name == sticky:
+            return f
+    ordered = sorted(candidates, key=lambda m: m.name)
+    return ordered[seed % len(ordered)]
+
+
+def _session_read(
+    shard: Shard,
+    tokens: SessionTokens,
+    replayed: Mapping[str, Position],
+    streaming: list[Member],
+    max_wait_ms: int,
+    seed: int,
+) -> Route:
+    """Read-your-writes and monotonic reads (see ``consistency/tracker.py``)."""
+    required = tokens.required(shard.index)
+    sticky = tokens.sticky_follower(shard.index)
+    if sticky is not None:
+        # Monotonic reads: only the follower we last read from is known to be safe.
+        streaming = [f for f in streaming if f.name == sticky]
+        if not streaming:
+            return _primary(shard, Reason.STICKY_FOLLOWER_GONE, True)
+    if not streaming:
+        return _primary(shard, Reason.NO_FOLLOWER, bool(shard.followers))
+    ready = [f for f in streaming if required is None or replayed[f.name] >= required]
+    if ready:
+        chosen = _pick(ready, sticky, seed)
+        return Route(
+            Role.FOLLOWER,
+            chosen,
+            Reason.FOLLOWER,
+            min_position=required,
+            track=Track.FOLLOWER,
+            observed=replayed[chosen.name],
+        )
+    if max_wait_ms <= 0:
+        return _primary(shard, Reason.NO_WAIT, True)
+    # Wait for the most advanced follower; the session checks it again when it arrives.
+    chosen = max(streaming, key=lambda f: (replayed[f.name], f.name))
+    fallback = _primary(shard, Reason.FOLLOWER_TIMEOUT, True) if shard.primary is not None else None
+    return Route(
+        Role.FOLLOWER,
+        chosen,
+        Reason.FOLLOWER_WAIT,
+        min_position=required,
+        wait_ms=max_wait_ms,
+        on_timeout=fallback,
+        track=Track.FOLLOWER,
+        observed=required,
+    )
