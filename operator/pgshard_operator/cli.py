@@ -19,7 +19,7 @@ from . import __version__
 
 # Modules exposing ``register(subparsers)``; imported lazily so that a command's
 # heavy dependencies load only when it is used.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("pgshard_proxy.rewrite.cli",)
 
 
 class CommandError(Exception):
