@@ -106,7 +106,9 @@ class Platform(Protocol):
         primary_conninfo`` to ``primary``'s address (application_name = member) and
         ``pg_reload_conf()``, no restart. If followers use replication slots, create
         ``member``'s slot on ``primary`` first. Return once the setting is reloaded
-        (streaming may resume a moment later)."""
+        (streaming may resume a moment later). Write ``host`` and ``port`` exactly as in
+        ``primary``'s ``MemberInfo.address``: the manager compares them (via
+        ``SHOW primary_conninfo``) to tell whether a follower still needs repointing."""
         ...
 
     async def rejoin(self, member: str, primary: str) -> state.RejoinResult:

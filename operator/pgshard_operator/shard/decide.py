@@ -2,7 +2,25 @@
 
 Pure: no awaits, no clock, no I/O (import-linter forbids asyncio/asyncpg here).
 Called by ``manager`` once per cycle; its result says what state the shard is
-in, why (one readable sentence), and which actions to run now.
+in, why (one readable sentence), and which actions to run now. ``remember``
+folds one cycle's observations into the small :class:`Memory` kept between
+cycles.
+
+Transitions, in the order they are checked:
+
+1. no primary in the record → ``NO_PRIMARY``;
+2. a member other than the recorded primary holds a newer lease and is writable
+   (a promotion whose publish was lost) → ``FAILING_OVER``: publish it;
+3. primary writable → ``HEALTHY``, with upkeep actions: fence + rejoin stale
+   primaries, rejoin the old primary after a failover, repoint followers that
+   stream from elsewhere, fix ``synchronous_standby_names``, publish changes;
+4. otherwise the primary is down. Failover disabled → ``BLOCKED``. Process not
+   known gone: unreachable for less than ``detectionSeconds`` →
+   ``PRIMARY_SUSPECT``; its lease may still be valid → ``WAITING_LEASE``.
+   Within ``cooldownSeconds`` of the last failover → ``COOLDOWN``. No
+   promotable follower, sync/quorum safety not certain, or (async) the best
+   candidate is more than ``maxLagBytes`` behind → ``BLOCKED`` (``force``
+   overrides the last three, never the lease). Else → ``FAILING_OVER``.
 """
 
 from __future__ import annotations
@@ -13,7 +31,7 @@ from collections.abc import Mapping
 
 from pgshard_proxy.contract import positions
 
-from . import actions, policy, state
+from . import actions, order, policy, record, replication, state
 
 
 class DecisionKind(enum.Enum):
@@ -47,10 +65,32 @@ class Memory:
     """What the manager remembers between cycles (kept in memory; losing it on restart
     is safe: it only makes the manager wait longer or know less about lag)."""
 
+    epoch: int | None = None
+    """The epoch these facts are about; a new epoch starts a fresh memory."""
     primary_unreachable_since: float | None = None
-    """When the primary was first seen unreachable in the current outage."""
+    """When the primary was first seen not writable in the current outage."""
     last_primary_position: positions.Position | None = None
     """The primary's write position at the last successful probe (for maxLagBytes)."""
+
+
+def remember(
+    memory: Memory,
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    now: float,
+) -> Memory:
+    """Memory after this cycle's observations."""
+    if memory.epoch != snapshot.epoch:
+        memory = Memory(epoch=snapshot.epoch)
+    obs = observations.get(snapshot.primary) if snapshot.primary else None
+    if obs is not None and _writable(obs):
+        return Memory(snapshot.epoch, None, obs.current_lsn or memory.last_primary_position)
+    since = memory.primary_unreachable_since
+    return Memory(snapshot.epoch, now if since is None else since, memory.last_primary_position)
+
+
+def _writable(obs: state.MemberObservation) -> bool:
+    return obs.ok and obs.in_recovery is False
 
 
 def decide(
@@ -59,12 +99,256 @@ def decide(
     now: float,
     pol: policy.ShardPolicy,
     memory: Memory,
+    *,
+    force: bool = False,
 ) -> Decision:
-    """The decision for this cycle. ``observations`` is keyed by member name."""
+    """The decision for this cycle. ``observations`` is keyed by member name; ``memory``
+    must already include this cycle (:func:`remember`). ``force`` is an operator's
+    explicit request to fail over accepting loss (ignores cooldown, maxLagBytes and the
+    sync/quorum check; never the lease)."""
     primary = snapshot.primary
     if primary is None:
         return Decision(DecisionKind.NO_PRIMARY, "the shard record names no primary yet")
-    obs = observations.get(primary)
-    if obs is not None and obs.ok and obs.in_recovery is False:
-        return Decision(DecisionKind.HEALTHY, f"primary {primary} is writable")
-    return Decision(DecisionKind.PRIMARY_SUSPECT, f"primary {primary} is not answering")
+    lease = snapshot.lease
+    if lease is not None and lease.holder != primary and lease.epoch > snapshot.epoch:
+        holder = observations.get(lease.holder)
+        if holder is not None and _writable(holder):
+            return _complete_promotion(snapshot, observations, now, lease)
+    p_obs = observations.get(primary)
+    if p_obs is not None and _writable(p_obs):
+        return _healthy(snapshot, observations, pol)
+    return _primary_down(snapshot, observations, now, pol, memory, force)
+
+
+def _complete_promotion(
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    now: float,
+    lease: state.Lease,
+) -> Decision:
+    last = state.LastFailover(
+        kind=state.FailoverKind.FAILOVER,
+        at=now,
+        old_primary=snapshot.primary,
+        new_primary=lease.holder,
+        epoch=lease.epoch,
+        reason=f"{lease.holder} was promoted at epoch {lease.epoch} but not yet published",
+    )
+    shard = record.shard_record(
+        snapshot, observations, primary=lease.holder, epoch=lease.epoch, last_failover=last
+    )
+    return Decision(
+        DecisionKind.FAILING_OVER,
+        f"completing failover: {last.reason}",
+        (actions.PublishTopology(shard),),
+    )
+
+
+def _healthy(
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    pol: policy.ShardPolicy,
+) -> Decision:
+    primary = snapshot.member(snapshot.primary or "")
+    p_obs = observations[primary.name]
+    todo: list[actions.Action] = []
+    notes: list[str] = []
+    last = snapshot.last_failover
+    rejoining: set[str] = set()
+    for m in snapshot.followers():
+        obs = observations.get(m.name)
+        if obs is not None and _writable(obs):
+            # A second writable member: an old primary that came back (SIGCONT, restart
+            # from old data). Its lease is gone, so it acknowledges nothing; make sure.
+            todo += [actions.Fence(m.name), actions.Rejoin(m.name, primary.name)]
+            notes.append(f"{m.name} is writable but not the primary: fencing and rejoining")
+            rejoining.add(m.name)
+        elif (
+            last is not None
+            and last.old_primary == m.name
+            and last.rejoin is None
+            and last.epoch == snapshot.epoch
+            and not m.bootstrapping
+        ):
+            todo.append(actions.Rejoin(m.name, primary.name))
+            notes.append(f"old primary {m.name} rejoins")
+            rejoining.add(m.name)
+        elif m.process is state.ProcessState.GONE and not m.bootstrapping:
+            todo.append(actions.Rejoin(m.name, primary.name))
+            notes.append(f"{m.name} is gone: restarting it as a follower")
+            rejoining.add(m.name)
+    for m in snapshot.followers():
+        obs = observations.get(m.name)
+        if (
+            m.name not in rejoining
+            and obs is not None
+            and obs.ok
+            and obs.in_recovery
+            and obs.upstream != primary.address
+        ):
+            todo.append(actions.Repoint(m.name, primary.name))
+            notes.append(f"{m.name} streams from {obs.upstream or 'nowhere'}")
+    wanted = replication.standby_names(pol.replication, (m.name for m in snapshot.followers()))
+    if p_obs.sync_standby_names is not None and p_obs.sync_standby_names != wanted:
+        todo.append(actions.SetSyncStandbys(primary.name, wanted))
+        notes.append(f"synchronous_standby_names should be {wanted!r}")
+    shard = record.shard_record(
+        snapshot, observations, primary=primary.name, epoch=snapshot.epoch, last_failover=last
+    )
+    if not record.same_structure(shard, snapshot.shard):
+        todo.append(actions.PublishTopology(shard))
+    reason = f"primary {primary.name} is writable at epoch {snapshot.epoch}"
+    if notes:
+        reason += "; " + "; ".join(notes)
+    return Decision(DecisionKind.HEALTHY, reason, tuple(todo))
+
+
+def _primary_down(
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    now: float,
+    pol: policy.ShardPolicy,
+    memory: Memory,
+    force: bool,
+) -> Decision:
+    primary = snapshot.member(snapshot.primary or "")
+    p_obs = observations.get(primary.name)
+    gone = primary.process is state.ProcessState.GONE
+    if p_obs is None:
+        what = "was not observed"
+    elif p_obs.ok:
+        what = "answers but is read-only"
+    else:
+        what = f"does not answer ({p_obs.error})"
+    if gone:
+        what = "process is gone"
+    fo = pol.failover
+    if not fo.enabled and not force:
+        return Decision(
+            DecisionKind.BLOCKED,
+            f"primary {primary.name} {what}; automatic failover is disabled "
+            f"(failover.enabled=false): switch over or fail over by hand",
+        )
+    since = memory.primary_unreachable_since if memory.primary_unreachable_since else now
+    down_for = now - since
+    if not gone and down_for < fo.detection_seconds:
+        return Decision(
+            DecisionKind.PRIMARY_SUSPECT,
+            f"primary {primary.name} {what} for {down_for:.1f}s; failing over after "
+            f"{fo.detection_seconds:g}s",
+        )
+    lease = snapshot.lease
+    # A gone holder's lease cannot protect any write; any other lease may.
+    holder_gone = gone and lease is not None and lease.holder == primary.name
+    if lease is not None and lease.may_be_valid(now) and not holder_gone:
+        return Decision(
+            DecisionKind.WAITING_LEASE,
+            f"primary {primary.name} {what}; waiting for lease expiry, "
+            f"{lease.seconds_left(now):.1f}s left (held by {lease.holder})",
+        )
+    last = snapshot.last_failover
+    if last is not None and not force and now - last.at < fo.cooldown_seconds:
+        return Decision(
+            DecisionKind.COOLDOWN,
+            f"primary {primary.name} {what}; last failover was {now - last.at:.0f}s ago, "
+            f"no automatic failover for {fo.cooldown_seconds - (now - last.at):.0f}s more "
+            f"(cooldownSeconds={fo.cooldown_seconds:g})",
+        )
+    followers = snapshot.followers()
+    candidates = [observations[m.name] for m in followers if m.name in observations]
+    best = order.best_candidate(candidates, fo)
+    if best is None:
+        return Decision(
+            DecisionKind.BLOCKED,
+            f"primary {primary.name} {what}; no follower can be promoted "
+            f"(none answers in recovery)",
+        )
+    answering = [o.name for o in candidates if order.promotable(o)]
+    safety = replication.failover_keeps_acks(
+        pol.replication, [m.name for m in followers], answering
+    )
+    if not safety.safe and not force:
+        return Decision(DecisionKind.BLOCKED, f"primary {primary.name} {what}; {safety.reason}")
+    behind = _bytes_behind(best, memory.last_primary_position)
+    if (
+        fo.max_lag_bytes is not None
+        and behind is not None
+        and behind > fo.max_lag_bytes
+        and pol.replication.required_acks == 0
+        and not force
+    ):
+        return Decision(
+            DecisionKind.BLOCKED,
+            f"primary {primary.name} {what}; best candidate {best.name} is {behind} bytes "
+            f"behind the last known primary position (maxLagBytes={fo.max_lag_bytes}): "
+            f"refusing to lose that much; force a failover to accept it",
+        )
+    epoch = max(snapshot.epoch, lease.epoch if lease else 0) + 1
+    why = "process is gone" if gone else "lease expired" if lease else "no lease held"
+    lag_note = f"{behind} bytes behind" if behind is not None else "lag unknown"
+    reason = (
+        f"primary {primary.name} {what} ({why}); promoting {best.name} at epoch {epoch} "
+        f"({lag_note}{', forced' if force else ''})"
+    )
+    return Decision(
+        DecisionKind.FAILING_OVER,
+        reason,
+        promotion_actions(
+            snapshot,
+            observations,
+            pol,
+            target=best.name,
+            epoch=epoch,
+            last_failover=state.LastFailover(
+                kind=state.FailoverKind.FAILOVER,
+                at=now,
+                old_primary=primary.name,
+                new_primary=best.name,
+                epoch=epoch,
+                reason=reason,
+            ),
+        ),
+    )
+
+
+def _bytes_behind(
+    obs: state.MemberObservation, primary_position: positions.Position | None
+) -> int | None:
+    held = obs.position
+    if primary_position is None or held is None:
+        return None
+    return max(0, primary_position - held)
+
+
+def promotion_actions(
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    pol: policy.ShardPolicy,
+    *,
+    target: str,
+    epoch: int,
+    last_failover: state.LastFailover,
+) -> tuple[actions.Action, ...]:
+    """Promote ``target`` at ``epoch``: sync standbys first (so it never acknowledges an
+    unconfirmed commit), promote with the lease compare-and-set, publish, repoint the
+    followers that answer. The old primary rejoins later, as upkeep. Shared with
+    ``switchover``."""
+    todo: list[actions.Action] = []
+    others = [m.name for m in snapshot.members if m.name != target]
+    if pol.replication.required_acks:
+        todo.append(
+            actions.SetSyncStandbys(target, replication.standby_names(pol.replication, others))
+        )
+    todo.append(actions.Promote(target, epoch, snapshot.lease))
+    todo.append(
+        actions.PublishTopology(
+            record.shard_record(
+                snapshot, observations, primary=target, epoch=epoch, last_failover=last_failover
+            )
+        )
+    )
+    for name in others:
+        obs = observations.get(name)
+        if name != snapshot.primary and obs is not None and order.promotable(obs):
+            todo.append(actions.Repoint(name, target))
+    return tuple(todo)

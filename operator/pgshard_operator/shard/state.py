@@ -67,6 +67,9 @@ class MemberInfo:
     dsn: str
     """Connection URI the manager uses to observe it (a superuser or monitoring role)."""
     process: ProcessState = ProcessState.UNKNOWN
+    bootstrapping: bool = False
+    """The platform is creating its data (initdb, pg_basebackup, re-clone); published as
+    state ``bootstrapping`` and not observed."""
 
 
 @dataclasses.dataclass(frozen=True)

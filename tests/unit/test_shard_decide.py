@@ -1,0 +1,312 @@
+"""decide(): every transition of the failover state machine, with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgshard_operator.shard import actions, decide, policy, record, state
+from tests.unit.shard_fixtures import by_name, down, follower_obs, primary_obs, snapshot
+
+K = decide.DecisionKind
+NOW = 10_000.0
+ASYNC = policy.ShardPolicy()
+SYNC = policy.ShardPolicy(replication=policy.ReplicationSettings(policy.ReplicationMode.SYNC))
+
+
+def quorum(k: int) -> policy.ShardPolicy:
+    return policy.ShardPolicy(
+        replication=policy.ReplicationSettings(policy.ReplicationMode.QUORUM, quorum=k)
+    )
+
+
+def run(
+    snap: state.ShardSnapshot,
+    obs: dict[str, state.MemberObservation],
+    *,
+    pol: policy.ShardPolicy = ASYNC,
+    down_since: float | None = None,
+    last_position: int | None = None,
+    force: bool = False,
+    now: float = NOW,
+) -> decide.Decision:
+    memory = decide.Memory(
+        epoch=snap.epoch,
+        primary_unreachable_since=down_since,
+        last_primary_position=state.positions.Position(last_position)
+        if last_position is not None
+        else None,
+    )
+    return decide.decide(snap, obs, now, pol, memory, force=force)
+
+
+def of_type(decision: decide.Decision, kind: type) -> list[object]:
+    return [a for a in decision.actions if isinstance(a, kind)]
+
+
+def lease(holder: str = "p", expires_at: float = NOW + 5, epoch: int = 1) -> state.Lease:
+    return state.Lease(holder=holder, epoch=epoch, expires_at=expires_at)
+
+
+HEALTHY_OBS = by_name(primary_obs(), follower_obs("a"), follower_obs("b"))
+
+
+def published(
+    snap: state.ShardSnapshot, obs: dict[str, state.MemberObservation]
+) -> state.ShardSnapshot:
+    """The same snapshot with the record already matching what the manager would publish."""
+    shard = record.shard_record(
+        snap, obs, primary=snap.primary, epoch=snap.epoch, last_failover=snap.last_failover
+    )
+    return state.ShardSnapshot(snap.members, shard, snap.version, snap.lease)
+
+
+# -- healthy ---------------------------------------------------------------------------
+
+
+def test_no_primary_in_record() -> None:
+    assert run(snapshot(primary=None), {}).kind is K.NO_PRIMARY
+
+
+def test_healthy_and_published_needs_nothing() -> None:
+    snap = published(snapshot(lease=lease()), HEALTHY_OBS)
+    d = run(snap, HEALTHY_OBS)
+    assert d.kind is K.HEALTHY
+    assert d.actions == ()
+    assert "primary p is writable at epoch 1" in d.reason
+
+
+def test_healthy_publishes_a_changed_structure() -> None:
+    d = run(snapshot(lease=lease()), HEALTHY_OBS)
+    assert d.kind is K.HEALTHY
+    (pub,) = of_type(d, actions.PublishTopology)
+    assert isinstance(pub, actions.PublishTopology)
+    assert [f.state for f in pub.shard.followers] == ["streaming", "streaming"]
+    assert pub.shard.primary is not None and pub.shard.primary.position == 1000
+
+
+def test_follower_streaming_from_elsewhere_is_repointed() -> None:
+    obs = by_name(primary_obs(), follower_obs("a", upstream="old.test:5432"), follower_obs("b"))
+    d = run(published(snapshot(), obs), obs)
+    assert d.kind is K.HEALTHY
+    assert d.actions == (actions.Repoint("a", "p"),)
+
+
+@pytest.mark.parametrize(
+    ("pol", "have", "want"),
+    [
+        (SYNC, "", 'ANY 1 ("a", "b")'),
+        (quorum(2), 'ANY 1 ("a", "b")', 'ANY 2 ("a", "b")'),
+        (ASYNC, 'ANY 1 ("a", "b")', ""),
+    ],
+)
+def test_sync_standby_names_are_kept_right(pol: policy.ShardPolicy, have: str, want: str) -> None:
+    obs = by_name(primary_obs(sync=have), follower_obs("a"), follower_obs("b"))
+    d = run(published(snapshot(), obs), obs, pol=pol)
+    assert d.actions == (actions.SetSyncStandbys("p", want),)
+
+
+def test_correct_sync_standby_names_are_left_alone() -> None:
+    obs = by_name(primary_obs(sync='ANY 1 ("a", "b")'), follower_obs("a"), follower_obs("b"))
+    assert run(published(snapshot(), obs), obs, pol=SYNC).actions == ()
+
+
+def test_a_second_writable_member_is_fenced_and_rejoined() -> None:
+    obs = by_name(primary_obs(), primary_obs("a"), follower_obs("b"))
+    d = run(published(snapshot(), obs), obs)
+    assert d.kind is K.HEALTHY
+    assert d.actions[:2] == (actions.Fence("a"), actions.Rejoin("a", "p"))
+    assert "a is writable but not the primary" in d.reason
+
+
+def test_old_primary_rejoins_after_a_failover() -> None:
+    last = state.LastFailover(state.FailoverKind.FAILOVER, NOW - 5, "x", "p", 2, "test")
+    obs = by_name(primary_obs(), follower_obs("a"), follower_obs("b"), down("x"))
+    snap = published(snapshot(names=("p", "a", "b", "x"), epoch=2, last_failover=last), obs)
+    d = run(snap, obs)
+    assert of_type(d, actions.Rejoin) == [actions.Rejoin("x", "p")]
+
+
+def test_rejoined_old_primary_is_not_rejoined_again() -> None:
+    last = state.LastFailover(
+        state.FailoverKind.FAILOVER,
+        NOW - 5,
+        "x",
+        "p",
+        2,
+        "test",
+        rejoin=state.RejoinMethod.REWIND,
+        discarded_bytes=0,
+    )
+    obs = by_name(
+        primary_obs(streaming=("a", "b", "x")),
+        follower_obs("a"),
+        follower_obs("b"),
+        follower_obs("x"),
+    )
+    snap = published(snapshot(names=("p", "a", "b", "x"), epoch=2, last_failover=last), obs)
+    assert run(snap, obs).actions == ()
+
+
+def test_a_gone_follower_is_restarted_as_follower() -> None:
+    obs = by_name(
+        primary_obs(streaming=("a",)), follower_obs("a"), down("b", state.ProcessState.GONE)
+    )
+    snap = published(snapshot(gone=("b",)), obs)
+    assert run(snap, obs).actions == (actions.Rejoin("b", "p"),)
+
+
+# -- primary down --------------------------------------------------------------------------
+
+
+DOWN_OBS = by_name(down("p"), follower_obs("a", 900), follower_obs("b", 950))
+
+
+def test_gone_primary_fails_over_at_once_despite_its_lease() -> None:
+    obs = by_name(
+        down("p", state.ProcessState.GONE), follower_obs("a", 900), follower_obs("b", 950)
+    )
+    snap = snapshot(lease=lease(expires_at=NOW + 9), gone=("p",))
+    d = run(snap, obs, down_since=NOW)
+    assert d.kind is K.FAILING_OVER
+    assert "process is gone" in d.reason
+    promote, pub, repoint = d.actions
+    assert promote == actions.Promote("b", 2, snap.lease)
+    assert isinstance(pub, actions.PublishTopology)
+    assert pub.shard.epoch == 2 and pub.shard.primary is not None
+    assert pub.shard.primary.name == "b"
+    assert pub.shard.last_failover is not None
+    assert pub.shard.last_failover["from"] == "p" and pub.shard.last_failover["to"] == "b"
+    assert repoint == actions.Repoint("a", "b")
+
+
+def test_unreachable_primary_is_only_suspect_within_detection() -> None:
+    d = run(snapshot(), DOWN_OBS, down_since=NOW - 3)
+    assert d.kind is K.PRIMARY_SUSPECT
+    assert d.actions == ()
+    assert "for 3.0s; failing over after 10s" in d.reason
+
+
+def test_read_only_primary_counts_as_down() -> None:
+    obs = by_name(follower_obs("p"), follower_obs("a"), follower_obs("b"))
+    d = run(snapshot(), obs, down_since=NOW)
+    assert d.kind is K.PRIMARY_SUSPECT
+    assert "answers but is read-only" in d.reason
+
+
+def test_after_detection_wait_for_the_lease() -> None:
+    d = run(snapshot(lease=lease(expires_at=NOW + 4.5)), DOWN_OBS, down_since=NOW - 10)
+    assert d.kind is K.WAITING_LEASE
+    assert "waiting for lease expiry, 4.5s left" in d.reason
+    assert d.actions == ()
+
+
+def test_a_lease_held_by_another_member_also_blocks_promotion() -> None:
+    obs = by_name(down("p", state.ProcessState.GONE), follower_obs("a"), down("b"))
+    d = run(snapshot(lease=lease("b", epoch=2), gone=("p",)), obs, down_since=NOW)
+    assert d.kind is K.WAITING_LEASE
+
+
+def test_expired_lease_fails_over_to_the_most_advanced_follower() -> None:
+    snap = snapshot(lease=lease(expires_at=NOW))  # expiry is exclusive: now == expiry is expired
+    d = run(snap, DOWN_OBS, down_since=NOW - 10)
+    assert d.kind is K.FAILING_OVER
+    assert of_type(d, actions.Promote) == [actions.Promote("b", 2, snap.lease)]
+    assert "lease expired" in d.reason
+
+
+def test_without_any_lease_failover_follows_detection() -> None:
+    d = run(snapshot(), DOWN_OBS, down_since=NOW - 10)
+    assert d.kind is K.FAILING_OVER
+    assert "no lease held" in d.reason
+
+
+def test_epoch_is_above_both_record_and_lease() -> None:
+    snap = snapshot(epoch=3, lease=lease(epoch=5, expires_at=NOW - 1))
+    d = run(snap, DOWN_OBS, down_since=NOW - 10)
+    (promote,) = of_type(d, actions.Promote)
+    assert isinstance(promote, actions.Promote) and promote.epoch == 6
+
+
+def test_cooldown_blocks_a_second_failover_and_force_overrides() -> None:
+    last = state.LastFailover(state.FailoverKind.FAILOVER, NOW - 20, "x", "p", 1, "earlier")
+    snap = snapshot(last_failover=last)
+    d = run(snap, DOWN_OBS, down_since=NOW - 10)
+    assert d.kind is K.COOLDOWN
+    assert "last failover was 20s ago" in d.reason and "40s more" in d.reason
+    assert run(snap, DOWN_OBS, down_since=NOW - 10, force=True).kind is K.FAILING_OVER
+    later = run(snap, DOWN_OBS, down_since=NOW - 10, now=last.at + 60)
+    assert later.kind is K.FAILING_OVER
+
+
+def test_disabled_failover_is_blocked() -> None:
+    pol = policy.ShardPolicy(failover=policy.FailoverSettings(enabled=False))
+    d = run(snapshot(), DOWN_OBS, pol=pol, down_since=NOW - 100)
+    assert d.kind is K.BLOCKED and "failover.enabled=false" in d.reason
+
+
+def test_no_follower_answers() -> None:
+    obs = by_name(down("p"), down("a"), down("b"))
+    d = run(snapshot(), obs, down_since=NOW - 10)
+    assert d.kind is K.BLOCKED and "no follower can be promoted" in d.reason
+
+
+def test_async_candidate_too_far_behind_is_refused_unless_forced() -> None:
+    pol = policy.ShardPolicy(failover=policy.FailoverSettings(max_lag_bytes=40))
+    d = run(snapshot(), DOWN_OBS, pol=pol, down_since=NOW - 10, last_position=1000)
+    assert d.kind is K.BLOCKED
+    assert "b is 50 bytes behind" in d.reason and "maxLagBytes=40" in d.reason
+    assert run(snapshot(), DOWN_OBS, pol=pol, down_since=NOW - 10, last_position=990).kind is (
+        K.FAILING_OVER
+    )
+    forced = run(snapshot(), DOWN_OBS, pol=pol, down_since=NOW - 10, last_position=1000, force=True)
+    assert forced.kind is K.FAILING_OVER and "forced" in forced.reason
+
+
+@pytest.mark.parametrize(
+    ("pol", "answering", "kind"),
+    [
+        (SYNC, ("a", "b"), K.FAILING_OVER),  # ANY 1 of 2: need both
+        (SYNC, ("a",), K.BLOCKED),
+        (quorum(2), ("a",), K.FAILING_OVER),  # ANY 2 of 2: any one holds every ack
+        (quorum(2), (), K.BLOCKED),
+    ],
+)
+def test_sync_and_quorum_promote_only_when_every_ack_is_certain(
+    pol: policy.ShardPolicy, answering: tuple[str, ...], kind: decide.DecisionKind
+) -> None:
+    obs = by_name(down("p"), *(follower_obs(n) if n in answering else down(n) for n in ("a", "b")))
+    d = run(snapshot(), obs, pol=pol, down_since=NOW - 10)
+    assert d.kind is kind
+    if kind is K.BLOCKED and answering:
+        assert "cannot be sure" in d.reason and "missing: b" in d.reason
+
+
+def test_sync_failover_sets_the_candidates_standbys_before_promoting() -> None:
+    d = run(snapshot(), DOWN_OBS, pol=SYNC, down_since=NOW - 10)
+    assert d.actions[0] == actions.SetSyncStandbys("b", 'ANY 1 ("a", "p")')
+    assert isinstance(d.actions[1], actions.Promote)
+
+
+def test_unpublished_promotion_is_completed() -> None:
+    obs = by_name(down("p"), primary_obs("a"), follower_obs("b"))
+    d = run(snapshot(lease=lease("a", epoch=2)), obs, down_since=NOW - 1)
+    assert d.kind is K.FAILING_OVER
+    (pub,) = d.actions
+    assert isinstance(pub, actions.PublishTopology)
+    assert pub.shard.epoch == 2 and pub.shard.primary is not None and pub.shard.primary.name == "a"
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+def test_remember_tracks_the_outage_and_the_last_position() -> None:
+    snap = snapshot()
+    m = decide.remember(decide.Memory(), snap, HEALTHY_OBS, NOW)
+    assert m == decide.Memory(1, None, state.positions.Position(1000))
+    m = decide.remember(m, snap, DOWN_OBS, NOW + 1)
+    assert m.primary_unreachable_since == NOW + 1
+    m = decide.remember(m, snap, DOWN_OBS, NOW + 5)
+    assert m.primary_unreachable_since == NOW + 1
+    assert m.last_primary_position == 1000
+    fresh = decide.remember(m, snapshot(epoch=2), DOWN_OBS, NOW + 6)
+    assert fresh == decide.Memory(2, NOW + 6, None)
