@@ -34,7 +34,9 @@ def test_every_top_level_value_is_documented() -> None:
     values: dict[str, Any] = yaml.safe_load("\n".join(lines))
     for key in values:
         (index,) = [i for i, line in enumerate(lines) if line.startswith(f"{key}:")]
-        assert lines[index - 1].startswith("#"), f"values.yaml: document {key} in a comment above it"
+        assert lines[index - 1].startswith("#"), (
+            f"values.yaml: document {key} in a comment above it"
+        )
     for required in ("image", "resources", "watchNamespaces", "logLevel"):
         assert required in values
 

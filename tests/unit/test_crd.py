@@ -171,3 +171,10 @@ def test_shards_and_method_are_fixed_after_creation() -> None:
     assert [p.path for p in crd.problems(crd.cluster({"shards": 3}), old=old)] == ["spec"]
     changed = crd.cluster({"replication": {"method": "statement"}})
     assert any("method cannot be changed" in p.message for p in crd.problems(changed, old=old))
+
+
+def test_storage_is_fixed_after_creation() -> None:
+    old = crd.cluster({"storage": {"size": "1Gi"}})
+    assert crd.problems(crd.cluster({}), old=old) == []
+    found = crd.problems(crd.cluster({"storage": {"size": "2Gi"}}), old=old)
+    assert any("spec.storage cannot be changed" in p.message for p in found)
