@@ -10,6 +10,8 @@ the operator distribution allowed to reach proxy modules beyond the contract
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import importlib
 import logging
 import sys
@@ -59,9 +61,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(result or 0)
 
 
+def build_operator_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgshard-operator",
+        description="Kubernetes operator for ShardedCluster resources (kopf). Settings come "
+        "from PGSHARD_OPERATOR_* environment variables (the Helm chart sets them); flags "
+        "override them.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgshard {__version__}")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable); default: PGSHARD_OPERATOR_NAMESPACES, "
+        "else every namespace",
+    )
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve kopf's health check, e.g. http://0.0.0.0:8080/healthz",
+    )
+    return parser
+
+
 def operator_main(argv: Sequence[str] | None = None) -> int:
-    print("pgshard-operator: not built yet (see the operator issue)", file=sys.stderr)
-    return 2
+    """``pgshard-operator``: run the kopf operator until SIGTERM."""
+    # Imported here: kopf and kubernetes_asyncio are the optional "kube" extra.
+    from .k8s import handlers
+    from .k8s import settings as operator_settings
+
+    args = build_operator_parser().parse_args(argv)
+    try:
+        settings = operator_settings.OperatorSettings.from_env()
+    except ValueError as e:
+        print(f"pgshard-operator: error: {e}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        settings = dataclasses.replace(settings, namespaces=tuple(args.namespace))
+    if args.log_level:
+        settings = dataclasses.replace(
+            settings, log_level=operator_settings.LogLevel(args.log_level)
+        )
+    try:
+        asyncio.run(handlers.run(settings, liveness_endpoint=args.liveness))
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class OperatorSettings:
     proxy_command: tuple[str, ...] = ("pgshard-proxy",)
     pod_env: tuple[tuple[str, str], ...] = ()
     """Extra environment for every pod the operator creates (e.g. PYTHONPATH in tests)."""
+    refresh_seconds: float = 5.0
+    """How often each cluster's status is refreshed and its roll-out advanced."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -56,6 +58,7 @@ class OperatorSettings:
             instance_command=_words(env.get("PGSHARD_OPERATOR_INSTANCE_COMMAND"))
             or d.instance_command,
             proxy_command=_words(env.get("PGSHARD_OPERATOR_PROXY_COMMAND")) or d.proxy_command,
+            refresh_seconds=float(env.get("PGSHARD_OPERATOR_REFRESH_SECONDS", d.refresh_seconds)),
             pod_env=tuple(
                 (k.removeprefix("PGSHARD_OPERATOR_POD_ENV_"), v)
                 for k, v in sorted(env.items())

@@ -1,0 +1,264 @@
+"""Bring one ShardedCluster's owned objects and status in line with its spec.
+
+Called by the kopf handlers (``handlers.py``), which stay thin: they pass the
+object's body in and post the returned Events and status patch. Two entry points:
+
+- :func:`reconcile` (on create/resume/spec change): parse and check the spec,
+  keep or generate credentials, apply every desired object (server-side apply).
+  A bad spec changes nothing and yields a ``SpecValid=False`` condition and a
+  Warning Event — never an exception that kopf would retry in a loop.
+- :func:`refresh` (a periodic timer): read pods, StatefulSets and the proxy
+  Deployment; take the next safe roll-out step per shard (``rollout.py``); return
+  the status (phase, ready column, conditions, per-shard members).
+
+Both raise :class:`~.apply.ApiError` for API failures; the handlers turn 5xx and
+connection errors into retries and 4xx into conditions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import naming
+from ..model import spec as specs
+from . import manifests, rollout
+from . import settings as operator_settings
+from . import status as st
+from .apply import Api, ApiError, secret_data
+from .objects import ClusterRef
+
+REVISION_LABEL = "controller-revision-hash"
+
+
+@dataclasses.dataclass(frozen=True)
+class EventNote:
+    warning: bool
+    reason: st.Reason
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a handler run produced: a status patch and Events to post."""
+
+    status: dict[str, Any]
+    events: tuple[EventNote, ...] = ()
+
+
+def cluster_ref(body: Mapping[str, Any]) -> ClusterRef:
+    meta = body["metadata"]
+    return ClusterRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def check_spec(raw: object) -> specs.ClusterSpec | st.Condition:
+    """The parsed spec, or the condition explaining why it cannot be used."""
+    try:
+        spec = specs.parse_spec(raw)
+    except specs.SpecInvalid as e:
+        return st.Condition(
+            st.ConditionType.SPEC_VALID, False, st.Reason.SPEC_INVALID, "; ".join(e.problems)
+        )
+    impossible = specs.impossibilities(spec)
+    if impossible:
+        return st.Condition(
+            st.ConditionType.SPEC_VALID, False, st.Reason.SPEC_IMPOSSIBLE, "; ".join(impossible)
+        )
+    return spec
+
+
+def _refused(body: Mapping[str, Any], cond: st.Condition, now: datetime.datetime) -> Outcome:
+    status = body.get("status") or {}
+    return Outcome(
+        status={
+            "phase": st.Phase.INVALID.value,
+            "conditions": st.merge_conditions(
+                status.get("conditions") or (), [cond], now, body["metadata"].get("generation", 0)
+            ),
+        },
+        events=(EventNote(True, cond.reason, f"{cond.message}; the cluster was left as it is"),),
+    )
+
+
+async def _credentials(api: Api, ref: ClusterRef) -> manifests.Credentials:
+    """Existing credentials are kept for the cluster's lifetime; missing ones generated."""
+    fresh = manifests.Credentials.generate()
+    app = await api.get("Secret", ref.namespace, naming.app_secret(ref.name))
+    internal = await api.get("Secret", ref.namespace, naming.internal_secret(ref.name))
+    app_data = secret_data(app) if app else {}
+    internal_data = secret_data(internal) if internal else {}
+    return manifests.Credentials(
+        app_password=app_data.get("password", fresh.app_password),
+        app_user=app_data.get("username", fresh.app_user),
+        superuser_password=internal_data.get("superuser-password", fresh.superuser_password),
+        replication_password=internal_data.get("replication-password", fresh.replication_password),
+    )
+
+
+def _member_pods(pods: Sequence[Mapping[str, Any]], shard: int) -> list[rollout.MemberPod]:
+    out = []
+    for pod in pods:
+        view = st.pod_view(pod)
+        if view is None or view.shard != shard:
+            continue
+        meta = pod["metadata"]
+        out.append(
+            rollout.MemberPod(
+                name=view.name,
+                ordinal=int(view.name.rsplit("-", 1)[1]),
+                role=view.role,
+                revision=(meta.get("labels") or {}).get(REVISION_LABEL, ""),
+                ready=view.ready,
+                deleting=meta.get("deletionTimestamp") is not None,
+            )
+        )
+    return out
+
+
+async def _instance_pods(api: Api, ref: ClusterRef) -> list[dict[str, Any]]:
+    selector = naming.component_selector(ref.name, naming.Component.INSTANCE)
+    return await api.list("Pod", ref.namespace, naming.label_selector(selector))
+
+
+async def reconcile(
+    api: Api,
+    settings: operator_settings.OperatorSettings,
+    body: Mapping[str, Any],
+    now: datetime.datetime,
+) -> Outcome:
+    ref = cluster_ref(body)
+    checked = check_spec(body.get("spec"))
+    if isinstance(checked, st.Condition):
+        return _refused(body, checked, now)
+    spec = checked
+    creds = await _credentials(api, ref)
+    pods = await _instance_pods(api, ref)
+    events: list[EventNote] = []
+    conditions = [
+        st.Condition(st.ConditionType.SPEC_VALID, True, st.Reason.RECONCILED, "spec accepted")
+    ]
+    for obj in manifests.desired_objects(ref, spec, settings, creds):
+        if obj["kind"] == "StatefulSet":
+            shard = int(obj["metadata"]["labels"][naming.SHARD_LABEL])
+            current = await api.get("StatefulSet", ref.namespace, obj["metadata"]["name"])
+            replicas = int(current["spec"]["replicas"]) if current else spec.members_per_shard
+            plan = rollout.scale_plan(
+                ref.name, shard, spec.members_per_shard, replicas, _member_pods(pods, shard)
+            )
+            obj["spec"]["replicas"] = plan.replicas
+            if plan.reason:
+                events.append(EventNote(False, st.Reason.SCALE_DOWN_BLOCKED, plan.reason))
+        try:
+            await api.apply(obj)
+        except ApiError as e:
+            if e.status >= 500 or e.status in (0, 409, 429):
+                raise
+            cond = st.Condition(st.ConditionType.RECONCILED, False, st.Reason.APPLY_FAILED, str(e))
+            return Outcome(
+                status={
+                    "conditions": st.merge_conditions(
+                        (body.get("status") or {}).get("conditions") or (),
+                        [*conditions, cond],
+                        now,
+                        body["metadata"].get("generation", 0),
+                    )
+                },
+                events=(EventNote(True, st.Reason.APPLY_FAILED, str(e)),),
+            )
+    conditions.append(
+        st.Condition(
+            st.ConditionType.RECONCILED, True, st.Reason.RECONCILED, "owned objects match the spec"
+        )
+    )
+    status = body.get("status") or {}
+    generation = body["metadata"].get("generation", 0)
+    return Outcome(
+        status={
+            "observedGeneration": generation,
+            "conditions": st.merge_conditions(
+                status.get("conditions") or (), conditions, now, generation
+            ),
+        },
+        events=tuple(events),
+    )
+
+
+async def refresh(
+    api: Api,
+    settings: operator_settings.OperatorSettings,
+    body: Mapping[str, Any],
+    now: datetime.datetime,
+) -> Outcome:
+    """Status from the pods, and at most one roll-out step per shard."""
+    ref = cluster_ref(body)
+    checked = check_spec(body.get("spec"))
+    if isinstance(checked, st.Condition):
+        return Outcome(status={})
+    spec = checked
+    pods = await _instance_pods(api, ref)
+    events: list[EventNote] = []
+    rolling = False
+    status = body.get("status") or {}
+    previous_steps = status.get("rollout") or {}
+    steps: dict[str, str] = {}
+    for shard in range(spec.shards):
+        sts = await api.get("StatefulSet", ref.namespace, naming.shard_statefulset(ref.name, shard))
+        revision = ((sts or {}).get("status") or {}).get("updateRevision")
+        if not revision:
+            continue
+        step = rollout.next_step(_member_pods(pods, shard), revision, spec.members_per_shard)
+        if step.kind is rollout.StepKind.RESTART and step.pod:
+            await api.delete("Pod", ref.namespace, step.pod)
+            events.append(EventNote(False, st.Reason.RESTARTING, step.reason))
+        elif (
+            step.kind is rollout.StepKind.SWITCHOVER
+            # Repeated every timer tick until done: post the Event once.
+            and previous_steps.get(str(shard)) != step.reason
+        ):
+            events.append(EventNote(False, st.Reason.SWITCHOVER_NEEDED, step.reason))
+        if step.kind is not rollout.StepKind.DONE:
+            rolling = True
+            steps[str(shard)] = step.reason
+    views = [v for v in (st.pod_view(p) for p in pods) if v is not None]
+    ready = sum(1 for v in views if v.ready and v.shard < spec.shards)
+    desired = spec.shards * spec.members_per_shard
+    proxy = await api.get("Deployment", ref.namespace, naming.proxy_deployment(ref.name))
+    proxy_ready = int(((proxy or {}).get("status") or {}).get("readyReplicas") or 0)
+    all_ready = ready >= desired and proxy_ready >= spec.proxy.replicas
+    ready_cond = st.Condition(
+        st.ConditionType.READY,
+        all_ready,
+        st.Reason.MEMBERS_READY if all_ready else st.Reason.MEMBERS_NOT_READY,
+        f"{ready}/{desired} shard members and {proxy_ready}/{spec.proxy.replicas} proxies ready",
+    )
+    ever_ready = status.get("phase") in (
+        st.Phase.READY.value,
+        st.Phase.DEGRADED.value,
+        st.Phase.UPDATING.value,
+    )
+    phase = st.phase(
+        spec_valid=True,
+        ready_members=ready if proxy_ready >= spec.proxy.replicas else -1,
+        desired_members=desired,
+        rolling=rolling,
+        ever_ready=ever_ready,
+    )
+    return Outcome(
+        status={
+            "phase": phase.value,
+            "ready": st.ready_column(ready, desired),
+            "method": spec.replication.method.value,
+            # Per shard, the roll-out step in progress (absent: nothing to roll).
+            "rollout": steps or None,
+            "shards": st.merge_shards(status.get("shards") or (), spec.shards, views),
+            "conditions": st.merge_conditions(
+                status.get("conditions") or (),
+                [ready_cond],
+                now,
+                body["metadata"].get("generation", 0),
+            ),
+        },
+        events=tuple(events),
+    )

@@ -1,0 +1,182 @@
+"""The ShardedCluster ``status`` the operator writes (pure; handlers patch it).
+
+Owns the phase, the conditions (Kubernetes convention: ``type``, ``status``,
+``reason``, ``message``, ``lastTransitionTime``, ``observedGeneration``), the
+``ready`` printer column and the per-shard member summary read from pods. The
+shard manager's Kubernetes platform owns ``epoch``, positions and
+``lastFailover`` in the same ``shards`` entries; :func:`merge_shards` keeps them.
+Event reasons are CamelCase (:class:`Reason`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pgshard_proxy.contract import topology
+
+from .. import naming
+
+
+class Phase(enum.Enum):
+    CREATING = "Creating"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    UPDATING = "Updating"
+    INVALID = "Invalid"
+    """The spec cannot be used (malformed or impossible); nothing was changed."""
+
+
+class Reason(enum.Enum):
+    """Reasons of conditions and Events."""
+
+    SPEC_INVALID = "SpecInvalid"
+    SPEC_IMPOSSIBLE = "SpecImpossible"
+    APPLY_FAILED = "ApplyFailed"
+    RECONCILED = "Reconciled"
+    MEMBERS_READY = "MembersReady"
+    MEMBERS_NOT_READY = "MembersNotReady"
+    RESTARTING = "RestartingMember"
+    SWITCHOVER_NEEDED = "SwitchoverNeeded"
+    SCALE_DOWN_BLOCKED = "ScaleDownBlocked"
+
+
+class ConditionType(enum.Enum):
+    SPEC_VALID = "SpecValid"
+    """The spec can be carried out (False: see reason/message, nothing was changed)."""
+    RECONCILED = "Reconciled"
+    """Every owned object matches the spec."""
+    READY = "Ready"
+    """Every member of every shard and every proxy pod is ready."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: ConditionType
+    status: bool
+    reason: Reason
+    message: str
+
+
+def merge_conditions(
+    existing: Sequence[Mapping[str, Any]],
+    updates: Sequence[Condition],
+    now: datetime.datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Conditions with ``updates`` applied; ``lastTransitionTime`` moves only when a
+    condition's status changes. Types not updated are kept as they were."""
+    by_type = {str(c.get("type")): dict(c) for c in existing}
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for u in updates:
+        status = "True" if u.status else "False"
+        old = by_type.get(u.type.value)
+        changed = old is None or old.get("status") != status
+        by_type[u.type.value] = {
+            "type": u.type.value,
+            "status": status,
+            "reason": u.reason.value,
+            "message": u.message,
+            "lastTransitionTime": stamp if changed or old is None else old["lastTransitionTime"],
+            "observedGeneration": generation,
+        }
+    order = [t.value for t in ConditionType]
+    return sorted(
+        by_type.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else 99
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    """What the status needs from one shard pod."""
+
+    name: str
+    shard: int
+    role: naming.Role | None
+    ip: str | None
+    ready: bool
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView | None:
+    """From a Pod object as the API returns it; None for pods that are not shard members."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    try:
+        shard = int(labels[naming.SHARD_LABEL])
+    except (KeyError, ValueError):
+        return None
+    role_text = labels.get(naming.ROLE_LABEL)
+    role = naming.Role(role_text) if role_text in {r.value for r in naming.Role} else None
+    status = pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    deleting = meta.get("deletionTimestamp") is not None
+    return PodView(str(meta.get("name")), shard, role, status.get("podIP"), ready and not deleting)
+
+
+def _member(pod: PodView, follower: bool) -> dict[str, Any]:
+    address = f"{pod.ip}:{naming.PG_PORT}" if pod.ip else ""
+    out: dict[str, Any] = {"name": pod.name, "address": address}
+    if follower:
+        out["state"] = "streaming" if pod.ready else "down"
+    return out
+
+
+def merge_shards(
+    previous: Sequence[Mapping[str, Any]], shards: int, pods: Sequence[PodView]
+) -> list[dict[str, Any]]:
+    """Per-shard status entries: membership from pods (role labels), everything the
+    shard manager wrote (epoch, positions, lastFailover) kept from ``previous``."""
+    ranges = topology.hash_ranges(shards)
+    old = {int(s.get("index", -1)): s for s in previous}
+    out = []
+    for i in range(shards):
+        entry: dict[str, Any] = dict(old.get(i, {}))
+        members = sorted((p for p in pods if p.shard == i), key=lambda p: p.name)
+        primaries = [p for p in members if p.role is naming.Role.PRIMARY]
+        keep = {m.get("name"): m for m in entry.get("followers") or ()}
+        prev_primary = entry.get("primary") or {}
+        entry.update(
+            {
+                "index": i,
+                "epoch": int(entry.get("epoch", 0)),
+                "hashRange": list(ranges[i]),
+                "primary": {**prev_primary, **_member(primaries[0], False)}
+                if len(primaries) == 1
+                else None,
+                "followers": [
+                    {**keep.get(p.name, {}), **_member(p, True)}
+                    for p in members
+                    if p.role is not naming.Role.PRIMARY
+                ],
+            }
+        )
+        entry.setdefault("lastFailover", None)
+        out.append(entry)
+    return out
+
+
+def ready_column(ready: int, desired: int) -> str:
+    return f"{ready}/{desired}"
+
+
+def phase(
+    *,
+    spec_valid: bool,
+    ready_members: int,
+    desired_members: int,
+    rolling: bool,
+    ever_ready: bool,
+) -> Phase:
+    if not spec_valid:
+        return Phase.INVALID
+    if rolling:
+        return Phase.UPDATING
+    if ready_members >= desired_members:
+        return Phase.READY
+    return Phase.DEGRADED if ever_ready else Phase.CREATING
