@@ -73,6 +73,8 @@ def test_helm_template_renders_least_privilege_rbac(helm: str) -> None:
             str(CHART),
             "--namespace",
             "ops",
+            "--kube-version",
+            "1.33.0",
             "--set",
             "watchNamespaces={a,b}",
         ],

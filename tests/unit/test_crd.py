@@ -107,7 +107,13 @@ VALID: list[dict[str, Any]] = [
             "tables": [{"name": "orders", "key": "customer_id"}],
             "referenceTables": ["countries"],
         },
-        "failover": {"enabled": False, "detectionSeconds": 5, "maxLagBytes": 16777216},
+        "failover": {
+            "enabled": False,
+            "detectionSeconds": 5,
+            "maxLagBytes": 16777216,
+            "leaseTtlSeconds": 4,
+            "priorities": {"demo-shard-0-1": 10},
+        },
         "proxy": {"replicas": 1, "consistency": "strong", "maxWaitMs": 50},
     },
     # Impossible but not invalid: the operator reports it (condition + Event), so a

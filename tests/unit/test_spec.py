@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from pgshard_operator.model import spec as specs
+from pgshard_operator.shard import policy
 from tests.support import crd
 
 
@@ -14,9 +15,15 @@ def test_empty_spec_gets_the_design_defaults() -> None:
     parsed = specs.parse_spec({})
     assert parsed == specs.ClusterSpec()
     assert (parsed.shards, parsed.replicas_per_shard, parsed.members_per_shard) == (2, 2, 3)
-    assert parsed.replication.method is specs.ReplicationMethod.WAL
-    assert parsed.replication.mode is specs.ReplicationMode.ASYNC
-    assert parsed.failover == specs.FailoverSpec(True, 10, 60, None)
+    assert parsed.method is specs.ReplicationMethod.WAL
+    assert parsed.policy == policy.ShardPolicy()
+    assert parsed.policy.replication.mode is policy.ReplicationMode.ASYNC
+    failover = parsed.policy.failover
+    assert (failover.enabled, failover.detection_seconds, failover.cooldown_seconds) == (
+        True,
+        10,
+        60,
+    )
     assert parsed.proxy.replicas == 2
     assert parsed.proxy.consistency is specs.Consistency.SESSION
 
@@ -48,13 +55,12 @@ def test_full_spec() -> None:
     assert parsed.postgres.parameters == (("max_connections", "200"), ("work_mem", "8MB"))
     assert parsed.resources.to_k8s() == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
     assert parsed.storage == specs.StorageSpec("5Gi", "fast")
-    assert parsed.replication == specs.ReplicationSpec(
-        specs.ReplicationMethod.STATEMENT, specs.ReplicationMode.QUORUM, 1
-    )
+    assert parsed.method is specs.ReplicationMethod.STATEMENT
+    assert parsed.policy.replication == policy.ReplicationSettings(policy.ReplicationMode.QUORUM, 1)
     assert parsed.sharding.tables == (specs.ShardedTable("orders", "customer_id"),)
     assert parsed.sharding.reference_tables == ("countries",)
-    assert parsed.failover.max_lag_bytes == 1024
-    assert not parsed.failover.enabled
+    assert parsed.policy.failover.max_lag_bytes == 1024
+    assert not parsed.policy.failover.enabled
     assert parsed.proxy == specs.ProxySpec(3, specs.Consistency.STRONG, 20, specs.Resources())
 
 
@@ -76,7 +82,7 @@ def test_full_spec() -> None:
         ({"storage": {"size": "big"}}, "spec.storage.size: 'big' is not a Kubernetes quantity"),
         (
             {"replication": {"mode": "semi"}},
-            "spec.replication.mode: 'semi' is not one of async, sync, quorum",
+            "spec.replication.mode must be one of async|sync|quorum, got 'semi'",
         ),
         ({"replication": {"mode": "quorum"}}, "spec.replication.quorum: is required"),
         ({"replication": {"quorum": 2}}, "spec.replication.quorum: is only used with mode"),
@@ -92,7 +98,8 @@ def test_full_spec() -> None:
             {"sharding": {"tables": [{"name": "t", "key": "a"}], "referenceTables": ["t"]}},
             "spec.sharding.referenceTables: t cannot be both",
         ),
-        ({"failover": {"enabled": "yes"}}, "spec.failover.enabled: must be true or false"),
+        ({"failover": {"enabled": "yes"}}, "spec.failover.enabled must be true or false"),
+        ({"failover": {"detectionSeconds": 0}}, "spec.failover.detectionSeconds must be"),
         ({"proxy": {"consistency": "x"}}, "spec.proxy.consistency: 'x' is not one of session"),
         (
             {"proxy": {"resources": {"limits": {"cpu": "lots"}}}},
@@ -119,10 +126,10 @@ def test_impossible_specs_are_explained() -> None:
         {"replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
     )
     (problem,) = specs.impossibilities(quorum)
-    assert "quorum 2 is larger than replicasPerShard 1" in problem
+    assert "needs 2 follower confirmation(s) per commit but the shard has only 1" in problem
     sync = specs.parse_spec({"replicasPerShard": 0, "replication": {"mode": "sync"}})
     (problem,) = specs.impossibilities(sync)
-    assert "needs at least one follower" in problem
+    assert "spec.replication.mode needs 1 follower confirmation(s)" in problem
 
 
 def test_parser_agrees_with_the_crd() -> None:

@@ -148,9 +148,9 @@ def _instance_env(
                 ("PGSHARD_STATUS_PORT", str(naming.STATUS_PORT)),
                 ("PGSHARD_DATA_DIR", f"{DATA_MOUNT}/data"),
                 ("PGSHARD_PG_CONFIG", f"{CONFIG_MOUNT}/postgresql.conf"),
-                ("PGSHARD_REPLICATION_METHOD", spec.replication.method.value),
+                ("PGSHARD_REPLICATION_METHOD", spec.method.value),
                 ("PGSHARD_LEASE_NAME", naming.shard_lease(ref.name, shard)),
-                ("PGSHARD_LEASE_TTL_SECONDS", str(spec.failover.detection_seconds)),
+                ("PGSHARD_LEASE_TTL_SECONDS", f"{spec.policy.failover.lease_ttl_seconds:g}"),
             ]
         ),
         *_app_credentials_env(ref),

@@ -249,7 +249,7 @@ async def refresh(
         status={
             "phase": phase.value,
             "ready": st.ready_column(ready, desired),
-            "method": spec.replication.method.value,
+            "method": spec.method.value,
             # Per shard, the roll-out step in progress (absent: nothing to roll).
             "rollout": steps or None,
             "shards": st.merge_shards(status.get("shards") or (), spec.shards, views),

@@ -120,8 +120,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
 
 
 def _member(pod: PodView, follower: bool) -> dict[str, Any]:
-    address = f"{pod.ip}:{naming.PG_PORT}" if pod.ip else ""
-    out: dict[str, Any] = {"name": pod.name, "address": address}
+    out: dict[str, Any] = {"name": pod.name, "address": f"{pod.ip}:{naming.PG_PORT}"}
     if follower:
         out["state"] = "streaming" if pod.ready else "down"
     return out
@@ -137,7 +136,9 @@ def merge_shards(
     out = []
     for i in range(shards):
         entry: dict[str, Any] = dict(old.get(i, {}))
-        members = sorted((p for p in pods if p.shard == i), key=lambda p: p.name)
+        # A pod without an address yet cannot be reached: it is not listed (the
+        # topology contract requires host:port for every member).
+        members = sorted((p for p in pods if p.shard == i and p.ip), key=lambda p: p.name)
         primaries = [p for p in members if p.role is naming.Role.PRIMARY]
         keep = {m.get("name"): m for m in entry.get("followers") or ()}
         prev_primary = entry.get("primary") or {}

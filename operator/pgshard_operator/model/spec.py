@@ -8,9 +8,12 @@ tests build specs without an API server) and collects *every* problem into one
 :class:`SpecInvalid`, each naming the field and what to do. Defaults here equal
 the CRD's (a unit test compares them).
 
-Specs that are well-formed but cannot be satisfied (a quorum larger than the
-followers) are not parse errors: :func:`impossibilities` lists them, so the
-operator can report them as a condition and an Event and keep the cluster as it is.
+Replication mode and failover settings are the shard manager's own
+``ShardPolicy`` (``shard/policy.py``), built with ``ShardPolicy.from_spec``; this
+module adds the rest of the cluster. Specs that are well-formed but cannot be
+satisfied (a quorum larger than the followers) are not parse errors:
+:func:`impossibilities` lists them, so the operator can report them as a
+condition and an Event and keep the cluster as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import enum
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from ..shard import policy as shard_policy
 
 MAX_SHARDS = 64
 MAX_FOLLOWERS = 15
@@ -53,12 +58,6 @@ _SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 class ReplicationMethod(enum.Enum):
     WAL = "wal"
     STATEMENT = "statement"
-
-
-class ReplicationMode(enum.Enum):
-    ASYNC = "async"
-    SYNC = "sync"
-    QUORUM = "quorum"
 
 
 class Consistency(enum.Enum):
@@ -109,14 +108,6 @@ class StorageSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReplicationSpec:
-    method: ReplicationMethod = ReplicationMethod.WAL
-    mode: ReplicationMode = ReplicationMode.ASYNC
-    quorum: int | None = None
-    """With mode quorum: how many followers must confirm each commit."""
-
-
-@dataclasses.dataclass(frozen=True)
 class ShardedTable:
     name: str
     key: str
@@ -126,14 +117,6 @@ class ShardedTable:
 class ShardingSpec:
     tables: tuple[ShardedTable, ...] = ()
     reference_tables: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class FailoverSpec:
-    enabled: bool = True
-    detection_seconds: int = 10
-    cooldown_seconds: int = 60
-    max_lag_bytes: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +138,10 @@ class ClusterSpec:
     postgres: PostgresSpec = PostgresSpec()
     resources: Resources = Resources()
     storage: StorageSpec = StorageSpec()
-    replication: ReplicationSpec = ReplicationSpec()
+    method: ReplicationMethod = ReplicationMethod.WAL
+    policy: shard_policy.ShardPolicy = dataclasses.field(default_factory=shard_policy.ShardPolicy)
+    """Replication mode and failover settings, as the shard manager reads them."""
     sharding: ShardingSpec = ShardingSpec()
-    failover: FailoverSpec = FailoverSpec()
     proxy: ProxySpec = ProxySpec()
 
     @property
@@ -202,13 +186,6 @@ class _Reader:
             limits = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             self.bad(name, f"must be {limits}, got {value}")
             return None
-        return value
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw.get(name, default)
-        if not isinstance(value, bool):
-            self.bad(name, f"must be true or false, got {value!r}")
-            return default
         return value
 
     def string(self, name: str, pattern: re.Pattern[str] | None = None) -> str | None:
@@ -278,18 +255,23 @@ def _postgres(r: _Reader) -> PostgresSpec:
     return PostgresSpec(version=int(version), parameters=parameters)
 
 
-def _replication(r: _Reader) -> ReplicationSpec:
-    mode = r.choice("mode", ReplicationMode, ReplicationMode.ASYNC)
-    quorum = r.optional_integer("quorum", 1, MAX_FOLLOWERS)
-    if mode is ReplicationMode.QUORUM and quorum is None and "quorum" not in r.raw:
+def _check_replication(r: _Reader) -> ReplicationMethod:
+    """The method; checks the quorum rules the shard policy leaves to the spec."""
+    mode = r.raw.get("mode", shard_policy.ReplicationMode.ASYNC.value)
+    quorum_mode = shard_policy.ReplicationMode.QUORUM.value
+    if mode == quorum_mode and "quorum" not in r.raw:
         r.bad("quorum", "is required when mode is quorum (how many followers confirm a commit)")
-    if mode is not ReplicationMode.QUORUM and "quorum" in r.raw:
+    if mode != quorum_mode and "quorum" in r.raw:
         r.bad("quorum", "is only used with mode quorum; remove it or set mode: quorum")
-    return ReplicationSpec(
-        method=r.choice("method", ReplicationMethod, ReplicationMethod.WAL),
-        mode=mode,
-        quorum=quorum,
-    )
+    return r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
+
+
+def _policy(raw: Mapping[str, Any], problems: list[str]) -> shard_policy.ShardPolicy:
+    try:
+        return shard_policy.ShardPolicy.from_spec(raw)
+    except shard_policy.PolicyInvalid as e:
+        problems.append(f"spec.{e}")
+        return shard_policy.ShardPolicy()
 
 
 def _sharding(r: _Reader) -> ShardingSpec:
@@ -325,7 +307,6 @@ def parse_spec(raw: object) -> ClusterSpec:
     """
     problems: list[str] = []
     r = _Reader(raw, "spec", problems)
-    failover = r.child("failover")
     proxy = r.child("proxy")
     storage = r.child("storage")
     spec = ClusterSpec(
@@ -338,14 +319,9 @@ def parse_spec(raw: object) -> ClusterSpec:
             size=storage.string("size", _SIZE) or "1Gi",
             storage_class=storage.string("storageClass"),
         ),
-        replication=_replication(r.child("replication")),
+        method=_check_replication(r.child("replication")),
+        policy=_policy(r.raw, problems),
         sharding=_sharding(r.child("sharding")),
-        failover=FailoverSpec(
-            enabled=failover.boolean("enabled", True),
-            detection_seconds=failover.integer("detectionSeconds", 10, 1, 3600),
-            cooldown_seconds=failover.integer("cooldownSeconds", 60, 0, 86400),
-            max_lag_bytes=failover.optional_integer("maxLagBytes", 0),
-        ),
         proxy=ProxySpec(
             replicas=proxy.integer("replicas", 2, 1, 100),
             consistency=proxy.choice("consistency", Consistency, Consistency.SESSION),
@@ -360,18 +336,8 @@ def parse_spec(raw: object) -> ClusterSpec:
 
 def impossibilities(spec: ClusterSpec) -> tuple[str, ...]:
     """Well-formed specs the cluster cannot satisfy, each with what to change."""
-    out = []
-    followers = spec.replicas_per_shard
-    mode = spec.replication.mode
-    if mode is ReplicationMode.SYNC and followers < 1:
-        out.append(
-            "replication.mode sync needs at least one follower per shard: "
-            "set replicasPerShard >= 1 or replication.mode async"
-        )
-    quorum = spec.replication.quorum
-    if mode is ReplicationMode.QUORUM and quorum is not None and quorum > followers:
-        out.append(
-            f"replication.quorum {quorum} is larger than replicasPerShard {followers}: "
-            "no commit could ever be confirmed; lower the quorum or add followers"
-        )
-    return tuple(out)
+    try:
+        spec.policy.replication.check_followers(spec.replicas_per_shard)
+    except shard_policy.PolicyInvalid as e:
+        return (f"spec.{e} (replicasPerShard)",)
+    return ()
