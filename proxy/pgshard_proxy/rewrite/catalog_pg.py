@@ -12,14 +12,15 @@ from typing import Any
 from . import catalog
 
 _COLUMNS = """
-SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) AS def, a.attidentity,
-       CASE WHEN a.attidentity <> ''
+SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid) AS def,
+       a.attidentity::text AS attidentity,
+       CASE WHEN a.attidentity::text <> ''
             THEN pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname)
        END AS identity_seq
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum AND a.attgenerated = ''
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum AND a.attgenerated::text = ''
 WHERE n.nspname = ANY (current_schemas(false)) AND c.relkind IN ('r', 'p')
 ORDER BY c.relname, a.attnum
 """

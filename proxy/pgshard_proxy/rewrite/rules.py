@@ -41,7 +41,20 @@ class View:
         self.needs.append(CatalogNeed(construct, position, reason))
 
     def evaluation(self, node: exp.Expr) -> scope.Evaluation:
-        return scope.evaluation(node, self.read_only)
+        """Like :func:`scope.evaluation`, but an UPDATE pinned to one row by a unique key
+        (``UPDATE t SET x = random() WHERE id = 1``) evaluates its SET list once."""
+        where = scope.evaluation(node, self.read_only)
+        if where.evaluation is scope.Evaluation.PER_ROW:
+            single = scope.single_row_update(where)
+            if single is not None:
+                table, pinned = single
+                if self.catalog is None:
+                    self.need(f"UPDATE of one {table} row", -1, "unique keys are in pg_index")
+                    return scope.Evaluation.ONCE
+                info = self.catalog.table(table)
+                if info is not None and any(key <= pinned for key in info.unique_keys):
+                    return scope.Evaluation.ONCE
+        return where.evaluation
 
 
 Rule = Callable[[View], list[Edit]]
