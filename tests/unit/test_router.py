@@ -202,3 +202,16 @@ def test_parse_mode() -> None:
     assert tracker.parse_mode(" Eventual ") is Mode.EVENTUAL
     with pytest.raises(tracker.BadMode, match="expected one of: session, eventual, strong"):
         tracker.parse_mode("sometimes")
+
+
+def test_a_failed_capture_sends_reads_to_the_primary_until_the_next_one() -> None:
+    tokens = SessionTokens()
+    tokens.capture_failed(0)
+    r = go(tokens=tokens)
+    assert (r.role, r.reason, r.track) == (
+        Role.PRIMARY,
+        Reason.CAPTURE_FAILED,
+        Track.CAPTURE_PRIMARY,
+    )
+    tokens.after_primary_read(0, P(50))
+    assert go(tokens=tokens).role is Role.FOLLOWER

@@ -57,6 +57,7 @@ def parse_mode(text: str) -> Mode:
 class _ShardMark:
     token: Position | None = None
     sticky_follower: str | None = None
+    primary_only: bool = False
 
 
 class SessionTokens:
@@ -96,6 +97,16 @@ class SessionTokens:
             mark.token = pos
         mark.sticky_follower = follower
 
+    def capture_failed(self, shard: int) -> None:
+        """A primary position capture failed: the token is unknown, so reads go to the
+        primary (which has everything) until the next capture succeeds."""
+        self._marks.setdefault(shard, _ShardMark()).primary_only = True
+
+    def primary_only(self, shard: int) -> bool:
+        """True after :meth:`capture_failed` until the next successful capture."""
+        mark = self._marks.get(shard)
+        return mark.primary_only if mark else False
+
     def forget(self, shard: int) -> None:
         """Drop the shard's token, e.g. after a failover lost writes the token points past.
 
@@ -111,3 +122,4 @@ class SessionTokens:
         # The sample was taken after every earlier follower read of this
         # session, so it bounds them too: any follower at the token will do.
         mark.sticky_follower = None
+        mark.primary_only = False

@@ -13,8 +13,9 @@ no clock: the session does the waiting and the bookkeeping a :class:`Route` asks
 3. after its ReadyForQuery, by ``route.track``: ``CAPTURE_PRIMARY`` -> start
    ``monitor.primary_position(shard)`` (do not delay the client) and feed it to
    ``tokens.after_write`` / ``after_primary_read`` — the session's next read on
-   that shard awaits it; while the transaction is still open (status T/E) the
-   capture may be skipped, the one after it ends covers it. ``FOLLOWER`` ->
+   that shard awaits it (if the capture fails: ``tokens.capture_failed``); while
+   the transaction is still open (status T/E) the capture may be skipped, the
+   one after it ends covers it. ``FOLLOWER`` ->
    ``tokens.after_read(shard, route.observed, route.member.name)``.
 
 Inside a transaction every statement goes where the transaction started (pass
@@ -56,6 +57,7 @@ class Reason(enum.Enum):
     IN_TRANSACTION = "inside a transaction"
     NO_FOLLOWER = "no streaming follower with a known position"
     STICKY_FOLLOWER_GONE = "the follower this session read from is gone"
+    CAPTURE_FAILED = "the session's last position capture failed"
     FOLLOWER = "follower has the session's position"
     FOLLOWER_WAIT = "follower behind the session's position: wait"
     FOLLOWER_TIMEOUT = "follower still behind after maxWaitMs"
@@ -163,6 +165,8 @@ def _session_read(
     seed: int,
 ) -> Route:
     """Read-your-writes and monotonic reads (see ``consistency/tracker.py``)."""
+    if tokens.primary_only(shard.index):
+        return _primary(shard, Reason.CAPTURE_FAILED, True)
     required = tokens.required(shard.index)
     sticky = tokens.sticky_follower(shard.index)
     if sticky is not None:
