@@ -55,3 +55,19 @@ def pg_server(pg_tmp: Path) -> Iterator[pgserver.PgServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_module_server() -> Iterator[pgserver.PgServer]:
+    """Like ``pg_server`` but shared by the tests of one module (saves an initdb per test).
+
+    Tests using it must not depend on a pristine server (use their own tables).
+    """
+    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
+        path = Path(d)
+        path.chmod(0o755)
+        server = pgserver.make_server(path)
+        try:
+            yield server
+        finally:
+            server.stop()
