@@ -229,8 +229,8 @@ def _primary_down(
             f"primary {primary.name} {what}; automatic failover is disabled "
             f"(failover.enabled=false): switch over or fail over by hand",
         )
-    since = memory.primary_unreachable_since if memory.primary_unreachable_since else now
-    down_for = now - since
+    since = memory.primary_unreachable_since
+    down_for = 0.0 if since is None else now - since
     if not gone and down_for < fo.detection_seconds:
         return Decision(
             DecisionKind.PRIMARY_SUSPECT,
@@ -284,10 +284,10 @@ def _primary_down(
             f"refusing to lose that much; force a failover to accept it",
         )
     epoch = max(snapshot.epoch, lease.epoch if lease else 0) + 1
-    why = "process is gone" if gone else "lease expired" if lease else "no lease held"
+    why = "" if gone else " (lease expired)" if lease else " (no lease held)"
     lag_note = f"{behind} bytes behind" if behind is not None else "lag unknown"
     reason = (
-        f"primary {primary.name} {what} ({why}); promoting {best.name} at epoch {epoch} "
+        f"primary {primary.name} {what}{why}; promoting {best.name} at epoch {epoch} "
         f"({lag_note}{', forced' if force else ''})"
     )
     return Decision(

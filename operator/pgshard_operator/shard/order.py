@@ -21,14 +21,11 @@ def promotable(obs: state.MemberObservation) -> bool:
 def _key(
     obs: state.MemberObservation, failover: policy.FailoverSettings
 ) -> tuple[int, int, int, int, str]:
-    received = obs.received_lsn if obs.received_lsn is not None else -1
+    held = obs.position if obs.position is not None else -1
     replayed = obs.replayed_lsn if obs.replayed_lsn is not None else -1
-    # A follower that never streamed has no received position; its replayed one still
-    # says how much it holds.
-    best_held = max(received, replayed)
     return (
         0 if promotable(obs) else 1,
-        -best_held,
+        -held,
         -replayed,
         -failover.priority(obs.name),
         obs.name,

@@ -120,11 +120,14 @@ class ShardPolicy:
     """Pause between two manager cycles."""
     switchover_timeout_seconds: float = 30.0
     """How long a switchover waits for the target to replay the old primary's last WAL."""
+    status_refresh_seconds: float = 5.0
+    """How often positions and lag are re-published while nothing else changes."""
 
     def __post_init__(self) -> None:
         _positive("probeTimeoutSeconds", self.probe_timeout_seconds, allow_zero=False)
         _positive("cycleSeconds", self.cycle_seconds, allow_zero=False)
         _positive("switchoverTimeoutSeconds", self.switchover_timeout_seconds, allow_zero=False)
+        _positive("statusRefreshSeconds", self.status_refresh_seconds, allow_zero=False)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ShardPolicy:

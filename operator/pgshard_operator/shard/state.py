@@ -230,10 +230,12 @@ class MemberObservation:
 
     @property
     def position(self) -> positions.Position | None:
-        """Primary: write position; follower: received position (else replayed)."""
+        """Primary: write position. Follower: how much WAL it holds, the larger of received
+        and replayed (after a restart the receive position can start behind replay)."""
         if self.in_recovery is False:
             return self.current_lsn
-        return self.received_lsn if self.received_lsn is not None else self.replayed_lsn
+        held = [p for p in (self.received_lsn, self.replayed_lsn) if p is not None]
+        return max(held) if held else None
 
     @classmethod
     def unreachable(cls, name: str, process: ProcessState, error: str) -> MemberObservation:
