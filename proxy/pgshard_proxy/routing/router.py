@@ -4,7 +4,8 @@ Called by the client session (``server/session.py``) once per statement (per
 Query, or per Sync-terminated batch of the extended protocol) with the
 statement's :class:`~.classify.Classified`, the session's state and the latest
 follower positions from ``consistency/monitor.PositionMonitor.replayed``. No I/O,
-no clock: the session does the waiting and the bookkeeping a :class:`Route` asks for:
+no clock: the session does the waiting and the bookkeeping a :class:`Route` asks
+for (``consistency/session.SessionConsistency`` does all of it for a session):
 
 1. ``route.wait_ms > 0``: ``await monitor.wait_for(route.member.name,
    route.min_position, route.wait_ms / 1000)``; if that returns False use
