@@ -110,6 +110,9 @@ class Api:
             raise _error(e, what) from None
         data = await response.read()
         parsed: dict[str, Any] = json.loads(data) if data else {}
+        # Without preloading, kubernetes_asyncio returns error responses instead of raising.
+        if response.status >= 400:
+            raise ApiError(response.status, f"{what}: {parsed.get('message', response.reason)}")
         return parsed
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:

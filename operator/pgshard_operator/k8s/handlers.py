@@ -115,10 +115,14 @@ async def run(
     """Run the operator until SIGTERM/SIGINT (or ``stop_flag``)."""
     kopf.configure(
         debug=settings.log_level is operator_settings.LogLevel.DEBUG,
-        verbose=settings.log_level is not operator_settings.LogLevel.ERROR,
+        # kopf logs every timer run at INFO: only worth it when debugging.
+        verbose=settings.log_level is operator_settings.LogLevel.DEBUG,
         quiet=settings.log_level is operator_settings.LogLevel.ERROR,
     )
     logging.getLogger().setLevel(settings.log_level.value.upper())
+    if settings.log_level is not operator_settings.LogLevel.DEBUG:
+        # One line per handler run and timer tick otherwise; Events carry what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     async with await apply.connect() as api_client:
         await kopf.operator(
             registry=build_registry(apply.Api(api_client), settings),

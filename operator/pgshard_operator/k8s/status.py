@@ -147,9 +147,6 @@ def merge_shards(
                 "index": i,
                 "epoch": int(entry.get("epoch", 0)),
                 "hashRange": list(ranges[i]),
-                "primary": {**prev_primary, **_member(primaries[0], False)}
-                if len(primaries) == 1
-                else None,
                 "followers": [
                     {**keep.get(p.name, {}), **_member(p, True)}
                     for p in members
@@ -157,8 +154,12 @@ def merge_shards(
                 ],
             }
         )
-        entry.setdefault("lastFailover", None)
-        out.append(entry)
+        # Absent rather than null: the API server prunes nulls from custom resources,
+        # and the topology contract reads a missing primary as "none".
+        entry.pop("primary", None)
+        if len(primaries) == 1:
+            entry["primary"] = {**prev_primary, **_member(primaries[0], False)}
+        out.append({k: v for k, v in entry.items() if v is not None})
     return out
 
 
