@@ -92,3 +92,32 @@ def make_server(base: Path, name: str = "pg", host: str | None = None) -> PgServ
         os.chown(base, bins.run_as.uid, bins.run_as.gid or -1)
     server.start(bins)
     return server
+
+
+def make_follower(primary: PgServer, base: Path, name: str = "follower") -> PgServer:
+    """A streaming follower of ``primary`` (pg_basebackup), on its own loopback address.
+
+    It streams with ``application_name`` = ``name`` so it shows up under that name in the
+    primary's ``pg_stat_replication``. For tests of single pieces (probes, monitors);
+    replicated shards with failover come from the local platform.
+    """
+    bins = postgres.Binaries.detect()
+    datadir = base / name
+    bins.run_as.own(datadir)
+    bins.run(
+        "pg_basebackup",
+        "-h", primary.host, "-p", str(primary.port), "-U", primary.user,
+        "-D", str(datadir), "-X", "stream", "-c", "fast",
+        timeout=120,
+    )  # fmt: skip
+    conninfo = (
+        f"host={primary.host} port={primary.port} user={primary.user} application_name={name}"
+    )
+    with open(datadir / "postgresql.auto.conf", "a") as f:
+        f.write(f"primary_conninfo = '{conninfo}'\nrecovery_target_timeline = 'latest'\n")
+    (datadir / "standby.signal").touch()
+    bins.run_as.own_tree(datadir)
+    host = net.random_loopback()
+    follower = PgServer(datadir=datadir, host=host, port=net.free_port(host), user=primary.user)
+    follower.start(bins)
+    return follower
