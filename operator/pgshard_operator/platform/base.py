@@ -131,7 +131,9 @@ class Platform(Protocol):
 
     async def publish_topology(self, shard: topology.Shard, expected_version: str) -> str:
         """Store ``shard`` as this shard's record if the stored version still equals
-        ``expected_version``; return the new version. Otherwise raise
+        ``expected_version``; return the new version. The version is that of *this
+        shard's* record (as in the snapshot), so managers of different shards sharing one
+        file do not conflict with each other. Otherwise raise
         :class:`PlatformConflict` and store nothing. Local: rewrite the topology file
         atomically (tmp + rename) leaving other shards' records intact; Kubernetes: patch
         the ShardedCluster status with the resourceVersion."""

@@ -65,7 +65,8 @@ class MemberInfo:
     address: str
     """``host:port`` clients and the proxy connect to."""
     dsn: str
-    """Connection URI the manager uses to observe it (a superuser or monitoring role)."""
+    """Connection URI the manager uses to observe it: a superuser, or a role with
+    ``pg_monitor`` (the probe reads ``primary_conninfo`` and ``pg_stat_replication``)."""
     process: ProcessState = ProcessState.UNKNOWN
     bootstrapping: bool = False
     """The platform is creating its data (initdb, pg_basebackup, re-clone); published as
