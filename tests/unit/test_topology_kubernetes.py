@@ -1,0 +1,54 @@
+"""Topology from a ShardedCluster status (the proxy's Kubernetes source, pure part)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from pgshard_proxy.contract import topology
+from pgshard_proxy.topology import kubernetes as kube_source
+
+CREDS = kube_source.Credentials(user="app", password="p@ss:w/rd", database="app")
+
+STATUS = {
+    "phase": "Ready",
+    "method": "wal",
+    "shards": [
+        {
+            "index": 0,
+            "epoch": 2,
+            "hashRange": [0, 2147483648],
+            "primary": {"name": "c-shard-0-1", "address": "198.18.1.3:5432", "position": "0/5000"},
+            "followers": [
+                {"name": "c-shard-0-0", "address": "198.18.1.2:5432", "state": "streaming"}
+            ],
+            "lastFailover": {"from": "c-shard-0-0"},
+        },
+        {"index": 1, "epoch": 0, "hashRange": [2147483648, 4294967296], "followers": []},
+    ],
+}
+
+
+def test_status_becomes_a_topology_with_dsns_from_the_credentials() -> None:
+    topo = kube_source.from_status(STATUS, CREDS)
+    shard = topo.shard(0)
+    assert shard.epoch == 2
+    assert shard.primary is not None
+    assert shard.primary.address == "198.18.1.3:5432"
+    assert shard.primary.position == 0x5000
+    dsn = urlsplit(shard.primary.dsn)
+    assert (dsn.hostname, dsn.port, dsn.path) == ("198.18.1.3", 5432, "/app")
+    assert unquote(dsn.password or "") == "p@ss:w/rd"
+    assert shard.followers[0].dsn.startswith("postgresql://app:")
+    assert topo.shard(1).primary is None
+    assert shard.last_failover == {"from": "c-shard-0-0"}
+
+
+def test_a_status_without_shards_is_not_a_topology() -> None:
+    with pytest.raises(topology.BadTopology, match="no status.shards"):
+        kube_source.from_status({"phase": "Creating"}, CREDS)
+    with pytest.raises(topology.BadTopology, match="address"):
+        kube_source.from_status(
+            {"shards": [{"index": 0, "epoch": 1, "primary": {"name": "x"}}]}, CREDS
+        )
