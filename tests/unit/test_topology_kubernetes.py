@@ -46,7 +46,7 @@ def test_status_becomes_a_topology_with_dsns_from_the_credentials() -> None:
 
 
 def test_a_status_without_shards_is_not_a_topology() -> None:
-    with pytest.raises(topology.BadTopology, match="no status.shards"):
+    with pytest.raises(topology.BadTopology, match=r"no status\.shards"):
         kube_source.from_status({"phase": "Creating"}, CREDS)
     with pytest.raises(topology.BadTopology, match="address"):
         kube_source.from_status(
