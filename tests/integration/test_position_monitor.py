@@ -50,8 +50,10 @@ class CountingConnection:
         self.hold = hold
 
     async def fetchval(self, sql: str, timeout: float) -> Any:
-        self.queries += 1
         value = await self._conn.fetchval(sql, timeout=timeout)
+        # Counted once the server has answered, so a test that waits for the count
+        # knows the position was read before anything it does next.
+        self.queries += 1
         if self.hold is not None:
             await self.hold.wait()
         return value
