@@ -1,4 +1,4 @@
-"""Microseconds per statement for the classifier: cache hit vs miss (cheap rule vs sqlglot).
+"""Microseconds per statement for the classifier (cache hit vs miss) and the router.
 
 Run: ``python3 -m bench.classify [--rounds N]`` from the repository root.
 Prints numbers and ratios; asserts nothing.
@@ -14,7 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 
-from pgshard_proxy.routing import classify
+from pgshard_proxy.consistency.tracker import Mode, SessionTokens
+from pgshard_proxy.contract.positions import Position
+from pgshard_proxy.contract.topology import Member, Shard
+from pgshard_proxy.routing import classify, router
 
 STATEMENTS: dict[str, str] = {
     "pgbench -S (cheap rule)": "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
@@ -53,6 +56,30 @@ def main() -> None:
         hit = per_call_us(lambda sql=sql: classify.classify(sql), args.rounds * 10)
         hit_b = per_call_us(lambda raw=raw: classify.classify_bytes(raw), args.rounds * 10)
         print(f"{title:34} {miss:12.1f} {hit:10.3f} {hit_b:9.3f} {miss / hit:7.0f}x")
+    bench_router(args.rounds * 10)
+
+
+def bench_router(rounds: int) -> None:
+    """One route() decision per statement, as the session calls it on the hot path."""
+    followers = tuple(Member(f"f{i}", f"127.0.0.{i + 2}:5432", "") for i in range(2))
+    shard = Shard(0, 1, Member("p", "127.0.0.1:5432", ""), followers)
+    replayed = {f.name: Position(1000) for f in followers}
+    tokens = SessionTokens()
+    tokens.after_write(0, Position(900))
+    print()
+    for title, sql in (
+        ("route: session read", STATEMENTS["pgbench -S (cheap rule)"]),
+        ("route: write", STATEMENTS["pgbench update"]),
+    ):
+        c = classify.classify(sql)
+        us = per_call_us(
+            lambda c=c: router.route(
+                c, mode=Mode.SESSION, in_transaction=None, pinned=False, shard=shard,
+                tokens=tokens, replayed=replayed, max_wait_ms=100,
+            ),
+            rounds,
+        )  # fmt: skip
+        print(f"{title:34} {us:10.3f} µs")
 
 
 if __name__ == "__main__":

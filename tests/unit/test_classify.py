@@ -23,6 +23,7 @@ CASES: list[tuple[str, Kind]] = [
     ("SELECT jsonb_build_object('a', 1), generate_series(1, 3), random()", R),
     ("SELECT * FROM t WHERE ts > now() - interval '1 day' ORDER BY 1 LIMIT 5", R),
     ("WITH a AS (SELECT 1 AS x) SELECT x FROM a", R),
+    ("SELECT pg_catalog.format_type(t.typ, NULL), pg_catalog.lower(n) FROM t", R),
     ("SHOW search_path", R),
     ("SHOW ALL", R),
     ("COPY t TO STDOUT", R),
@@ -49,6 +50,8 @@ CASES: list[tuple[str, Kind]] = [
     ("SELECT txid_current()", W),
     ("SELECT my_function(1)", W),
     ("SELECT public.lower('A')", W),  # schema-qualified: may be a user function
+    ("SELECT pg_catalog.nextval('s')", W),
+    ("SELECT a.b.f(1)", W),
     ("SELECT * FROM t WHERE f(x) > 0", W),
     ("SELECT pg_advisory_xact_lock(1)", W),
     ("SELECT pg_notify('c', 'x')", W),

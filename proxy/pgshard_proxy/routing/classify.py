@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 from pgshard_proxy.consistency import tracker
 
@@ -192,8 +193,10 @@ def _tree(text: str, tree: exp.Expr) -> Classified:
             pins = pins or bool(node.args.get("temporary"))
         elif isinstance(node, exp.Anonymous | exp.AnonymousAggFunc):
             name = node.name.lower()
-            if isinstance(node.parent, exp.Dot):
+            if isinstance(node.parent, exp.Dot) and not _in_pg_catalog(node.parent):
                 kind = _max(kind, Kind.WRITE)  # schema-qualified: may be a user function
+            elif isinstance(node.parent, exp.Dot) and name in _SQLGLOT_KNOWN:
+                pass  # pg_catalog.lower(x): a built-in sqlglot knows, as if unqualified
             elif name in functions.PINNING:
                 kind, pins = _max(kind, Kind.WRITE), True
             elif name == functions.RELEASE_ALL:
@@ -209,6 +212,19 @@ def _tree(text: str, tree: exp.Expr) -> Classified:
     if release_only:
         kind = _max(kind, Kind.WRITE)
     return Classified(kind, pins_session=pins)
+
+
+_SQLGLOT_KNOWN = frozenset(
+    name.lower()
+    for name in Dialect.get_or_raise("postgres").parser_class.FUNCTIONS
+    if name.lower() not in functions.NOT_READ_ONLY_KNOWN
+)
+"""Function names sqlglot's postgres parser turns into typed (side-effect free) expressions."""
+
+
+def _in_pg_catalog(dot: exp.Dot) -> bool:
+    """``pg_catalog.f(…)``: only superusers can add functions there, so trust the name."""
+    return isinstance(dot.this, exp.Identifier) and dot.this.name.lower() == "pg_catalog"
 
 
 def _depth0_index(tokens: Sequence[Token], words: tuple[str, ...], start: int = 1) -> int:
