@@ -1,4 +1,4 @@
-"""The shard manager against real PostgreSQL: a sync-mode shard loses its primary (kill -9).
+"""The shard manager against real PostgreSQL: kill -9 of a sync primary; a switchover.
 
 Three real servers (a primary and two streaming followers), the real probe, the real
 decision code and real SQL actions (``tests/support/miniplatform.py``). Checks what a
@@ -105,3 +105,42 @@ async def test_sync_shard_survives_kill_of_its_primary(
         assert world.shard.last_failover["from"] == "p"
     finally:
         await m.close()
+
+
+async def test_switchover_under_writes_loses_nothing(shard: dict[str, pgserver.PgServer]) -> None:
+    world = miniplatform.MiniPlatform(shard, "p", ttl=5)
+    m = manager.ShardManager(world, policy.ShardPolicy())  # async: only the fence protects
+    acked: list[int] = []
+    conn = await asyncpg.connect(shard["p"].dsn)
+    await conn.execute("CREATE TABLE acked (id int PRIMARY KEY)")
+    await cycle_until(m, K.HEALTHY)
+
+    async def write() -> None:
+        i = 0
+        try:
+            while True:
+                await conn.execute("INSERT INTO acked VALUES ($1)", i)
+                acked.append(i)
+                i += 1
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return  # the fence stopped the primary: unacknowledged from here on
+
+    writer = asyncio.create_task(write())
+    try:
+        await asyncio.sleep(1)
+        last = await m.request_switchover("a")
+        await asyncio.wait_for(writer, 30)
+    finally:
+        writer.cancel()
+        conn.terminate()
+        await m.close()
+    assert last.new_primary == "a" and last.kind.value == "switchover" and last.epoch == 2
+    assert world.promoted == ["a"]
+    assert len(acked) > 10
+    new = await asyncpg.connect(shard["a"].dsn)
+    try:
+        rows = {r["id"] for r in await new.fetch("SELECT id FROM acked")}
+        assert set(acked) <= rows, f"lost {sorted(set(acked) - rows)[:10]}"
+        await new.execute("INSERT INTO acked VALUES (-1)")  # a is writable
+    finally:
+        await new.close()

@@ -17,6 +17,7 @@ import time
 
 import asyncpg
 
+from pgshard_operator.instance import postgres
 from pgshard_operator.platform import base
 from pgshard_operator.shard import state
 from pgshard_proxy.contract import positions, topology
@@ -79,8 +80,19 @@ class MiniPlatform:
         self.promoted.append(member)
 
     async def fence(self, member: str) -> positions.Position | None:
-        await asyncio.to_thread(self.servers[member].stop)
-        return None
+        """Clean (fast) shutdown, then the shutdown checkpoint's location from pg_controldata:
+        a follower that replayed past it holds everything the member wrote."""
+        server = self.servers[member]
+        await asyncio.to_thread(server.stop)
+        if self.lease is not None and self.lease.holder == member:
+            self.lease = None
+        self.gone.add(member)
+        bins = postgres.Binaries.detect()
+        out = await bins.run_async("pg_controldata", str(server.datadir), timeout=30)
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        if fields.get("Database cluster state", "").strip() != "shut down":
+            return None  # not a clean shutdown: its end of WAL is unknown
+        return positions.parse_lsn(fields["Latest checkpoint location"])
 
     async def repoint(self, member: str, primary: str) -> None:
         p = self.servers[primary]
