@@ -169,3 +169,26 @@ async def test_forced_failover_overrides_max_lag() -> None:
     assert decision is not None and decision.kind is K.FAILING_OVER
     assert world.when("promote", "a")
     await m.close()
+
+
+@pytest.mark.looptime
+async def test_status_is_handed_to_the_sink_every_cycle() -> None:
+    world = FakePlatform()
+    seen: list[dict[str, object]] = []
+
+    async def sink(status: manager.ManagerStatus) -> None:
+        seen.append(status.to_dict())
+
+    m = manager.ShardManager(
+        world,
+        policy.ShardPolicy(),
+        clock=FakePlatform.now,
+        observer=world.observe,
+        on_status=sink,
+    )
+    await m.run_cycle()
+    world.kill("p")
+    await m.run_cycle()
+    assert [s["state"] for s in seen] == ["healthy", "failing-over"]
+    assert seen[1]["epoch"] == 1 and seen[1]["primary"] == "p"
+    await m.close()

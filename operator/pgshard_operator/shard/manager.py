@@ -27,6 +27,9 @@ from . import actions, decide, observe, policy, record, state, switchover
 
 Observer = Callable[[str, str, float, state.ProcessState], Awaitable[state.MemberObservation]]
 """``observe.observe``'s signature; tests inject a fake."""
+StatusSink = Callable[["ManagerStatus"], Awaitable[None]]
+"""Called after every cycle with the current status (e.g. the local platform writes it to
+a file for ``pgshard local status``; the operator puts it into the CR status)."""
 
 _EVENT_KINDS = {
     decide.DecisionKind.FAILING_OVER: base.EventReason.FAILING_OVER,
@@ -75,12 +78,14 @@ class ShardManager:
         clock: Callable[[], float] = time.time,
         observer: Observer = observe.observe,
         logger: logging.Logger | None = None,
+        on_status: StatusSink | None = None,
     ) -> None:
         self.platform = platform
         self.policy = pol
         self._clock = clock
         self._observer = observer
         self._log = logger or logging.getLogger(__name__)
+        self._on_status = on_status
         # Cycles and switchovers must not interleave: a switchover fences the primary,
         # which a cycle would otherwise take for a failure.
         self._lock = asyncio.Lock()
@@ -116,10 +121,16 @@ class ShardManager:
         """One cycle; returns its decision, or ``None`` if it failed (already logged)."""
         async with self._lock:
             try:
-                return await self._cycle()
+                decision: decide.Decision | None = await self._cycle()
             except Exception:
                 self._log.exception("shard manager cycle failed; retrying next cycle")
-                return None
+                decision = None
+        if self._on_status is not None:
+            try:
+                await self._on_status(self.status())
+            except Exception:
+                self._log.exception("publishing the manager status failed")
+        return decision
 
     async def _cycle(self) -> decide.Decision:
         snap = await self.platform.read_snapshot()
