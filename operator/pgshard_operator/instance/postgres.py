@@ -15,6 +15,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,6 +94,11 @@ class RunAs:
             os.chown(path, self.uid, self.gid if self.gid is not None else -1)
         path.chmod(mode)
 
+    def chown(self, path: Path) -> None:
+        """Hand one file we wrote as root to this user (no-op when not switching user)."""
+        if self.uid is not None:
+            os.chown(path, self.uid, self.gid if self.gid is not None else -1)
+
     def own_tree(self, path: Path) -> None:
         """Hand an existing tree to this user (used after copying files in as root)."""
         if self.uid is None:
@@ -118,9 +124,15 @@ class Binaries:
     def path(self, tool: str) -> str:
         return str(self.bindir / tool)
 
-    def env(self) -> dict[str, str]:
-        """Environment for server binaries: no inherited PG* connection settings."""
+    def env(self, password: str | None = None) -> dict[str, str]:
+        """Environment for server binaries: no inherited PG* connection settings.
+
+        ``password`` is handed to client tools (pg_basebackup, pg_rewind) as
+        ``PGPASSWORD``, which, unlike argv, other users cannot read.
+        """
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        if password is not None:
+            env["PGPASSWORD"] = password
         env["LC_ALL"] = env.get("LC_ALL", "C.UTF-8")
         if self.run_as.name:
             env["HOME"] = pwd.getpwnam(self.run_as.name).pw_dir
@@ -151,14 +163,16 @@ class Binaries:
             raise PostgresCommandFailed(argv, proc.returncode, proc.stdout)
         return str(proc.stdout)
 
-    async def run_async(self, tool: str, *args: str, timeout: float = 120) -> str:
+    async def run_async(
+        self, tool: str, *args: str, timeout: float = 120, password: str | None = None
+    ) -> str:
         """Like :meth:`run`, without blocking the event loop; kills the child on timeout."""
         argv = [self.path(tool), *args]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self.env(),
+            env=self.env(password),
             cwd="/",
             user=self.run_as.uid,
             group=self.run_as.gid,
@@ -176,20 +190,66 @@ class Binaries:
         return text
 
 
-def initdb(bins: Binaries, datadir: Path, superuser: str = "postgres") -> None:
-    """A fresh cluster in ``datadir`` (must not exist or be empty)."""
+def initdb(
+    bins: Binaries, datadir: Path, superuser: str = "postgres", password: str | None = None
+) -> None:
+    """A fresh cluster in ``datadir`` (must not exist or be empty).
+
+    Without ``password`` every local connection is trusted (test servers); with
+    one, the superuser gets it and connections need SCRAM from the first start.
+    """
     bins.run_as.own(datadir)
-    bins.run(
-        "initdb",
-        "-D",
-        str(datadir),
-        "-U",
-        superuser,
-        "--auth=trust",
-        "--encoding=UTF8",
-        "--locale=C.UTF-8",
-        "--no-instructions",
-    )
+    auth = ["--auth=trust"]
+    with tempfile.TemporaryDirectory(prefix="pgshard-initdb-") as tmp:
+        if password is not None:
+            bins.run_as.own(Path(tmp))
+            pwfile = Path(tmp) / "pw"
+            pwfile.write_text(password + "\n")
+            bins.run_as.chown(pwfile)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        bins.run(
+            "initdb",
+            "-D",
+            str(datadir),
+            "-U",
+            superuser,
+            *auth,
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-instructions",
+        )
+
+
+async def spawn(bins: Binaries, datadir: Path, log: Path) -> asyncio.subprocess.Process:
+    """Start ``postgres -D datadir`` (settings come from its config files), output to ``log``."""
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        return await asyncio.create_subprocess_exec(
+            bins.path("postgres"),
+            "-D",
+            str(datadir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=bins.env(),
+            cwd="/",
+            user=bins.run_as.uid,
+            group=bins.run_as.gid,
+            extra_groups=bins.run_as.extra_groups,
+        )
+    finally:
+        os.close(out)
+
+
+def controldata(bins: Binaries, datadir: Path) -> dict[str, str]:
+    """``pg_controldata`` as a dict ("Database cluster state" -> "shut down", …)."""
+    out = bins.run("pg_controldata", "-D", str(datadir), timeout=30)
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 def postmaster_pid(datadir: Path) -> int | None:

@@ -1,0 +1,132 @@
+"""The shard's primary lease: a record in a store, taken and renewed with compare-and-set.
+
+Only the member holding an unexpired lease may act as primary. The instance agent
+of the primary renews it every ``ttl / 3``; if it cannot renew, it fences its
+server before the lease runs out (see agent.py), so when the shard manager sees
+the lease expire, the old primary no longer acknowledges writes.
+
+The store here is a JSON file guarded by an ``fcntl`` lock (the local platform);
+all operations are compare-and-set under that lock. Expiry is wall-clock time
+(``time.time()``) because every party runs on the same machine; a process that
+was paused (SIGSTOP) sees the jump when it wakes. ``classify`` is pure so its
+high-consequence branches are unit-tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+
+from ..local import files
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    holder: str | None
+    """Member name, or None once released or broken."""
+    expires_at: float
+    """Wall-clock seconds; the holder's claim is void after this."""
+    epoch: int = 0
+    """The shard epoch the holder became primary in (informational)."""
+    version: int = 0
+    """Grows at every write (compare-and-set counter)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+FREE = Lease(holder=None, expires_at=0.0)
+
+
+class LeaseView(enum.Enum):
+    FREE = "free"
+    """Nobody holds it (never taken, released or broken)."""
+    MINE = "mine"
+    MINE_EXPIRED = "mine-expired"
+    OTHERS = "others"
+    OTHERS_EXPIRED = "others-expired"
+
+
+def classify(lease: Lease, me: str, now: float) -> LeaseView:
+    if lease.holder is None:
+        return LeaseView.FREE
+    expired = now >= lease.expires_at
+    if lease.holder == me:
+        return LeaseView.MINE_EXPIRED if expired else LeaseView.MINE
+    return LeaseView.OTHERS_EXPIRED if expired else LeaseView.OTHERS
+
+
+def may_take(view: LeaseView) -> bool:
+    """Whether ``me`` may (re)take the lease: never while another's claim may be valid."""
+    return view is not LeaseView.OTHERS
+
+
+def must_fence(valid_until: float, now: float, margin: float) -> bool:
+    """Whether a primary whose lease runs until ``valid_until`` must stop serving now.
+
+    ``margin`` leaves time to kill the server before the lease actually expires.
+    """
+    return now >= valid_until - margin
+
+
+class FileLeaseStore:
+    """A lease in a JSON file; every operation is atomic under the file's lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = path.with_suffix(".lock")
+
+    def _read(self) -> Lease:
+        doc = files.read_json(self.path)
+        if not isinstance(doc, dict):
+            return FREE
+        return Lease(
+            holder=doc.get("holder"),
+            expires_at=float(doc.get("expires_at", 0.0)),
+            epoch=int(doc.get("epoch", 0)),
+            version=int(doc.get("version", 0)),
+        )
+
+    def read(self) -> Lease:
+        with files.locked(self._lock):
+            return self._read()
+
+    def take(self, me: str, ttl: float, now: float, epoch: int | None = None) -> Lease | None:
+        """Acquire or renew for ``me`` unless another member holds a valid claim."""
+        with files.locked(self._lock):
+            cur = self._read()
+            if not may_take(classify(cur, me, now)):
+                return None
+            new = Lease(
+                holder=me,
+                expires_at=now + ttl,
+                epoch=cur.epoch if epoch is None else epoch,
+                version=cur.version + 1,
+            )
+            files.write_json(self.path, new.to_dict())
+            return new
+
+    def renew(self, me: str, ttl: float, now: float) -> Lease | None:
+        """Extend only a lease ``me`` still holds (even if it just expired, when untaken)."""
+        with files.locked(self._lock):
+            cur = self._read()
+            if cur.holder != me:
+                return None
+            new = dataclasses.replace(cur, expires_at=now + ttl, version=cur.version + 1)
+            files.write_json(self.path, new.to_dict())
+            return new
+
+    def release(self, holder: str) -> bool:
+        """Give the lease up (clean stop, switchover, or the holder is known dead)."""
+        with files.locked(self._lock):
+            cur = self._read()
+            if cur.holder != holder:
+                return False
+            files.write_json(
+                self.path,
+                dataclasses.replace(
+                    cur, holder=None, expires_at=0.0, version=cur.version + 1
+                ).to_dict(),
+            )
+            return True

@@ -1,0 +1,129 @@
+"""``pgshard-instance``: the command of every shard member (a local process or a pod).
+
+Parses arguments, then: serve the status endpoint, create PGDATA if needed
+(bootstrap), start PostgreSQL in its role, supervise it and hold the lease
+until SIGTERM/SIGINT, which stop PostgreSQL cleanly. Runs as root (PostgreSQL
+binaries then run as the unprivileged user, see postgres.py) or as a normal user.
+Exit status: 0 after a clean stop, 2 for bad arguments or a port in use, 3 when
+bootstrap fails (the message is the last line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import bootstrap, config, postgres
+from .agent import Agent, AgentSettings
+from .credentials import CredentialsMissing
+
+log = logging.getLogger("pgshard_operator.instance")
+
+
+def _address(text: str) -> bootstrap.Upstream:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return bootstrap.Upstream(host, int(port))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgshard-instance", description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True, help="member name (also its replication slot)")
+    p.add_argument("--datadir", required=True, type=Path, help="PGDATA")
+    p.add_argument("--host", default="127.0.0.1", help="PostgreSQL listen address")
+    p.add_argument("--port", type=int, default=5432, help="PostgreSQL port")
+    p.add_argument("--status-port", type=int, default=8008, help="HTTP status endpoint port")
+    p.add_argument("--credentials", required=True, type=Path, help="credentials JSON file")
+    p.add_argument("--lease-file", required=True, type=Path, help="the shard's lease file")
+    p.add_argument("--lease-ttl", type=float, default=3.0, help="primary lease TTL, seconds")
+    p.add_argument(
+        "--bootstrap-primary", action="store_true", help="create an empty PGDATA with initdb"
+    )
+    p.add_argument(
+        "--upstream", type=_address, help="HOST:PORT of the primary to copy if PGDATA is empty"
+    )
+    p.add_argument("--apply-delay-ms", type=int, default=0, help="recovery_min_apply_delay")
+    p.add_argument("--pg-option", action="append", default=[], help="NAME=VALUE (repeatable)")
+    p.add_argument("--pg-log", type=Path, default=Path("/dev/null"), help="PostgreSQL log file")
+    return p
+
+
+def settings_from_args(a: argparse.Namespace) -> AgentSettings:
+    return AgentSettings(
+        name=a.name,
+        datadir=a.datadir.resolve(),
+        server=config.ServerSettings(
+            name=a.name,
+            host=a.host,
+            port=a.port,
+            apply_delay_ms=a.apply_delay_ms,
+            extra=tuple(a.pg_option),
+        ),
+        credentials=a.credentials,
+        lease_file=a.lease_file,
+        lease_ttl=a.lease_ttl,
+        bootstrap_primary=a.bootstrap_primary,
+        upstream=a.upstream,
+        pg_log=a.pg_log,
+    )
+
+
+async def run(settings: AgentSettings, status_port: int) -> int:
+    from . import health
+
+    agent = Agent(settings, postgres.Binaries.detect())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        runner = await health.serve(agent, settings.server.host, status_port)
+    except OSError as e:
+        log.error("cannot serve status on %s:%d: %s", settings.server.host, status_port, e)
+        return 2
+    main: asyncio.Task[None] | None = None
+    try:
+        prepare = asyncio.ensure_future(agent.prepare())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({prepare, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not prepare.done():
+            prepare.cancel()
+            return 0
+        stopping.cancel()
+        prepare.result()
+        main = asyncio.ensure_future(agent.run())
+        await stop.wait()
+        return 0
+    except bootstrap.BootstrapFailed as e:
+        log.error("bootstrap failed: %s", e)
+        return 3
+    finally:
+        if main is not None:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+        await agent.shutdown()
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(run(settings_from_args(args), args.status_port))
+    except (postgres.PostgresNotInstalled, CredentialsMissing) as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``pgshard local``: a whole cluster as processes on this machine (supervisor, files, CLI)."""

@@ -1,0 +1,85 @@
+"""Small, crash-safe file primitives shared by the local platform and the instance agent.
+
+Every state file in a cluster directory is replaced atomically (write a temporary
+file next to it, fsync, rename), so a reader never sees half a document, and
+read-modify-write cycles hold an exclusive ``fcntl`` lock on a sibling lock file,
+so concurrent writers (supervisor, agents, CLI) serialise. Nothing here knows
+what the documents mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` so readers see either the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, doc: Any, mode: int = 0o644) -> None:
+    atomic_write(path, json.dumps(doc, indent=2) + "\n", mode)
+
+
+def read_json(path: Path) -> Any:
+    """The parsed document, or ``None`` when the file does not exist."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if missing) for the block."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class AlreadyLocked(Exception):
+    """Another process holds the lock (e.g. a running supervisor owns the directory)."""
+
+
+def hold_lock(lock_path: Path) -> int:
+    """Take an exclusive lock without waiting; returns the fd, which keeps it while open."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyLocked(str(lock_path)) from None
+    return fd
+
+
+def is_locked(lock_path: Path) -> bool:
+    """Whether some process holds ``lock_path`` right now."""
+    try:
+        fd = hold_lock(lock_path)
+    except AlreadyLocked:
+        return True
+    except FileNotFoundError:
+        return False
+    os.close(fd)
+    return False

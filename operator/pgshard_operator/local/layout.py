@@ -1,0 +1,282 @@
+"""The cluster directory of ``pgshard local``: what lives where, and the cluster's config.
+
+Called by the CLI (``local up/status/down/kill``), the supervisor and the local
+platform. Layout of DIR (file locations are relied on by users and the proxy)::
+
+    DIR/cluster.json          ClusterConfig (format version, shards, members, ports, timings)
+    DIR/secrets.json          generated credentials, owner-only (0600)
+    DIR/topology.json         the topology contract (pgshard_proxy.contract.topology)
+    DIR/topology.lock         fcntl lock for compare-and-set of topology.json
+    DIR/leases/shard-I.json   the primary lease of shard I (+ .lock)
+    DIR/supervisor.lock       held by the running supervisor for its whole life
+    DIR/supervisor.json       supervisor pid, control address, readiness or failure
+    DIR/logs/                 supervisor.log, NAME.agent.log, NAME.postgres.log
+    DIR/members/NAME/data     PGDATA of member NAME (kept across down/up)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+from ..instance.credentials import Credentials
+from . import files
+
+FORMAT_VERSION = 1
+"""Bumped when DIR's layout changes incompatibly; ``up`` refuses other versions."""
+
+
+class ReplicationMode(enum.Enum):
+    ASYNC = "async"
+    SYNC = "sync"
+    QUORUM = "quorum"
+
+
+class LayoutError(Exception):
+    """DIR cannot be used as asked; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """Control-plane timings; short values make tests fast, defaults suit a laptop."""
+
+    lease_ttl: float = 3.0
+    """Seconds a primary lease stays valid without renewal."""
+    detection: float = 2.0
+    """Seconds of failed probes before an unresponsive primary counts as failed."""
+    cooldown: float = 60.0
+    """No second automatic failover of a shard within this many seconds."""
+    interval: float = 0.25
+    """Seconds between two observation cycles of the supervisor and shard managers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+    """One member (instance agent + PostgreSQL) of a shard."""
+
+    name: str
+    shard: int
+    index: int
+    """0 is the first primary; followers are 1..replicas (``--follower-delay-ms`` order)."""
+    host: str
+    port: int
+    """PostgreSQL's port."""
+    status_port: int
+    """The instance agent's HTTP status endpoint."""
+    apply_delay_ms: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://{self.host}:{self.status_port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    shards: int
+    replicas: int
+    mode: ReplicationMode
+    quorum: int
+    host: str
+    base_port: int
+    follower_delays_ms: tuple[int, ...] = ()
+    pg_options: tuple[str, ...] = ()
+    """Extra ``name=value`` PostgreSQL settings for every member."""
+    timings: Timings = Timings()
+    max_lag_bytes: int = 16 * 1024 * 1024
+
+    @property
+    def control_port(self) -> int:
+        """The supervisor's control endpoint: the first port after the members'."""
+        return self.base_port + 2 * self.shards * (self.replicas + 1)
+
+    def delay_for(self, follower_index: int) -> int:
+        """``--follower-delay-ms`` for follower ``follower_index`` (1-based)."""
+        d = self.follower_delays_ms
+        if not d:
+            return 0
+        if len(d) == 1:
+            return d[0]
+        return d[follower_index - 1] if follower_index - 1 < len(d) else 0
+
+    def members(self, shard: int | None = None) -> list[MemberSpec]:
+        out = []
+        per = self.replicas + 1
+        for s in range(self.shards) if shard is None else [shard]:
+            for j in range(per):
+                k = s * per + j
+                out.append(
+                    MemberSpec(
+                        name=member_name(s, j),
+                        shard=s,
+                        index=j,
+                        host=self.host,
+                        port=self.base_port + 2 * k,
+                        status_port=self.base_port + 2 * k + 1,
+                        apply_delay_ms=self.delay_for(j) if j else 0,
+                    )
+                )
+        return out
+
+    def member(self, name: str) -> MemberSpec:
+        for m in self.members():
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.members())
+        raise LayoutError(f"no member named {name!r} in this cluster (members: {known})")
+
+    def ports(self) -> list[int]:
+        ports = [p for m in self.members() for p in (m.port, m.status_port)]
+        return [*ports, self.control_port]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "shards": self.shards,
+            "replicas": self.replicas,
+            "replicationMode": self.mode.value,
+            "quorum": self.quorum,
+            "host": self.host,
+            "basePort": self.base_port,
+            "followerDelayMs": list(self.follower_delays_ms),
+            "pgOptions": list(self.pg_options),
+            "maxLagBytes": self.max_lag_bytes,
+            "timings": dataclasses.asdict(self.timings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: Path) -> ClusterConfig:
+        fmt = d.get("format")
+        if fmt != FORMAT_VERSION:
+            raise LayoutError(
+                f"{where} was written by an incompatible pgshard (layout format {fmt!r}, "
+                f"this version reads {FORMAT_VERSION}); use a new --dir, or the pgshard "
+                "version that created it"
+            )
+        try:
+            return cls(
+                shards=int(d["shards"]),
+                replicas=int(d["replicas"]),
+                mode=ReplicationMode(d["replicationMode"]),
+                quorum=int(d["quorum"]),
+                host=str(d["host"]),
+                base_port=int(d["basePort"]),
+                follower_delays_ms=tuple(int(x) for x in d.get("followerDelayMs", ())),
+                pg_options=tuple(str(x) for x in d.get("pgOptions", ())),
+                max_lag_bytes=int(d.get("maxLagBytes", 16 * 1024 * 1024)),
+                timings=Timings(**d.get("timings", {})),
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            raise LayoutError(f"{where} is damaged ({e}); use a new --dir") from None
+
+
+def member_name(shard: int, index: int) -> str:
+    """``s0m1``: a plain identifier, usable unquoted in ``synchronous_standby_names``."""
+    return f"s{shard}m{index}"
+
+
+def validate(cfg: ClusterConfig) -> None:
+    """Refuse configurations that cannot work, saying which flag to change."""
+    if cfg.shards < 1:
+        raise LayoutError("--shards must be at least 1")
+    if cfg.replicas < 0:
+        raise LayoutError("--replicas must be 0 or more")
+    if cfg.mode is not ReplicationMode.ASYNC and cfg.replicas < 1:
+        raise LayoutError(f"--replication-mode {cfg.mode.value} needs --replicas 1 or more")
+    if cfg.mode is ReplicationMode.QUORUM and not 1 <= cfg.quorum <= cfg.replicas:
+        raise LayoutError(f"--quorum must be between 1 and --replicas ({cfg.replicas})")
+    if len(cfg.follower_delays_ms) > 1 and len(cfg.follower_delays_ms) != cfg.replicas:
+        raise LayoutError(
+            f"--follower-delay-ms takes one value or one per follower ({cfg.replicas}), "
+            f"got {len(cfg.follower_delays_ms)}"
+        )
+    if any(d < 0 for d in cfg.follower_delays_ms):
+        raise LayoutError("--follower-delay-ms values must be >= 0")
+    if not (cfg.base_port >= 1024 and cfg.control_port < 65536):
+        raise LayoutError(f"--base-port {cfg.base_port}: ports must lie in 1024..65535")
+    if not cfg.host.startswith("127."):
+        raise LayoutError(f"--host {cfg.host}: the local cluster listens on loopback (127.x.y.z)")
+    for opt in cfg.pg_options:
+        if "=" not in opt:
+            raise LayoutError(f"--pg-option {opt!r}: expected NAME=VALUE")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterDir:
+    """Paths inside DIR; creating nothing by itself."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "cluster.json"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.json"
+
+    @property
+    def topology(self) -> Path:
+        return self.root / "topology.json"
+
+    @property
+    def topology_lock(self) -> Path:
+        return self.root / "topology.lock"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def supervisor_state(self) -> Path:
+        return self.root / "supervisor.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def lease(self, shard: int) -> Path:
+        return self.root / "leases" / f"shard-{shard}.json"
+
+    def member_dir(self, name: str) -> Path:
+        return self.root / "members" / name
+
+    def datadir(self, name: str) -> Path:
+        return self.member_dir(name) / "data"
+
+    def agent_log(self, name: str) -> Path:
+        return self.logs / f"{name}.agent.log"
+
+    def load_config(self) -> ClusterConfig:
+        doc = files.read_json(self.config)
+        if doc is None:
+            raise LayoutError(f"{self.root} holds no pgshard cluster (no cluster.json)")
+        if not isinstance(doc, dict):
+            raise LayoutError(f"{self.config} is damaged; use a new --dir")
+        return ClusterConfig.from_dict(doc, self.config)
+
+    def create(self, cfg: ClusterConfig, creds: Credentials) -> None:
+        """Write config and secrets of a new cluster; directories traversable for PG's user."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.logs, self.root / "leases", self.root / "members"):
+            d.mkdir(exist_ok=True)
+            d.chmod(0o755)
+        files.write_json(self.secrets, creds.to_dict(), mode=0o600)
+        files.write_json(self.config, cfg.to_dict())
+
+
+def parse_delays(text: str | None) -> tuple[int, ...]:
+    """``"0,200"`` -> ``(0, 200)``; a clear error for anything else."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise LayoutError(
+            f"--follower-delay-ms {text!r}: expected MS or MS,MS,… (integers)"
+        ) from None
