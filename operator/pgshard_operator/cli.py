@@ -21,7 +21,10 @@ from . import __version__
 
 # Modules exposing ``register(subparsers)``; imported lazily so that a command's
 # heavy dependencies load only when it is used.
-COMMANDS: tuple[str, ...] = ("pgshard_proxy.rewrite.cli",)
+COMMANDS: tuple[str, ...] = (
+    "pgshard_proxy.rewrite.cli",
+    "pgshard_operator.local.commands",
+)
 
 
 class CommandError(Exception):
@@ -114,4 +117,8 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's own module, not this ``__main__`` copy, so that exception
+    # classes such as CommandError are the ones the command modules import.
+    from pgshard_operator import cli as _cli
+
+    sys.exit(_cli.main())

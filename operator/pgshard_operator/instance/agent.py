@@ -57,6 +57,9 @@ class AgentSettings:
     upstream: bootstrap.Upstream | None = None
     """The primary to copy and follow when PGDATA must be created as a follower."""
     pg_log: Path = Path("/dev/null")
+    hold_primary: bool = False
+    """Do not serve as primary on start (the platform restarted a crashed primary):
+    wait for ``rejoin`` even if the lease is still ours."""
 
 
 _PROBE = """
@@ -80,7 +83,9 @@ class Agent:
         self.bins = bins
         self.creds: Credentials = Credentials.load(settings.credentials)
         self.store = lease.FileLeaseStore(settings.lease_file)
-        self.pg = PostgresSupervisor(bins, settings.datadir, settings.pg_log)
+        self.pg = PostgresSupervisor(
+            bins, settings.datadir, settings.pg_log, may_restart=self._may_restart
+        )
         self.role = Role.BOOTSTRAPPING
         self.error: str | None = None
         self.valid_until = 0.0
@@ -112,7 +117,7 @@ class Agent:
         if config.is_standby(self.s.datadir):
             self.role = Role.FOLLOWER
             await self.pg.start()
-        elif self._take_lease():
+        elif not self.s.hold_primary and self._take_lease():
             self.role = Role.PRIMARY
             await self.pg.start()
         else:
@@ -133,6 +138,17 @@ class Agent:
             self.store.release(self.s.name)
 
     # -- the lease ------------------------------------------------------------------
+
+    def _may_restart(self) -> bool:
+        if self.role is Role.FOLLOWER:
+            return True
+        if self.role is Role.PRIMARY:
+            renewed = self.store.renew(self.s.name, self.s.lease_ttl, time.time())
+            if renewed is not None and time.time() < self.valid_until:
+                self.valid_until = renewed.expires_at
+                return True
+            self._fence("postgres crashed and the lease is no longer ours to renew")
+        return False
 
     def _take_lease(self, epoch: int | None = None) -> bool:
         got = self.store.take(self.s.name, self.s.lease_ttl, time.time(), epoch)
@@ -275,24 +291,27 @@ class Agent:
             await conn.close()
         return {name: value}
 
-    async def demote(self) -> dict[str, Any]:
-        """Switchover step: clean shutdown (WAL reaches the followers first), release the lease."""
-        async with self._lock:
-            if self.role is not Role.PRIMARY:
-                raise AgentConflict(f"{self.s.name} is {self.role.value}, not the primary")
-            self.role = Role.DEMOTED
-            await self.pg.stop()
-            self.store.release(self.s.name)
-            state = await asyncio.to_thread(postgres.controldata, self.bins, self.s.datadir)
-            lsn = state.get("Latest checkpoint location")
-            log.info("demoted: stopped cleanly at %s, lease released", lsn)
-            return {"demoted": True, "lsn": lsn}
-
     async def fence(self) -> dict[str, Any]:
+        """Acknowledge no further write: clean (fast) shutdown, so connected followers get
+        all WAL first, then release the lease. Returns the end of WAL ("Latest checkpoint
+        location") when known. A follower is left alone; a stopped member just reports."""
         async with self._lock:
+            if self.role is Role.FOLLOWER:
+                return {"role": self.role.value, "lsn": None}
             if self.role is Role.PRIMARY:
-                self._fence("requested by the control plane")
-            return {"role": self.role.value}
+                self.role = Role.FENCED
+                self.error = "fenced by the control plane"
+                await self.pg.stop()
+                self.store.release(self.s.name)
+            elif self.pg.pid is not None:
+                self.pg.kill()
+                await self.pg.stop()
+            lsn = None
+            state = await asyncio.to_thread(postgres.controldata, self.bins, self.s.datadir)
+            if state.get("Database cluster state") == "shut down":
+                lsn = state.get("Latest checkpoint location")
+            log.info("fenced: server stopped (end of WAL %s), lease released", lsn)
+            return {"role": self.role.value, "lsn": lsn}
 
     async def rejoin(self, up: bootstrap.Upstream) -> dict[str, Any]:
         """Become a follower of ``up``: stop, pg_rewind (or re-clone), start as standby."""
@@ -304,8 +323,8 @@ class Agent:
             try:
                 await self.pg.stop()
                 if config.is_standby(self.s.datadir):
-                    # Already a follower (e.g. re-clone after a failed rewind): just repoint.
-                    result = rejoin.RejoinResult(rejoin.Method.REWIND, None, 0)
+                    # Already a follower: just point it at the new primary.
+                    result = rejoin.RejoinResult(rejoin.Method.RESTART, None, 0)
                     config.make_standby(
                         self.bins,
                         self.s.datadir,

@@ -3,7 +3,7 @@
 ``GET /status`` returns the member's JSON status (role, timeline, current/
 received/replayed LSN, lease, health). The POST routes are how the control
 plane acts on a member: ``/promote`` ``{"epoch": N}``, ``/repoint`` and
-``/rejoin`` ``{"host": H, "port": P}``, ``/demote``, ``/fence``, ``/parameter``
+``/rejoin`` ``{"host": H, "port": P}``, ``/fence``, ``/parameter``
 ``{"name": N, "value": V}``. Answers are JSON; a request that does not fit the
 member's role gets 409 with ``{"error": …}``. Bound to loopback by the caller.
 """
@@ -66,7 +66,6 @@ def build_app(agent: Agent) -> web.Application:
     app.router.add_post("/promote", action(lambda b: agent.promote(b.get("epoch"))))
     app.router.add_post("/repoint", action(lambda b: agent.repoint(_upstream(b))))
     app.router.add_post("/rejoin", action(lambda b: agent.rejoin(_upstream(b))))
-    app.router.add_post("/demote", action(lambda b: agent.demote()))
     app.router.add_post("/fence", action(lambda b: agent.fence()))
     app.router.add_post(
         "/parameter", action(lambda b: agent.set_parameter(str(b["name"]), str(b["value"])))

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply-delay-ms", type=int, default=0, help="recovery_min_apply_delay")
     p.add_argument("--pg-option", action="append", default=[], help="NAME=VALUE (repeatable)")
     p.add_argument("--pg-log", type=Path, default=Path("/dev/null"), help="PostgreSQL log file")
+    p.add_argument(
+        "--hold-primary",
+        action="store_true",
+        help="if PGDATA was a primary, do not serve as one: wait for the control plane's rejoin",
+    )
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop cleanly when the parent process (the local supervisor) dies",
+    )
     return p
 
 
@@ -72,10 +83,21 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
         bootstrap_primary=a.bootstrap_primary,
         upstream=a.upstream,
         pg_log=a.pg_log,
+        hold_primary=a.hold_primary,
     )
 
 
-async def run(settings: AgentSettings, status_port: int) -> int:
+async def _watch_parent(stop: asyncio.Event) -> None:
+    parent = os.getppid()
+    while True:  # no event exists for "my parent died" without prctl; poll cheaply
+        await asyncio.sleep(0.5)
+        if os.getppid() != parent:
+            break
+    log.warning("parent process %d is gone: stopping", parent)
+    stop.set()
+
+
+async def run(settings: AgentSettings, status_port: int, exit_with_parent: bool) -> int:
     from . import health
 
     agent = Agent(settings, postgres.Binaries.detect())
@@ -83,6 +105,7 @@ async def run(settings: AgentSettings, status_port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.ensure_future(_watch_parent(stop)) if exit_with_parent else None
     try:
         runner = await health.serve(agent, settings.server.host, status_port)
     except OSError as e:
@@ -111,6 +134,8 @@ async def run(settings: AgentSettings, status_port: int) -> int:
                 await main
         await agent.shutdown()
         await runner.cleanup()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        return asyncio.run(run(settings_from_args(args), args.status_port))
+        return asyncio.run(run(settings_from_args(args), args.status_port, args.exit_with_parent))
     except (postgres.PostgresNotInstalled, CredentialsMissing) as e:
         log.error("%s", e)
         return 2

@@ -28,6 +28,8 @@ _DIVERGED = re.compile(r"servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+)"
 
 
 class Method(enum.Enum):
+    RESTART = "restart"
+    """Nothing diverged: started as a follower from its own position."""
     REWIND = "rewind"
     RECLONE = "reclone"
 
@@ -83,9 +85,10 @@ async def rejoin(
         )
         if m := _DIVERGED.search(out):
             fork = positions.parse_lsn(m.group(1))
-        elif "no rewind required" in out and end is not None:
+            method = Method.REWIND
+        else:  # "no rewind required": its WAL is a prefix of the new primary's
             fork = end
-        method = Method.REWIND
+            method = Method.RESTART
     except postgres.PostgresCommandFailed as e:
         log.warning("pg_rewind failed, re-cloning from %s: %s", up.address, e)
         if m := _DIVERGED.search(e.output):

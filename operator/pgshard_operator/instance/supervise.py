@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import proctree
@@ -33,7 +34,14 @@ def next_backoff(previous: float, ran_for: float) -> float:
 
 
 class PostgresSupervisor:
-    def __init__(self, bins: postgres.Binaries, datadir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        bins: postgres.Binaries,
+        datadir: Path,
+        log_path: Path,
+        may_restart: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._may_restart = may_restart
         self._bins = bins
         self._datadir = datadir
         self._log_path = log_path
@@ -108,7 +116,9 @@ class PostgresSupervisor:
                 self._backoff,
             )
             await asyncio.sleep(self._backoff)
-            if self.wanted and (self._proc is proc):
+            # A primary's server restarts only while its lease is still valid (the agent
+            # renews it in this check), so a crashed primary never serves past its lease.
+            if self.wanted and (self._proc is proc) and self._may_restart():
                 self.restarts += 1
                 self._proc = None
                 await self.start()

@@ -12,6 +12,7 @@ platform. Layout of DIR (file locations are relied on by users and the proxy)::
     DIR/supervisor.json       supervisor pid, control address, readiness or failure
     DIR/logs/                 supervisor.log, NAME.agent.log, NAME.postgres.log
     DIR/members/NAME/data     PGDATA of member NAME (kept across down/up)
+    DIR/members/NAME/agent.pid  pid of its running instance agent
 """
 
 from __future__ import annotations
@@ -248,6 +249,10 @@ class ClusterDir:
 
     def datadir(self, name: str) -> Path:
         return self.member_dir(name) / "data"
+
+    def agent_pid(self, name: str) -> Path:
+        """Written by the supervisor while the member's agent runs (for ``local kill``)."""
+        return self.member_dir(name) / "agent.pid"
 
     def agent_log(self, name: str) -> Path:
         return self.logs / f"{name}.agent.log"

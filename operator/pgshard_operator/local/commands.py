@@ -1,0 +1,343 @@
+"""``pgshard local up|status|down|kill`` and ``pgshard switchover`` (argparse).
+
+Registered through ``pgshard_operator.cli.COMMANDS``. The flags, the JSON of
+``status --json`` and the files in DIR are a contract (issue 2): users' scripts
+rely on them. ``up`` checks everything it can before starting anything (binaries,
+DIR in use, DIR's format, ports), then starts the supervisor in the background
+(``python -m pgshard_operator.local.supervisor``) and waits until it reports the
+cluster ready, or failed (its message becomes ours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pgshard_proxy.contract import topology
+
+from .. import proctree
+from ..cli import CommandError
+from ..instance import postgres
+from ..instance.credentials import Credentials
+from . import files, status, supervisor
+from .layout import (
+    ClusterConfig,
+    ClusterDir,
+    LayoutError,
+    ReplicationMode,
+    Timings,
+    parse_delays,
+    validate,
+)
+
+DEFAULTS: dict[str, int | str] = {
+    "shards": 2,
+    "replicas": 2,
+    "replication_mode": "async",
+    "quorum": 1,
+    "host": "127.0.0.1",
+    "base_port": 15432,
+}
+"""Defaults of the flags that fix a cluster's shape (stored in cluster.json at creation)."""
+
+SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    local = sub.add_parser("local", help="a replicated, sharded cluster as local processes")
+    lsub = local.add_subparsers(dest="local_command", metavar="COMMAND", required=True)
+
+    up = lsub.add_parser("up", help="create or resume the cluster in DIR")
+    up.add_argument("--dir", required=True, type=Path)
+    up.add_argument("--shards", type=int, help=f"number of shards [{DEFAULTS['shards']}]")
+    up.add_argument("--replicas", type=int, help="followers per shard [2]")
+    up.add_argument("--replication-mode", choices=[m.value for m in ReplicationMode])
+    up.add_argument("--quorum", type=int, help="followers that confirm a commit (quorum mode)")
+    up.add_argument(
+        "--follower-delay-ms",
+        help="recovery_min_apply_delay of followers: MS, or MS,MS,… one per follower",
+    )
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
+    up.add_argument("--host", help="loopback address members listen on [127.0.0.1]")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        help="first port; each member uses two (PostgreSQL, agent status) [15432]",
+    )
+    up.add_argument("--lease-ttl", type=float, help="primary lease TTL, seconds [3]")
+    up.add_argument("--detection-seconds", type=float, help="unresponsive primary → failed [2]")
+    up.add_argument("--cooldown-seconds", type=float, help="minimum time between failovers [60]")
+    up.add_argument("--max-lag-bytes", type=int, help="async: refuse candidates further behind")
+    up.add_argument(
+        "--pg-option", action="append", help="extra PostgreSQL setting NAME=VALUE (repeatable)"
+    )
+    up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for ready")
+    up.set_defaults(func=cmd_up)
+
+    st = lsub.add_parser("status", help="shards, members, positions and lag")
+    st.add_argument("--dir", required=True, type=Path)
+    st.add_argument("--json", action="store_true", help="the status structure as JSON")
+    st.set_defaults(func=cmd_status)
+
+    down = lsub.add_parser("down", help="stop every process of the cluster (data is kept)")
+    down.add_argument("--dir", required=True, type=Path)
+    down.add_argument("--timeout", type=float, default=120.0)
+    down.set_defaults(func=cmd_down)
+
+    kill = lsub.add_parser("kill", help="fault injection: signal one member (agent + server)")
+    kill.add_argument("--dir", required=True, type=Path)
+    kill.add_argument("--shard", required=True, type=int)
+    kill.add_argument("--member", required=True)
+    kill.add_argument("--signal", choices=sorted(SIGNALS), default="KILL")
+    kill.set_defaults(func=cmd_kill)
+
+
+def _cdir(args: argparse.Namespace) -> ClusterDir:
+    return ClusterDir(Path(args.dir).resolve())
+
+
+# -- up ------------------------------------------------------------------------------
+
+
+def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) -> ClusterConfig:
+    """Flags over the stored config; shape flags that contradict DIR are refused."""
+    shape: dict[str, int | str | None] = {
+        "shards": args.shards,
+        "replicas": args.replicas,
+        "replication_mode": args.replication_mode,
+        "quorum": args.quorum,
+        "host": args.host,
+        "base_port": args.base_port,
+    }
+    if stored is not None:
+        current: dict[str, int | str] = {
+            "shards": stored.shards,
+            "replicas": stored.replicas,
+            "replication_mode": stored.mode.value,
+            "quorum": stored.quorum,
+            "host": stored.host,
+            "base_port": stored.base_port,
+        }
+        for k, v in shape.items():
+            if v is not None and v != current[k]:
+                flag = "--" + k.replace("_", "-")
+                raise LayoutError(
+                    f"{flag} {v} contradicts the cluster in {args.dir} (created with "
+                    f"{flag} {current[k]}); omit {flag} to resume it, or use a new --dir"
+                )
+        values = current
+        timings = stored.timings
+        delays = stored.follower_delays_ms
+        options = stored.pg_options
+        max_lag = stored.max_lag_bytes
+    else:
+        values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
+        timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
+    t = {
+        "lease_ttl": args.lease_ttl,
+        "detection": args.detection_seconds,
+        "cooldown": args.cooldown_seconds,
+    }
+    timings = dataclasses.replace(timings, **{k: v for k, v in t.items() if v is not None})
+    if args.follower_delay_ms is not None:
+        delays = parse_delays(args.follower_delay_ms)
+    cfg = ClusterConfig(
+        shards=int(values["shards"]),
+        replicas=int(values["replicas"]),
+        mode=ReplicationMode(values["replication_mode"]),
+        quorum=int(values["quorum"]),
+        host=str(values["host"]),
+        base_port=int(values["base_port"]),
+        follower_delays_ms=delays,
+        pg_options=tuple(args.pg_option) if args.pg_option else options,
+        timings=timings,
+        max_lag_bytes=args.max_lag_bytes if args.max_lag_bytes is not None else max_lag,
+    )
+    validate(cfg)
+    return cfg
+
+
+def _check_ports(cfg: ClusterConfig) -> None:
+    for m in cfg.members():
+        for port, what in ((m.port, "PostgreSQL"), (m.status_port, "agent status")):
+            _check_port(cfg.host, port, f"{what} of member {m.name}")
+    _check_port(cfg.host, cfg.control_port, "the supervisor's control endpoint")
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise CommandError(
+                f"port {port} on {host} ({what}) is not available: {e.strerror}; "
+                "stop what uses it, or create the cluster with another --base-port/--host"
+            ) from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        postgres.Binaries.detect()
+    except postgres.PostgresNotInstalled as e:
+        raise CommandError(str(e)) from None
+    if files.is_locked(cdir.supervisor_lock):
+        info = status.supervisor_info(cdir)
+        raise CommandError(
+            f"{cdir.root} is in use by a running cluster (supervisor pid {info['pid']}); "
+            f"see 'pgshard local status --dir {args.dir}' or stop it with 'pgshard local down'"
+        )
+    try:
+        stored = cdir.load_config() if cdir.config.exists() else None
+        cfg = _config_from_args(args, stored)
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    _check_ports(cfg)
+    if stored is None:
+        if cdir.root.exists() and any(cdir.root.iterdir()):
+            raise CommandError(
+                f"{cdir.root} exists and is not a pgshard cluster directory; "
+                "choose an empty or new --dir"
+            )
+        cdir.create(cfg, Credentials.generate())
+    else:
+        files.write_json(cdir.config, cfg.to_dict())
+    files.write_json(cdir.supervisor_state, {"state": "launching", "pid": None})
+    if args.foreground:
+        return _up_foreground(cdir, args.timeout)
+    return _up_background(cdir, args.timeout)
+
+
+def _up_foreground(cdir: ClusterDir, timeout: float) -> int:
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
+    code = asyncio.run(supervisor.supervise(cdir, timeout, on_ready=lambda: _print_status(cdir)))
+    state = files.read_json(cdir.supervisor_state) or {}
+    if code != 0:
+        raise CommandError(str(state.get("error") or "the supervisor failed; see its log"))
+    return 0
+
+
+def _up_background(cdir: ClusterDir, timeout: float) -> int:
+    log_path = cdir.logs / "supervisor.log"
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgshard_operator.local.supervisor",
+                f"--dir={cdir.root}",
+                f"--ready-timeout={timeout}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal; `local down` stops it
+            cwd="/",
+        )
+    finally:
+        os.close(out)
+    deadline = time.monotonic() + timeout + 30
+    while time.monotonic() < deadline:
+        state = files.read_json(cdir.supervisor_state) or {}
+        if state.get("state") == "ready":
+            _print_status(cdir)
+            print(f"running in the background (supervisor pid {proc.pid}); "
+                  f"stop it with: pgshard local down --dir {cdir.root}")  # fmt: skip
+            return 0
+        if state.get("state") == "failed" or proc.poll() is not None:
+            proc.wait(timeout=60)
+            raise CommandError(str(state.get("error") or f"the supervisor exited; see {log_path}"))
+        time.sleep(0.2)
+    proc.terminate()
+    proc.wait(timeout=120)
+    raise CommandError(f"the cluster was not ready in {timeout:.0f}s; see the logs in {cdir.logs}")
+
+
+def _print_status(cdir: ClusterDir) -> None:
+    status.render(status.live_topology(cdir), status.console())
+
+
+# -- status, down, kill --------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        topo = status.live_topology(_cdir(args))
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        print(json.dumps(topology.to_dict(topo), indent=2))
+    else:
+        status.render(topo, status.console())
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        cfg = cdir.load_config()
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    info = status.supervisor_info(cdir)
+    if info["running"] and info["pid"]:
+        os.kill(int(info["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while files.is_locked(cdir.supervisor_lock):
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"the supervisor (pid {info['pid']}) did not stop in {args.timeout:.0f}s"
+                )
+            time.sleep(0.2)
+    # Nothing may outlive `down`: servers of agents that died are killed by pid.
+    for m in cfg.members():
+        if (pid := postgres.postmaster_pid(cdir.datadir(m.name))) is not None:
+            proctree.kill_tree(pid)
+    print("stopped" if info["running"] else f"no cluster running in {cdir.root}")
+    return 0
+
+
+def _member_pids(cdir: ClusterDir, name: str) -> list[int]:
+    """The agent and its server, whole trees; pids checked against their command lines."""
+    pids: list[int] = []
+    try:
+        agent = int(cdir.agent_pid(name).read_text())
+        cmdline = Path(f"/proc/{agent}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"pgshard_operator.instance.main" in cmdline and f"--name={name}".encode() in cmdline:
+            pids += [agent, *proctree.descendants(agent)]
+    except (OSError, ValueError):
+        pass
+    if (pm := postgres.postmaster_pid(cdir.datadir(name))) is not None and pm not in pids:
+        pids += [pm, *proctree.descendants(pm)]
+    return pids
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        spec = cdir.load_config().member(args.member)
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    if spec.shard != args.shard:
+        raise CommandError(f"member {spec.name} belongs to shard {spec.shard}, not {args.shard}")
+    pids = _member_pids(cdir, spec.name)
+    if not pids:
+        raise CommandError(f"member {spec.name} is not running")
+    sig = SIGNALS[args.signal]
+    if sig is signal.SIGKILL:
+        proctree.signal_all(pids, signal.SIGSTOP)  # freeze all, then kill: a crash, not a stop
+    proctree.signal_all(pids, sig)
+    print(f"sent SIG{args.signal} to {spec.name} ({len(pids)} processes)")
+    return 0

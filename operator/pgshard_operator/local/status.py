@@ -1,0 +1,103 @@
+"""What ``pgshard local status`` shows: the topology with live positions, as JSON or a table.
+
+Reads ``DIR/topology.json`` (primary, epoch, lastFailover, owned by the shard
+managers) and asks every agent's status endpoint for live positions and states
+(view.py). Works while the cluster is down too: every member is then ``down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from pgshard_proxy.contract import positions, topology
+
+from ..instance.credentials import Credentials
+from . import files, topofile, view
+from .layout import ClusterConfig, ClusterDir, LayoutError
+
+
+async def fetch_statuses(cfg: ClusterConfig, timeout: float = 1.5) -> dict[str, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+
+        async def one(url: str) -> dict[str, Any] | None:
+            try:
+                async with http.get(url + "/status") as r:
+                    doc: dict[str, Any] = await r.json()
+                    return doc
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return None
+
+        members = cfg.members()
+        docs = await asyncio.gather(*(one(m.status_url) for m in members))
+    return {m.name: d for m, d in zip(members, docs, strict=True)}
+
+
+def supervisor_info(cdir: ClusterDir) -> dict[str, Any]:
+    state = files.read_json(cdir.supervisor_state) or {}
+    running = files.is_locked(cdir.supervisor_lock)
+    return {
+        "running": running,
+        "pid": state.get("pid") if running else None,
+        "state": state.get("state") if running else "stopped",
+    }
+
+
+def live_topology(cdir: ClusterDir) -> topology.Topology:
+    cfg = cdir.load_config()
+    creds = Credentials.load(cdir.secrets)
+    topo = topofile.read(cdir)
+    if topo is None:
+        raise LayoutError(f"{cdir.root} has no topology yet: run 'pgshard local up --dir …'")
+    statuses = asyncio.run(fetch_statuses(cfg))
+    shards = tuple(view.build_shard(s, cfg.members(s.index), statuses, creds) for s in topo.shards)
+    extra = dict(topo.extra)
+    extra["supervisor"] = supervisor_info(cdir)
+    extra["replicationMode"] = cfg.mode.value
+    return dataclasses.replace(topo, shards=shards, extra=extra)
+
+
+def _pos(p: int | None) -> str:
+    return positions.format_lsn(p) if p is not None else "-"
+
+
+def console() -> Console:
+    """A console wide enough for the table even when output is not a terminal."""
+    c = Console()
+    return c if c.is_terminal else Console(width=140)
+
+
+def render(topo: topology.Topology, console: Console) -> None:
+    sup = topo.extra.get("supervisor", {})
+    table = Table(
+        title=f"pgshard local cluster — supervisor {sup.get('state', '?')}"
+        f" — mode {topo.extra.get('replicationMode', '?')}"
+    )
+    for col in ("shard", "epoch", "member", "role", "address", "state", "position", "lag (bytes)"):
+        table.add_column(col)
+    for s in topo.shards:
+        if s.primary is not None:
+            table.add_row(
+                str(s.index), str(s.epoch), s.primary.name, "primary", s.primary.address,
+                "", _pos(s.primary.position), "",
+            )  # fmt: skip
+        for f in s.followers:
+            table.add_row(
+                str(s.index), str(s.epoch), f.name, "follower", f.address, f.state,
+                _pos(f.position), "-" if f.lag_bytes is None else str(f.lag_bytes),
+            )  # fmt: skip
+    console.print(table)
+    for s in topo.shards:
+        if s.last_failover:
+            lf = s.last_failover
+            console.print(
+                f"shard {s.index}: last {lf.get('kind', 'failover')} {lf.get('from')} → "
+                f"{lf.get('to')} (epoch {lf.get('epoch')}): {lf.get('reason', '')}"
+            )
+    if topo.shards and topo.shards[0].primary is not None:
+        console.print(f"connect (shard 0 primary): psql '{topo.shards[0].primary.dsn}'")

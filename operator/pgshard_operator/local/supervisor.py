@@ -1,0 +1,284 @@
+"""The local cluster's supervisor: the background process ``pgshard local up`` leaves running.
+
+It owns DIR while it runs (``DIR/supervisor.lock``), starts one instance agent per
+member (agents.py), restarts agents that die, keeps ``DIR/topology.json``'s
+follower states current from the agents' status endpoints (view.py), runs one
+shard manager per shard through the local platform, and reports its progress in
+``DIR/supervisor.json`` (``starting`` → ``ready`` | ``failed`` → ``stopped``),
+which ``local up`` waits on. SIGTERM or SIGINT stop everything it started.
+
+Run as ``python -m pgshard_operator.local.supervisor --dir DIR`` (by ``local up``)
+or in-process (``local up --foreground``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from pgshard_proxy.contract import topology
+
+from ..instance.credentials import Credentials
+from . import files, topofile, view
+from .agents import AgentProcess
+from .layout import ClusterConfig, ClusterDir, LayoutError
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_EXIT = 3
+"""The agent's exit status when it could not create PGDATA (see instance/main.py)."""
+
+
+class StartupFailed(Exception):
+    """The cluster could not be brought up; the message is shown by ``local up``."""
+
+
+class Supervisor:
+    def __init__(
+        self,
+        cdir: ClusterDir,
+        ready_timeout: float = 300.0,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.cdir = cdir
+        self._on_ready = on_ready
+        self.cfg: ClusterConfig = cdir.load_config()
+        self.creds = Credentials.load(cdir.secrets)
+        self.ready_timeout = ready_timeout
+        self.agents = {m.name: AgentProcess(cdir, self.cfg, m) for m in self.cfg.members()}
+        self.statuses: dict[str, dict[str, Any] | None] = {}
+        self.stopping = False
+        self.ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- state file -------------------------------------------------------------
+
+    def _report(self, state: str, error: str | None = None) -> None:
+        files.write_json(
+            self.cdir.supervisor_state,
+            {
+                "pid": os.getpid(),
+                "state": state,
+                "error": error,
+                "control": f"{self.cfg.host}:{self.cfg.control_port}",
+                "updatedAt": time.time(),
+            },
+        )
+
+    # -- agents -----------------------------------------------------------------
+
+    def primary_of(self, shard: int) -> str | None:
+        topo = topofile.read(self.cdir)
+        if topo is None:
+            return None
+        p = topo.shard(shard).primary
+        return p.name if p else None
+
+    def _upstream(self, shard: int) -> str | None:
+        name = self.primary_of(shard)
+        return self.cfg.member(name).address if name else None
+
+    async def _watch(self, agent: AgentProcess) -> None:
+        """Restart an agent that exits while the cluster runs (back-off 1 s … 10 s)."""
+        backoff = 0.0
+        while True:
+            started = time.monotonic()
+            code = await agent.wait()
+            if self.stopping:
+                return
+            if code == BOOTSTRAP_EXIT and not self.ready:
+                raise StartupFailed(
+                    f"{agent.spec.name} could not be created:\n{agent.log_tail(3)}\n"
+                    f"(full log: {self.cdir.agent_log(agent.spec.name)})"
+                )
+            ran = time.monotonic() - started
+            backoff = 1.0 if ran > 30 else min(10.0, max(1.0, backoff * 2))
+            log.warning(
+                "%s: agent exited with status %s; restarting in %.0fs",
+                agent.spec.name,
+                code,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
+            if self.stopping:
+                return
+            shard = agent.spec.shard
+            # A crashed primary must not come back as primary on its own: the shard manager
+            # fails over and then rejoins it (with no followers there is nobody to fail to).
+            hold = self.primary_of(shard) == agent.spec.name and self.cfg.replicas > 0
+            await agent.start(upstream=self._upstream(shard), hold_primary=hold)
+
+    async def _start_shard(self, shard: int, fresh: bool) -> None:
+        members = self.cfg.members(shard)
+        primary = self.primary_of(shard) or members[0].name
+        first = self.agents[primary]
+        await first.start(upstream=None, bootstrap_primary=fresh)
+        self._tasks.append(asyncio.ensure_future(self._watch(first)))
+        if fresh:
+            await self._wait_for(lambda: self._role(primary) == "primary")
+        for m in members:
+            if m.name != primary:
+                agent = self.agents[m.name]
+                await agent.start(upstream=first.spec.address)
+                self._tasks.append(asyncio.ensure_future(self._watch(agent)))
+
+    def _role(self, name: str) -> str | None:
+        doc = self.statuses.get(name)
+        return None if doc is None else doc.get("role")
+
+    async def _wait_for(self, cond: Any) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while not cond():
+            failed = [t for t in self._tasks if t.done()]
+            for t in failed:
+                t.result()  # raises StartupFailed
+            if time.monotonic() > deadline:
+                raise StartupFailed(
+                    f"the cluster was not ready after {self.ready_timeout:.0f}s; "
+                    f"see the logs in {self.cdir.logs}"
+                )
+            await asyncio.sleep(0.1)
+
+    # -- observation ------------------------------------------------------------
+
+    async def _fetch(self, agent: AgentProcess) -> dict[str, Any] | None:
+        assert self._http is not None
+        try:
+            async with self._http.get(agent.spec.status_url + "/status") as r:
+                doc: dict[str, Any] = await r.json()
+                return doc
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def observe_once(self) -> None:
+        names = list(self.agents)
+        docs = await asyncio.gather(*(self._fetch(self.agents[n]) for n in names))
+        self.statuses = dict(zip(names, docs, strict=True))
+
+        def change(topo: topology.Topology) -> topology.Topology | None:
+            new = topo
+            for s in topo.shards:
+                live = view.build_shard(s, self.cfg.members(s.index), self.statuses, self.creds)
+                if view.shape(live) != view.shape(s):
+                    new = topofile.replace_shard(new, live)
+            return new if new is not topo else None
+
+        topofile.update(self.cdir, change)
+        if not self.ready:
+            topo = topofile.read(self.cdir)
+            assert topo is not None
+            self.ready = all(
+                view.shard_ready(
+                    view.build_shard(s, self.cfg.members(s.index), self.statuses, self.creds),
+                    self.statuses.get(s.primary.name) if s.primary else None,
+                )
+                for s in topo.shards
+            )
+
+    async def _observe_loop(self) -> None:
+        while True:
+            try:
+                await self.observe_once()
+            except Exception:
+                log.exception("observation failed (will retry)")
+            await asyncio.sleep(self.cfg.timings.interval)
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._report("starting")
+        fresh = topofile.read(self.cdir) is None
+        if fresh:
+            topofile.create(self.cdir, topofile.initial(self.cfg))
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        try:
+            observer = asyncio.ensure_future(self._observe_loop())
+            try:
+                await asyncio.gather(*(self._start_shard(i, fresh) for i in range(self.cfg.shards)))
+                await self._wait_for(lambda: self.ready)
+                self._report("ready")
+                log.info("cluster ready")
+                if self._on_ready is not None:
+                    await asyncio.to_thread(self._on_ready)
+                waiter = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+                for t in self._tasks:
+                    if t.done():
+                        t.result()
+            finally:
+                observer.cancel()
+        finally:
+            await self.shutdown()
+            await self._http.close()
+
+    async def shutdown(self) -> None:
+        """Stop every agent (followers first), by pid; nothing is left running."""
+        self.stopping = True
+        self._report("stopping")
+        for t in self._tasks:
+            t.cancel()
+        primaries = {self.primary_of(i) for i in range(self.cfg.shards)}
+        followers = [a for n, a in self.agents.items() if n not in primaries]
+        await asyncio.gather(*(a.stop() for a in followers))
+        await asyncio.gather(*(a.stop() for n, a in self.agents.items() if n in primaries))
+
+
+async def supervise(
+    cdir: ClusterDir, ready_timeout: float, on_ready: Callable[[], None] | None = None
+) -> int:
+    """Run the supervisor until SIGTERM/SIGINT; 0 after a clean stop, 1 if startup failed."""
+    try:
+        lock_fd = files.hold_lock(cdir.supervisor_lock)
+    except files.AlreadyLocked:
+        log.error("%s is in use by a running cluster", cdir.root)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sup = Supervisor(cdir, ready_timeout, on_ready)
+    try:
+        await sup.run(stop)
+    except StartupFailed as e:
+        log.error("%s", e)
+        sup._report("failed", str(e))
+        return 1
+    except Exception as e:
+        log.exception("supervisor failed")
+        sup._report("failed", f"{type(e).__name__}: {e}")
+        return 1
+    else:
+        sup._report("stopped")
+        return 0
+    finally:
+        os.close(lock_fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pgshard-local-supervisor")
+    p.add_argument("--dir", type=Path, required=True)
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return asyncio.run(supervise(ClusterDir(args.dir.resolve()), args.ready_timeout))
+    except LayoutError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""A real ``pgshard local up`` cluster for tests, always torn down.
+
+Runs this checkout's CLI (``tests.support.procs``) on a random loopback address
+with free ports, so parallel runs and other engineers' clusters never collide.
+Teardown runs ``local down`` and then kills, by pid, anything of the cluster
+still alive (agents, servers), so a failing test leaves no orphans.
+
+    with localcluster.running(pg_tmp, shards=1, replicas=2) as c:
+        c.status()["shards"][0]["primary"]["dsn"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pgshard_operator.instance import postgres
+
+from . import net, procs
+
+
+def free_base_port(host: str, count: int) -> int:
+    """A port p such that p .. p+count-1 are all free on ``host`` now."""
+    for _ in range(100):
+        base = random.randint(20000, 60000 - count)
+        try:
+            for p in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind((host, p))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+@dataclasses.dataclass
+class LocalCluster:
+    dir: Path
+    host: str
+    base_port: int
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            procs.pgshard_argv(*args),
+            env=procs.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pgshard {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("local", "up", f"--dir={self.dir}", *extra)
+
+    def down(self) -> None:
+        self.cli("local", "down", f"--dir={self.dir}", check=False)
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(
+            self.cli("local", "status", f"--dir={self.dir}", "--json").stdout
+        )
+        return doc
+
+    def shard(self, index: int = 0) -> dict[str, Any]:
+        shard: dict[str, Any] = self.status()["shards"][index]
+        return shard
+
+    def kill(self, shard: int, member: str, sig: str = "KILL") -> None:
+        self.cli(
+            "local", "kill", f"--dir={self.dir}", f"--shard={shard}", f"--member={member}",
+            f"--signal={sig}",
+        )  # fmt: skip
+
+    def _ours(self, pid: int) -> bool:
+        """Whether ``pid`` is a process of this cluster (pids can be reused)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(self.dir).encode() in cmdline
+
+    def kill_leftovers(self) -> None:
+        """Kill by pid whatever ``down`` did not stop (a failed test must leave nothing)."""
+        pids: list[int] = []
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            pids.append(int(json.loads((self.dir / "supervisor.json").read_text())["pid"]))
+        members = self.dir / "members"
+        for m in members.iterdir() if members.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError):
+                pids.append(int((m / "agent.pid").read_text()))
+            if (pid := postgres.postmaster_pid(m / "data")) is not None:
+                pids.append(pid)
+        for pid in pids:
+            if self._ours(pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running(
+    base: Path, *up_args: str, shards: int = 1, replicas: int = 2
+) -> Iterator[LocalCluster]:
+    host = net.random_loopback()
+    count = 2 * shards * (replicas + 1) + 1
+    cluster = LocalCluster(dir=base / "cluster", host=host, base_port=free_base_port(host, count))
+    try:
+        cluster.up(
+            f"--shards={shards}",
+            f"--replicas={replicas}",
+            f"--host={host}",
+            f"--base-port={cluster.base_port}",
+            "--pg-option=fsync=off",
+            *up_args,
+        )
+        yield cluster
+    finally:
+        cluster.down()
+        cluster.kill_leftovers()
