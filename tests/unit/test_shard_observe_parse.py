@@ -72,6 +72,11 @@ def test_follower_row() -> None:
         ("hostaddr=10.0.0.1 port = 7 user=x", "10.0.0.1:7"),
         ("host='my host' password='a b\\'c' port=9", "my host:9"),
         ("host=only", "only:5432"),
+        (
+            "host='127.0.0.5' port=5433 user='rep' password='p\\'w x' "
+            "application_name='a' connect_timeout=2",
+            "127.0.0.5:5433",
+        ),
         ("user=x", None),
         ("", None),
         (None, None),

@@ -121,7 +121,10 @@ class Platform(Protocol):
         ``primary`` and start it. Report the method, the fork LSN (the switch point in
         ``primary``'s timeline history) and the bytes of WAL it had past the fork that
         were discarded (0 when nothing diverged). May take long (re-clone); bounded by
-        the implementation."""
+        the implementation. The manager asks for the old primary's rejoin right after a
+        failover, even if it is hung (SIGSTOP) or gone: the implementation may wait for it
+        within its bound, or raise :class:`PlatformError`; the manager retries every few
+        seconds until it succeeds."""
         ...
 
     async def set_sync_standbys(self, member: str, value: str) -> None:
