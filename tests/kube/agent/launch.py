@@ -1,0 +1,76 @@
+"""Container launcher: enter the pod, set up the container's view, become its process.
+
+Run by the node agent as ``python3 -I -S launch.py SPEC_JSON`` (standard library only, so
+it starts fast) with the container's environment already set. It joins the pod's network
+namespace, unshares a private mount and UTS namespace, bind-mounts every volume at its
+mountPath (creating an empty mount point on the host file system if the path is missing;
+the host's own files are otherwise visible, as in a privileged container), sets the pod's
+hostname, drops to the container's uid/gid, changes to workingDir and execs the command,
+so its pid is the container's pid.
+"""
+
+import ctypes
+import json
+import os
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def mount(source: str | None, target: str, flags: int) -> None:
+    check(
+        libc.mount(source.encode() if source else None, target.encode(), None, flags, None),
+        f"mount {source} on {target}",
+    )
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    fd = os.open(spec["netns"], os.O_RDONLY)
+    check(libc.setns(fd, CLONE_NEWNET), "setns")
+    os.close(fd)
+    check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+    mount(None, "/", MS_REC | MS_PRIVATE)
+    hostname = spec["hostname"].encode()
+    check(libc.sethostname(hostname, len(hostname)), "sethostname")
+    for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
+        source, target = m["source"], m["target"]
+        if os.path.isdir(source):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        mount(source, target, MS_BIND | MS_REC)
+        if m.get("readOnly"):
+            mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    if spec.get("gid") is not None:
+        os.setgroups(spec.get("groups", []))
+        os.setgid(spec["gid"])
+    if spec.get("uid") is not None:
+        os.setuid(spec["uid"])
+    os.chdir(spec.get("workdir") or "/")
+    argv = spec["argv"]
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        print(f"pod agent: cannot run {argv[0]!r}: {e}", file=sys.stderr)
+        sys.exit(127)
+
+
+if __name__ == "__main__":
+    main()
