@@ -25,10 +25,13 @@ def kube() -> Iterator[kube_cluster.Cluster]:
     with tempfile.TemporaryDirectory(prefix="pgshard-kube-") as d:
         directory = Path(d)
         directory.chmod(0o755)
+        cluster = kube_cluster.up(directory)
         try:
-            yield kube_cluster.up(directory)
+            yield cluster
         finally:
             kube_cluster.down(directory)
+            for proc in cluster.processes:  # stopped by down(); collect their exit status
+                proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,18 @@ def mount(source: str | None, target: str, flags: int) -> None:
     )
 
 
+def resolve(program: str) -> str:
+    """``program`` searched in the container's PATH, as execvp would."""
+    if "/" in program:
+        return program
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    print(f"pod agent: {program!r} not found in PATH", file=sys.stderr)
+    sys.exit(127)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     fd = os.open(spec["netns"], os.O_RDONLY)
@@ -58,15 +70,18 @@ def main() -> None:
         mount(source, target, MS_BIND | MS_REC)
         if m.get("readOnly"):
             mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    argv = spec["argv"]
+    # Found while still root: after dropping to the container's user this interpreter may
+    # no longer read its own standard library (root's home), which execvp needs.
+    program = resolve(argv[0])
     if spec.get("gid") is not None:
         os.setgroups(spec.get("groups", []))
         os.setgid(spec["gid"])
     if spec.get("uid") is not None:
         os.setuid(spec["uid"])
     os.chdir(spec.get("workdir") or "/")
-    argv = spec["argv"]
     try:
-        os.execvp(argv[0], argv)
+        os.execv(program, argv)
     except OSError as e:
         print(f"pod agent: cannot run {argv[0]!r}: {e}", file=sys.stderr)
         sys.exit(127)
