@@ -1,14 +1,18 @@
 """A session's consistency glue with a real position monitor (consistency/session.py).
 
-The server is listed as primary ``p`` and as "follower" ``f`` (see
-test_position_monitor.py); lag and real followers are the end-to-end test's job.
+Most tests list one server as primary ``p`` and as "follower" ``f`` (see
+test_position_monitor.py); the last one uses a real follower that applies
+commits a second late.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import asyncpg
 import pytest
 
 from pgshard_proxy.consistency.monitor import MonitorSettings, PositionMonitor
@@ -17,7 +21,7 @@ from pgshard_proxy.consistency.tracker import Mode
 from pgshard_proxy.contract.topology import Member, Shard, Topology
 from pgshard_proxy.routing.classify import classify
 from pgshard_proxy.routing.router import Reason, Role, Track
-from tests.support import net
+from tests.support import net, pgserver
 from tests.support.pgserver import PgServer
 
 FAST = MonitorSettings(poll_interval=0.02, reconnect_delay=0.05, capture_timeout=1)
@@ -129,3 +133,63 @@ async def test_a_failed_capture_sends_reads_to_the_primary(pg_module_server: PgS
     finally:
         await s.close()
         await monitor.close()
+
+
+@pytest.fixture(scope="module")
+def lagging(pg_module_server: PgServer) -> Iterator[PgServer]:
+    """A real streaming follower of the module's server that applies commits 1 s late."""
+    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
+        base = Path(d)
+        base.chmod(0o755)
+        follower = pgserver.make_follower(pg_module_server, base, "lag", apply_delay_ms=1000)
+        try:
+            yield follower
+        finally:
+            follower.stop()
+
+
+async def test_a_real_lagging_follower(pg_module_server: PgServer, lagging: PgServer) -> None:
+    primary = pg_module_server
+    shard = Shard(
+        0,
+        1,
+        Member("p", f"{primary.host}:{primary.port}", primary.dsn),
+        (Member("lag", f"{lagging.host}:{lagging.port}", lagging.dsn),),
+    )
+    writer = await asyncpg.connect(primary.dsn)
+    follower = await asyncpg.connect(lagging.dsn)
+    monitor = PositionMonitor(FAST)
+    await monitor.start(Topology(shards=(shard,)))
+    impatient = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=50)
+    patient = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=10_000)
+    eventual = SessionConsistency(monitor, mode=Mode.EVENTUAL, max_wait_ms=0)
+    try:
+        await writer.execute("DROP TABLE IF EXISTS lagkv; CREATE TABLE lagkv (k int, v int)")
+        await writer.execute("INSERT INTO lagkv VALUES (1, 0)")
+        assert await monitor.wait_for("lag", await monitor.primary_position(0), timeout=30)
+
+        async def write(s: SessionConsistency, value: int) -> None:
+            r = s.route_now(WRITE, shard)
+            assert r is not None and r.role is Role.PRIMARY
+            await writer.execute("UPDATE lagkv SET v = $1", value)
+            s.after_ready(r, 0, idle=True)
+
+        await write(impatient, 1)
+        r = await impatient.route(READ, shard)
+        assert (r.role, r.reason) == (Role.PRIMARY, Reason.FOLLOWER_TIMEOUT)
+
+        await write(patient, 2)
+        r = await patient.route(READ, shard)
+        assert (r.role, r.member.name) == (Role.FOLLOWER, "lag")
+        assert await follower.fetchval("SELECT v FROM lagkv") == 2  # read-your-writes, for real
+
+        await writer.execute("UPDATE lagkv SET v = 3")
+        r = eventual.route_now(READ, shard)
+        assert r is not None and (r.role, r.member.name) == (Role.FOLLOWER, "lag")
+        assert await follower.fetchval("SELECT v FROM lagkv") == 2  # eventual: stale, as allowed
+    finally:
+        for s in (impatient, patient, eventual):
+            await s.close()
+        await monitor.close()
+        await writer.close()
+        await follower.close()

@@ -94,12 +94,15 @@ def make_server(base: Path, name: str = "pg", host: str | None = None) -> PgServ
     return server
 
 
-def make_follower(primary: PgServer, base: Path, name: str = "follower") -> PgServer:
+def make_follower(
+    primary: PgServer, base: Path, name: str = "follower", *, apply_delay_ms: int = 0
+) -> PgServer:
     """A streaming follower of ``primary`` (pg_basebackup), on its own loopback address.
 
     It streams with ``application_name`` = ``name`` so it shows up under that name in the
     primary's ``pg_stat_replication``. For tests of single pieces (probes, monitors);
-    replicated shards with failover come from the local platform.
+    replicated shards with failover come from the local platform. ``apply_delay_ms``
+    (``recovery_min_apply_delay``) makes it lag behind the primary's commits.
     """
     bins = postgres.Binaries.detect()
     datadir = base / name
@@ -115,6 +118,8 @@ def make_follower(primary: PgServer, base: Path, name: str = "follower") -> PgSe
     )
     with open(datadir / "postgresql.auto.conf", "a") as f:
         f.write(f"primary_conninfo = '{conninfo}'\nrecovery_target_timeline = 'latest'\n")
+        if apply_delay_ms:
+            f.write(f"recovery_min_apply_delay = '{apply_delay_ms}ms'\n")
     (datadir / "standby.signal").touch()
     bins.run_as.own_tree(datadir)
     host = net.random_loopback()
