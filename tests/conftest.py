@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import pgserver
+from tests.support import proxy as proxy_support
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -71,3 +72,29 @@ def pg_module_server() -> Iterator[pgserver.PgServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture
+def proxy(pg_server: pgserver.PgServer, pg_tmp: Path) -> Iterator[proxy_support.ProxyProc]:
+    """pgshard-proxy (SCRAM, user ``app``) in front of ``pg_server`` as a one-member shard."""
+    topo = proxy_support.single_primary_topology(
+        "pg-0", pg_server.host, pg_server.port, pg_server.dsn
+    )
+    p = proxy_support.start_proxy(pg_tmp, topo)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def module_proxy(pg_module_server: pgserver.PgServer) -> Iterator[proxy_support.ProxyProc]:
+    """Like ``proxy`` in front of ``pg_module_server``, shared by a module's tests."""
+    server = pg_module_server
+    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
+        topo = proxy_support.single_primary_topology("pg-0", server.host, server.port, server.dsn)
+        p = proxy_support.start_proxy(Path(d), topo)
+        try:
+            yield p
+        finally:
+            p.stop()

@@ -1,0 +1,138 @@
+"""``pgshard-proxy``: parse configuration, follow the topology, serve until signalled.
+
+Configuration comes from ``--config FILE`` (YAML), ``PGSHARD_PROXY_*`` variables
+and flags (see ``settings``). Uses uvloop when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from .contract import topology
+from .server.listener import ProxyServer
+from .settings import ProxySettings, SettingsError, from_sources
+
+log = logging.getLogger("pgshard_proxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pgshard-proxy",
+        description="PostgreSQL wire-protocol proxy: writes to the primary, reads to "
+        "followers, read-your-writes and monotonic reads per session.",
+    )
+    p.add_argument("--config", type=Path, help="YAML file with settings (flags override it)")
+    p.add_argument("--host", help="address to listen on [127.0.0.1]")
+    p.add_argument("--port", type=int, help="port to listen on [6432]")
+    p.add_argument("--topology-file", type=Path, help="topology.json of the local cluster")
+    p.add_argument(
+        "--user",
+        action="append",
+        metavar="NAME:PASSWORD",
+        help="a user clients may log in as (repeatable; the password may be a SCRAM verifier)",
+    )
+    p.add_argument("--auth-method", choices=["scram-sha-256", "md5", "trust"])
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate enabling TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--consistency", choices=["session", "eventual", "strong"])
+    p.add_argument("--max-wait-ms", type=int, help="wait for a lagging follower at most this")
+    p.add_argument("--pool-size", type=int, help="most connections per member and database")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ProxySettings:
+    flags: dict[str, object] = {
+        "host": args.host,
+        "port": args.port,
+        "topology_file": args.topology_file,
+        "auth_method": args.auth_method,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "consistency": args.consistency,
+        "max_wait_ms": args.max_wait_ms,
+        "pool_size": args.pool_size,
+    }
+    if args.user:
+        flags["users"] = ",".join(args.user)
+    return from_sources(args.config, os.environ, flags)
+
+
+async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[topology.Topology]:
+    """Yield the topology in ``path`` now and whenever its contents change."""
+    last: str | None = None
+    warned = False
+    while True:
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except OSError as e:
+            if not warned:
+                log.warning("waiting for topology file %s: %s", path, e)
+                warned = True
+            text = None
+        if text is not None and text != last:
+            try:
+                topo = topology.from_json(text)
+            except topology.BadTopology as e:
+                log.error("ignoring unusable topology in %s: %s", path, e)
+            else:
+                last = text
+                yield topo
+        await asyncio.sleep(interval)
+
+
+async def serve(settings: ProxySettings) -> None:
+    if settings.topology_file is None:
+        raise SettingsError("--topology-file (or topology_file in the config) is required")
+    server = ProxyServer(settings, follow_file(settings.topology_file))
+    await server.start()
+    print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as e:
+        print(f"pgshard-proxy: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            runner.run(serve(settings))
+    except (SettingsError, ValueError, TimeoutError) as e:
+        print(f"pgshard-proxy: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

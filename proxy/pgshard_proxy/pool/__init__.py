@@ -1,0 +1,1 @@
+"""Server connections: the raw backend protocol connection and pools of them per member."""

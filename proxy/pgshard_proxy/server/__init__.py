@@ -1,0 +1,1 @@
+"""The asyncio side of the proxy: listener, client sessions, backend connections, cancel."""

@@ -1,0 +1,65 @@
+"""What every session of one proxy process shares: settings, pools, topology, keys.
+
+Built by ``server.listener`` at start; sessions read the current topology from
+it and borrow connections through it. The topology is replaced as a whole when
+the topology source yields a new one (:meth:`ServerContext.set_topology`).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Protocol
+
+from ..contract import topology
+from ..pool.backend import BackendError, Credentials
+from ..pool.pool import PoolKey, Pools
+from ..protocol import auth
+from ..settings import ProxySettings
+from .cancel import CancelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    def abort(self) -> None: ...
+
+
+class NoPrimary(BackendError):
+    """The topology has no primary for the shard right now (failover in progress?)."""
+
+
+class ServerContext:
+    def __init__(self, settings: ProxySettings, ssl_context: ssl.SSLContext | None) -> None:
+        self.settings = settings
+        self.ssl_context = ssl_context
+        self.pools = Pools(max_size=settings.pool_size, connect_timeout=settings.connect_timeout)
+        self.cancel_keys = CancelRegistry()
+        self.topology: topology.Topology | None = None
+        # Deriving a SCRAM verifier costs 4096 PBKDF2 rounds: once, not per login.
+        self.verifiers: dict[str, auth.ScramVerifier | None] = {
+            name: user.verifier() for name, user in settings.users.items()
+        }
+        self.sessions: set[Closable] = set()
+
+    def set_topology(self, topo: topology.Topology) -> None:
+        old = self.topology
+        self.topology = topo
+        keep = {(s.primary.name, s.primary.address) for s in topo.shards if s.primary}
+        keep |= {(f.name, f.address) for s in topo.shards for f in s.followers}
+        self.pools.retire(keep)
+        if old is None or [s.epoch for s in old.shards] != [s.epoch for s in topo.shards]:
+            shards = ", ".join(
+                f"shard {s.index} epoch {s.epoch} primary {s.primary.name if s.primary else '-'}"
+                for s in topo.shards
+            )
+            log.info("topology version %s: %s", topo.version, shards)
+
+    def shard(self) -> topology.Shard:
+        """The shard sessions use (the first: key-based sharding is not routed yet)."""
+        if self.topology is None or not self.topology.shards:
+            raise NoPrimary("no topology yet: the proxy has not read the cluster's topology")
+        return self.topology.shards[0]
+
+    def pool_key(self, member: topology.Member, database: str) -> tuple[PoolKey, Credentials]:
+        return PoolKey(member.name, member.address, database), Credentials.from_dsn(member.dsn)

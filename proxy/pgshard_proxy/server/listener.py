@@ -1,0 +1,79 @@
+"""The listening socket: accept clients into sessions, follow the topology, shut down.
+
+Built by ``main``; tests build it directly with settings and a topology source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterable
+
+from ..contract import topology
+from ..settings import ProxySettings
+from .context import ServerContext
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+
+def make_ssl_context(settings: ProxySettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(
+            f"cannot load TLS certificate {settings.tls_cert} / key {settings.tls_key}: {e}"
+        ) from None
+    return ctx
+
+
+class ProxyServer:
+    """One proxy: a listener, its sessions' shared context and the topology follower."""
+
+    def __init__(
+        self, settings: ProxySettings, topologies: AsyncIterable[topology.Topology]
+    ) -> None:
+        self.settings = settings
+        self.ctx = ServerContext(settings, make_ssl_context(settings))
+        self._topologies = topologies
+        self._server: asyncio.Server | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self._first = asyncio.get_running_loop().create_future()
+
+    @property
+    def address(self) -> str:
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def start(self, first_topology_timeout: float = 30) -> None:
+        """Listen once the first topology is known (so early clients are not refused)."""
+        self._follow = asyncio.get_running_loop().create_task(self._follow_topology())
+        async with asyncio.timeout(first_topology_timeout):
+            await asyncio.shield(self._first)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Session(self.ctx), self.settings.host, self.settings.port, backlog=1024
+        )
+        log.info("pgshard-proxy listening on %s", self.address)
+
+    async def _follow_topology(self) -> None:
+        async for topo in self._topologies:
+            self.ctx.set_topology(topo)
+            if not self._first.done():
+                self._first.set_result(None)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._follow is not None:
+            self._follow.cancel()
+            await asyncio.gather(self._follow, return_exceptions=True)
+        for session in list(self.ctx.sessions):
+            session.abort()
+        await self.ctx.pools.close()

@@ -1,0 +1,630 @@
+"""One client connection: startup, authentication, then relaying to servers.
+
+Created by ``server.listener`` for every accepted socket. States::
+
+    INITIAL --StartupMessage--> AUTH --password ok--> CONNECTING --primary ready--> READY
+       ^ SSLRequest/GSSENCRequest answered, next packet expected      any --> CLOSED
+
+In READY the session reads whole frames (``protocol.codec``) and forwards
+their bytes to a server connection borrowed from the pools: one per role at
+most (the primary and, for reads, a follower). Responses are relayed by
+``pool.backend`` straight to the client socket. The session keeps what must
+follow the client from one server to another:
+
+* its prepared statements (the Parse bytes), so a Bind or Describe on a server
+  that has not seen the statement first gets a hidden Parse (answers swallowed);
+* its SET log (startup parameters first), replayed on each server before use;
+* order: a request goes to a different server only once the previous one has
+  answered everything; extended-protocol messages between two Syncs stay on
+  one server; a transaction stays on the server it began on.
+
+A server lost while a request or transaction was in flight ends the client's
+session with SQLSTATE 08007 (outcome unknown); a server lost while idle is
+replaced silently on next use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import cast
+
+from ..pool.backend import BackendConnection, BackendError, Marker, send_cancel
+from ..pool.pool import Pool
+from ..protocol import auth, codec, messages
+from ..protocol.sqlstate import Severity, SqlState, error_response
+from .context import ServerContext
+from .routing import Role, SessionRouter
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    INITIAL = "initial"
+    AUTH = "auth"
+    CONNECTING = "connecting"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class _AuthStep(enum.Enum):
+    SASL_INITIAL = "sasl-initial"
+    SASL_FINAL = "sasl-final"
+    MD5 = "md5"
+
+
+@dataclasses.dataclass(frozen=True)
+class Statement:
+    """A statement the client prepared: its Parse message, kept for other servers."""
+
+    parse: bytes
+    sql: str
+    version: int
+
+
+# Frontend message type bytes.
+_Q, _P, _B, _D, _E, _C, _H, _S, _X, _F = b"QPBDECHSXF"
+_COPY = frozenset(b"dcf")
+_EXTENDED = frozenset(b"PBDECHS")
+
+# Startup parameters that are not server settings to replay.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def options_settings(options: str) -> dict[str, str]:
+    """``-c name=value`` / ``--name=value`` pairs of the startup ``options`` string."""
+    words: list[str] = []
+    word: list[str] = []
+    escaped = False
+    for ch in options:
+        if escaped:
+            word.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w == "-c" and i + 1 < len(words):
+            i += 1
+            w = words[i]
+        elif w.startswith(("-c", "--")):
+            w = w[2:]
+        name, sep, value = w.partition("=")
+        if sep and name:
+            # PostgreSQL reads both forms as long options, with '-' meaning '_'.
+            out[name.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def startup_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """Server settings a client asked for in its startup packet, in order."""
+    out = {k: v for k, v in params.items() if k not in _NOT_SETTINGS and not k.startswith("_pq_.")}
+    out.update(options_settings(params.get("options", "")))
+    return out
+
+
+def set_statements(settings: Iterable[tuple[str, str]]) -> str:
+    return "; ".join(f"SET {_ident(k)} TO {_literal(v)}" for k, v in settings)
+
+
+class Session(asyncio.Protocol):
+    """A client connection (see the module docstring)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.state = State.INITIAL
+        self._transport: asyncio.Transport | None = None
+        self._decoder = codec.FrontendDecoder(ctx.settings.max_message_bytes)
+        self._startup: messages.Startup | None = None
+        self._auth_step: _AuthStep | None = None
+        self._scram: auth.ScramServerExchange | None = None
+        self._md5_salt = b""
+        self._frames: collections.deque[codec.Frame] = collections.deque()
+        self._blocked = False
+        self._waiting_on: BackendConnection | None = None
+        self._backends: dict[Role, BackendConnection] = {}
+        self._pools: dict[BackendConnection, Pool] = {}
+        self._current: BackendConnection | None = None
+        self._batch: BackendConnection | None = None
+        self._statements: dict[str, Statement] = {}
+        self._version = 0
+        self._set_log: list[str] = []
+        self._key: tuple[int, int] | None = None
+        self._paused: set[str] = set()
+        self._tls = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.router = SessionRouter(ctx)
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=256 * 1024)
+        self.ctx.sessions.add(self)
+        if len(self.ctx.sessions) > self.ctx.settings.max_clients:
+            self._fatal(SqlState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.sessions.discard(self)
+        self.state = State.CLOSED
+        self._transport = None
+        if self._key is not None:
+            self.ctx.cancel_keys.unregister(self._key)
+        for b in list(self._backends.values()):
+            self._release(b)
+        self._backends.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    def pause_writing(self) -> None:
+        # The client reads slower than servers answer: stop reading from servers.
+        for b in self._backends.values():
+            b.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        for b in self._backends.values():
+            b.pause_reading(False)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._decoder.feed(data)
+        try:
+            while self.state is State.INITIAL and self._read_initial():
+                pass
+            if self.state is State.AUTH:
+                self._read_auth()
+            if self.state in (State.CONNECTING, State.READY):
+                self._frames.extend(self._decoder.frames())
+                if self.state is State.READY and not self._blocked:
+                    self._process()
+        except codec.ProtocolViolation as e:
+            self._fatal(e.sqlstate, str(e))
+        except messages.MalformedMessage as e:
+            self._fatal(SqlState.PROTOCOL_VIOLATION, f"invalid message: {e}")
+
+    def eof_received(self) -> bool:
+        return False
+
+    # --- startup and authentication
+
+    def _read_initial(self) -> bool:
+        pkt = self._decoder.next_initial()
+        if pkt is None:
+            return False
+        assert self._transport is not None
+        if isinstance(pkt, messages.SSLRequest):
+            if self.ctx.ssl_context is None or self._tls:
+                self._transport.write(b"N")
+                return True
+            if self._decoder.pending:
+                # Bytes sent before the TLS handshake must not count as encrypted (CVE-2021-23214).
+                raise codec.ProtocolViolation("received unencrypted data after SSL request")
+            self._transport.write(b"S")
+            self._spawn(self._start_tls())
+            return False
+        if isinstance(pkt, messages.GSSENCRequest):
+            self._transport.write(b"N")
+            return True
+        if isinstance(pkt, messages.CancelRequest):
+            target = self.ctx.cancel_keys.lookup(pkt.pid, pkt.secret)
+            if target is not None:
+                target.cancel()
+            self.state = State.CLOSED
+            self._transport.close()
+            return False
+        self._startup = pkt
+        self._decoder.expect_initial = False
+        self._begin_auth(pkt)
+        return False
+
+    async def _start_tls(self) -> None:
+        assert self._transport is not None and self.ctx.ssl_context is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                self._transport, self, self.ctx.ssl_context, server_side=True
+            )
+        except (OSError, ConnectionError) as e:
+            log.info("TLS handshake failed: %s", e)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        # uvloop's transports implement the interface without subclassing it.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        self._tls = True
+
+    def _begin_auth(self, startup: messages.Startup) -> None:
+        assert self._transport is not None
+        if "replication" in startup.params and startup.params["replication"] not in ("", "false"):
+            self._fatal(SqlState.FEATURE_NOT_SUPPORTED, "pgshard-proxy does not relay replication")
+            return
+        method = self.ctx.settings.auth_method
+        user = startup.user
+        self.state = State.AUTH
+        if method is auth.AuthMethod.TRUST:
+            if self.ctx.settings.users and user not in self.ctx.settings.users:
+                self._fatal(SqlState.INVALID_AUTHORIZATION, f'role "{user}" does not exist')
+                return
+            self._authenticated()
+        elif method is auth.AuthMethod.SCRAM:
+            self._scram = auth.ScramServerExchange(user, self.ctx.verifiers.get(user))
+            self._auth_step = _AuthStep.SASL_INITIAL
+            self._transport.write(messages.auth_sasl([auth.SCRAM_MECHANISM]))
+        else:
+            self._md5_salt = secrets.token_bytes(4)
+            self._auth_step = _AuthStep.MD5
+            self._transport.write(messages.auth_md5(self._md5_salt))
+
+    def _read_auth(self) -> None:
+        assert self._transport is not None and self._startup is not None
+        for frame in self._decoder.frames():
+            if self.state is not State.AUTH:
+                self._frames.append(frame)
+                continue
+            if frame.type != ord("p"):
+                raise codec.ProtocolViolation(
+                    f"expected a password response, got message type {chr(frame.type)!r}"
+                )
+            try:
+                self._auth_message(frame.body)
+            except auth.AuthFailed as e:
+                self._fatal(e.sqlstate, str(e))
+                return
+
+    def _auth_message(self, body: bytes) -> None:
+        assert self._transport is not None and self._startup is not None
+        user = self._startup.user
+        if self._auth_step is _AuthStep.SASL_INITIAL:
+            assert self._scram is not None
+            mechanism, data = messages.decode_sasl_initial(body)
+            if mechanism != auth.SCRAM_MECHANISM:
+                raise auth.AuthFailed(
+                    f"client selected an invalid SASL authentication mechanism {mechanism!r}",
+                    SqlState.PROTOCOL_VIOLATION,
+                )
+            self._transport.write(messages.auth_sasl_continue(self._scram.first(data)))
+            self._auth_step = _AuthStep.SASL_FINAL
+        elif self._auth_step is _AuthStep.SASL_FINAL:
+            assert self._scram is not None
+            self._transport.write(messages.auth_sasl_final(self._scram.final(body)))
+            self._authenticated()
+        else:
+            known = self.ctx.settings.users.get(user)
+            if known is None or known.password is None:
+                raise auth.password_failed(user)
+            auth.check_md5(user, known.password, self._md5_salt, messages.decode_password(body))
+            self._authenticated()
+
+    def _authenticated(self) -> None:
+        assert self._transport is not None and self._startup is not None
+        self._transport.write(messages.auth_ok())
+        self.state = State.CONNECTING
+        settings = startup_settings(self._startup.params)
+        proxy_settings = {k: v for k, v in settings.items() if self.router.is_proxy_setting(k)}
+        for name, value in proxy_settings.items():
+            error = self.router.apply_proxy_setting(name, value)
+            if error:
+                self._fatal(SqlState.INVALID_PARAMETER_VALUE, error)
+                return
+        server_settings = [(k, v) for k, v in settings.items() if k not in proxy_settings]
+        if server_settings:
+            self._set_log.append(set_statements(server_settings))
+        self._spawn(self._connect_first())
+
+    async def _connect_first(self) -> None:
+        try:
+            b = await self._acquire(Role.PRIMARY)
+            if self._set_log:
+                error = await b.run_hidden(
+                    "; ".join(self._set_log), self.ctx.settings.connect_timeout
+                )
+                if error:
+                    self._fatal(SqlState.INVALID_PARAMETER_VALUE, error)
+                    return
+                b.settings_applied = len(self._set_log)
+        except (BackendError, TimeoutError) as e:
+            self._fatal(SqlState.CANNOT_CONNECT_NOW, f"pgshard-proxy cannot reach the primary: {e}")
+            return
+        if self.state is not State.CONNECTING or self._transport is None:
+            return
+        self._key = self.ctx.cancel_keys.register(self)
+        out = [messages.parameter_status(k, v) for k, v in b.params.items()]
+        out.append(messages.backend_key_data(*self._key))
+        out.append(messages.ready_for_query(messages.TxStatus.IDLE))
+        self._transport.write(b"".join(out))
+        self.state = State.READY
+        self._process()
+
+    # --- borrowing servers
+
+    async def _acquire(self, role: Role) -> BackendConnection:
+        member = self.router.member_for(role)
+        assert self._startup is not None
+        key, credentials = self.ctx.pool_key(member, self._startup.database)
+        pool = self.ctx.pools.get(key, credentials)
+        b = await pool.acquire()
+        if self.state is State.CLOSED:
+            pool.release(b)
+            raise BackendError("client went away")
+        b.attach(self)
+        self._backends[role] = b
+        self._pools[b] = pool
+        return b
+
+    def _release(self, b: BackendConnection) -> None:
+        pool = self._pools.pop(b, None)
+        if pool is not None:
+            pool.release(b)
+        else:
+            b.close()
+
+    def _spawn(self, coro: collections.abc.Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _block(self) -> None:
+        self._blocked = True
+        self._pause("blocked")
+
+    def _unblock(self) -> None:
+        self._blocked = False
+        self._waiting_on = None
+        self._resume("blocked")
+        if self.state is State.READY:
+            self._process()
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and self._transport is not None:
+            self._transport.resume_reading()
+
+    async def _acquire_then_resume(self, role: Role) -> None:
+        try:
+            await self._acquire(role)
+        except (BackendError, TimeoutError) as e:
+            self._fatal(
+                SqlState.CONNECTION_FAILURE,
+                f"pgshard-proxy cannot reach the {role.name.lower()}: {e}",
+            )
+            return
+        self._unblock()
+
+    def _target(self, role: Role) -> BackendConnection | None:
+        """The server for the next request in ``role``, or None after arranging to wait."""
+        b = self._backends.get(role)
+        if b is None or b.broken:
+            if b is not None:
+                self._forget(b)
+            self._block()
+            self._spawn(self._acquire_then_resume(role))
+            return None
+        cur = self._current
+        if cur is not None and cur is not b and cur.pending:
+            # Answers must reach the client in request order: let the other server finish.
+            self._block()
+            self._waiting_on = cur
+            return None
+        if b.settings_applied < len(self._set_log):
+            b.send(
+                messages.query("; ".join(self._set_log[b.settings_applied :])), Marker.HIDDEN_QUERY
+            )
+            b.settings_applied = len(self._set_log)
+        self._current = b
+        return b
+
+    def _forget(self, b: BackendConnection) -> None:
+        for role, have in list(self._backends.items()):
+            if have is b:
+                del self._backends[role]
+        if self._current is b:
+            self._current = None
+        if self._batch is b:
+            self._batch = None
+        self._release(b)
+
+    # --- relaying client requests
+
+    def _process(self) -> None:
+        frames = self._frames
+        while frames and not self._blocked and self.state is State.READY:
+            if not self._handle(frames[0]):
+                return
+            frames.popleft()
+
+    def _handle(self, f: codec.Frame) -> bool:
+        t = f.type
+        if t == _Q:
+            sql = messages.query_sql(f.body)
+            b = self._target(self.router.role_for_query(sql, self._in_tx_role()))
+            if b is None:
+                return False
+            b.send(f.data, Marker.SYNC)
+            b.statements.pop("", None)  # a simple query replaces the unnamed statement
+            self.router.after_query(sql, self)
+            return True
+        if t in _EXTENDED:
+            return self._extended(t, f)
+        if t in _COPY:
+            b = self._current or self._backends.get(Role.PRIMARY)
+            if b is not None:
+                b.send(f.data)
+            return True
+        if t == _F:
+            b = self._target(Role.PRIMARY)
+            if b is None:
+                return False
+            b.send(f.data, Marker.SYNC)
+            return True
+        if t == _X:
+            self.state = State.CLOSED
+            if self._transport is not None:
+                self._transport.close()
+            return True
+        raise codec.ProtocolViolation(f"unexpected message type {chr(t)!r} after startup")
+
+    def _in_tx_role(self) -> Role | None:
+        for role, b in self._backends.items():
+            if b.tx_status is not messages.TxStatus.IDLE:
+                return role
+        return None
+
+    def _batch_sqls(self) -> list[str]:
+        """SQL of the statements the queued extended messages up to Sync will run."""
+        sqls: list[str] = []
+        for f in self._frames:
+            if f.type == _P:
+                sqls.append(messages.parse_fields(f.body)[1])
+            elif f.type == _B:
+                st = self._statements.get(messages.bind_names(f.body)[1])
+                if st is not None:
+                    sqls.append(st.sql)
+            elif f.type == _S:
+                break
+        return sqls
+
+    def _extended(self, t: int, f: codec.Frame) -> bool:
+        b = self._batch
+        if b is None:
+            b = self._target(self.router.role_for_batch(self._batch_sqls(), self._in_tx_role()))
+            if b is None:
+                return False
+            self._batch = b
+        if t == _P:
+            name, sql = messages.parse_fields(f.body)
+            old = self._statements.get(name)
+            have = b.statements.get(name)
+            if name and have is not None and (old is None or have != old.version):
+                b.send(messages.close_statement(name), Marker.HIDDEN_CLOSE)  # a stale copy
+            self._version += 1
+            self._statements[name] = Statement(f.data, sql, self._version)
+            b.statements[name] = self._version
+            b.send(f.data, Marker.PARSE)
+        elif t == _B:
+            self._ensure_prepared(b, messages.bind_names(f.body)[1])
+            b.send(f.data)
+        elif t == _D:
+            kind, name = messages.target(f.body)
+            if kind == ord("S"):
+                self._ensure_prepared(b, name)
+            b.send(f.data)
+        elif t == _C:
+            kind, name = messages.target(f.body)
+            if kind == ord("S"):
+                self._statements.pop(name, None)
+                b.statements.pop(name, None)
+            b.send(f.data, Marker.CLOSE)
+        elif t == _S:
+            b.send(f.data, Marker.SYNC)
+            self._batch = None
+        else:  # Execute, Flush
+            b.send(f.data)
+        return True
+
+    def _ensure_prepared(self, b: BackendConnection, name: str) -> None:
+        st = self._statements.get(name)
+        if st is None:
+            return  # unknown to us too: the server answers 26000 as PostgreSQL would
+        have = b.statements.get(name)
+        if have == st.version:
+            return
+        if have is not None and name:
+            b.send(messages.close_statement(name), Marker.HIDDEN_CLOSE)
+        b.send(st.parse, Marker.HIDDEN_PARSE)
+        b.statements[name] = st.version
+
+    def record_setting(self, sql: str, executed_on: BackendConnection | None) -> None:
+        """A session-level SET ran: replay it on every other server before its next use."""
+        self._set_log.append(sql)
+        if executed_on is not None and executed_on.settings_applied == len(self._set_log) - 1:
+            executed_on.settings_applied = len(self._set_log)
+
+    def forget_statements(self) -> None:
+        """DISCARD ALL / DEALLOCATE ALL ran: nothing is prepared anywhere any more."""
+        self._statements.clear()
+        for b in self._backends.values():
+            b.statements.clear()
+
+    # --- backend.Sink
+
+    def backend_data(self, backend: BackendConnection, data: bytes | bytearray) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def backend_ready(self, backend: BackendConnection) -> None:
+        self.router.after_ready(backend)
+        if self._waiting_on is backend and not backend.pending:
+            self._unblock()
+
+    def backend_lost(self, backend: BackendConnection, exc: Exception | None) -> None:
+        in_flight = bool(backend.pending) or backend.tx_status is not messages.TxStatus.IDLE
+        waiting = self._waiting_on is backend
+        self._forget(backend)
+        if self.state is State.CLOSED:
+            return
+        if in_flight:
+            self._fatal(
+                SqlState.TRANSACTION_RESOLUTION_UNKNOWN,
+                f"connection to server {backend.member_name} ({backend.address}) was lost "
+                "while a statement or transaction was in progress; its outcome is unknown",
+                hint="reconnect and check whether the transaction took effect",
+            )
+        elif waiting:
+            self._unblock()
+
+    def backend_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause("backend")
+        else:
+            self._resume("backend")
+
+    # --- cancel and errors
+
+    def abort(self) -> None:
+        """Drop the client connection now (proxy shutdown)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def cancel(self) -> None:
+        for b in self._backends.values():
+            if b.pending:
+                self._spawn(
+                    send_cancel(b.address, b.pid, b.secret, self.ctx.settings.connect_timeout)
+                )
+
+    def _fatal(self, code: SqlState, message: str, hint: str | None = None) -> None:
+        if self._transport is not None and self.state is not State.CLOSED:
+            self._transport.write(error_response(code, message, hint=hint, severity=Severity.FATAL))
+            self._transport.close()
+        self.state = State.CLOSED

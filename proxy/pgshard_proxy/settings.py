@@ -1,0 +1,171 @@
+"""ProxySettings: everything the proxy is configured with, and where it comes from.
+
+Sources, later ones winning: a YAML file (``--config``), environment variables
+``PGSHARD_PROXY_*``, command-line flags. ``main`` builds one frozen
+:class:`ProxySettings` and passes it down; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .protocol import auth
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+class Consistency(enum.Enum):
+    """``proxy.consistency``: what a session's reads may see (DESIGN §5)."""
+
+    SESSION = "session"
+    """Read-your-writes and monotonic reads; reads go to followers that are caught up."""
+    EVENTUAL = "eventual"
+    """Reads go to any follower, however far behind."""
+    STRONG = "strong"
+    """Everything goes to the primary."""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    """A user clients log in to the proxy as."""
+
+    name: str
+    password: str | None = None
+    """Plain password (needed for md5; SCRAM derives a verifier from it)."""
+    scram: auth.ScramVerifier | None = None
+    """A stored SCRAM verifier, when no plain password is configured."""
+
+    def verifier(self) -> auth.ScramVerifier | None:
+        if self.scram is not None:
+            return self.scram
+        if self.password is not None:
+            return auth.ScramVerifier.from_password(self.password)
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySettings:
+    host: str = "127.0.0.1"
+    """Address the proxy listens on."""
+    port: int = 6432
+    topology_file: Path | None = None
+    """``DIR/topology.json`` written by the local cluster; followed for changes."""
+    users: Mapping[str, User] = dataclasses.field(default_factory=dict)
+    auth_method: auth.AuthMethod = auth.AuthMethod.SCRAM
+    tls_cert: Path | None = None
+    """PEM certificate; with ``tls_key`` clients may use TLS (else SSLRequest gets 'N')."""
+    tls_key: Path | None = None
+    consistency: Consistency = Consistency.SESSION
+    max_wait_ms: int = 1000
+    """How long a read may wait for a lagging follower before going to the primary."""
+    pool_size: int = 100
+    """Most connections the proxy opens to one member for one database."""
+    connect_timeout: float = 5.0
+    """Seconds to connect and log in to a member (and to wait for a free pooled one)."""
+    max_clients: int = 1000
+    max_message_bytes: int = (1 << 30) - 1
+    """Largest Query/Bind/CopyData message accepted from a client."""
+
+
+def parse_users(text: str) -> dict[str, User]:
+    """``name:password[,name:password…]`` (a password may be a SCRAM verifier)."""
+    users: dict[str, User] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, secret = item.partition(":")
+        if not sep or not name:
+            raise SettingsError(f"user entry {item!r} must look like name:password")
+        users[name] = make_user(name, secret)
+    return users
+
+
+def make_user(name: str, secret: str) -> User:
+    if secret.startswith(auth.SCRAM_MECHANISM + "$"):
+        try:
+            return User(name=name, scram=auth.ScramVerifier.parse(secret))
+        except ValueError as e:
+            raise SettingsError(f"user {name!r}: {e}") from None
+    return User(name=name, password=secret)
+
+
+def _enum(cls: type[enum.Enum], value: object, what: str) -> Any:
+    try:
+        return cls(str(value))
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in cls)
+        raise SettingsError(f"{what} must be one of {choices}, not {value!r}") from None
+
+
+def _int(value: object, what: str, minimum: int = 0) -> int:
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise SettingsError(f"{what} must be an integer, not {value!r}") from None
+    if n < minimum:
+        raise SettingsError(f"{what} must be at least {minimum}, not {n}")
+    return n
+
+
+def from_sources(
+    file: Path | None, env: Mapping[str, str], flags: Mapping[str, object]
+) -> ProxySettings:
+    """Merge file < environment < flags into settings; unknown file keys are refused."""
+    raw: dict[str, object] = {}
+    if file is not None:
+        try:
+            doc = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SettingsError(f"cannot read config file {file}: {e}") from None
+        if not isinstance(doc, dict):
+            raise SettingsError(f"config file {file} must hold a mapping of settings")
+        raw.update(doc)
+    for key in ("host", "port", "topology_file", "auth_method", "tls_cert", "tls_key",
+                "consistency", "max_wait_ms", "pool_size", "users"):  # fmt: skip
+        from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
+        if from_env:
+            raw[key] = from_env
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(ProxySettings)}
+    unknown = set(raw) - known
+    if unknown:
+        raise SettingsError(
+            f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+        )
+    users_raw = raw.pop("users", {})
+    if isinstance(users_raw, str):
+        users = parse_users(users_raw)
+    elif isinstance(users_raw, Mapping):
+        users = {str(k): make_user(str(k), str(v)) for k, v in users_raw.items()}
+    else:
+        raise SettingsError("users must be a mapping name: password or 'name:password,…'")
+    s = ProxySettings(users=users)
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("port", "max_wait_ms", "pool_size", "max_clients", "max_message_bytes"):
+            changes[key] = _int(value, key, 1 if key != "max_wait_ms" else 0)
+        elif key in ("topology_file", "tls_cert", "tls_key"):
+            changes[key] = Path(str(value))
+        elif key == "auth_method":
+            changes[key] = _enum(auth.AuthMethod, value, key)
+        elif key == "consistency":
+            changes[key] = _enum(Consistency, value, key)
+        elif key == "connect_timeout":
+            changes[key] = float(str(value))
+        else:
+            changes[key] = str(value)
+    s = dataclasses.replace(s, **changes)
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SettingsError("tls_cert and tls_key must be given together")
+    if s.auth_method is not auth.AuthMethod.TRUST and not s.users:
+        raise SettingsError(
+            f"auth_method {s.auth_method.value} needs at least one user "
+            "(--user NAME:PASSWORD, PGSHARD_PROXY_USERS or 'users:' in the config file)"
+        )
+    return s

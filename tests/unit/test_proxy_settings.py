@@ -1,0 +1,60 @@
+"""Proxy configuration merging and the startup parameters a session replays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgshard_proxy import settings
+from pgshard_proxy.protocol import auth
+from pgshard_proxy.server import session
+
+
+def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
+    f = tmp_path / "proxy.yaml"
+    f.write_text("port: 7000\nconsistency: eventual\nusers: {a: pw}\n")
+    s = settings.from_sources(f, {"PGSHARD_PROXY_PORT": "7001"}, {"consistency": "strong"})
+    assert s.port == 7001
+    assert s.consistency is settings.Consistency.STRONG
+    assert s.users["a"].password == "pw"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"consistency": "sometimes", "users": "a:b"}, "consistency must be one of"),
+        ({"port": "x", "users": "a:b"}, "port must be an integer"),
+        ({}, "needs at least one user"),
+        ({"users": "nopassword"}, "must look like name:password"),
+        ({"users": "a:b", "tls_cert": "/c"}, "tls_cert and tls_key must be given together"),
+        ({"users": "a:b", "colour": "red"}, "unknown setting"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.from_sources(None, {}, flags)
+
+
+def test_trust_needs_no_users() -> None:
+    s = settings.from_sources(None, {}, {"auth_method": "trust"})
+    assert s.auth_method is auth.AuthMethod.TRUST
+
+
+def test_options_string_is_parsed_like_postgres() -> None:
+    got = session.options_settings(
+        r"-c search_path=a,b --work-mem=4MB -cstatement_timeout=5 -c x=a\ b"
+    )
+    assert got == {"search_path": "a,b", "work_mem": "4MB", "statement_timeout": "5", "x": "a b"}
+
+
+def test_startup_settings_skip_connection_fields() -> None:
+    got = session.startup_settings(
+        {"user": "u", "database": "d", "application_name": "app", "options": "-c TimeZone=UTC",
+         "_pq_.x": "1"}
+    )  # fmt: skip
+    assert got == {"application_name": "app", "TimeZone": "UTC"}
+    assert session.set_statements(got.items()) == (
+        "SET \"application_name\" TO 'app'; SET \"TimeZone\" TO 'UTC'"
+    )
+    assert session.set_statements([("x", "it's")]) == "SET \"x\" TO 'it''s'"
