@@ -17,7 +17,14 @@ from typing import Any
 
 import asyncpg
 
-from pgshard_proxy.rewrite import NotDeterministic, RewriteContext, Rewriter, catalog_pg
+from pgshard_proxy.rewrite import (
+    FunctionInfo,
+    NotDeterministic,
+    RewriteContext,
+    Rewriter,
+    Volatility,
+    catalog_pg,
+)
 from tests.support import pgserver
 from tests.support import rewrite_workload as workload
 
@@ -55,6 +62,12 @@ async def _run_on_primary(conn: Any, stream: list[list[str]], rewrite: bool) -> 
     """Execute ``stream`` on the primary; return what the statement log would hold."""
     out = Outcome()
     catalog = await catalog_pg.load(conn) if rewrite else None
+    if catalog is not None:
+        # catalog_pg reads the schema as the rewriter expects it.
+        for table in workload.TABLES:
+            assert catalog.table(table) == workload.CATALOG.table(table)
+        assert catalog.function("gen_random_uuid") == FunctionInfo(Volatility.VOLATILE, True)
+        assert catalog.function("md5") == FunctionInfo(Volatility.IMMUTABLE, True)
     rewriter = Rewriter()
     await conn.execute(f"SET TimeZone = '{TIME_ZONE}'")
     seq = 0

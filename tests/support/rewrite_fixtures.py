@@ -64,6 +64,7 @@ CATALOG = StaticCatalog(
         "plain": TableInfo((ColumnInfo("id"), ColumnInfo("v", "'a'::text"), ColumnInfo("n", "42"))),
         "badcol": TableInfo((ColumnInfo("id"), ColumnInfo("v", "my_volatile()"))),
         "audit": TableInfo(_cols("a", "b", "c")),
+        "reserved": TableInfo((ColumnInfo("id"), ColumnInfo("order", "now()"))),
     },
     functions={
         "my_volatile": FunctionInfo(Volatility.VOLATILE, builtin=False),

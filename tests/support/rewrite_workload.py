@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from pgshard_proxy.rewrite import ColumnInfo, Identity, StaticCatalog, TableInfo
+
 SCHEMA = """
 CREATE EXTENSION IF NOT EXISTS "uuid-ossp";
 CREATE SEQUENCE tickets;
@@ -36,6 +38,45 @@ CREATE TABLE counters (k int PRIMARY KEY, v bigint NOT NULL, touched timestamp, 
 """
 
 TABLES = {"items": "id", "events": "id", "counters": "k"}
+
+# What catalog_pg must read back from SCHEMA (checked by the differential test; the
+# benchmark uses it without a server).
+CATALOG = StaticCatalog(
+    tables={
+        "items": TableInfo(
+            (
+                ColumnInfo("id", "nextval('items_id_seq'::regclass)"),
+                ColumnInfo("name"),
+                ColumnInfo("qty", "0"),
+                ColumnInfo("price"),
+                ColumnInfo("created", "now()"),
+                ColumnInfo("token", "gen_random_uuid()"),
+                ColumnInfo("note"),
+            ),
+            (frozenset({"id"}),),
+            1,
+        ),
+        "events": TableInfo(
+            (
+                ColumnInfo("id", "nextval('public.events_id_seq'::regclass)", Identity.ALWAYS),
+                ColumnInfo("item_id"),
+                ColumnInfo("kind"),
+                ColumnInfo("at", "CURRENT_TIMESTAMP(0)"),
+                ColumnInfo("day", "CURRENT_DATE"),
+                ColumnInfo("who", "CURRENT_USER"),
+                ColumnInfo("r"),
+                ColumnInfo("info"),
+            ),
+            (frozenset({"id"}),),
+            1,
+        ),
+        "counters": TableInfo(
+            (ColumnInfo("k"), ColumnInfo("v"), ColumnInfo("touched"), ColumnInfo("ext")),
+            (frozenset({"k"}),),
+            1,
+        ),
+    }
+)
 INITIAL_ITEMS = 60
 COUNTERS = 8
 

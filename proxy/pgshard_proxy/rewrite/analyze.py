@@ -33,11 +33,21 @@ class Analysis:
 _PREFIX = "SELECT "
 
 
+DefaultCache = dict[str, "tuple[template.Piece, ...] | NotDeterministic"]
+"""Analyses of column default expressions, valid for one catalog version."""
+
+
 def analyze(
-    sql: str, catalog: catalog_mod.Catalog | None, safe_functions: Set[str] = frozenset()
+    sql: str,
+    catalog: catalog_mod.Catalog | None,
+    safe_functions: Set[str] = frozenset(),
+    default_cache: DefaultCache | None = None,
 ) -> Analysis:
-    """Raises :class:`NotDeterministic` when some statement of ``sql`` must be refused."""
-    analyzer = _Analyzer(catalog, safe_functions)
+    """Raises :class:`NotDeterministic` when some statement of ``sql`` must be refused.
+
+    ``default_cache`` (kept by the caller per catalog version) saves re-parsing the
+    same column defaults for every INSERT."""
+    analyzer = _Analyzer(catalog, safe_functions, {} if default_cache is None else default_cache)
     statements, edits, needs = analyzer.run(sql, defaults_mode=False)
     pieces = template.splice(sql, 0, len(sql), edits)
     top = max((s.max_parameter() for s in statements), default=0)
@@ -48,6 +58,7 @@ def analyze(
 class _Analyzer:
     catalog: catalog_mod.Catalog | None
     safe_functions: Set[str]
+    default_cache: DefaultCache
 
     def run(
         self, sql: str, defaults_mode: bool
@@ -121,6 +132,18 @@ class _Analyzer:
 
     def default(self, expression: str) -> tuple[template.Piece, ...]:
         """Rewrite a column default as if evaluated once (for :mod:`.defaults`)."""
+        found = self.default_cache.get(expression)
+        if found is None:
+            try:
+                found = self._default(expression)
+            except NotDeterministic as e:
+                found = e
+            self.default_cache[expression] = found
+        if isinstance(found, NotDeterministic):
+            raise found
+        return found
+
+    def _default(self, expression: str) -> tuple[template.Piece, ...]:
         sql = _PREFIX + expression
         _, edits, needs = self.run(sql, defaults_mode=True)
         if needs:

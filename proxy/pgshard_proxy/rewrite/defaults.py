@@ -10,6 +10,7 @@ the default expression itself is analysed by the caller-supplied
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from sqlglot import TokenType, exp
@@ -25,13 +26,120 @@ DefaultAnalyzer = Callable[[str], tuple[Piece, ...]]
 NeedCallback = Callable[[str, int, str], None]
 
 
+_PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
+
+# PostgreSQL's reserved key words (documentation, appendix C), which a column name
+# spelled the same way must be quoted to avoid.
+_RESERVED = frozenset(
+    [
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "asymmetric",
+        "authorization",
+        "binary",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "collation",
+        "column",
+        "concurrently",
+        "constraint",
+        "create",
+        "cross",
+        "current_catalog",
+        "current_date",
+        "current_role",
+        "current_schema",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "freeze",
+        "from",
+        "full",
+        "grant",
+        "group",
+        "having",
+        "ilike",
+        "in",
+        "initially",
+        "inner",
+        "intersect",
+        "into",
+        "is",
+        "isnull",
+        "join",
+        "lateral",
+        "leading",
+        "left",
+        "like",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "natural",
+        "not",
+        "notnull",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "outer",
+        "overlaps",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "right",
+        "select",
+        "session_user",
+        "similar",
+        "some",
+        "symmetric",
+        "table",
+        "tablesample",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "verbose",
+        "when",
+        "where",
+        "window",
+        "with",
+    ]
+)
+
+
 def quote_ident(name: str) -> str:
-    """``name`` as PostgreSQL would need it written (bare when it lexes as one plain word)."""
-    try:
-        toks = tokens.tokenize(name)
-    except Exception:
-        toks = []
-    if len(toks) == 1 and toks[0].token_type == TokenType.VAR and toks[0].text == name.lower():
+    """``name`` (exactly as the catalog stores it) as PostgreSQL needs it written: bare
+    when it is a plain lower-case word that is not reserved, double-quoted otherwise."""
+    if _PLAIN_IDENT.fullmatch(name) and name not in _RESERVED:
         return name
     return '"' + name.replace('"', '""') + '"'
 

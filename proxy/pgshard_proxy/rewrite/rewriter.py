@@ -18,7 +18,7 @@ from . import template as template_mod
 from .errors import CatalogNeed, NotDeterministic
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rewritten:
     """A statement made deterministic for one transaction.
 
@@ -28,11 +28,19 @@ class Rewritten:
     """
 
     original: str
-    template: template_mod.Template
-    needs_catalog: tuple[CatalogNeed, ...]
+    analysis: analyze_mod.Analysis
     times: template_mod.TimeTexts
     seed: int
-    time_zone: str
+
+    @property
+    def template(self) -> template_mod.Template:
+        return self.analysis.template
+
+    @property
+    def needs_catalog(self) -> tuple[CatalogNeed, ...]:
+        """Decisions not made for lack of a catalog: the text is not known to be
+        deterministic while this is not empty."""
+        return self.analysis.needs_catalog
 
     @property
     def changed(self) -> bool:
@@ -47,10 +55,11 @@ class Rewritten:
         return capture_query(self.template.captures)
 
     def text(self, captured: Sequence[str | None] = ()) -> str:
-        if not self.template.changed:
+        template = self.analysis.template
+        if not template.values:
             return self.original
-        texts = template_mod.value_texts(self.template, self.times, self.seed, captured)
-        return template_mod.render(self.template, texts)
+        texts = template_mod.value_texts(template, self.times, self.seed, captured)
+        return template_mod.render(template, texts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,10 +101,16 @@ def capture_query(captures: Sequence[template_mod.Capture]) -> str | None:
 
 
 class Rewriter:
-    """Rewrites statements, caching analyses by (text, catalog version, safe functions)."""
+    """Rewrites statements, caching analyses by (text, catalog version, safe functions).
+
+    ``cache_size=0`` disables the statement cache (column-default analyses stay cached).
+    """
 
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache: dict[Hashable, analyze_mod.Analysis | NotDeterministic] = {}
+        # Column-default analyses for the latest (catalog, version, safe functions).
+        self._defaults_key: Hashable = None
+        self._defaults: analyze_mod.DefaultCache = {}
         self._cache_size = cache_size
         self._times_key: Hashable = None
         self._times: template_mod.TimeTexts | None = None
@@ -112,14 +127,17 @@ class Rewriter:
         )
         found = self._cache.get(key)
         if found is None:
+            if key[1:] != self._defaults_key:
+                self._defaults_key, self._defaults = key[1:], {}
             try:
-                found = analyze_mod.analyze(sql, catalog, ctx.safe_functions)
+                found = analyze_mod.analyze(sql, catalog, ctx.safe_functions, self._defaults)
             except NotDeterministic as refusal:
                 found = refusal
-            if len(self._cache) >= self._cache_size:
-                # Drop the oldest entry (dicts keep insertion order).
-                del self._cache[next(iter(self._cache))]
-            self._cache[key] = found
+            if self._cache_size > 0:
+                if len(self._cache) >= self._cache_size:
+                    # Drop the oldest entry (dicts keep insertion order).
+                    del self._cache[next(iter(self._cache))]
+                self._cache[key] = found
         return found
 
     def rewrite(self, sql: str, ctx: context_mod.RewriteContext) -> Rewritten | NotDeterministic:
@@ -127,9 +145,7 @@ class Rewriter:
         found = self.analyze(sql, ctx)
         if isinstance(found, NotDeterministic):
             return found
-        return Rewritten(
-            sql, found.template, found.needs_catalog, self._time_texts(ctx), ctx.seed, ctx.time_zone
-        )
+        return Rewritten(sql, found, self._time_texts(ctx), ctx.seed)
 
     def prepare(
         self, sql: str, param_types: Sequence[int], ctx: context_mod.RewriteContext

@@ -11,6 +11,7 @@ tree: sqlglot's PostgreSQL round trip is lossy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Set
 
 from sqlglot import TokenType, exp
@@ -40,6 +41,16 @@ class View:
     def need(self, construct: str, position: int, reason: str) -> None:
         self.needs.append(CatalogNeed(construct, position, reason))
 
+    @functools.cached_property
+    def catalogue_tokens(self) -> tuple[int, ...]:
+        """Indexes of unquoted tokens spelling a catalogue name (one scan per statement)."""
+        toks = self.stmt.tokens
+        return tuple(
+            i
+            for i, t in enumerate(toks)
+            if t.text.lower() in _CATALOGUE_WORDS and tokens.is_unquoted_word(t, _CATALOGUE_WORDS)
+        )
+
     def evaluation(self, node: exp.Expr) -> scope.Evaluation:
         """Like :func:`scope.evaluation`, but an UPDATE pinned to one row by a unique key
         (``UPDATE t SET x = random() WHERE id = 1``) evaluates its SET list once."""
@@ -58,6 +69,8 @@ class View:
 
 
 Rule = Callable[[View], list[Edit]]
+
+_CATALOGUE_WORDS = frozenset(volatility.KEYWORDS) | frozenset(volatility.FUNCTIONS)
 
 
 def _precision(view: View, i: int) -> tuple[str, int]:
@@ -79,7 +92,8 @@ def transaction_time(view: View) -> list[Edit]:
     """
     edits: list[Edit] = []
     toks = view.stmt.tokens
-    for i, t in enumerate(toks):
+    for i in view.catalogue_tokens:
+        t = toks[i]
         start = _qualified_start(view.stmt, i)
         if start is None:
             continue  # a qualified name like t.now is a column
@@ -121,7 +135,8 @@ def environment_keywords(view: View) -> list[Edit]:
     """
     edits: list[Edit] = []
     toks = view.stmt.tokens
-    for i, t in enumerate(toks):
+    for i in view.catalogue_tokens:
+        t = toks[i]
         if not tokens.is_unquoted_word(t, volatility.KEYWORDS) or view.stmt.is_open_paren(i + 1):
             continue
         if i and toks[i - 1].token_type == TokenType.DOT:
@@ -270,9 +285,13 @@ def volatile_calls(view: View) -> list[Edit]:
 
 
 def _has_parameter(view: View, start: int, end: int) -> bool:
-    return any(
-        t.token_type == TokenType.PARAMETER and start <= t.start < end for t in view.stmt.tokens
-    )
+    i = view.stmt.index_at(start)
+    toks = view.stmt.tokens
+    while i is not None and i < len(toks) and toks[i].start < end:
+        if toks[i].token_type == TokenType.PARAMETER:
+            return True
+        i += 1
+    return False
 
 
 def user_functions(view: View) -> list[Edit]:

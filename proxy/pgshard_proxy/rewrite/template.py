@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import uuid
 from collections.abc import Callable, Sequence
 
 from . import context as context_mod
@@ -91,6 +90,13 @@ class Template:
     captures: tuple[Capture, ...]
     capture_of: tuple[int, ...]
     """For each value, its index in ``captures`` (or -1)."""
+    literal_format: str
+    """``pieces`` as a ``str.format`` string: ``{i}`` is value i's literal, casts included
+    (one C-level call renders a cached statement)."""
+    value_keys: tuple[str, ...]
+    """Per value, its key in :attr:`TimeTexts.by_key` ("" when computed per statement)."""
+    computed: tuple[tuple[int, Callable[[int, int], str] | None, int], ...]
+    """(value index, random generator or None for a capture, capture index) of the rest."""
 
     @property
     def changed(self) -> bool:
@@ -161,8 +167,48 @@ def build(pieces: Sequence[Piece]) -> Template:
         else:
             capture_of.append(-1)
     return Template(
-        tuple(pieces), tuple(values), tuple(value_of), tuple(captures), tuple(capture_of)
+        tuple(pieces),
+        tuple(values),
+        tuple(value_of),
+        tuple(captures),
+        tuple(capture_of),
+        _literal_format(pieces, value_of),
+        tuple(_time_key(v) for v in values),
+        tuple(
+            (i, _GENERATORS[v.kind] if isinstance(v, Once) else None, capture_of[i])
+            for i, v in enumerate(values)
+            if not _time_key(v)
+        ),
     )
+
+
+def _time_key(v: Value) -> str:
+    """The :attr:`TimeTexts.by_key` key of a value fixed for the whole transaction."""
+    if isinstance(v, TransactionTime):
+        return v.kind.value
+    if isinstance(v, SpecialTime):
+        return "special " + v.word
+    if isinstance(v, Once) and v.kind in _TIME_ONCE:
+        return _TIME_ONCE[v.kind]
+    return ""
+
+
+_TIME_ONCE = {
+    volatility.OnceKind.STATEMENT_TIME: "statement",
+    volatility.OnceKind.TIMEOFDAY: "timeofday",
+}
+
+
+def _literal_format(pieces: Sequence[Piece], value_of: Sequence[int]) -> str:
+    out: list[str] = []
+    k = 0
+    for p in pieces:
+        if isinstance(p, str):
+            out.append(p.replace("{", "{{").replace("}", "}}"))
+        else:
+            out.append(f"{{{value_of[k]}}}" + (f"::{p.cast}" if p.cast else ""))
+            k += 1
+    return "".join(out)
 
 
 def _first_slots(pieces: Sequence[Piece], value_of: Sequence[int]) -> list[Slot]:
@@ -178,45 +224,40 @@ def _first_slots(pieces: Sequence[Piece], value_of: Sequence[int]) -> list[Slot]
 
 @dataclasses.dataclass(frozen=True)
 class TimeTexts:
-    """The transaction timestamp formatted once per transaction (PostgreSQL input syntax)."""
+    """The transaction's time values formatted once (PostgreSQL input syntax), by key:
+    a :class:`~.volatility.TimeKind` value, ``special <word>``, ``statement``, ``timeofday``."""
 
-    timestamptz: str
-    timestamp: str
-    date: str
-    timetz: str
-    time: str
-    statement: str
-    timeofday: str
-    local: datetime.datetime
+    by_key: dict[str, str]
 
     @classmethod
     def of(cls, ctx: context_mod.RewriteContext) -> TimeTexts:
         t = ctx.local_time
         s = ctx.local_statement_time
         offset = _offset(t)
-        return cls(
-            timestamptz=f"{t:%Y-%m-%d %H:%M:%S.%f}{offset}",
-            timestamp=f"{t:%Y-%m-%d %H:%M:%S.%f}",
-            date=f"{t:%Y-%m-%d}",
-            timetz=f"{t:%H:%M:%S.%f}{offset}",
-            time=f"{t:%H:%M:%S.%f}",
-            statement=f"{s:%Y-%m-%d %H:%M:%S.%f}{_offset(s)}",
-            timeofday=f"{s:%a %b %d %H:%M:%S.%f %Y} {ctx.time_zone}",
-            local=t,
-        )
+        kinds = volatility.TimeKind
+        by_key = {
+            kinds.TIMESTAMPTZ.value: f"{t:%Y-%m-%d %H:%M:%S.%f}{offset}",
+            kinds.TIMESTAMP.value: f"{t:%Y-%m-%d %H:%M:%S.%f}",
+            kinds.DATE.value: f"{t:%Y-%m-%d}",
+            kinds.TIMETZ.value: f"{t:%H:%M:%S.%f}{offset}",
+            kinds.TIME.value: f"{t:%H:%M:%S.%f}",
+            "statement": f"{s:%Y-%m-%d %H:%M:%S.%f}{_offset(s)}",
+            "timeofday": f"{s:%a %b %d %H:%M:%S.%f %Y} {ctx.time_zone}",
+        }
+        for word in volatility.SPECIAL_TIME_WORDS:
+            by_key["special " + word] = _special(t, word)
+        return cls(by_key)
 
-    def of_kind(self, kind: volatility.TimeKind) -> str:
-        return str(getattr(self, kind.name.lower()))
 
-    def special(self, word: str) -> str:
-        if word == "now":
-            return self.timestamptz
-        days = {"today": 0, "tomorrow": 1, "yesterday": -1}[word]
-        midnight = self.local.replace(hour=0, minute=0, second=0, microsecond=0)
-        day = (midnight.replace(tzinfo=None) + datetime.timedelta(days=days)).replace(
-            tzinfo=self.local.tzinfo
-        )
-        return f"{day:%Y-%m-%d %H:%M:%S}{_offset(day)}"
+def _special(local: datetime.datetime, word: str) -> str:
+    """PostgreSQL's reading of a special date/time input at ``local`` (pinned zone)."""
+    if word == "now":
+        return f"{local:%Y-%m-%d %H:%M:%S.%f}{_offset(local)}"
+    days = {"today": 0, "tomorrow": 1, "yesterday": -1}[word]
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    # Midnight of that calendar day in the zone (its own offset, e.g. across DST).
+    day = (midnight + datetime.timedelta(days=days)).replace(tzinfo=local.tzinfo)
+    return f"{day:%Y-%m-%d %H:%M:%S}{_offset(day)}"
 
 
 def _offset(t: datetime.datetime) -> str:
@@ -241,16 +282,10 @@ def value_texts(
             f"{len(template.captures)} captured values needed ({_names(template)}), "
             f"{len(captured)} given"
         )
-    out: list[str | None] = []
-    for i, v in enumerate(template.values):
-        if isinstance(v, TransactionTime):
-            out.append(times.of_kind(v.kind))
-        elif isinstance(v, SpecialTime):
-            out.append(times.special(v.word))
-        elif isinstance(v, Once):
-            out.append(_once(v.kind, times, seed, i))
-        else:
-            out.append(captured[template.capture_of[i]])
+    table = times.by_key
+    out: list[str | None] = [table.get(k) for k in template.value_keys]
+    for i, generate, capture in template.computed:
+        out[i] = captured[capture] if generate is None else generate(seed, i)
     return out
 
 
@@ -258,20 +293,27 @@ def _names(template: Template) -> str:
     return ", ".join(c.sql for c in template.captures) or "none"
 
 
-def _once(kind: volatility.OnceKind, times: TimeTexts, seed: int, i: int) -> str:
-    if kind is volatility.OnceKind.STATEMENT_TIME:
-        return times.statement
-    if kind is volatility.OnceKind.TIMEOFDAY:
-        return times.timeofday
-    digest = hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=16).digest()
-    if kind is volatility.OnceKind.UUID:
-        return str(uuid.UUID(bytes=digest, version=4))
-    # 53 random bits in [0, 1), like PostgreSQL's random(); repr round-trips float8.
-    return repr((int.from_bytes(digest[:8], "big") >> 11) * 2.0**-53)
+def _digest(seed: int, i: int) -> bytes:
+    return hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=16).digest()
 
 
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def random_float(seed: int, i: int) -> str:
+    """random() for value ``i`` of a statement with ``seed``: 53 random bits in [0, 1),
+    like PostgreSQL's; repr() round-trips through float8."""
+    return repr((int.from_bytes(_digest(seed, i)[:8], "big") >> 11) * 2.0**-53)
+
+
+def random_uuid(seed: int, i: int) -> str:
+    """gen_random_uuid(): a version-4 UUID (RFC 4122 variant) from 128 derived bits."""
+    h = _digest(seed, i).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+# Once-values computed per statement (the time ones come from TimeTexts).
+_GENERATORS: dict[volatility.OnceKind, Callable[[int, int], str]] = {
+    volatility.OnceKind.RANDOM: random_float,
+    volatility.OnceKind.UUID: random_uuid,
+}
 
 
 def render(
@@ -281,22 +323,12 @@ def render(
 ) -> str:
     """The statement with every slot written as a literal (captured values as
     ``capture_placeholder(i)`` when given: ``pgshard rewrite`` has no primary to ask)."""
-    out: list[str] = []
-    k = 0
-    for p in template.pieces:
-        if isinstance(p, str):
-            out.append(p)
-            continue
-        value = template.value_of[k]
-        k += 1
-        text = texts[value]
-        capture = template.capture_of[value]
-        if capture_placeholder is not None and capture >= 0:
-            lit = capture_placeholder(capture)
-        else:
-            lit = "NULL" if text is None else quote_literal(text)
-        out.append(f"{lit}::{p.cast}" if p.cast else lit)
-    return "".join(out)
+    literals = ["NULL" if t is None else "'" + t.replace("'", "''") + "'" for t in texts]
+    if capture_placeholder is not None:
+        for i, c in enumerate(template.capture_of):
+            if c >= 0:
+                literals[i] = capture_placeholder(c)
+    return template.literal_format.format(*literals)
 
 
 def render_parameters(template: Template, first: int) -> str:
