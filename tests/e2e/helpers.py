@@ -40,7 +40,7 @@ def ready_pods(
     kube: Cluster, namespace: str, selector: str, count: int
 ) -> list[dict[str, Any]] | None:
     """The pods matching ``selector`` if exactly ``count`` exist and all are Running and Ready."""
-    pods = get(kube, "pods", "-n", namespace, "-l", selector)["items"]
+    pods = get(kube, "pods", "-n", namespace, *(["-l", selector] if selector else []))["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     if len(live) != count:
         return None

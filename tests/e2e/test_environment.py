@@ -159,6 +159,74 @@ def test_killed_container_is_restarted(kube: Cluster, ns: str, faults: Faults) -
     assert last["terminated"]["exitCode"] == 137
 
 
+def test_frozen_pod_turns_unready_then_liveness_restarts_it(
+    kube: Cluster, ns: str, faults: Faults
+) -> None:
+    deployment = web_deployment("frozen", 1)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    container["livenessProbe"] = {
+        "httpGet": {"path": "/", "port": "http"},
+        "periodSeconds": 1,
+        "failureThreshold": 4,
+    }
+    apply(kube, ns, site("frozen", "cold"), deployment)
+    (pod,) = wait_for("a ready pod", lambda: ready_pods(kube, ns, "app=frozen", 1), timeout=90)
+    name = pod["metadata"]["name"]
+    faults.freeze(ns, name)
+
+    def status() -> dict[str, object]:
+        return dict(get(kube, "pod", name, "-n", ns)["status"]["containerStatuses"][0])
+
+    wait_for("the frozen pod to turn unready", lambda: status()["ready"] is False, timeout=30)
+    wait_for(
+        "liveness to restart the frozen container",
+        lambda: status()["restartCount"] == 1 and status()["ready"] is True,
+        timeout=60,
+    )
+
+
+def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
+    kube: Cluster, ns: str, faults: Faults
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stubborn"},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "initContainers": [
+                {
+                    "name": "prepare",
+                    "image": "busybox",
+                    "command": ["sh", "-c", "echo prepared > /work/state"],
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "busybox",
+                    # Ignores SIGTERM; ready only if the init container ran first.
+                    "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"],
+                    "readinessProbe": {
+                        "exec": {"command": ["grep", "-q", "prepared", "/work/state"]},
+                        "periodSeconds": 1,
+                    },
+                    "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                }
+            ],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        },
+    }
+    apply(kube, ns, pod)
+    wait_for("the pod to be ready", lambda: ready_pods(kube, ns, "", 1), timeout=60)
+    (record,) = [p for p in faults.pods() if p["namespace"] == ns]
+    pid = record["containers"]["c"]
+    kube.kubectl("delete", "pod", "stubborn", "-n", ns, "--wait=true", "--timeout=30s")
+    # The agent deletes the pod object only once the container's processes are gone.
+    assert not Path(f"/proc/{pid}").exists()
+
+
 def test_pod_reaches_the_api_with_its_service_account(kube: Cluster, ns: str) -> None:
     script = textwrap.dedent(
         """

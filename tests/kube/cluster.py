@@ -466,6 +466,7 @@ def down(directory: Path, *, grace: float = 15) -> None:
     directory = directory.resolve()
     path = directory / CLUSTER_STATE
     if not path.exists():
+        print(f"kube-down: no running cluster recorded in {path}; nothing to stop", file=sys.stderr)
         return
     state = json.loads(path.read_text())
     recorded = state.get("processes", {})
