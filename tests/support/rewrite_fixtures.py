@@ -65,6 +65,8 @@ CATALOG = StaticCatalog(
         "badcol": TableInfo((ColumnInfo("id"), ColumnInfo("v", "my_volatile()"))),
         "audit": TableInfo(_cols("a", "b", "c")),
         "reserved": TableInfo((ColumnInfo("id"), ColumnInfo("order", "now()"))),
+        "audited": TableInfo(_cols("id", "v"), (frozenset({"id"}),), 1, ("audit_row",)),
+        "checked": TableInfo(_cols("id", "v"), (frozenset({"id"}),), 1, ("safe_fn",)),
     },
     functions={
         "my_volatile": FunctionInfo(Volatility.VOLATILE, builtin=False),

@@ -51,12 +51,16 @@ class ColumnInfo:
 
 @dataclasses.dataclass(frozen=True)
 class TableInfo:
-    """Columns in attnum order and the column sets of unique indexes over NOT NULL columns."""
+    """Columns in attnum order, the column sets of unique indexes over NOT NULL columns,
+    and the functions its triggers call."""
 
     columns: tuple[ColumnInfo, ...]
     unique_keys: tuple[frozenset[str], ...] = ()
     # Number of unique constraints/indexes of any kind (ON CONFLICT arbiters).
     unique_constraints: int = 0
+    # Functions of the table's user triggers (pg_trigger, not internal): each server runs
+    # them again when it replays a write.
+    trigger_functions: tuple[str, ...] = ()
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:

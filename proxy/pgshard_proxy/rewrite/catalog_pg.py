@@ -38,6 +38,16 @@ WHERE i.indisunique AND n.nspname = ANY (current_schemas(false))
 GROUP BY c.relname, i.indexrelid, i.indpred IS NULL AND i.indexprs IS NULL
 """
 
+_TRIGGERS = """
+SELECT c.relname, p.proname
+FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal AND n.nspname = ANY (current_schemas(false))
+ORDER BY c.relname, t.tgname
+"""
+
 # provolatile sorts i < s < v, so max() is the most volatile overload.
 _FUNCTIONS = """
 SELECT p.proname, max(p.provolatile::text) AS volatility,
@@ -70,8 +80,16 @@ async def load(conn: Any, version: int = 0) -> catalog.StaticCatalog:
         counts[row["relname"]] = counts.get(row["relname"], 0) + 1
         if row["not_null"] and row["plain"]:
             keys.setdefault(row["relname"], []).append(frozenset(row["cols"]))
+    triggers: dict[str, list[str]] = {}
+    for row in await conn.fetch(_TRIGGERS):
+        triggers.setdefault(row["relname"], []).append(row["proname"])
     tables = {
-        name: catalog.TableInfo(tuple(cols), tuple(keys.get(name, ())), counts.get(name, 0))
+        name: catalog.TableInfo(
+            tuple(cols),
+            tuple(keys.get(name, ())),
+            counts.get(name, 0),
+            tuple(triggers.get(name, ())),
+        )
         for name, cols in columns.items()
     }
     functions = {

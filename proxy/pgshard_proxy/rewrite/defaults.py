@@ -18,7 +18,7 @@ from sqlglot import TokenType, exp
 from . import catalog as catalog_mod
 from . import tokens
 from .errors import NotDeterministic
-from .template import Edit, Piece, Slot
+from .template import Captured, Edit, Once, Piece, Slot
 
 DefaultAnalyzer = Callable[[str], tuple[Piece, ...]]
 """Rewrite a default expression evaluated once; raises NotDeterministic."""
@@ -261,6 +261,63 @@ def _expand_insert(
     if identity_always:
         at = stmt.tokens[values_at].start
         edits.append(Edit(at, at, ("OVERRIDING SYSTEM VALUE ",)))
+    return edits
+
+
+def expand_update(
+    stmt: tokens.Statement,
+    update: exp.Update,
+    catalog: catalog_mod.Catalog | None,
+    need: NeedCallback,
+    analyze: DefaultAnalyzer,
+    one_row: bool,
+) -> list[Edit]:
+    """``SET c = DEFAULT`` in ``update``: the default written out, or refused when it
+    takes a new value per row (nextval(), random(), clock_timestamp()) and the UPDATE
+    may touch several rows."""
+    edits: list[Edit] = []
+    target = update.this
+    for eq in update.expressions:
+        value = eq.expression if isinstance(eq, exp.EQ) else None
+        if not (
+            isinstance(value, exp.Column)
+            and value.name.upper() == "DEFAULT"
+            and not value.this.args.get("quoted")
+            and isinstance(target, exp.Table)
+        ):
+            continue
+        table, column_name = target.name.lower(), eq.this.name.lower()
+        position = int(value.this.meta.get("start", -1))
+        if catalog is None or catalog.table(table) is None:
+            need(f"DEFAULT of {table}.{column_name}", position, "defaults are in pg_attrdef")
+            continue
+        info = catalog.table(table)
+        column = info.column(column_name) if info is not None else None
+        if column is None or column.default is None:
+            continue
+        try:
+            pieces = analyze(column.default)
+        except NotDeterministic as e:
+            raise NotDeterministic(
+                f"the DEFAULT of {table}.{column_name} ({e.construct})", position, e.hint
+            ) from e
+        slots = [p for p in pieces if isinstance(p, Slot)]
+        per_row = [
+            p
+            for p in slots
+            if isinstance(p.value, Once) or (isinstance(p.value, Captured) and not p.value.shared)
+        ]
+        if per_row and not one_row:
+            raise NotDeterministic(
+                f"SET {column_name} = DEFAULT ({column.default}) evaluated once per row",
+                position,
+                "each row would get each server's own value; write the values explicitly, "
+                "one UPDATE per row by key",
+            )
+        i = stmt.index_at(position)
+        if slots and i is not None:
+            t = stmt.tokens[i]
+            edits.append(Edit(t.start, t.end + 1, pieces))
     return edits
 
 

@@ -55,17 +55,22 @@ class View:
         """Like :func:`scope.evaluation`, but an UPDATE pinned to one row by a unique key
         (``UPDATE t SET x = random() WHERE id = 1``) evaluates its SET list once."""
         where = scope.evaluation(node, self.read_only)
-        if where.evaluation is scope.Evaluation.PER_ROW:
-            single = scope.single_row_update(where)
-            if single is not None:
-                table, pinned = single
-                if self.catalog is None:
-                    self.need(f"UPDATE of one {table} row", -1, "unique keys are in pg_index")
-                    return scope.Evaluation.ONCE
-                info = self.catalog.table(table)
-                if info is not None and any(key <= pinned for key in info.unique_keys):
-                    return scope.Evaluation.ONCE
+        if where.evaluation is scope.Evaluation.PER_ROW and self.one_row(where):
+            return scope.Evaluation.ONCE
         return where.evaluation
+
+    def one_row(self, where: scope.Where) -> bool:
+        """Whether ``where`` is the SET list of an UPDATE pinned to one row by a unique key
+        (without a catalog: noted as needed, and assumed)."""
+        single = scope.single_row_update(where)
+        if single is None:
+            return False
+        table, pinned = single
+        if self.catalog is None:
+            self.need(f"UPDATE of one {table} row", -1, "unique keys are in pg_index")
+            return True
+        info = self.catalog.table(table)
+        return info is not None and any(key <= pinned for key in info.unique_keys)
 
 
 Rule = Callable[[View], list[Edit]]
@@ -525,15 +530,57 @@ def on_conflict_arbiters(view: View) -> list[Edit]:
     return []
 
 
+def triggers(view: View) -> list[Edit]:
+    """A write to a table whose user triggers call non-immutable functions: each server
+    runs the trigger again, with its own clock, sequences and rows -> refused unless the
+    trigger function is configured as safe.
+
+    ``INSERT INTO orders …`` with ``AFTER INSERT … EXECUTE FUNCTION audit()`` -> refused.
+    """
+    if view.read_only:
+        return []
+    for node in view.tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        table = _table_name(target)
+        if table is None:
+            continue
+        if view.catalog is None or view.catalog.table(table) is None:
+            view.need(f"triggers of {table}", -1, "they are in pg_trigger")
+            continue
+        info = view.catalog.table(table)
+        assert info is not None
+        for function in info.trigger_functions:
+            known = view.catalog.function(function)
+            immutable = known is not None and known.volatility is catalog_mod.Volatility.IMMUTABLE
+            if immutable or function in view.safe_functions:
+                continue
+            raise NotDeterministic(
+                f"the trigger function {function}() of {table}",
+                _position(target),
+                "every server runs it again when replaying the write; make it deterministic "
+                "and configure it as safe, or use WAL replication",
+            )
+    return []
+
+
 def volatile_defaults(view: View) -> list[Edit]:
     """Omitted columns (and DEFAULT) of an INSERT whose defaults are not immutable
-    (serial/identity nextval(), now(), gen_random_uuid()) -> written explicitly.
-    See :mod:`.defaults`.
+    (serial/identity nextval(), now(), gen_random_uuid()) -> written explicitly;
+    ``UPDATE … SET c = DEFAULT`` likewise (refused when the default takes a new value
+    per row and the UPDATE is not pinned to one row). See :mod:`.defaults`.
 
     ``INSERT INTO t (v) VALUES ('a')`` with ``id bigserial`` ->
     ``INSERT INTO t (v, id) VALUES ('a', '17'::bigint)`` (17 captured on the primary).
     """
-    return defaults.expand(view.stmt, view.tree, view.catalog, view.need, view.analyze_default)
+    edits = defaults.expand(view.stmt, view.tree, view.catalog, view.need, view.analyze_default)
+    for update in view.tree.find_all(exp.Update):
+        one_row = view.one_row(scope.Where(scope.Evaluation.PER_ROW, update, "expressions"))
+        edits.extend(
+            defaults.expand_update(
+                view.stmt, update, view.catalog, view.need, view.analyze_default, one_row
+            )
+        )
+    return edits
 
 
 def ddl_volatile_default(view: View) -> list[Edit]:
@@ -580,6 +627,7 @@ RULES: tuple[Rule, ...] = (
     limit_without_total_order,
     update_from_join,
     on_conflict_arbiters,
+    triggers,
     volatile_defaults,
 )
 
