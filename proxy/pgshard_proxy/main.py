@@ -12,12 +12,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from .contract import topology
 from .server.listener import ProxyServer
 from .settings import ProxySettings, SettingsError, from_sources
+from .topology.file import FileTopologySource
 
 log = logging.getLogger("pgshard_proxy")
 
@@ -65,33 +65,10 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
     return from_sources(args.config, os.environ, flags)
 
 
-async def follow_file(path: Path, interval: float = 0.2) -> AsyncIterator[topology.Topology]:
-    """Yield the topology in ``path`` now and whenever its contents change."""
-    last: str | None = None
-    warned = False
-    while True:
-        try:
-            text = await asyncio.to_thread(path.read_text)
-        except OSError as e:
-            if not warned:
-                log.warning("waiting for topology file %s: %s", path, e)
-                warned = True
-            text = None
-        if text is not None and text != last:
-            try:
-                topo = topology.from_json(text)
-            except topology.BadTopology as e:
-                log.error("ignoring unusable topology in %s: %s", path, e)
-            else:
-                last = text
-                yield topo
-        await asyncio.sleep(interval)
-
-
 async def serve(settings: ProxySettings) -> None:
     if settings.topology_file is None:
         raise SettingsError("--topology-file (or topology_file in the config) is required")
-    server = ProxyServer(settings, follow_file(settings.topology_file))
+    server = ProxyServer(settings, FileTopologySource(settings.topology_file))
     await server.start()
     print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
     stop = asyncio.Event()

@@ -94,6 +94,8 @@ class BackendConnection(asyncio.Protocol):
         self.settings_applied = 0
         """How many entries of the session's SET log this server has executed."""
         self.broken = False
+        self.epoch = -1
+        """Shard epoch this connection was lent for as a primary (-1: as a follower)."""
         self.pending: collections.deque[Marker] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()

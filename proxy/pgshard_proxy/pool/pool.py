@@ -25,11 +25,17 @@ log = logging.getLogger(__name__)
 RESET_SQL = "DISCARD ALL"
 
 
+FOLLOWER_EPOCH = -1
+"""PoolKey.epoch of follower pools: a follower's connections never write."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PoolKey:
     member_name: str
     address: str
     database: str
+    epoch: int
+    """The shard's epoch for a primary's pool (a new epoch means a new pool), else -1."""
 
 
 class PoolExhausted(BackendError):
@@ -152,10 +158,10 @@ class Pools:
             self._pools[key] = pool
         return pool
 
-    def retire(self, keep: set[tuple[str, str]]) -> None:
-        """Retire every pool whose ``(member name, address)`` is not in ``keep``."""
+    def retire(self, keep: set[tuple[str, str, int]]) -> None:
+        """Retire every pool whose ``(member name, address, epoch)`` is not in ``keep``."""
         for key, pool in list(self._pools.items()):
-            if (key.member_name, key.address) not in keep:
+            if (key.member_name, key.address, key.epoch) not in keep:
                 pool.retire()
                 del self._pools[key]
 

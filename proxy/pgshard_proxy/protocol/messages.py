@@ -190,8 +190,15 @@ def command_complete(tag: str) -> bytes:
     return _msg(b"C", _z(tag))
 
 
-def empty_query_response() -> bytes:
-    return _msg(b"I", b"")
+def text_result(column: str, value: str, tag: str) -> bytes:
+    """RowDescription + DataRow + CommandComplete of a one-row, one-text-column result."""
+    # table oid 0, column 0, type text (25), typlen -1, typmod -1, text format
+    row_description = _msg(
+        b"T", _INT16.pack(1) + _z(column) + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0)
+    )
+    raw = value.encode()
+    data_row = _msg(b"D", _INT16.pack(1) + _INT32.pack(len(raw)) + raw)
+    return row_description + data_row + command_complete(tag)
 
 
 def query(sql: str) -> bytes:

@@ -39,12 +39,13 @@ class Severity(enum.Enum):
 
 
 def _fields(
-    severity: Severity, code: SqlState, message: str, detail: str | None, hint: str | None
+    severity: Severity, code: SqlState | str, message: str, detail: str | None, hint: str | None
 ) -> bytes:
+    sqlstate = code.value if isinstance(code, SqlState) else code
     parts = [
         b"S" + severity.value.encode() + b"\0",
         b"V" + severity.value.encode() + b"\0",
-        b"C" + code.value.encode() + b"\0",
+        b"C" + sqlstate.encode() + b"\0",
         b"M" + message.encode() + b"\0",
     ]
     if detail:
@@ -56,7 +57,7 @@ def _fields(
 
 
 def error_response(
-    code: SqlState,
+    code: SqlState | str,
     message: str,
     *,
     hint: str | None = None,

@@ -7,13 +7,15 @@ the topology source yields a new one (:meth:`ServerContext.set_topology`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Protocol
 
+from ..consistency.monitor import PositionMonitor
 from ..contract import topology
 from ..pool.backend import BackendError, Credentials
-from ..pool.pool import PoolKey, Pools
+from ..pool.pool import FOLLOWER_EPOCH, PoolKey, Pools
 from ..protocol import auth
 from ..settings import ProxySettings
 from .cancel import CancelRegistry
@@ -30,8 +32,16 @@ class NoPrimary(BackendError):
 
 
 class ServerContext:
-    def __init__(self, settings: ProxySettings, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        ssl_context: ssl.SSLContext | None,
+        monitor: PositionMonitor,
+    ) -> None:
         self.settings = settings
+        self.monitor = monitor
+        self.background: set[asyncio.Task[None]] = set()
+        """Tasks that outlive a session (closing its consistency state)."""
         self.ssl_context = ssl_context
         self.pools = Pools(max_size=settings.pool_size, connect_timeout=settings.connect_timeout)
         self.cancel_keys = CancelRegistry()
@@ -45,8 +55,10 @@ class ServerContext:
     def set_topology(self, topo: topology.Topology) -> None:
         old = self.topology
         self.topology = topo
-        keep = {(s.primary.name, s.primary.address) for s in topo.shards if s.primary}
-        keep |= {(f.name, f.address) for s in topo.shards for f in s.followers}
+        # A new epoch retires the old primary's pool at once: nothing borrowed from
+        # it afterwards, and connections still lent out close when returned.
+        keep = {(s.primary.name, s.primary.address, s.epoch) for s in topo.shards if s.primary}
+        keep |= {(f.name, f.address, FOLLOWER_EPOCH) for s in topo.shards for f in s.followers}
         self.pools.retire(keep)
         if old is None or [s.epoch for s in old.shards] != [s.epoch for s in topo.shards]:
             shards = ", ".join(
@@ -61,5 +73,9 @@ class ServerContext:
             raise NoPrimary("no topology yet: the proxy has not read the cluster's topology")
         return self.topology.shards[0]
 
-    def pool_key(self, member: topology.Member, database: str) -> tuple[PoolKey, Credentials]:
-        return PoolKey(member.name, member.address, database), Credentials.from_dsn(member.dsn)
+    def pool_key(
+        self, member: topology.Member, database: str, epoch: int
+    ) -> tuple[PoolKey, Credentials]:
+        return PoolKey(member.name, member.address, database, epoch), Credentials.from_dsn(
+            member.dsn
+        )

@@ -10,6 +10,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterable
 
+from ..consistency.monitor import PositionMonitor
 from ..contract import topology
 from ..settings import ProxySettings
 from .context import ServerContext
@@ -39,7 +40,7 @@ class ProxyServer:
         self, settings: ProxySettings, topologies: AsyncIterable[topology.Topology]
     ) -> None:
         self.settings = settings
-        self.ctx = ServerContext(settings, make_ssl_context(settings))
+        self.ctx = ServerContext(settings, make_ssl_context(settings), PositionMonitor())
         self._topologies = topologies
         self._server: asyncio.Server | None = None
         self._follow: asyncio.Task[None] | None = None
@@ -65,6 +66,7 @@ class ProxyServer:
     async def _follow_topology(self) -> None:
         async for topo in self._topologies:
             self.ctx.set_topology(topo)
+            await self.ctx.monitor.update(topo)
             if not self._first.done():
                 self._first.set_result(None)
 
@@ -77,3 +79,5 @@ class ProxyServer:
         for session in list(self.ctx.sessions):
             session.abort()
         await self.ctx.pools.close()
+        await self.ctx.monitor.close()
+        await asyncio.gather(*self.ctx.background, return_exceptions=True)

@@ -34,12 +34,16 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import cast
 
+from ..consistency.session import SessionConsistency
+from ..consistency.tracker import Mode
 from ..pool.backend import BackendConnection, BackendError, Marker, send_cancel
-from ..pool.pool import Pool
+from ..pool.pool import FOLLOWER_EPOCH, Pool
 from ..protocol import auth, codec, messages
 from ..protocol.sqlstate import Severity, SqlState, error_response
-from .context import ServerContext
-from .routing import Role, SessionRouter
+from ..routing import router
+from ..routing.classify import Classified, Kind, classify, classify_bytes
+from ..routing.router import Role, Route
+from .context import NoPrimary, ServerContext
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,21 @@ class Statement:
     parse: bytes
     sql: str
     version: int
+    classified: Classified
 
 
 # Frontend message type bytes.
 _Q, _P, _B, _D, _E, _C, _H, _S, _X, _F = b"QPBDECHSXF"
 _COPY = frozenset(b"dcf")
 _EXTENDED = frozenset(b"PBDECHS")
+
+# Answered by the proxy itself in the simple protocol.
+_ANSWERED = frozenset((Kind.PROXY_SET, Kind.PROXY_SHOW))
+# A FunctionCall message: unknown function, so the primary.
+_FUNCTION_CALL = Classified(Kind.WRITE)
+# An extended batch with nothing but Describe/Execute/Sync: any server will do.
+_SYNC_ONLY = Classified(Kind.OTHER)
+PROXY_PREFIX = "pgshard."
 
 # Startup parameters that are not server settings to replay.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
@@ -157,7 +170,23 @@ class Session(asyncio.Protocol):
         self._paused: set[str] = set()
         self._tls = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.router = SessionRouter(ctx)
+        self._seed = secrets.randbits(16)
+        self.consistency = SessionConsistency(
+            ctx.monitor,
+            mode=Mode(ctx.settings.consistency.value),
+            max_wait_ms=ctx.settings.max_wait_ms,
+            seed=self._seed,
+        )
+        self._decided: Route | None = None
+        """A route awaited asynchronously, for the request at the head of the queue."""
+        self._batch_route: Route | None = None
+        self._tx_route: Route | None = None
+        """Where the open transaction runs (its statements all go there)."""
+        self._pinned = False
+        self._routes: dict[BackendConnection, collections.deque[Route]] = {}
+        """Per server: the route of each request still waiting for its ReadyForQuery."""
+        self._skip_to_sync = False
+        self._skip_status = messages.TxStatus.IDLE
 
     # --- asyncio.Protocol
 
@@ -180,6 +209,9 @@ class Session(asyncio.Protocol):
         self._backends.clear()
         for task in self._tasks:
             task.cancel()
+        closing = asyncio.get_running_loop().create_task(self.consistency.close())
+        self.ctx.background.add(closing)
+        closing.add_done_callback(self.ctx.background.discard)
 
     def pause_writing(self) -> None:
         # The client reads slower than servers answer: stop reading from servers.
@@ -326,11 +358,11 @@ class Session(asyncio.Protocol):
         self._transport.write(messages.auth_ok())
         self.state = State.CONNECTING
         settings = startup_settings(self._startup.params)
-        proxy_settings = {k: v for k, v in settings.items() if self.router.is_proxy_setting(k)}
+        proxy_settings = {k: v for k, v in settings.items() if k.startswith(PROXY_PREFIX)}
         for name, value in proxy_settings.items():
-            error = self.router.apply_proxy_setting(name, value)
-            if error:
-                self._fatal(SqlState.INVALID_PARAMETER_VALUE, error)
+            refusal = self.consistency.apply(name.removeprefix(PROXY_PREFIX), value)
+            if refusal is not None:
+                self._fatal(refusal.sqlstate, refusal.message)
                 return
         server_settings = [(k, v) for k, v in settings.items() if k not in proxy_settings]
         if server_settings:
@@ -339,7 +371,11 @@ class Session(asyncio.Protocol):
 
     async def _connect_first(self) -> None:
         try:
-            b = await self._acquire(Role.PRIMARY)
+            b = await self._acquire(router.route(
+                classify("BEGIN"), mode=Mode.STRONG, in_transaction=None, pinned=True,
+                shard=self.ctx.shard(), tokens=self.consistency.tokens, replayed={},
+                max_wait_ms=0,
+            ))  # fmt: skip
             if self._set_log:
                 error = await b.run_hidden(
                     "; ".join(self._set_log), self.ctx.settings.connect_timeout
@@ -348,7 +384,7 @@ class Session(asyncio.Protocol):
                     self._fatal(SqlState.INVALID_PARAMETER_VALUE, error)
                     return
                 b.settings_applied = len(self._set_log)
-        except (BackendError, TimeoutError) as e:
+        except (BackendError, TimeoutError, router.NoPrimary) as e:
             self._fatal(SqlState.CANNOT_CONNECT_NOW, f"pgshard-proxy cannot reach the primary: {e}")
             return
         if self.state is not State.CONNECTING or self._transport is None:
@@ -363,21 +399,28 @@ class Session(asyncio.Protocol):
 
     # --- borrowing servers
 
-    async def _acquire(self, role: Role) -> BackendConnection:
-        member = self.router.member_for(role)
+    async def _acquire(self, route: Route) -> BackendConnection:
         assert self._startup is not None
-        key, credentials = self.ctx.pool_key(member, self._startup.database)
+        shard = self.ctx.shard()
+        epoch = shard.epoch if route.role is Role.PRIMARY else FOLLOWER_EPOCH
+        key, credentials = self.ctx.pool_key(route.member, self._startup.database, epoch)
         pool = self.ctx.pools.get(key, credentials)
         b = await pool.acquire()
         if self.state is State.CLOSED:
             pool.release(b)
             raise BackendError("client went away")
         b.attach(self)
-        self._backends[role] = b
+        b.epoch = epoch
+        old = self._backends.get(route.role)
+        if old is not None and old is not b:
+            self._forget(old)
+        self._backends[route.role] = b
         self._pools[b] = pool
+        self._routes[b] = collections.deque()
         return b
 
     def _release(self, b: BackendConnection) -> None:
+        self._routes.pop(b, None)
         pool = self._pools.pop(b, None)
         if pool is not None:
             pool.release(b)
@@ -410,39 +453,128 @@ class Session(asyncio.Protocol):
         if not self._paused and self._transport is not None:
             self._transport.resume_reading()
 
-    async def _acquire_then_resume(self, role: Role) -> None:
+    async def _acquire_then_resume(self, route: Route) -> None:
         try:
-            await self._acquire(role)
-        except (BackendError, TimeoutError) as e:
+            await self._acquire(route)
+        except (BackendError, TimeoutError, NoPrimary) as e:
+            self._decided = None
             self._fatal(
                 SqlState.CONNECTION_FAILURE,
-                f"pgshard-proxy cannot reach the {role.name.lower()}: {e}",
+                f"pgshard-proxy cannot reach {route.role.value} {route.member.name}: {e}",
             )
             return
         self._unblock()
 
-    def _target(self, role: Role) -> BackendConnection | None:
-        """The server for the next request in ``role``, or None after arranging to wait."""
-        b = self._backends.get(role)
-        if b is None or b.broken:
-            if b is not None:
-                self._forget(b)
+    async def _route_then_resume(self, c: Classified) -> None:
+        try:
+            self._decided = await self.consistency.route(
+                c, self.ctx.shard(), in_transaction=self._tx_route, pinned=self._pinned
+            )
+        except (router.NoPrimary, NoPrimary) as e:
+            self._decided = None
+            self._unblock_with_error(SqlState.CANNOT_CONNECT_NOW, str(e))
+            return
+        self._unblock()
+
+    def _unblock_with_error(self, code: SqlState, message: str) -> None:
+        """Answer the request at the head of the queue with an error instead of running it."""
+        self._blocked = False
+        self._waiting_on = None
+        self._resume("blocked")
+        if self.state is State.READY and self._frames:
+            self._reject(self._frames.popleft(), code, message)
+            self._process()
+
+    def _reject(self, f: codec.Frame, code: SqlState | str, message: str) -> None:
+        """Error for ``f`` (nothing is outstanding); extended messages skip to their Sync."""
+        if self._transport is None:
+            return
+        status = self._tx_status()
+        self._transport.write(error_response(code, message))
+        if f.type == _Q or f.type == _S:
+            self._transport.write(messages.ready_for_query(status))
+        else:
+            self._skip_to_sync = True
+            self._skip_status = status
+
+    def _tx_status(self) -> messages.TxStatus:
+        for b in self._backends.values():
+            if b.tx_status is not messages.TxStatus.IDLE:
+                return b.tx_status
+        return messages.TxStatus.IDLE
+
+    def _outstanding(self) -> BackendConnection | None:
+        for b in self._backends.values():
+            if b.pending:
+                return b
+        return None
+
+    def _wait_for(self, b: BackendConnection) -> None:
+        self._block()
+        self._waiting_on = b
+
+    def _backend_for(self, c: Classified) -> tuple[BackendConnection, Route] | None:
+        """The server and route for a request classified ``c``; None after arranging to wait."""
+        route = self._decided
+        try:
+            shard = self.ctx.shard()
+            if route is None:
+                route = self.consistency.route_now(
+                    c, shard, in_transaction=self._tx_route, pinned=self._pinned
+                )
+        except (router.NoPrimary, NoPrimary) as e:
+            self._refuse_head(SqlState.CANNOT_CONNECT_NOW, str(e))
+            return None
+        if route is None:  # a position capture or a lagging follower to wait for
             self._block()
-            self._spawn(self._acquire_then_resume(role))
+            self._spawn(self._route_then_resume(c))
+            return None
+        b = self._backends.get(route.role)
+        if b is not None and (
+            b.broken
+            or b.member_name != route.member.name
+            or b.address != route.member.address
+            or (route.role is Role.PRIMARY and b.epoch != shard.epoch)
+        ):
+            if not b.broken and not b.idle:
+                # The transaction's primary is no longer the primary: never write there.
+                self._fatal(
+                    SqlState.TRANSACTION_RESOLUTION_UNKNOWN,
+                    f"the primary of shard {shard.index} changed (now epoch {shard.epoch}) "
+                    "during this transaction; it cannot continue",
+                    hint="reconnect and retry the transaction",
+                )
+                return None
+            self._forget(b)
+            b = None
+        if b is None:
+            self._decided = route
+            self._block()
+            self._spawn(self._acquire_then_resume(route))
             return None
         cur = self._current
         if cur is not None and cur is not b and cur.pending:
-            # Answers must reach the client in request order: let the other server finish.
-            self._block()
-            self._waiting_on = cur
+            # Answers must reach the client in request order: let the other server finish,
+            # then decide again (the transaction state may have changed meanwhile).
+            self._decided = None
+            self._wait_for(cur)
             return None
+        self._decided = None
         if b.settings_applied < len(self._set_log):
-            b.send(
-                messages.query("; ".join(self._set_log[b.settings_applied :])), Marker.HIDDEN_QUERY
-            )
+            sql = "; ".join(self._set_log[b.settings_applied :])
+            b.send(messages.query(sql), Marker.HIDDEN_QUERY)
             b.settings_applied = len(self._set_log)
         self._current = b
-        return b
+        return b, route
+
+    def _refuse_head(self, code: SqlState, message: str) -> None:
+        """Reject the request at the head of the queue once nothing is outstanding."""
+        busy = self._outstanding()
+        if busy is not None:
+            self._wait_for(busy)
+            return
+        self._reject(self._frames.popleft(), code, message)
+        self._process()
 
     def _forget(self, b: BackendConnection) -> None:
         for role, have in list(self._backends.items()):
@@ -459,33 +591,48 @@ class Session(asyncio.Protocol):
     def _process(self) -> None:
         frames = self._frames
         while frames and not self._blocked and self.state is State.READY:
-            if not self._handle(frames[0]):
+            f = frames[0]
+            if self._skip_to_sync:
+                frames.popleft()
+                if f.type == _S:
+                    self._skip_to_sync = False
+                    if self._transport is not None:
+                        self._transport.write(messages.ready_for_query(self._skip_status))
+                continue
+            if not self._handle(f):
                 return
-            frames.popleft()
+            if frames and frames[0] is f:
+                frames.popleft()
 
     def _handle(self, f: codec.Frame) -> bool:
         t = f.type
         if t == _Q:
-            sql = messages.query_sql(f.body)
-            b = self._target(self.router.role_for_query(sql, self._in_tx_role()))
-            if b is None:
+            c = classify_bytes(f.data[5:-1])
+            if c.refusal is not None or c.kind in _ANSWERED:
+                return self._answer(f, c)
+            got = self._backend_for(c)
+            if got is None:
                 return False
+            b, route = got
             b.send(f.data, Marker.SYNC)
+            self._routes[b].append(route)
             b.statements.pop("", None)  # a simple query replaces the unnamed statement
-            self.router.after_query(sql, self)
+            self._after_send(c, b)
             return True
         if t in _EXTENDED:
             return self._extended(t, f)
         if t in _COPY:
-            b = self._current or self._backends.get(Role.PRIMARY)
-            if b is not None:
-                b.send(f.data)
+            copying = self._current or self._backends.get(Role.PRIMARY)
+            if copying is not None:
+                copying.send(f.data)
             return True
         if t == _F:
-            b = self._target(Role.PRIMARY)
-            if b is None:
+            got = self._backend_for(_FUNCTION_CALL)
+            if got is None:
                 return False
+            b, route = got
             b.send(f.data, Marker.SYNC)
+            self._routes[b].append(route)
             return True
         if t == _X:
             self.state = State.CLOSED
@@ -494,46 +641,86 @@ class Session(asyncio.Protocol):
             return True
         raise codec.ProtocolViolation(f"unexpected message type {chr(t)!r} after startup")
 
-    def _in_tx_role(self) -> Role | None:
-        for role, b in self._backends.items():
-            if b.tx_status is not messages.TxStatus.IDLE:
-                return role
-        return None
+    def _answer(self, f: codec.Frame, c: Classified) -> bool:
+        """Simple-query ``SET``/``SHOW pgshard.*`` and refusals: answered by the proxy."""
+        busy = self._outstanding()
+        if busy is not None:
+            self._wait_for(busy)
+            return False
+        if c.refusal is not None:
+            self._reject(f, c.refusal.sqlstate, c.refusal.message)
+            return True
+        assert self._transport is not None and c.proxy_setting is not None
+        name, value = c.proxy_setting
+        if c.kind is Kind.PROXY_SHOW:
+            out = messages.text_result(PROXY_PREFIX + name, self.consistency.show(name), "SHOW")
+        else:
+            refusal = self.consistency.apply(name, value)
+            if refusal is not None:
+                self._reject(f, refusal.sqlstate, refusal.message)
+                return True
+            out = messages.command_complete("SET")
+        self._transport.write(out + messages.ready_for_query(self._tx_status()))
+        return True
 
-    def _batch_sqls(self) -> list[str]:
-        """SQL of the statements the queued extended messages up to Sync will run."""
-        sqls: list[str] = []
+    def _after_send(self, c: Classified, b: BackendConnection) -> None:
+        if c.pins_session:
+            self._pinned = True
+        if c.kind is Kind.SESSION_SET and c.session_sql:
+            self.record_setting(c.session_sql, b)
+            if "DISCARD" in c.session_sql.upper():
+                self.forget_statements()
+        elif c.kind is Kind.PROXY_SET and c.proxy_setting and c.refusal is None:
+            # Extended protocol: PostgreSQL keeps it as a placeholder; the proxy obeys it.
+            self.consistency.apply(*c.proxy_setting)
+
+    def _batch_class(self) -> Classified:
+        """The most demanding statement among the queued extended messages up to Sync."""
+        chosen: Classified | None = None
         for f in self._frames:
             if f.type == _P:
-                sqls.append(messages.parse_fields(f.body)[1])
+                c = classify(messages.parse_fields(f.body)[1])
             elif f.type == _B:
                 st = self._statements.get(messages.bind_names(f.body)[1])
-                if st is not None:
-                    sqls.append(st.sql)
+                if st is None:
+                    continue
+                c = st.classified
             elif f.type == _S:
                 break
-        return sqls
+            else:
+                continue
+            if chosen is None or (chosen.kind is Kind.READ and c.kind is not Kind.READ):
+                chosen = c
+        return chosen or _SYNC_ONLY
 
     def _extended(self, t: int, f: codec.Frame) -> bool:
         b = self._batch
         if b is None:
-            b = self._target(self.router.role_for_batch(self._batch_sqls(), self._in_tx_role()))
-            if b is None:
+            got = self._backend_for(self._batch_class())
+            if got is None:
                 return False
+            b, self._batch_route = got
             self._batch = b
         if t == _P:
             name, sql = messages.parse_fields(f.body)
+            c = classify(sql)
             old = self._statements.get(name)
             have = b.statements.get(name)
             if name and have is not None and (old is None or have != old.version):
                 b.send(messages.close_statement(name), Marker.HIDDEN_CLOSE)  # a stale copy
             self._version += 1
-            self._statements[name] = Statement(f.data, sql, self._version)
+            self._statements[name] = Statement(f.data, sql, self._version, c)
             b.statements[name] = self._version
             b.send(f.data, Marker.PARSE)
+            if c.pins_session:
+                self._pinned = True
         elif t == _B:
-            self._ensure_prepared(b, messages.bind_names(f.body)[1])
+            name = messages.bind_names(f.body)[1]
+            self._ensure_prepared(b, name)
             b.send(f.data)
+            st = self._statements.get(name)
+            if st is not None:
+                self._after_send(st.classified, b)
         elif t == _D:
             kind, name = messages.target(f.body)
             if kind == ord("S"):
@@ -547,7 +734,10 @@ class Session(asyncio.Protocol):
             b.send(f.data, Marker.CLOSE)
         elif t == _S:
             b.send(f.data, Marker.SYNC)
+            assert self._batch_route is not None
+            self._routes[b].append(self._batch_route)
             self._batch = None
+            self._batch_route = None
         else:  # Execute, Flush
             b.send(f.data)
         return True
@@ -583,7 +773,16 @@ class Session(asyncio.Protocol):
             self._transport.write(data)
 
     def backend_ready(self, backend: BackendConnection) -> None:
-        self.router.after_ready(backend)
+        routes = self._routes.get(backend)
+        if routes:
+            route = routes.popleft()
+            idle = backend.tx_status is messages.TxStatus.IDLE
+            if idle:
+                self._tx_route = None
+            elif self._tx_route is None:
+                self._tx_route = route
+            if self.ctx.topology is not None:
+                self.consistency.after_ready(route, self.ctx.shard().index, idle=idle)
         if self._waiting_on is backend and not backend.pending:
             self._unblock()
 
@@ -623,7 +822,7 @@ class Session(asyncio.Protocol):
                     send_cancel(b.address, b.pid, b.secret, self.ctx.settings.connect_timeout)
                 )
 
-    def _fatal(self, code: SqlState, message: str, hint: str | None = None) -> None:
+    def _fatal(self, code: SqlState | str, message: str, hint: str | None = None) -> None:
         if self._transport is not None and self.state is not State.CLOSED:
             self._transport.write(error_response(code, message, hint=hint, severity=Severity.FATAL))
             self._transport.close()
