@@ -118,7 +118,7 @@ def test_monotonic_reads_when_the_sticky_follower_disappears() -> None:
         Track.CAPTURE_PRIMARY,
     )
     # after the primary read the session's token bounds what f1 showed: f2 will do
-    tokens.after_primary_read(0, P(400))
+    tokens.after_write(0, P(400))
     assert tokens.sticky_follower(0) is None
     assert go(tokens=tokens, shard=down, replayed={"f2": P(5000)}).member == F2
 
@@ -184,7 +184,7 @@ def test_no_primary_is_a_clear_error_unless_a_follower_can_serve() -> None:
     assert waiting.wait_ms > 0 and waiting.on_timeout is None
 
 
-def test_tokens_only_grow_and_can_be_forgotten() -> None:
+def test_tokens_only_grow() -> None:
     t = SessionTokens()
     assert t.required(0) is None
     t.after_write(0, P(50))
@@ -194,8 +194,6 @@ def test_tokens_only_grow_and_can_be_forgotten() -> None:
     t.after_read(0, P(60), "f1")
     assert t.required(0) == 60
     assert t.required(1) is None and t.sticky_follower(1) is None
-    t.forget(0)
-    assert t.required(0) is None and t.sticky_follower(0) is None
 
 
 def test_parse_mode() -> None:
@@ -213,5 +211,5 @@ def test_a_failed_capture_sends_reads_to_the_primary_until_the_next_one() -> Non
         Reason.CAPTURE_FAILED,
         Track.CAPTURE_PRIMARY,
     )
-    tokens.after_primary_read(0, P(50))
+    tokens.after_write(0, P(50))
     assert go(tokens=tokens).role is Role.FOLLOWER

@@ -79,11 +79,8 @@ class SessionTokens:
         return mark.sticky_follower if mark else None
 
     def after_write(self, shard: int, pos: Position) -> None:
-        """``pos``: a primary position sampled after the write transaction committed."""
-        self._raise(shard, pos)
-
-    def after_primary_read(self, shard: int, pos: Position) -> None:
-        """``pos``: a primary position sampled after a read the primary served."""
+        """``pos``: a primary position sampled after a write transaction committed — or
+        after a read the primary served (it bounds what that read saw the same way)."""
         self._raise(shard, pos)
 
     def after_read(self, shard: int, pos: Position, follower: str) -> None:
@@ -106,14 +103,6 @@ class SessionTokens:
         """True after :meth:`capture_failed` until the next successful capture."""
         mark = self._marks.get(shard)
         return mark.primary_only if mark else False
-
-    def forget(self, shard: int) -> None:
-        """Drop the shard's token, e.g. after a failover lost writes the token points past.
-
-        Without this a session whose token is beyond the new primary's history
-        would wait ``maxWaitMs`` on every read. Reads stay correct either way.
-        """
-        self._marks.pop(shard, None)
 
     def _raise(self, shard: int, pos: Position) -> None:
         mark = self._marks.setdefault(shard, _ShardMark())

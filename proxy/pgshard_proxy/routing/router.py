@@ -13,7 +13,7 @@ for (``consistency/session.SessionConsistency`` does all of it for a session):
 2. run the statement on ``route.member``;
 3. after its ReadyForQuery, by ``route.track``: ``CAPTURE_PRIMARY`` -> start
    ``monitor.primary_position(shard)`` (do not delay the client) and feed it to
-   ``tokens.after_write`` / ``after_primary_read`` — the session's next read on
+   ``tokens.after_write`` (for reads on the primary too) — the session's next read on
    that shard awaits it (if the capture fails: ``tokens.capture_failed``); while
    the transaction is still open (status T/E) the capture may be skipped, the
    one after it ends covers it. ``FOLLOWER`` ->
