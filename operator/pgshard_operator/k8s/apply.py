@@ -149,6 +149,24 @@ class Api:
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create; raises :class:`ApiError` with status 409 if it already exists."""
+        kind, meta = obj["kind"], obj["metadata"]
+        return await self._call(
+            "POST", RESOURCES[kind].path(meta.get("namespace")), f"creating {kind}", body=dict(obj)
+        )
+
+    async def replace(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace (PUT). With ``metadata.resourceVersion`` set this is a compare-and-set:
+        status 409 when the object changed since that version was read."""
+        kind, meta = obj["kind"], obj["metadata"]
+        return await self._call(
+            "PUT",
+            RESOURCES[kind].path(meta.get("namespace"), meta["name"]),
+            f"replacing {kind} {meta['name']}",
+            body=dict(obj),
+        )
+
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         """Delete; an object that is already gone is fine."""
         try:
