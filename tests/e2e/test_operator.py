@@ -1,0 +1,274 @@
+"""The operator on a real Kubernetes control plane (tests/kube), installed with Helm.
+
+The operator runs as a pod from the chart (this checkout's code: the chart's
+``command`` runs ``python -m pgshard_operator.k8s``), talks to the API server with
+its service account, and manages ShardedClusters in one test namespace.
+
+Shard and proxy pods run a stand-in for now: a TCP server on the pod's address and
+port 5432 (``PGSHARD_OPERATOR_INSTANCE_COMMAND``), because ``pgshard-instance`` does
+not yet run on Kubernetes (no Lease-backed lease store). What is tested for real:
+the CRD (the API server's refusals), every owned object, labels, owner references,
+Secrets, readiness-driven status and phase, safe roll-out of a parameter change one
+pod at a time, scaling followers, Events and conditions for impossible specs, and
+garbage collection when the cluster is deleted; and the primary Lease store's
+compare-and-set against the API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from pgshard_operator.k8s import apply
+from pgshard_operator.k8s import lease as kube_lease
+from tests.e2e.helpers import get, ready_pods, wait_for
+from tests.kube.cluster import Cluster
+from tests.support import crd, procs
+
+pytestmark = pytest.mark.e2e
+
+STAND_IN = f"{sys.executable} -m http.server 5432 --bind $(PGSHARD_POD_IP)"
+
+
+@pytest.fixture(scope="module")
+def ns(kube: Cluster) -> Iterator[str]:
+    """A namespace with the chart installed, watching only that namespace."""
+    name = f"op-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "namespace", name)
+    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
+    values = {
+        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
+        "watchNamespaces": [name],
+        "logLevel": "info",
+        "extraEnv": [
+            {"name": "PYTHONPATH", "value": pythonpath},
+            {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
+            {"name": "PGSHARD_OPERATOR_INSTANCE_COMMAND", "value": STAND_IN},
+            {"name": "PGSHARD_OPERATOR_PROXY_COMMAND", "value": STAND_IN},
+        ],
+    }
+    values_file = kube.directory / f"values-{name}.json"
+    values_file.write_text(json.dumps(values))
+    release = f"pgshard-{name}"
+    kube.helm(
+        "install", release, str(crd.ROOT / "charts" / "pgshard"),
+        "--namespace", name, "--values", str(values_file), "--wait", "--timeout", "120s",
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        for c in get(kube, "shardedclusters", "-n", name)["items"]:
+            kube.kubectl("delete", "shardedcluster", "-n", name, c["metadata"]["name"],
+                         "--wait=false", check=False)  # fmt: skip
+        subprocess.run(
+            [str(kube.bin / "helm"), "uninstall", release, "--namespace", name],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def apply_cluster(
+    kube: Cluster, ns: str, name: str, spec: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    doc = json.dumps(crd.cluster(spec, name=name) | {"metadata": {"name": name, "namespace": ns}})
+    return subprocess.run(
+        [str(kube.bin / "kubectl"), "apply", "-f", "-"],
+        input=doc, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def cluster(kube: Cluster, ns: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = get(kube, "shardedcluster", "-n", ns, name)
+    return result
+
+
+def phase(kube: Cluster, ns: str, name: str, wanted: str) -> dict[str, Any] | None:
+    c = cluster(kube, ns, name)
+    return c if (c.get("status") or {}).get("phase") == wanted else None
+
+
+def test_invalid_cluster_is_refused_by_the_api_server(kube: Cluster, ns: str) -> None:
+    done = apply_cluster(kube, ns, "bad", {"shards": 0, "replication": {"mode": "quorum"}})
+    assert done.returncode != 0
+    assert "spec.shards" in done.stderr and "greater than or equal to 1" in done.stderr
+    done = apply_cluster(kube, ns, "bad", {"replication": {"mode": "quorum"}})
+    assert "replication.quorum (the number k of followers" in done.stderr
+    assert get(kube, "shardedclusters", "-n", ns)["items"] == []
+
+
+def test_impossible_cluster_gets_a_condition_and_an_event(kube: Cluster, ns: str) -> None:
+    spec = {"shards": 1, "replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
+    assert apply_cluster(kube, ns, "impossible", spec).returncode == 0
+    c = wait_for("phase Invalid", lambda: phase(kube, ns, "impossible", "Invalid"), 60)
+    (valid,) = [x for x in c["status"]["conditions"] if x["type"] == "SpecValid"]
+    assert (valid["status"], valid["reason"]) == ("False", "SpecImpossible")
+    assert "needs 2 follower confirmation(s)" in valid["message"]
+    events = wait_for(
+        "a SpecImpossible event",
+        lambda: [
+            e
+            for e in get(kube, "events", "-n", ns)["items"]
+            if e["involvedObject"]["name"] == "impossible" and e["reason"] == "SpecImpossible"
+        ],
+        30,
+    )
+    assert events[0]["type"] == "Warning"
+    assert (
+        get(kube, "statefulsets", "-n", ns, "-l", "app.kubernetes.io/instance=impossible")["items"]
+        == []
+    )
+    kube.kubectl("delete", "shardedcluster", "-n", ns, "impossible")
+
+
+def owned(kube: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+    kinds = ",".join(
+        [
+            "statefulsets",
+            "services",
+            "poddisruptionbudgets",
+            "secrets",
+            "configmaps",
+            "deployments",
+            "serviceaccounts",
+            "roles",
+            "rolebindings",
+            "persistentvolumeclaims",
+        ]
+    )
+    items = get(kube, kinds, "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"]
+    return sorted((i["kind"], i["metadata"]["name"]) for i in items)
+
+
+def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:
+    name = "shop"
+    assert (
+        apply_cluster(
+            kube, ns, name, {"shards": 2, "replicasPerShard": 2, "proxy": {"replicas": 1}}
+        ).returncode
+        == 0
+    )
+    c = wait_for("phase Ready", lambda: phase(kube, ns, name, "Ready"), 180, every=1)
+    assert c["status"]["ready"] == "6/6"
+    printed = kube.kubectl("get", "pgsc", "-n", ns, name)
+    assert "6/6" in printed and "Ready" in printed
+
+    # Owned objects, labelled and owned by the cluster.
+    uid = c["metadata"]["uid"]
+    for shard in (0, 1):
+        sts = get(kube, "statefulset", "-n", ns, f"{name}-shard-{shard}")
+        assert sts["spec"]["updateStrategy"] == {"type": "OnDelete"}
+        assert sts["metadata"]["ownerReferences"][0]["uid"] == uid
+        for suffix, role in (("-rw", "primary"), ("-ro", "replica")):
+            svc = get(kube, "service", "-n", ns, f"{name}-shard-{shard}{suffix}")
+            assert svc["spec"]["selector"]["pgshard.io/role"] == role
+        get(kube, "poddisruptionbudget", "-n", ns, f"{name}-shard-{shard}")
+    pods = ready_pods(kube, ns, f"app.kubernetes.io/instance={name},pgshard.io/shard=1", 3)
+    assert pods is not None
+    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} == {"instance"}
+    service = get(kube, "service", "-n", ns, name)
+    assert [p["port"] for p in service["spec"]["ports"]] == [5432]
+    secret = get(kube, "secret", "-n", ns, f"{name}-app")["data"]
+    uri = urlsplit(base64.b64decode(secret["uri"]).decode())
+    assert (uri.hostname, uri.port) == (f"{name}.{ns}.svc", 5432)
+    assert base64.b64decode(secret["password"]).decode() == uri.password
+
+    # A parameter change rolls every member onto the new template, one pod at a time.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"postgres":{"parameters":{"work_mem":"8MB"}}}}')  # fmt: skip
+    wait_for("phase Updating", lambda: phase(kube, ns, name, "Updating"), 30, every=0.5)
+
+    def rolled() -> bool:
+        for shard in (0, 1):
+            sts = get(kube, "statefulset", "-n", ns, f"{name}-shard-{shard}")
+            revision = sts["status"].get("updateRevision")
+            pods = ready_pods(
+                kube, ns, f"app.kubernetes.io/instance={name},pgshard.io/shard={shard}", 3
+            )
+            if not pods or any(
+                p["metadata"]["labels"]["controller-revision-hash"] != revision for p in pods
+            ):
+                return False
+        return phase(kube, ns, name, "Ready") is not None
+
+    wait_for("every member restarted on the new template", rolled, 300, every=1)
+    restarts = [
+        e for e in get(kube, "events", "-n", ns)["items"]
+        if e["involvedObject"]["name"] == name and e["reason"] == "RestartingMember"
+    ]  # fmt: skip
+    assert len({e["message"] for e in restarts}) == 6
+    assert get(kube, "configmap", "-n", ns, f"{name}-postgres")["data"]["postgresql.conf"].endswith(
+        "work_mem = '8MB'\n"
+    )
+
+    # Fewer followers: the StatefulSets shrink and the removed volume goes too.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip
+    wait_for(
+        "two members per shard",
+        lambda: (
+            ready_pods(kube, ns, f"app.kubernetes.io/instance={name},pgshard.io/shard=0", 2)
+            and phase(kube, ns, name, "Ready")
+        ),
+        120,
+    )
+    wait_for(
+        "the removed member's volume deleted",
+        lambda: ("PersistentVolumeClaim", f"data-{name}-shard-0-2") not in owned(kube, ns, name),
+        60,
+    )
+
+    # Deleting the cluster garbage-collects everything it owned.
+    assert owned(kube, ns, name)
+    kube.kubectl("delete", "shardedcluster", "-n", ns, name)
+    wait_for("owned objects garbage-collected", lambda: owned(kube, ns, name) == [], 120, every=1)
+    wait_for(
+        "pods gone",
+        lambda: (
+            get(kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"] == []
+        ),
+        120,
+    )
+
+
+async def test_primary_lease_is_compare_and_set_on_the_api_server(kube: Cluster, ns: str) -> None:
+    cfg = k8s_client.Configuration()
+    await k8s_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=cfg)
+    async with k8s_client.ApiClient(cfg) as api_client:
+        store = kube_lease.KubeLeaseStore(apply.Api(api_client), ns, "lease-test-shard-0-primary")
+        now = time.time()
+        first = await store.take("a", 5, now, epoch=1)
+        assert first is not None and first.holder == "a"
+        assert await store.take("b", 5, now + 1, epoch=2) is None, "a's claim is still valid"
+        assert await store.renew("b", 5, now + 1) is None
+        renewed = await store.renew("a", 5, now + 2)
+        assert renewed is not None and renewed.expires_at == pytest.approx(now + 7, abs=1e-3)
+        taken = await store.take("b", 5, now + 20, epoch=2)
+        assert taken is not None and taken.epoch == 2
+        assert await store.renew("a", 5, now + 20) is None, "a lost the lease: it must fence"
+        record = await store.read()
+        assert record.lease is not None and record.transitions == 2
+        assert (record.lease.holder, record.lease.epoch) == ("b", 2)
+        # The API keeps microseconds.
+        assert record.lease.expires_at == pytest.approx(taken.expires_at, abs=1e-5)
+        # Two members racing for an expired lease: exactly one gets it.
+        results = await asyncio.gather(
+            store.take("c", 5, now + 40, epoch=3), store.take("d", 5, now + 40, epoch=3)
+        )
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert await store.release(winners[0].holder, now + 41)
+        assert (await store.read()).lease is None
+        lease_obj = get(kube, "lease", "-n", ns, "lease-test-shard-0-primary")
+        assert lease_obj["spec"]["leaseTransitions"] == 3
