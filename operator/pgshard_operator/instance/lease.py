@@ -117,6 +117,25 @@ class FileLeaseStore:
             files.write_json(self.path, new.to_dict())
             return new
 
+    def compare_and_set(self, expected: Lease | None, new: Lease) -> Lease | None:
+        """Write ``new`` only if the stored record still matches ``expected`` (holder, epoch
+        and expiry; ``None`` = nobody holds it); ``None`` when it did not."""
+        with files.locked(self._lock):
+            cur = self._read()
+            if expected is None:
+                matches = cur.holder is None
+            else:
+                matches = (cur.holder, cur.epoch, cur.expires_at) == (
+                    expected.holder,
+                    expected.epoch,
+                    expected.expires_at,
+                )
+            if not matches:
+                return None
+            written = dataclasses.replace(new, version=cur.version + 1)
+            files.write_json(self.path, written.to_dict())
+            return written
+
     def release(self, holder: str) -> bool:
         """Give the lease up (clean stop, switchover, or the holder is known dead)."""
         with files.locked(self._lock):

@@ -28,7 +28,7 @@ from .. import proctree
 from ..cli import CommandError
 from ..instance import postgres
 from ..instance.credentials import Credentials
-from . import files, status, supervisor
+from . import control, files, status, supervisor
 from .layout import (
     ClusterConfig,
     ClusterDir,
@@ -99,6 +99,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kill.add_argument("--member", required=True)
     kill.add_argument("--signal", choices=sorted(SIGNALS), default="KILL")
     kill.set_defaults(func=cmd_kill)
+
+    so = sub.add_parser(
+        "switchover", help="planned change of a shard's primary, no acknowledged write lost"
+    )
+    so.add_argument("--dir", required=True, type=Path)
+    so.add_argument("--shard", required=True, type=int)
+    so.add_argument("--to", help="the follower to promote [the most up-to-date one]")
+    so.add_argument("--timeout", type=float, default=120.0)
+    so.set_defaults(func=cmd_switchover)
 
 
 def _cdir(args: argparse.Namespace) -> ClusterDir:
@@ -340,4 +349,26 @@ def cmd_kill(args: argparse.Namespace) -> int:
         proctree.signal_all(pids, signal.SIGSTOP)  # freeze all, then kill: a crash, not a stop
     proctree.signal_all(pids, sig)
     print(f"sent SIG{args.signal} to {spec.name} ({len(pids)} processes)")
+    return 0
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        cfg = cdir.load_config()
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    if not files.is_locked(cdir.supervisor_lock):
+        raise CommandError(f"no cluster running in {cdir.root}; start it with 'pgshard local up'")
+    url = f"http://{cfg.host}:{cfg.control_port}/switchover"
+    try:
+        code, doc = asyncio.run(
+            control.request(url, "POST", {"shard": args.shard, "to": args.to}, args.timeout)
+        )
+    except (OSError, TimeoutError) as e:
+        raise CommandError(f"the supervisor did not answer at {url}: {e!r}") from None
+    if code != 200:
+        raise CommandError(f"switchover refused: {doc.get('error', code)}")
+    lf = doc["lastFailover"]
+    print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
     return 0

@@ -18,7 +18,7 @@ from rich.table import Table
 from pgshard_proxy.contract import positions, topology
 
 from ..instance.credentials import Credentials
-from . import files, topofile, view
+from . import control, files, topofile, view
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
 
@@ -36,6 +36,17 @@ async def fetch_statuses(cfg: ClusterConfig, timeout: float = 1.5) -> dict[str, 
         members = cfg.members()
         docs = await asyncio.gather(*(one(m.status_url) for m in members))
     return {m.name: d for m, d in zip(members, docs, strict=True)}
+
+
+async def fetch_managers(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    """Each shard manager's state (cooldown, blocked failover, …), or [] if unreachable."""
+    url = f"http://{cfg.host}:{cfg.control_port}/managers"
+    try:
+        code, doc = await control.request(url, "GET", None, 1.5)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return []
+    shards: list[dict[str, Any]] = doc.get("shards", []) if code == 200 else []
+    return shards
 
 
 def supervisor_info(cdir: ClusterDir) -> dict[str, Any]:
@@ -57,7 +68,9 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
     statuses = asyncio.run(fetch_statuses(cfg))
     shards = tuple(view.build_shard(s, cfg.members(s.index), statuses, creds) for s in topo.shards)
     extra = dict(topo.extra)
-    extra["supervisor"] = supervisor_info(cdir)
+    extra["supervisor"] = info = supervisor_info(cdir)
+    if info["running"]:
+        extra["managers"] = asyncio.run(fetch_managers(cfg))
     extra["replicationMode"] = cfg.mode.value
     return dataclasses.replace(topo, shards=shards, extra=extra)
 
@@ -92,6 +105,12 @@ def render(topo: topology.Topology, console: Console) -> None:
                 _pos(f.position), "-" if f.lag_bytes is None else str(f.lag_bytes),
             )  # fmt: skip
     console.print(table)
+    for m in topo.extra.get("managers", []):
+        cooldown = m.get("cooldownRemainingSeconds") or 0
+        console.print(
+            f"shard {m.get('index')}: manager {m.get('state')}: {m.get('reason')}"
+            + (f" (cooldown {cooldown:.0f}s left)" if cooldown else "")
+        )
     for s in topo.shards:
         if s.last_failover:
             lf = s.last_failover

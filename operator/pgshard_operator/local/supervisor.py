@@ -29,7 +29,9 @@ import aiohttp
 from pgshard_proxy.contract import topology
 
 from ..instance.credentials import Credentials
-from . import files, topofile, view
+from ..platform.local import LocalPlatform
+from ..shard import manager, policy
+from . import control, files, topofile, view
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
@@ -60,6 +62,7 @@ class Supervisor:
         self.stopping = False
         self.ready = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.managers: dict[int, manager.ShardManager] = {}
         self._http: aiohttp.ClientSession | None = None
 
     # -- state file -------------------------------------------------------------
@@ -194,6 +197,42 @@ class Supervisor:
                 log.exception("observation failed (will retry)")
             await asyncio.sleep(self.cfg.timings.interval)
 
+    # -- shard managers ---------------------------------------------------------
+
+    def shard_policy(self) -> policy.ShardPolicy:
+        t = self.cfg.timings
+        return policy.ShardPolicy(
+            replication=policy.ReplicationSettings(
+                mode=policy.ReplicationMode(self.cfg.mode.value), quorum=self.cfg.quorum
+            ),
+            failover=policy.FailoverSettings(
+                detection_seconds=t.detection,
+                cooldown_seconds=t.cooldown,
+                max_lag_bytes=self.cfg.max_lag_bytes,
+                lease_ttl_seconds=t.lease_ttl,
+            ),
+            cycle_seconds=t.interval,
+            probe_timeout_seconds=max(0.5, min(2.0, t.lease_ttl / 3)),
+        )
+
+    def _start_managers(self) -> None:
+        assert self._http is not None
+        pol = self.shard_policy()
+        for i in range(self.cfg.shards):
+            platform = LocalPlatform(
+                self.cdir,
+                self.cfg,
+                self.creds,
+                i,
+                self._http,
+                agent_alive=lambda name: self.agents[name].alive,
+                statuses=lambda: self.statuses,
+            )
+            self.managers[i] = manager.ShardManager(
+                platform, pol, logger=logging.getLogger(f"pgshard_operator.shard.{i}")
+            )
+            self._tasks.append(asyncio.ensure_future(self.managers[i].run()))
+
     # -- life cycle -------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -202,10 +241,13 @@ class Supervisor:
         if fresh:
             topofile.create(self.cdir, topofile.initial(self.cfg))
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        runner = await control.serve(self.managers, self.cfg.host, self.cfg.control_port)
         try:
             observer = asyncio.ensure_future(self._observe_loop())
             try:
                 await asyncio.gather(*(self._start_shard(i, fresh) for i in range(self.cfg.shards)))
+                await self.observe_once()
+                self._start_managers()
                 await self._wait_for(lambda: self.ready)
                 self._report("ready")
                 log.info("cluster ready")
@@ -220,6 +262,7 @@ class Supervisor:
                 observer.cancel()
         finally:
             await self.shutdown()
+            await runner.cleanup()
             await self._http.close()
 
     async def shutdown(self) -> None:
@@ -228,6 +271,9 @@ class Supervisor:
         self._report("stopping")
         for t in self._tasks:
             t.cancel()
+        # Managers first (their cancellation also stops background rejoins), so that no
+        # failover starts while the agents go down.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         primaries = {self.primary_of(i) for i in range(self.cfg.shards)}
         followers = [a for n, a in self.agents.items() if n not in primaries]
         await asyncio.gather(*(a.stop() for a in followers))
