@@ -1,0 +1,211 @@
+"""Real failovers of a ``pgshard local`` cluster: crash, hang, switchover, cooldown, quorum.
+
+Every test runs a real cluster (agents, PostgreSQL 15, one shard manager per
+shard) with short lease/detection/cooldown settings, drives a write load through
+``DIR/topology.json`` like a proxy would, and checks what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from tests.support import localcluster, writer
+
+FAST = ("--lease-ttl=1.5", "--detection-seconds=1", "--cooldown-seconds=2")
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], T | None], timeout: float = 60, what: str = "") -> T:
+    """Poll ``probe`` (run in a thread: it may call the CLI) until it returns a value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(probe)
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.2)
+
+
+def agent_status(c: localcluster.LocalCluster, name: str) -> dict[str, Any]:
+    k = int(name[name.index("m") + 1 :]) + 3 * int(name[1 : name.index("m")])
+    url = f"http://{c.host}:{c.base_port + 2 * k + 1}/status"
+    with urllib.request.urlopen(url, timeout=3) as r:
+        doc: dict[str, Any] = json.load(r)
+        return doc
+
+
+def new_primary(c: localcluster.LocalCluster, old: str) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        s = c.shard(0)
+        return s if s["primary"] and s["primary"]["name"] != old else None
+
+    return probe
+
+
+def streaming(c: localcluster.LocalCluster, name: str) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        s = c.shard(0)
+        ok = any(f["name"] == name and f["state"] == "streaming" for f in s["followers"])
+        return s if ok else None
+
+    return probe
+
+
+async def test_kill9_of_the_primary_in_sync_mode_loses_no_acknowledged_row(
+    pg_tmp: Path,
+) -> None:
+    with localcluster.running(pg_tmp, "--replication-mode=sync", *FAST, replicas=2) as c:
+        old = c.shard(0)["primary"]["name"]
+        async with writer.running(c.dir / "topology.json") as w:
+            await w.wait_acked(50)
+            await asyncio.to_thread(c.kill, 0, old, "KILL")
+            promoted = await eventually(new_primary(c, old), what="a new primary")
+            assert promoted["epoch"] == 2
+            await w.wait_acked(50)  # the new primary accepts writes
+        shard = await eventually(streaming(c, old), what=f"{old} back as a follower")
+        on_primary = await writer.ids_on(shard["primary"]["dsn"])
+        missing = set(w.acked) - on_primary
+        assert not missing, f"acknowledged rows lost: {sorted(missing)[:10]}"
+        assert shard["lastFailover"]["from"] == old
+        # The old primary follows the new timeline.
+        new_tli = agent_status(c, shard["primary"]["name"])["timeline"]
+        assert new_tli >= 2
+        assert agent_status(c, old)["timeline"] == new_tli
+
+
+async def test_a_hung_primary_is_replaced_only_after_its_lease_and_then_refuses_writes(
+    pg_tmp: Path,
+) -> None:
+    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+        first = c.shard(0)["primary"]
+        lease_before = json.loads((c.dir / "leases" / "shard-0.json").read_text())
+        assert lease_before["holder"] == first["name"]
+        await asyncio.to_thread(c.kill, 0, first["name"], "STOP")
+        try:
+            promoted = await eventually(new_primary(c, first["name"]), what="a new primary")
+            # Promotion came after the lease the frozen primary last renewed had expired.
+            assert promoted["lastFailover"]["at"] >= lease_before["expires_at"]
+        finally:
+            await asyncio.to_thread(c.kill, 0, first["name"], "CONT")
+        # Awake again, the old primary must not acknowledge a single write.
+        for _ in range(10):
+            try:
+                conn = await asyncpg.connect(first["dsn"], timeout=2)
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+                    await conn.execute("CREATE TABLE written_after_cont (x int)")
+            finally:
+                conn.terminate()
+            await asyncio.sleep(0.2)
+        await eventually(streaming(c, first["name"]), what="the old primary rejoining")
+
+
+async def test_switchover_under_write_load_loses_nothing(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, *FAST, replicas=2) as c:
+        old = c.shard(0)["primary"]["name"]
+        async with writer.running(c.dir / "topology.json") as w:
+            await w.wait_acked(50)
+            out = await asyncio.to_thread(
+                c.cli, "switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m2"
+            )
+            assert "to s0m2" in out.stdout
+            await w.wait_acked(50)
+        shard = await eventually(streaming(c, old), what=f"{old} following s0m2")
+        assert shard["primary"]["name"] == "s0m2"
+        assert shard["lastFailover"]["kind"] == "switchover"
+        assert not set(w.acked) - await writer.ids_on(shard["primary"]["dsn"])
+
+
+async def test_cooldown_blocks_a_second_automatic_failover(pg_tmp: Path) -> None:
+    with localcluster.running(
+        pg_tmp, "--lease-ttl=1.5", "--detection-seconds=1", "--cooldown-seconds=12", replicas=2
+    ) as c:
+        first = c.shard(0)["primary"]["name"]
+        await asyncio.to_thread(c.kill, 0, first, "KILL")
+        second = (await eventually(new_primary(c, first), what="first failover"))["primary"]
+        await asyncio.to_thread(c.kill, 0, second["name"], "KILL")
+
+        def in_cooldown() -> dict[str, Any] | None:
+            doc = c.status()
+            m = doc["managers"][0]
+            return m if m["state"] == "cooldown" else None
+
+        blocked = await eventually(in_cooldown, timeout=10, what="cooldown reported")
+        assert blocked["cooldownRemainingSeconds"] > 0
+        assert c.shard(0)["primary"]["name"] == second["name"], "failed over inside cooldown"
+        third = await eventually(new_primary(c, second["name"]), what="failover after cooldown")
+        assert third["epoch"] == 3
+
+
+async def test_quorum_mode_blocks_commits_without_k_followers_and_resumes(
+    pg_tmp: Path,
+) -> None:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=quorum", "--quorum=2", *FAST, replicas=2
+    ) as c:
+        shard = c.shard(0)
+        conn = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            names = await conn.fetchval("SHOW synchronous_standby_names")
+            assert names.startswith("ANY 2 (")
+            await conn.execute("CREATE TABLE q (id int)")
+            await asyncio.to_thread(c.kill, 0, "s0m2", "STOP")
+            try:
+                blocked = asyncio.ensure_future(conn.execute("INSERT INTO q VALUES (1)"))
+                done, _ = await asyncio.wait({blocked}, timeout=3)
+                assert not done, "a commit was acknowledged with only 1 of 2 followers"
+            finally:
+                await asyncio.to_thread(c.kill, 0, "s0m2", "CONT")
+            await asyncio.wait_for(blocked, 30)  # the same commit completes
+            await asyncio.wait_for(conn.execute("INSERT INTO q VALUES (2)"), 30)
+        finally:
+            await conn.close()
+
+
+async def test_a_follower_bootstrapped_while_writes_run_misses_no_row(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+        c.down()
+        shutil.rmtree(c.dir / "members" / "s0m1" / "data")
+        up = asyncio.ensure_future(asyncio.to_thread(c.up))
+        w = writer.Writer(c.dir / "topology.json")
+        await eventually(lambda: _try(w.setup), what="the primary back up")
+        task = asyncio.ensure_future(w.run())
+        try:
+            await up  # returns once the new follower streams
+            await w.wait_acked(50)
+        finally:
+            w.stop()
+            await task
+        shard = c.shard(0)
+        primary_ids = await writer.ids_on(shard["primary"]["dsn"])
+        follower = shard["followers"][0]
+
+        async def caught_up() -> bool:
+            return await writer.ids_on(follower["dsn"]) == primary_ids
+
+        await eventually(lambda: asyncio.run(caught_up()) or None, what="follower caught up")
+        assert set(w.acked) <= primary_ids
+        log = (c.dir / "logs" / "s0m1.agent.log").read_text()
+        assert log.count("taking a snapshot") == 2
+
+
+def _try(fn: Callable[[], Any]) -> bool | None:
+    try:
+        asyncio.run(fn())
+    except (OSError, asyncpg.PostgresError):
+        return None
+    return True
