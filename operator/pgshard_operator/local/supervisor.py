@@ -128,9 +128,7 @@ class Supervisor:
         first = self.agents[primary]
         await first.start(upstream=None, bootstrap_primary=fresh)
         self._tasks.append(asyncio.ensure_future(self._watch(first)))
-        must_clone = [
-            m for m in members if not (self.cdir.datadir(m.name) / "PG_VERSION").exists()
-        ]
+        must_clone = [m for m in members if not (self.cdir.datadir(m.name) / "PG_VERSION").exists()]
         if fresh or must_clone:  # a snapshot needs a running primary
             await self._wait_for(lambda: self._role(primary) == "primary")
         for m in members:
