@@ -67,6 +67,12 @@ def test_no_primary_in_record() -> None:
     assert run(snapshot(primary=None), {}).kind is K.NO_PRIMARY
 
 
+def test_primary_that_is_not_a_member_blocks_with_a_reason() -> None:
+    d = run(snapshot(primary="q"), HEALTHY_OBS)
+    assert d.kind is K.BLOCKED
+    assert "primary q is not a member of the shard (members: a, b, p)" in d.reason
+
+
 def test_healthy_and_published_needs_nothing() -> None:
     snap = published(snapshot(lease=lease()), HEALTHY_OBS)
     d = run(snap, HEALTHY_OBS)

@@ -8,7 +8,7 @@ cycles.
 
 Transitions, in the order they are checked:
 
-1. no primary in the record → ``NO_PRIMARY``;
+1. no primary in the record → ``NO_PRIMARY``; one that is not a member → ``BLOCKED``;
 2. a member other than the recorded primary holds a newer lease and is writable
    (a promotion whose publish was lost) → ``FAILING_OVER``: publish it;
 3. primary writable → ``HEALTHY``, with upkeep actions: fence + rejoin stale
@@ -109,6 +109,13 @@ def decide(
     primary = snapshot.primary
     if primary is None:
         return Decision(DecisionKind.NO_PRIMARY, "the shard record names no primary yet")
+    names = sorted(m.name for m in snapshot.members)
+    if primary not in names:
+        return Decision(
+            DecisionKind.BLOCKED,
+            f"the shard record's primary {primary} is not a member of the shard "
+            f"(members: {', '.join(names) or 'none'}); fix the platform's member list",
+        )
     lease = snapshot.lease
     if lease is not None and lease.holder != primary and lease.epoch > snapshot.epoch:
         holder = observations.get(lease.holder)
