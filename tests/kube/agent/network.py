@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from tests.kube.agent import procutil
@@ -67,14 +68,17 @@ def ip(*args: str, check: bool = True) -> str:
 def claim_index(owner: Path) -> int:
     """Take the lowest free cluster index (atomic mkdir) and record ``owner`` in it."""
     INDEX_DIR.mkdir(parents=True, exist_ok=True)
-    existing = set(ip("-o", "link", "show").split())
     for index in range(MAX_INDEX):
         slot = INDEX_DIR / f"net-{index}"
-        if f"{bridge_name(index)}:" in existing:
-            continue
         try:
             slot.mkdir()
         except FileExistsError:
+            if not _reclaim_stale(slot, index):
+                continue
+        if ip("link", "show", bridge_name(index), check=False):
+            # A bridge of unknown origin holds this index: leave it alone.
+            (slot / "owner").unlink(missing_ok=True)
+            slot.rmdir()
             continue
         (slot / "owner").write_text(str(owner))
         return index
@@ -82,6 +86,27 @@ def claim_index(owner: Path) -> int:
         f"all {MAX_INDEX} cluster indexes under {INDEX_DIR} are taken; "
         "run scripts/kube-down on clusters you no longer need"
     )
+
+
+def _reclaim_stale(slot: Path, index: int, min_age: float = 300) -> bool:
+    """Take over a slot whose cluster is gone (its directory lost, its agent and API server
+    dead, e.g. after the test process was killed), removing what that cluster left behind.
+    Young slots are never taken: their cluster may still be starting."""
+    try:
+        if time.time() - slot.stat().st_mtime < min_age:
+            return False
+        owner = Path((slot / "owner").read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        state = json.loads((owner / "cluster.json").read_text())
+        recorded = state.get("processes", {})
+        if any(procutil.alive(procutil.Identity(**recorded[n])) for n in recorded):
+            return False
+    except (OSError, ValueError, TypeError):
+        pass  # no readable state: nothing of it can still be ours to wait for
+    cleanup_leftovers(owner / "node", index)
+    return True
 
 
 def release_index(index: int, owner: Path) -> None:

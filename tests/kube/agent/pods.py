@@ -539,6 +539,8 @@ class PodManager:
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.workers: dict[str, PodWorker] = {}
+        # Pods already run and stopped here: a late watch event must not start them again.
+        self.finished: set[str] = set()
         self.informer = Informer(
             ctx.api, "/api/v1/pods", {"fieldSelector": f"spec.nodeName={ctx.node}"}
         )
@@ -553,14 +555,20 @@ class PodManager:
                 worker.terminating.set()
             return
         if worker is None:
+            if uid in self.finished:
+                return
             if pod["status"].get("phase") in ("Succeeded", "Failed") and not pod["metadata"].get(
                 "deletionTimestamp"
             ):
                 return  # finished before this agent started; nothing to run
             worker = PodWorker(self.ctx, pod)
             self.workers[uid] = worker
-            worker.task.add_done_callback(lambda _t, uid=uid: self.workers.pop(uid, None))
+            worker.task.add_done_callback(lambda _t, uid=uid: self._done(uid))
         worker.update(pod)
+
+    def _done(self, uid: str) -> None:
+        self.workers.pop(uid, None)
+        self.finished.add(uid)
 
     def refresh_hosts(self) -> None:
         for worker in self.workers.values():
