@@ -1,4 +1,5 @@
-"""The shard manager against real PostgreSQL: kill -9 of a sync primary; a switchover.
+"""The shard manager against real PostgreSQL: kill -9 of a sync primary; a switchover;
+quorum mode blocking commits while fewer than k followers are up.
 
 Three real servers (a primary and two streaming followers), the real probe, the real
 decision code and real SQL actions (``tests/support/miniplatform.py``). Checks what a
@@ -16,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from pgshard_operator.instance import postgres
 from pgshard_operator.shard import actions, decide, manager, policy
 from tests.support import miniplatform, pgserver
 
@@ -147,3 +149,32 @@ async def test_switchover_under_writes_loses_nothing(shard: dict[str, pgserver.P
         await new.execute("INSERT INTO acked VALUES (-1)")  # a is writable
     finally:
         await new.close()
+
+
+async def test_quorum_blocks_commits_below_k_and_resumes(
+    shard: dict[str, pgserver.PgServer],
+) -> None:
+    world = miniplatform.MiniPlatform(shard, "p", ttl=5)
+    pol = policy.ShardPolicy(
+        replication=policy.ReplicationSettings(policy.ReplicationMode.QUORUM, quorum=2)
+    )
+    m = manager.ShardManager(world, pol)
+    conn = await asyncpg.connect(shard["p"].dsn)
+    try:
+        await cycle_until(m, K.HEALTHY)
+        assert await conn.fetchval("SHOW synchronous_standby_names") == 'ANY 2 ("a", "b")'
+        await conn.execute("CREATE TABLE q (id int)")  # both followers up: commits
+        shard["b"].stop()
+        pending = asyncio.create_task(conn.execute("INSERT INTO q VALUES (1)"))
+        done, _ = await asyncio.wait({pending}, timeout=3)
+        assert not done, "a commit was acknowledged with only 1 of 2 required followers"
+        # The list did not shrink because b went away: it still names every follower.
+        decision = await m.run_cycle()
+        assert decision is not None
+        assert not [a for a in decision.actions if isinstance(a, actions.SetSyncStandbys)]
+        shard["b"].start(postgres.Binaries.detect())
+        await asyncio.wait_for(pending, 60)  # b is back: the commit is confirmed
+        assert await conn.fetchval("SELECT count(*) FROM q") == 1
+    finally:
+        conn.terminate()
+        await m.close()
