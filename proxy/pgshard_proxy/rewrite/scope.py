@@ -48,7 +48,11 @@ def evaluation(node: exp.Expr, read_only: bool) -> Where:
     while parent is not None:
         key = child.arg_key
         if isinstance(parent, exp.Returning):
-            return Where(Evaluation.RESULT_ONLY)
+            statement = parent.parent
+            if statement is not None and statement.parent is None:
+                return Where(Evaluation.RESULT_ONLY)
+            # RETURNING of a data-modifying WITH feeds the outer statement, row by row.
+            return Where(Evaluation.PER_ROW, statement, "returning")
         scanning = (
             isinstance(parent, exp.Select) and parent.args.get("from_") is not None
         ) or isinstance(parent, (exp.Update, exp.Delete, exp.Merge, exp.OnConflict))
