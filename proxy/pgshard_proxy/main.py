@@ -18,6 +18,7 @@ from pathlib import Path
 from .server.listener import ProxyServer
 from .settings import ProxySettings, SettingsError, from_sources
 from .topology.file import FileTopologySource
+from .topology.source import TopologySource
 
 log = logging.getLogger("pgshard_proxy")
 
@@ -65,10 +66,30 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
     return from_sources(args.config, os.environ, flags)
 
 
-async def serve(settings: ProxySettings) -> None:
+def topology_source(settings: ProxySettings) -> TopologySource:
+    """The local cluster's file, or (in pods on Kubernetes) a ShardedCluster's status."""
+    if settings.topology_cluster is not None:
+        # Imported here: kubernetes_asyncio is the optional "kube" extra.
+        from .topology import kubernetes
+
+        namespace, _, name = settings.topology_cluster.partition("/")
+        user = next((u for u in settings.users.values() if u.password is not None), None)
+        if user is None or user.password is None:
+            raise SettingsError(
+                "topology_cluster needs a user with a plain password (the application "
+                "user of the cluster's Secret): the proxy logs in to members with it"
+            )
+        creds = kubernetes.Credentials(user=user.name, password=user.password, database="")
+        return kubernetes.KubernetesTopologySource(namespace, name, creds)
     if settings.topology_file is None:
-        raise SettingsError("--topology-file (or topology_file in the config) is required")
-    server = ProxyServer(settings, FileTopologySource(settings.topology_file))
+        raise SettingsError(
+            "--topology-file (or topology_file / topology_cluster in the config) is required"
+        )
+    return FileTopologySource(settings.topology_file)
+
+
+async def serve(settings: ProxySettings) -> None:
+    server = ProxyServer(settings, topology_source(settings))
     await server.start()
     print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
     stop = asyncio.Event()

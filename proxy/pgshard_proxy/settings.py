@@ -58,6 +58,10 @@ class ProxySettings:
     port: int = 6432
     topology_file: Path | None = None
     """``DIR/topology.json`` written by the local cluster; followed for changes."""
+    topology_cluster: str | None = None
+    """``NAMESPACE/NAME`` of a ShardedCluster whose status is the topology (proxy pods on
+    Kubernetes; the operator sets ``PGSHARD_PROXY_TOPOLOGY_CLUSTER``). Members are reached
+    with the first configured user's password."""
     users: Mapping[str, User] = dataclasses.field(default_factory=dict)
     auth_method: auth.AuthMethod = auth.AuthMethod.SCRAM
     tls_cert: Path | None = None
@@ -126,8 +130,8 @@ def from_sources(
         if not isinstance(doc, dict):
             raise SettingsError(f"config file {file} must hold a mapping of settings")
         raw.update(doc)
-    for key in ("host", "port", "topology_file", "auth_method", "tls_cert", "tls_key",
-                "consistency", "max_wait_ms", "pool_size", "users"):  # fmt: skip
+    for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
+                "tls_key", "consistency", "max_wait_ms", "pool_size", "users"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env
@@ -161,6 +165,11 @@ def from_sources(
         else:
             changes[key] = str(value)
     s = dataclasses.replace(s, **changes)
+    if s.topology_cluster is not None and s.topology_cluster.count("/") != 1:
+        raise SettingsError(
+            f"topology_cluster must be NAMESPACE/NAME of a ShardedCluster, "
+            f"not {s.topology_cluster!r}"
+        )
     if (s.tls_cert is None) != (s.tls_key is None):
         raise SettingsError("tls_cert and tls_key must be given together")
     if s.auth_method is not auth.AuthMethod.TRUST and not s.users:

@@ -4,9 +4,11 @@ The operator runs as a pod from the chart (this checkout's code: the chart's
 ``command`` runs ``python -m pgshard_operator.k8s``), talks to the API server with
 its service account, and manages ShardedClusters in one test namespace.
 
-Shard and proxy pods run a stand-in for now: a TCP server on the pod's address and
-port 5432 (``PGSHARD_OPERATOR_INSTANCE_COMMAND``), because ``pgshard-instance`` does
-not yet run on Kubernetes (no Lease-backed lease store). What is tested for real:
+Proxy pods run the real ``pgshard-proxy``, following the cluster's status through
+the Kubernetes topology source with their service account. Shard pods run a
+stand-in for now: a TCP server on the pod's address and port 5432
+(``PGSHARD_OPERATOR_INSTANCE_COMMAND``), because ``pgshard-instance`` does not yet
+run on Kubernetes (the Lease store exists, the agent does not use it yet). What is tested for real:
 the CRD (the API server's refusals), every owned object, labels, owner references,
 Secrets, readiness-driven status and phase, safe roll-out of a parameter change one
 pod at a time, scaling followers, Events and conditions for impossible specs, and
@@ -40,6 +42,7 @@ from tests.support import crd, procs
 pytestmark = pytest.mark.e2e
 
 STAND_IN = f"{sys.executable} -m http.server 5432 --bind $(PGSHARD_POD_IP)"
+PROXY = f"{sys.executable} -m pgshard_proxy.main"
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,11 @@ def ns(kube: Cluster) -> Iterator[str]:
         "logLevel": "info",
         "extraEnv": [
             {"name": "PYTHONPATH", "value": pythonpath},
+            # ... and the pods it creates run this checkout too.
+            {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
             {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
             {"name": "PGSHARD_OPERATOR_INSTANCE_COMMAND", "value": STAND_IN},
-            {"name": "PGSHARD_OPERATOR_PROXY_COMMAND", "value": STAND_IN},
+            {"name": "PGSHARD_OPERATOR_PROXY_COMMAND", "value": PROXY},
         ],
     }
     values_file = kube.directory / f"values-{name}.json"

@@ -167,9 +167,17 @@ def test_proxy_service_and_deployment() -> None:
     assert container["command"] == ["pgshard-proxy"]
     assert container["ports"] == [{"name": "postgres", "containerPort": 5432}]
     env = env_of(container)
-    assert env["PGSHARD_CONSISTENCY"] == "strong"
-    assert env["PGSHARD_MAX_WAIT_MS"] == "25"
-    assert env["PGSHARD_PROXY_LISTEN"] == "$(PGSHARD_POD_IP):5432"
+    assert env["PGSHARD_PROXY_CONSISTENCY"] == "strong"
+    assert env["PGSHARD_PROXY_MAX_WAIT_MS"] == "25"
+    assert env["PGSHARD_PROXY_HOST"] == "$(PGSHARD_POD_IP)"
+    assert env["PGSHARD_PROXY_PORT"] == "5432"
+    assert env["PGSHARD_PROXY_TOPOLOGY_CLUSTER"] == "shop/demo"
+    assert env["PGSHARD_PROXY_USERS"] == "$(PGSHARD_APP_USER):$(PGSHARD_APP_PASSWORD)"
+    # Kubernetes expands $(VAR) only from variables defined earlier in the list.
+    names = [e["name"] for e in container["env"]]
+    for var in ("PGSHARD_POD_IP", "PGSHARD_APP_USER", "PGSHARD_APP_PASSWORD"):
+        assert names.index(var) < names.index("PGSHARD_PROXY_USERS")
+        assert names.index("PGSHARD_POD_IP") < names.index("PGSHARD_PROXY_HOST")
     assert dep["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "proxy"
 
 

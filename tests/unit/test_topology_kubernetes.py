@@ -52,3 +52,15 @@ def test_a_status_without_shards_is_not_a_topology() -> None:
         kube_source.from_status(
             {"shards": [{"index": 0, "epoch": 1, "primary": {"name": "x"}}]}, CREDS
         )
+
+
+def test_the_proxy_follows_a_cluster_when_told_to() -> None:
+    from pgshard_proxy import main, settings
+
+    env = {"PGSHARD_PROXY_TOPOLOGY_CLUSTER": "shop/demo", "PGSHARD_PROXY_USERS": "app:s3cret"}
+    source = main.topology_source(settings.from_sources(None, env, {}))
+    assert isinstance(source, kube_source.KubernetesTopologySource)
+    assert (source.namespace, source.name) == ("shop", "demo")
+    assert source.credentials.password == "s3cret"
+    with pytest.raises(settings.SettingsError, match="NAMESPACE/NAME"):
+        settings.from_sources(None, {**env, "PGSHARD_PROXY_TOPOLOGY_CLUSTER": "demo"}, {})

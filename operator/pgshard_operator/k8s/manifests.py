@@ -16,11 +16,12 @@ What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``
   ``PGSHARD_LEASE_NAME``, ``PGSHARD_LEASE_TTL_SECONDS``, ``PGSHARD_APP_USER``,
   ``PGSHARD_APP_PASSWORD``, ``PGSHARD_APP_DATABASE``, ``PGSHARD_SUPERUSER_PASSWORD``,
   ``PGSHARD_REPLICATION_PASSWORD``;
-- proxy pods: ``PGSHARD_TOPOLOGY=kubernetes``, ``PGSHARD_CLUSTER``,
-  ``PGSHARD_NAMESPACE``, ``PGSHARD_PROXY_LISTEN`` (``<pod IP>:5432``),
-  ``PGSHARD_CONSISTENCY``, ``PGSHARD_MAX_WAIT_MS`` (when set), ``PGSHARD_SHARDING``
-  (JSON: ``{"tables": [{"name", "key"}], "referenceTables": [...]}``) and the app
-  credentials as above.
+- proxy pods: pgshard-proxy's settings ``PGSHARD_PROXY_HOST`` (the pod IP),
+  ``PGSHARD_PROXY_PORT`` (5432), ``PGSHARD_PROXY_TOPOLOGY_CLUSTER``
+  (``<namespace>/<name>``: follow the cluster's status), ``PGSHARD_PROXY_USERS``
+  (the app user), ``PGSHARD_PROXY_CONSISTENCY``, ``PGSHARD_PROXY_MAX_WAIT_MS`` (when
+  set); ``PGSHARD_SHARDING`` (JSON: ``{"tables": [{"name", "key"}],
+  "referenceTables": [...]}``) and the app credentials as above.
 """
 
 from __future__ import annotations
@@ -314,21 +315,23 @@ def proxy_deployment(
 ) -> Manifest:
     selector = naming.component_selector(ref.name, naming.Component.PROXY)
     env: list[dict[str, Any]] = [
-        _field_env("PGSHARD_NAMESPACE", "metadata.namespace"),
         _field_env("PGSHARD_POD_IP", "status.podIP"),
+        *_app_credentials_env(ref),
+        # pgshard-proxy's own settings (PGSHARD_PROXY_*); $(VAR) expands earlier entries.
         *_plain_env(
             [
-                ("PGSHARD_TOPOLOGY", "kubernetes"),
-                ("PGSHARD_CLUSTER", ref.name),
-                ("PGSHARD_PROXY_LISTEN", f"$(PGSHARD_POD_IP):{naming.PG_PORT}"),
-                ("PGSHARD_CONSISTENCY", spec.proxy.consistency.value),
+                ("PGSHARD_PROXY_HOST", "$(PGSHARD_POD_IP)"),
+                ("PGSHARD_PROXY_PORT", str(naming.PG_PORT)),
+                ("PGSHARD_PROXY_TOPOLOGY_CLUSTER", f"{ref.namespace}/{ref.name}"),
+                ("PGSHARD_PROXY_USERS", "$(PGSHARD_APP_USER):$(PGSHARD_APP_PASSWORD)"),
+                ("PGSHARD_PROXY_CONSISTENCY", spec.proxy.consistency.value),
                 ("PGSHARD_SHARDING", sharding_json(spec)),
             ]
         ),
     ]
     if spec.proxy.max_wait_ms is not None:
-        env.append({"name": "PGSHARD_MAX_WAIT_MS", "value": str(spec.proxy.max_wait_ms)})
-    env += [*_app_credentials_env(ref), *_plain_env(list(settings.pod_env))]
+        env.append({"name": "PGSHARD_PROXY_MAX_WAIT_MS", "value": str(spec.proxy.max_wait_ms)})
+    env += _plain_env(list(settings.pod_env))
     container: dict[str, Any] = {
         "name": "proxy",
         "image": spec.image or settings.image,
