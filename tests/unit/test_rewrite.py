@@ -3,18 +3,22 @@ the context and the ``pgshard rewrite`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import subprocess
 
 import pytest
 
 from pgshard_proxy.rewrite import (
+    ColumnInfo,
     ContextError,
     NotDeterministic,
     Prepared,
     RewriteContext,
     Rewriter,
     Rewritten,
+    StaticCatalog,
+    TableInfo,
 )
 from tests.support import procs
 from tests.support import rewrite_fixtures as fixtures
@@ -172,3 +176,22 @@ def test_cli_bad_timestamp_says_what_to_write() -> None:
     out = _cli("--timestamp", "yesterday-ish", "SELECT 1")
     assert out.returncode == 2
     assert "is not ISO 8601; write e.g. 2026-11-29T10:00:00+00:00" in out.stderr
+
+
+def test_a_new_catalog_snapshot_is_not_served_stale_analyses() -> None:
+    rewriter = Rewriter()
+    sql = "INSERT INTO fresh (a) VALUES (1)"
+    before = rewriter.rewrite(sql, fixtures.context(True))
+    assert isinstance(before, Rewritten)
+    assert [n.construct for n in before.needs_catalog] == [
+        "triggers of fresh",
+        "column defaults of fresh",
+    ]
+    tables = dict(fixtures.CATALOG.tables)
+    tables["fresh"] = TableInfo((ColumnInfo("a"), ColumnInfo("at", "now()")))
+    ctx = dataclasses.replace(fixtures.context(True), catalog=StaticCatalog(tables))
+    after = rewriter.rewrite(sql, ctx)
+    assert isinstance(after, Rewritten) and not after.needs_catalog
+    assert after.text() == (
+        "INSERT INTO fresh (a, at) VALUES (1, '2026-11-30 00:30:00.123456+01:00'::timestamptz)"
+    )

@@ -17,6 +17,7 @@ from sqlglot.errors import ParseError, TokenError
 
 from . import catalog as catalog_mod
 from . import rules, scope, template, tokens
+from . import view as view_mod
 from .errors import CatalogNeed, NotDeterministic
 
 
@@ -95,7 +96,7 @@ class _Analyzer:
             if tree is None:
                 continue
             chosen = self._rules_for(tree, stmt)
-            view = rules.View(
+            view = view_mod.View(
                 stmt=stmt,
                 tree=tree,
                 catalog=self.catalog,
@@ -108,7 +109,7 @@ class _Analyzer:
                 edits.extend(rule(view))
         return edits
 
-    def _rules_for(self, tree: exp.Expr, stmt: tokens.Statement) -> tuple[rules.Rule, ...]:
+    def _rules_for(self, tree: exp.Expr, stmt: tokens.Statement) -> tuple[view_mod.Rule, ...]:
         if isinstance(tree, exp.Copy):
             raise NotDeterministic(
                 "COPY",

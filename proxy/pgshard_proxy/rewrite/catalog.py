@@ -70,7 +70,8 @@ class TableInfo:
 
 
 class Catalog(Protocol):
-    """Lookups the rewriter performs; ``None`` means "not in the catalog"."""
+    """Lookups the rewriter performs; ``None`` means "not in the catalog". Implementations
+    must be hashable (identity is fine): analyses are cached per catalog and version."""
 
     @property
     def version(self) -> int:
@@ -82,9 +83,10 @@ class Catalog(Protocol):
     def function(self, name: str) -> FunctionInfo | None: ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StaticCatalog:
-    """A catalog snapshot held in memory (what :mod:`.catalog_pg` builds)."""
+    """A catalog snapshot held in memory (what :mod:`.catalog_pg` builds). Compared and
+    hashed by identity: the rewriter's cache keys hold the snapshot itself."""
 
     tables: Mapping[str, TableInfo] = dataclasses.field(default_factory=dict)
     functions: Mapping[str, FunctionInfo] = dataclasses.field(default_factory=dict)

@@ -119,12 +119,8 @@ class Rewriter:
         self, sql: str, ctx: context_mod.RewriteContext
     ) -> analyze_mod.Analysis | NotDeterministic:
         catalog = ctx.catalog
-        key = (
-            sql,
-            id(catalog) if catalog is not None else 0,
-            catalog.version if catalog is not None else 0,
-            ctx.safe_functions,
-        )
+        # The catalog itself (not its id(), which a new snapshot could reuse) and its version.
+        key = (sql, catalog, catalog.version if catalog is not None else 0, ctx.safe_functions)
         found = self._cache.get(key)
         if found is None:
             if key[1:] != self._defaults_key:

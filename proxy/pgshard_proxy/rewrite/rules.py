@@ -1,81 +1,24 @@
 """The rewrite rules, in the order :mod:`.analyze` applies them (``RULES``).
 
-Each rule looks at one parsed statement (:class:`View`: its tokens, its sqlglot
+Each rule looks at one parsed statement (:class:`~.view.View`: its tokens, its sqlglot
 tree, the catalog) and returns :class:`~.template.Edit`s to splice into the
 original text, raises :class:`~.errors.NotDeterministic` to refuse the
 statement, or records a :class:`~.errors.CatalogNeed` when the decision needs
 the primary's catalog and none was given. Rules never regenerate SQL from the
-tree: sqlglot's PostgreSQL round trip is lossy.
+tree: sqlglot's PostgreSQL round trip is lossy. The row-order rules live in
+:mod:`.row_order`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from collections.abc import Callable, Set
-
 from sqlglot import TokenType, exp
 
 from . import catalog as catalog_mod
-from . import defaults, scope, tokens, volatility
-from .errors import CatalogNeed, NotDeterministic
+from . import defaults, row_order, scope, tokens, volatility
+from . import view as view_mod
+from .errors import NotDeterministic
 from .template import Captured, Edit, Once, Slot, SpecialTime, TransactionTime
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-    """One statement as the rules see it."""
-
-    stmt: tokens.Statement
-    tree: exp.Expr
-    catalog: catalog_mod.Catalog | None
-    safe_functions: Set[str]
-    read_only: bool
-    needs: list[CatalogNeed]
-    """Accumulates decisions that need the catalog (when ``catalog`` is None or lacks a name)."""
-    analyze_default: defaults.DefaultAnalyzer
-
-    def text(self, start: int, end: int) -> str:
-        return self.stmt.sql[start:end]
-
-    def need(self, construct: str, position: int, reason: str) -> None:
-        self.needs.append(CatalogNeed(construct, position, reason))
-
-    @functools.cached_property
-    def catalogue_tokens(self) -> tuple[int, ...]:
-        """Indexes of unquoted tokens spelling a catalogue name (one scan per statement)."""
-        toks = self.stmt.tokens
-        return tuple(
-            i
-            for i, t in enumerate(toks)
-            if t.text.lower() in _CATALOGUE_WORDS and tokens.is_unquoted_word(t, _CATALOGUE_WORDS)
-        )
-
-    def evaluation(self, node: exp.Expr) -> scope.Evaluation:
-        """Like :func:`scope.evaluation`, but an UPDATE pinned to one row by a unique key
-        (``UPDATE t SET x = random() WHERE id = 1``) evaluates its SET list once."""
-        where = scope.evaluation(node, self.read_only)
-        if where.evaluation is scope.Evaluation.PER_ROW and self.one_row(where):
-            return scope.Evaluation.ONCE
-        return where.evaluation
-
-    def one_row(self, where: scope.Where) -> bool:
-        """Whether ``where`` is the SET list of an UPDATE pinned to one row by a unique key
-        (without a catalog: noted as needed, and assumed)."""
-        single = scope.single_row_update(where)
-        if single is None:
-            return False
-        table, pinned = single
-        if self.catalog is None:
-            self.need(f"UPDATE of one {table} row", -1, "unique keys are in pg_index")
-            return True
-        info = self.catalog.table(table)
-        return info is not None and any(key <= pinned for key in info.unique_keys)
-
-
-Rule = Callable[[View], list[Edit]]
-
-_CATALOGUE_WORDS = frozenset(volatility.KEYWORDS) | frozenset(volatility.FUNCTIONS)
+from .view import Rule, View
 
 
 def _precision(view: View, i: int) -> tuple[str, int]:
@@ -338,198 +281,6 @@ def user_functions(view: View) -> list[Edit]:
     return []
 
 
-def ctid_predicates(view: View) -> list[Edit]:
-    """``ctid`` names a physical row position, which differs on every server -> refused.
-
-    ``DELETE FROM t WHERE ctid = '(0,1)'`` -> refused.
-    """
-    if view.read_only:
-        return []
-    for col in view.tree.find_all(exp.Column):
-        if col.name.lower() == "ctid" and not col.this.args.get("quoted"):
-            raise NotDeterministic(
-                "a ctid (physical row position) in a write",
-                _position(col),
-                "rows sit at different positions on each server; choose rows by their key",
-            )
-    return []
-
-
-def _position(node: exp.Expr) -> int:
-    for n in node.walk():
-        start = n.meta.get("start") if isinstance(n, exp.Expr) else None
-        if start is not None:
-            return int(start)
-    return -1
-
-
-def skip_locked_and_nowait(view: View) -> list[Edit]:
-    """``FOR UPDATE SKIP LOCKED``/``NOWAIT`` in a write depend on concurrent sessions -> refused.
-
-    ``DELETE FROM q WHERE id IN (SELECT id FROM q ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)``
-    -> refused.
-    """
-    if view.read_only:
-        return []
-    for lock in view.tree.find_all(exp.Lock):
-        wait = lock.args.get("wait")
-        if wait is not None:
-            raise NotDeterministic(
-                "FOR UPDATE SKIP LOCKED" if wait is False else "FOR UPDATE NOWAIT",
-                -1,
-                "which rows are locked depends on other sessions of the primary; "
-                "select the rows by key in the client, then write them",
-            )
-    return []
-
-
-def limit_without_total_order(view: View) -> list[Edit]:
-    """A write that chooses rows through LIMIT/OFFSET/FETCH without an ORDER BY over a
-    unique key picks rows in physical order, which differs on every server -> refused.
-
-    ``DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT 10)`` -> refused;
-    ``… (SELECT id FROM t ORDER BY id LIMIT 10)`` with id the primary key -> unchanged.
-    """
-    if view.read_only:
-        return []
-    for select in view.tree.find_all(exp.Select):
-        limit = select.args.get("limit") or select.args.get("offset")
-        if limit is None:
-            continue
-        position = _position(limit)
-        order = select.args.get("order")
-        if order is None:
-            raise NotDeterministic(
-                "LIMIT/OFFSET without ORDER BY in a write",
-                position,
-                "rows come in physical order, which differs on each server; "
-                "add ORDER BY over a unique key",
-            )
-        table, columns = _single_table_order(select)
-        if table is None or columns is None:
-            raise NotDeterministic(
-                "LIMIT/OFFSET ordered by expressions or over a join in a write",
-                position,
-                "order by plain columns of one table that include a unique key",
-            )
-        _require_unique(view, table, columns, position, "ORDER BY … LIMIT")
-    return []
-
-
-def _table_name(t: exp.Expr) -> str | None:
-    return t.name.lower() if isinstance(t, exp.Table) and t.name else None
-
-
-def _single_table_order(select: exp.Select) -> tuple[str | None, set[str] | None]:
-    from_ = select.args.get("from_")
-    if from_ is None or select.args.get("joins"):
-        return None, None
-    table = _table_name(from_.this)
-    columns: set[str] = set()
-    for ordered in select.args["order"].expressions:
-        if not isinstance(ordered.this, exp.Column):
-            return table, None
-        columns.add(ordered.this.name.lower())
-    return table, columns
-
-
-def _require_unique(view: View, table: str, columns: Set[str], position: int, what: str) -> None:
-    if view.catalog is None:
-        view.need(f"{what} on {table}", position, "unique keys are in pg_index")
-        return
-    info = view.catalog.table(table)
-    if info is None:
-        view.need(f"{what} on {table}", position, f"table {table} not found in the catalog")
-        return
-    if not any(key <= columns for key in info.unique_keys):
-        keys = " or ".join("(" + ", ".join(sorted(k)) + ")" for k in info.unique_keys) or "none"
-        raise NotDeterministic(
-            f"{what} on {table} without a unique key among ({', '.join(sorted(columns))})",
-            position,
-            f"rows tied on these columns come in physical order; include a unique key "
-            f"of {table} (unique NOT NULL keys: {keys})",
-        )
-
-
-def update_from_join(view: View) -> list[Edit]:
-    """``UPDATE t … FROM u`` where several rows of u may match one row of t: PostgreSQL
-    uses an arbitrary one -> refused unless the WHERE clause equates a unique key of u
-    to values that do not come from u.
-
-    ``UPDATE t SET v = u.v FROM u WHERE t.k = u.k`` -> refused unless k is unique in u.
-    """
-    for update in view.tree.find_all(exp.Update):
-        from_ = update.args.get("from_")
-        if from_ is None:
-            continue
-        sources = [from_.this, *(j.this for j in update.args.get("joins") or [])]
-        pinned = _equated_columns(update.args.get("where"))
-        for source in sources:
-            table = _table_name(source)
-            if table is None:
-                raise NotDeterministic(
-                    "UPDATE … FROM a subquery or function",
-                    _position(source),
-                    "several of its rows may match one target row, and PostgreSQL then "
-                    "uses an arbitrary one; join a table on its unique key instead",
-                )
-            alias = source.alias_or_name.lower()
-            _require_unique(
-                view, table, pinned.get(alias, set()), _position(source), "UPDATE … FROM"
-            )
-    return []
-
-
-def _equated_columns(where: exp.Expr | None) -> dict[str, set[str]]:
-    """Per table alias, its columns the top-level AND of ``where`` equates to something
-    that does not involve that alias."""
-    out: dict[str, set[str]] = {}
-    if where is None:
-        return out
-    for cond in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
-        if not isinstance(cond, exp.EQ):
-            continue
-        for side, other in ((cond.this, cond.expression), (cond.expression, cond.this)):
-            if isinstance(side, exp.Column) and side.table:
-                alias = side.table.lower()
-                others = {c.table.lower() for c in other.find_all(exp.Column)}
-                if alias not in others:
-                    out.setdefault(alias, set()).add(side.name.lower())
-    return out
-
-
-def on_conflict_arbiters(view: View) -> list[Edit]:
-    """``INSERT … ON CONFLICT`` into a table with several unique constraints: which
-    constraint a row hits first depends on the rows already there and their order ->
-    refused.
-
-    ``INSERT INTO t VALUES (1, 'a') ON CONFLICT DO NOTHING`` with t(id PK, name UNIQUE)
-    -> refused.
-    """
-    for insert in view.tree.find_all(exp.Insert):
-        conflict = insert.args.get("conflict")
-        if conflict is None:
-            continue
-        table = _table_name(
-            insert.this.this if isinstance(insert.this, exp.Schema) else insert.this
-        )
-        if table is None:
-            continue
-        if view.catalog is None or view.catalog.table(table) is None:
-            view.need(f"ON CONFLICT on {table}", -1, "unique constraints are in pg_index")
-            continue
-        info = view.catalog.table(table)
-        assert info is not None
-        if info.unique_constraints > 1:
-            raise NotDeterministic(
-                f"ON CONFLICT on {table}, which has {info.unique_constraints} unique constraints",
-                -1,
-                "a row may conflict with different rows through different constraints, "
-                "depending on order; check for the row first, then INSERT or UPDATE by key",
-            )
-    return []
-
-
 def triggers(view: View) -> list[Edit]:
     """A write to a table whose user triggers call non-immutable functions: each server
     runs the trigger again, with its own clock, sequences and rows -> refused unless the
@@ -541,7 +292,7 @@ def triggers(view: View) -> list[Edit]:
         return []
     for node in view.tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
         target = node.this.this if isinstance(node.this, exp.Schema) else node.this
-        table = _table_name(target)
+        table = view_mod.table_name(target)
         if table is None:
             continue
         if view.catalog is None or view.catalog.table(table) is None:
@@ -556,7 +307,7 @@ def triggers(view: View) -> list[Edit]:
                 continue
             raise NotDeterministic(
                 f"the trigger function {function}() of {table}",
-                _position(target),
+                view_mod.position(target),
                 "every server runs it again when replaying the write; make it deterministic "
                 "and configure it as safe, or use WAL replication",
             )
@@ -607,7 +358,7 @@ def ddl_volatile_default(view: View) -> list[Edit]:
             if volatile or (info is None and isinstance(node, exp.Anonymous)):
                 raise NotDeterministic(
                     f"ADD COLUMN with the non-immutable DEFAULT {name}()",
-                    _position(node),
+                    view_mod.position(node),
                     "existing rows would get each server's own value; add the column "
                     "without a default, UPDATE it by key with literals, then SET DEFAULT",
                 )
@@ -622,11 +373,11 @@ RULES: tuple[Rule, ...] = (
     special_time_literals,
     volatile_calls,
     user_functions,
-    ctid_predicates,
-    skip_locked_and_nowait,
-    limit_without_total_order,
-    update_from_join,
-    on_conflict_arbiters,
+    row_order.ctid_predicates,
+    row_order.skip_locked_and_nowait,
+    row_order.limit_without_total_order,
+    row_order.update_from_join,
+    row_order.on_conflict_arbiters,
     triggers,
     volatile_defaults,
 )
