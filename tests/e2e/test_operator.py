@@ -33,6 +33,7 @@ import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from pgshard_operator.instance import postgres
 from pgshard_operator.k8s import apply
 from pgshard_operator.k8s import lease as kube_lease
 from tests.e2e.helpers import get, ready_pods, wait_for
@@ -188,6 +189,23 @@ def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:
     uri = urlsplit(base64.b64decode(secret["uri"]).decode())
     assert (uri.hostname, uri.port) == (f"{name}.{ns}.svc", 5432)
     assert base64.b64decode(secret["password"]).decode() == uri.password
+
+    # Clients reach the proxy pods through the Service with the Secret's credentials; the
+    # proxy knows the shards from the cluster's status (which has no primary here: shard
+    # pods are stand-ins) and says so clearly.
+    psql = str(postgres.find_bindir() / "psql")
+    ip = service["spec"]["clusterIP"]
+
+    def through_proxy(password: str) -> str:
+        done = subprocess.run(
+            [psql, f"postgresql://app:{password}@{ip}:5432/app", "-c", "select 1"],
+            capture_output=True, text=True, timeout=30, check=False,
+            env={"PGCONNECT_TIMEOUT": "10", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        return done.stderr
+
+    assert "password authentication failed" in through_proxy("wrong")
+    assert "shard 0 has no primary right now" in through_proxy(uri.password or "")
 
     # A parameter change rolls every member onto the new template, one pod at a time.
     kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
