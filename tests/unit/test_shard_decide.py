@@ -244,6 +244,16 @@ def test_cooldown_blocks_a_second_failover_and_force_overrides() -> None:
     assert later.kind is K.FAILING_OVER
 
 
+def test_cooldown_is_reported_before_the_lease_wait_and_mentions_it() -> None:
+    last = state.LastFailover(state.FailoverKind.FAILOVER, NOW - 20, "x", "p", 1, "earlier")
+    snap = snapshot(last_failover=last, lease=lease(expires_at=NOW + 2))
+    d = run(snap, DOWN_OBS, down_since=NOW - 10)
+    assert d.kind is K.COOLDOWN
+    assert "the lease also has 2.0s left" in d.reason
+    # Forcing skips the cooldown but still waits for the lease.
+    assert run(snap, DOWN_OBS, down_since=NOW - 10, force=True).kind is K.WAITING_LEASE
+
+
 def test_disabled_failover_is_blocked() -> None:
     pol = policy.ShardPolicy(failover=policy.FailoverSettings(enabled=False))
     d = run(snapshot(), DOWN_OBS, pol=pol, down_since=NOW - 100)

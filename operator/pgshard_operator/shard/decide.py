@@ -16,11 +16,11 @@ Transitions, in the order they are checked:
    stream from elsewhere, fix ``synchronous_standby_names``, publish changes;
 4. otherwise the primary is down. Failover disabled → ``BLOCKED``. Process not
    known gone: unreachable for less than ``detectionSeconds`` →
-   ``PRIMARY_SUSPECT``; its lease may still be valid → ``WAITING_LEASE``.
-   Within ``cooldownSeconds`` of the last failover → ``COOLDOWN``. No
+   ``PRIMARY_SUSPECT``. Within ``cooldownSeconds`` of the last failover →
+   ``COOLDOWN``. Its lease may still be valid → ``WAITING_LEASE``. No
    promotable follower, sync/quorum safety not certain, or (async) the best
    candidate is more than ``maxLagBytes`` behind → ``BLOCKED`` (``force``
-   overrides the last three, never the lease). Else → ``FAILING_OVER``.
+   overrides the cooldown and these three, never the lease). Else → ``FAILING_OVER``.
 """
 
 from __future__ import annotations
@@ -247,19 +247,28 @@ def _primary_down(
     lease = snapshot.lease
     # A gone holder's lease cannot protect any write; any other lease may.
     holder_gone = gone and lease is not None and lease.holder == primary.name
-    if lease is not None and lease.may_be_valid(now) and not holder_gone:
-        return Decision(
-            DecisionKind.WAITING_LEASE,
-            f"primary {primary.name} {what}; waiting for lease expiry, "
-            f"{lease.seconds_left(now):.1f}s left (held by {lease.holder})",
-        )
+    lease_wait = lease is not None and lease.may_be_valid(now) and not holder_gone
     last = snapshot.last_failover
+    # Cooldown is reported before the lease wait: it is the user-visible reason the
+    # shard stays down, and it usually outlasts the lease (the lease is still honoured
+    # when it ends).
     if last is not None and not force and now - last.at < fo.cooldown_seconds:
+        lease_note = (
+            f"; the lease also has {lease.seconds_left(now):.1f}s left"
+            if lease is not None and lease_wait
+            else ""
+        )
         return Decision(
             DecisionKind.COOLDOWN,
             f"primary {primary.name} {what}; last failover was {now - last.at:.0f}s ago, "
             f"no automatic failover for {fo.cooldown_seconds - (now - last.at):.0f}s more "
-            f"(cooldownSeconds={fo.cooldown_seconds:g})",
+            f"(cooldownSeconds={fo.cooldown_seconds:g}){lease_note}",
+        )
+    if lease is not None and lease_wait:
+        return Decision(
+            DecisionKind.WAITING_LEASE,
+            f"primary {primary.name} {what}; waiting for lease expiry, "
+            f"{lease.seconds_left(now):.1f}s left (held by {lease.holder})",
         )
     followers = snapshot.followers()
     candidates = [observations[m.name] for m in followers if m.name in observations]
