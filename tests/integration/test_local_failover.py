@@ -21,7 +21,8 @@ import pytest
 
 from tests.support import localcluster, writer
 
-FAST = ("--lease-ttl=1.5", "--detection-seconds=1", "--cooldown-seconds=2")
+# Short enough for a quick test, long enough not to fence a healthy primary on a busy machine.
+FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 T = TypeVar("T")
 
 
@@ -132,7 +133,7 @@ async def test_switchover_under_write_load_loses_nothing(pg_tmp: Path) -> None:
 
 async def test_cooldown_blocks_a_second_automatic_failover(pg_tmp: Path) -> None:
     with localcluster.running(
-        pg_tmp, "--lease-ttl=1.5", "--detection-seconds=1", "--cooldown-seconds=12", replicas=2
+        pg_tmp, "--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=12", replicas=2
     ) as c:
         first = c.shard(0)["primary"]["name"]
         await asyncio.to_thread(c.kill, 0, first, "KILL")

@@ -26,7 +26,11 @@ TABLE = "acked"
 class Writer:
     topology: Path
     shard: int = 0
+    timeout: float = 5.0
+    """Bound on one connect or insert (a frozen primary holds a client this long)."""
     acked: list[int] = dataclasses.field(default_factory=list)
+    log: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+    """(monotonic time, primary DSN) of every acknowledged insert (for bench/failover)."""
     failed: int = 0
     _next: int = 1
     _stop: bool = False
@@ -45,14 +49,17 @@ class Writer:
 
     async def run(self) -> None:
         conn: Any = None
+        dsn = ""
         while not self._stop:
             try:
                 if conn is None:
-                    conn = await asyncpg.connect(self.primary_dsn(), timeout=2)
+                    dsn = self.primary_dsn()
+                    conn = await asyncpg.connect(dsn, timeout=self.timeout)
                 await asyncio.wait_for(
                     conn.execute(f"INSERT INTO {TABLE} VALUES ({self._next})"), 5
                 )
                 self.acked.append(self._next)
+                self.log.append((time.monotonic(), dsn))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 self.failed += 1
                 if conn is not None:
@@ -85,8 +92,8 @@ async def ids_on(dsn: str) -> set[int]:
 
 
 @contextlib.asynccontextmanager
-async def running(topology: Path, shard: int = 0) -> AsyncIterator[Writer]:
-    w = Writer(topology, shard)
+async def running(topology: Path, shard: int = 0, timeout: float = 5.0) -> AsyncIterator[Writer]:
+    w = Writer(topology, shard, timeout)
     await w.setup()
     task = asyncio.create_task(w.run())
     try:

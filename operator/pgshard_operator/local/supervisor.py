@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_EXIT = 3
 """The agent's exit status when it could not create PGDATA (see instance/main.py)."""
+BOOTSTRAP_ATTEMPTS = 3
 
 
 class StartupFailed(Exception):
@@ -95,12 +96,21 @@ class Supervisor:
     async def _watch(self, agent: AgentProcess) -> None:
         """Restart an agent that exits while the cluster runs (back-off 1 s … 10 s)."""
         backoff = 0.0
+        failed_bootstraps = 0
         while True:
             started = time.monotonic()
             code = await agent.wait()
             if self.stopping:
                 return
-            if code == BOOTSTRAP_EXIT and not self.ready:
+            if code == BOOTSTRAP_EXIT:
+                failed_bootstraps += 1
+            # A snapshot can fail for passing reasons (the primary restarting); retry a
+            # few times, but a full disk or a persistent failure ends `up` with the reason.
+            if (
+                code == BOOTSTRAP_EXIT
+                and not self.ready
+                and (failed_bootstraps >= BOOTSTRAP_ATTEMPTS or "disk full" in agent.log_tail(3))
+            ):
                 raise StartupFailed(
                     f"{agent.spec.name} could not be created:\n{agent.log_tail(3)}\n"
                     f"(full log: {self.cdir.agent_log(agent.spec.name)})"
