@@ -2,13 +2,18 @@
 
 The workload (tests/support/consistency_workload.py) runs asyncpg and psycopg
 sessions concurrently; the checker (tests/support/history.py) looks for
-read-your-writes, monotonic-read and lost-write violations.
+read-your-writes, monotonic-read and lost-write violations. Through the real
+pgshard-proxy in front of ``pgshard local up --follower-delay-ms …`` there must be
+none in ``session`` mode while followers serve the reads; the same workload in
+``eventual`` mode, or with reads sent straight to a lagging follower, must show
+violations — so these tests can fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,11 +21,13 @@ import asyncpg
 import pytest
 
 from tests.support import consistency_workload as workload
-from tests.support import history, localcluster
+from tests.support import history, localcluster, proxy
 from tests.support.pgserver import PgServer
 
 FOLLOWER_DELAYS = "150,400"
 """``--follower-delay-ms``: both followers lag behind commits (ms)."""
+MAX_WAIT_MS = 1000
+"""The proxy's maxWaitMs: longer than the lag, so session reads mostly wait for followers."""
 
 
 async def test_the_workload_against_one_server_is_consistent(pg_server: PgServer) -> None:
@@ -81,3 +88,57 @@ async def wait_for_table(dsn: str, table: str, rows: int, timeout: float = 60) -
         raise AssertionError(f"{table} never reached {rows} rows at {dsn}")
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_dsn(lagging_cluster: localcluster.LocalCluster) -> Iterator[str]:
+    """The real pgshard-proxy following the cluster's topology file, as the app user."""
+    app = urllib.parse.urlsplit(lagging_cluster.shard(0)["primary"]["dsn"])
+    assert app.username and app.password
+    p = proxy.start_proxy(
+        lagging_cluster.dir,
+        None,
+        f"--max-wait-ms={MAX_WAIT_MS}",
+        topology_file=lagging_cluster.dir / "topology.json",
+        user=urllib.parse.unquote(app.username),
+        password=urllib.parse.unquote(app.password),
+    )
+    try:
+        yield f"postgresql://{app.username}:{app.password}@{p.host}:{p.port}{app.path}"
+    finally:
+        p.stop()
+        print(p.log_text()[-3000:])  # shown when a test fails
+
+
+async def run_through_proxy(
+    cluster: localcluster.LocalCluster, dsn: str, mode: str, ops_per_client: int
+) -> tuple[workload.Result, dict[history.Guarantee, int]]:
+    plan = workload.Plan(clients=4, ops_per_client=ops_per_client, keys=8, write_ratio=0.2)
+    await workload.prepare(dsn, plan.keys)
+    for f in cluster.shard(0)["followers"]:
+        await wait_for_table(f["dsn"], "kv", plan.keys)
+    result = await asyncio.wait_for(workload.run(dsn, mode, plan), 240)
+    final = await workload.final_values(cluster.shard(0)["primary"]["dsn"])
+    return result, history.summary(history.check(result.ops, final))
+
+
+async def test_session_mode_keeps_read_your_writes_and_monotonic_reads(
+    lagging_cluster: localcluster.LocalCluster, proxy_dsn: str
+) -> None:
+    result, counts = await run_through_proxy(lagging_cluster, proxy_dsn, "session", 500)
+    print(f"session: {result.follower_reads} follower reads, {result.primary_reads} primary")
+    assert len(result.ops) == 2000
+    assert counts == {}, counts
+    # followers really served reads (not everything sent to the primary)
+    assert result.follower_reads > 0.2 * (result.follower_reads + result.primary_reads)
+
+
+async def test_eventual_mode_shows_violations(
+    lagging_cluster: localcluster.LocalCluster, proxy_dsn: str
+) -> None:
+    """The same workload with the guarantees switched off: the test can fail."""
+    result, counts = await run_through_proxy(lagging_cluster, proxy_dsn, "eventual", 250)
+    print(f"eventual: {counts}; {result.follower_reads} follower, {result.primary_reads} primary")
+    assert counts.get(history.Guarantee.READ_YOUR_WRITES, 0) > 0, counts
+    assert history.Guarantee.LOST_WRITE not in counts
+    assert result.follower_reads > 0.9 * (result.follower_reads + result.primary_reads)
