@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consistency", choices=["session", "eventual", "strong"])
     p.add_argument("--max-wait-ms", type=int, help="wait for a lagging follower at most this")
     p.add_argument("--pool-size", type=int, help="most connections per member and database")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the parent process exits (used by 'pgshard local up')",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -88,7 +93,15 @@ def topology_source(settings: ProxySettings) -> TopologySource:
     return FileTopologySource(settings.topology_file)
 
 
-async def serve(settings: ProxySettings) -> None:
+async def _watch_parent(stop: asyncio.Event, interval: float = 1.0) -> None:
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 (no event tells us the parent died)
+        await asyncio.sleep(interval)
+    log.warning("parent process %d exited; stopping", parent)
+    stop.set()
+
+
+async def serve(settings: ProxySettings, exit_with_parent: bool = False) -> None:
     server = ProxyServer(settings, topology_source(settings))
     await server.start()
     print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
@@ -96,9 +109,12 @@ async def serve(settings: ProxySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(_watch_parent(stop)) if exit_with_parent else None
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await server.close()
 
 
@@ -125,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, args.exit_with_parent))
     except (SettingsError, ValueError, TimeoutError) as e:
         print(f"pgshard-proxy: error: {e}", file=sys.stderr)
         return 1

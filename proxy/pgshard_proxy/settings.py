@@ -74,6 +74,9 @@ class ProxySettings:
     """Most connections the proxy opens to one member for one database."""
     connect_timeout: float = 5.0
     """Seconds to connect and log in to a member (and to wait for a free pooled one)."""
+    failover_wait: float = 30.0
+    """Seconds a statement waits for its server to become reachable again (a failover
+    in progress: the topology changes) before it fails with SQLSTATE 57P03."""
     max_clients: int = 1000
     max_message_bytes: int = (1 << 30) - 1
     """Largest Query/Bind/CopyData message accepted from a client."""
@@ -160,8 +163,11 @@ def from_sources(
             changes[key] = _enum(auth.AuthMethod, value, key)
         elif key == "consistency":
             changes[key] = _enum(Consistency, value, key)
-        elif key == "connect_timeout":
-            changes[key] = float(str(value))
+        elif key in ("connect_timeout", "failover_wait"):
+            try:
+                changes[key] = float(str(value))
+            except ValueError:
+                raise SettingsError(f"{key} must be a number of seconds, not {value!r}") from None
         else:
             changes[key] = str(value)
     s = dataclasses.replace(s, **changes)

@@ -97,6 +97,8 @@ class LocalCluster:
         pids: list[int] = []
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             pids.append(int(json.loads((self.dir / "supervisor.json").read_text())["pid"]))
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(int((self.dir / "proxy.pid").read_text()))
         members = self.dir / "members"
         for m in members.iterdir() if members.is_dir() else ():
             with contextlib.suppress(OSError, ValueError):
@@ -123,6 +125,8 @@ def running(
             f"--replicas={replicas}",
             f"--host={host}",
             f"--base-port={cluster.base_port}",
+            f"--proxy-host={host}",
+            f"--proxy-port={net.free_port(host)}",
             "--pg-option=fsync=off",
             *up_args,
         )

@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--pg-option", action="append", help="extra PostgreSQL setting NAME=VALUE (repeatable)"
     )
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for ready")
+    up.add_argument("--proxy-host", help="address pgshard-proxy listens on [127.0.0.1]")
+    up.add_argument("--proxy-port", type=int, help="port pgshard-proxy listens on [6432]")
     up.set_defaults(func=cmd_up)
 
     st = lsub.add_parser("status", help="shards, members, positions and lag")
@@ -148,9 +150,11 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         delays = stored.follower_delays_ms
         options = stored.pg_options
         max_lag = stored.max_lag_bytes
+        proxy_host, proxy_port = stored.proxy_host, stored.proxy_port
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
+        proxy_host, proxy_port = ClusterConfig.proxy_host, ClusterConfig.proxy_port
     t = {
         "lease_ttl": args.lease_ttl,
         "detection": args.detection_seconds,
@@ -170,6 +174,8 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         pg_options=tuple(args.pg_option) if args.pg_option else options,
         timings=timings,
         max_lag_bytes=args.max_lag_bytes if args.max_lag_bytes is not None else max_lag,
+        proxy_host=args.proxy_host or proxy_host,
+        proxy_port=args.proxy_port if args.proxy_port is not None else proxy_port,
     )
     validate(cfg)
     return cfg
@@ -180,6 +186,7 @@ def _check_ports(cfg: ClusterConfig) -> None:
         for port, what in ((m.port, "PostgreSQL"), (m.status_port, "agent status")):
             _check_port(cfg.host, port, f"{what} of member {m.name}")
     _check_port(cfg.host, cfg.control_port, "the supervisor's control endpoint")
+    _check_port(cfg.proxy_host, cfg.proxy_port, "pgshard-proxy (choose with --proxy-port)")
 
 
 def _check_port(host: str, port: int, what: str) -> None:

@@ -90,6 +90,13 @@ class ClusterConfig:
     """Extra ``name=value`` PostgreSQL settings for every member."""
     timings: Timings = Timings()
     max_lag_bytes: int = 16 * 1024 * 1024
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 6432
+    """Where ``local up`` runs pgshard-proxy (``--proxy-host``/``--proxy-port``)."""
+
+    @property
+    def proxy_address(self) -> str:
+        return f"{self.proxy_host}:{self.proxy_port}"
 
     @property
     def control_port(self) -> int:
@@ -148,6 +155,7 @@ class ClusterConfig:
             "pgOptions": list(self.pg_options),
             "maxLagBytes": self.max_lag_bytes,
             "timings": dataclasses.asdict(self.timings),
+            "proxy": {"host": self.proxy_host, "port": self.proxy_port},
         }
 
     @classmethod
@@ -171,6 +179,8 @@ class ClusterConfig:
                 pg_options=tuple(str(x) for x in d.get("pgOptions", ())),
                 max_lag_bytes=int(d.get("maxLagBytes", 16 * 1024 * 1024)),
                 timings=Timings(**d.get("timings", {})),
+                proxy_host=str(d.get("proxy", {}).get("host", "127.0.0.1")),
+                proxy_port=int(d.get("proxy", {}).get("port", 6432)),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise LayoutError(f"{where} is damaged ({e}); use a new --dir") from None
@@ -249,6 +259,11 @@ class ClusterDir:
 
     def datadir(self, name: str) -> Path:
         return self.member_dir(name) / "data"
+
+    @property
+    def proxy_pid(self) -> Path:
+        """Written by the supervisor while the proxy runs."""
+        return self.root / "proxy.pid"
 
     def agent_pid(self, name: str) -> Path:
         """Written by the supervisor while the member's agent runs (for ``local kill``)."""

@@ -18,7 +18,7 @@ from rich.table import Table
 from pgshard_proxy.contract import positions, topology
 
 from ..instance.credentials import Credentials
-from . import control, files, topofile, view
+from . import control, files, proxyproc, topofile, view
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
 
@@ -72,7 +72,8 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
     if info["running"]:
         extra["managers"] = asyncio.run(fetch_managers(cfg))
     extra["replicationMode"] = cfg.mode.value
-    return dataclasses.replace(topo, shards=shards, extra=extra)
+    proxy = topology.Proxy(address=cfg.proxy_address, dsn=proxyproc.proxy_dsn(cfg, creds))
+    return dataclasses.replace(topo, shards=shards, extra=extra, proxy=proxy)
 
 
 def _pos(p: int | None) -> str:
@@ -118,5 +119,7 @@ def render(topo: topology.Topology, console: Console) -> None:
                 f"shard {s.index}: last {lf.get('kind', 'failover')} {lf.get('from')} → "
                 f"{lf.get('to')} (epoch {lf.get('epoch')}): {lf.get('reason', '')}"
             )
+    if topo.proxy is not None:
+        console.print(f"connect through the proxy: psql '{topo.proxy.dsn}'")
     if topo.shards and topo.shards[0].primary is not None:
         console.print(f"connect (shard 0 primary): psql '{topo.shards[0].primary.dsn}'")

@@ -34,6 +34,7 @@ from ..shard import manager, policy
 from . import control, files, topofile, view
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
+from .proxyproc import ProxyProcess
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Supervisor:
         self.creds = Credentials.load(cdir.secrets)
         self.ready_timeout = ready_timeout
         self.agents = {m.name: AgentProcess(cdir, self.cfg, m) for m in self.cfg.members()}
+        self.proxy = ProxyProcess(cdir, self.cfg, self.creds)
         self.statuses: dict[str, dict[str, Any] | None] = {}
         self.stopping = False
         self.ready = False
@@ -260,6 +262,8 @@ class Supervisor:
                 await self.observe_once()
                 self._start_managers()
                 await self._wait_for(lambda: self.ready)
+                await self.proxy.start()
+                self._tasks.append(asyncio.ensure_future(self._watch_proxy()))
                 self._report("ready")
                 log.info("cluster ready")
                 if self._on_ready is not None:
@@ -276,8 +280,20 @@ class Supervisor:
             await runner.cleanup()
             await self._http.close()
 
+    async def _watch_proxy(self) -> None:
+        """Restart the proxy if it exits while the cluster runs (after 1 s)."""
+        while True:
+            code = await self.proxy.wait()
+            if self.stopping:
+                return
+            log.warning("proxy exited with status %s; restarting in 1s", code)
+            await asyncio.sleep(1.0)
+            if self.stopping:
+                return
+            await self.proxy.start()
+
     async def shutdown(self) -> None:
-        """Stop every agent (followers first), by pid; nothing is left running."""
+        """Stop the proxy, then every agent (followers first), by pid; nothing is left running."""
         self.stopping = True
         self._report("stopping")
         for t in self._tasks:
@@ -285,6 +301,7 @@ class Supervisor:
         # Managers first (their cancellation also stops background rejoins), so that no
         # failover starts while the agents go down.
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.proxy.stop()
         primaries = {self.primary_of(i) for i in range(self.cfg.shards)}
         followers = [a for n, a in self.agents.items() if n not in primaries]
         await asyncio.gather(*(a.stop() for a in followers))

@@ -46,15 +46,22 @@ class ServerContext:
         self.pools = Pools(max_size=settings.pool_size, connect_timeout=settings.connect_timeout)
         self.cancel_keys = CancelRegistry()
         self.topology: topology.Topology | None = None
+        self._changed = asyncio.Event()
         # Deriving a SCRAM verifier costs 4096 PBKDF2 rounds: once, not per login.
         self.verifiers: dict[str, auth.ScramVerifier | None] = {
             name: user.verifier() for name, user in settings.users.items()
         }
         self.sessions: set[Closable] = set()
 
+    async def topology_changed(self) -> None:
+        """Wait until the next topology arrives."""
+        await self._changed.wait()
+
     def set_topology(self, topo: topology.Topology) -> None:
         old = self.topology
         self.topology = topo
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
         # A new epoch retires the old primary's pool at once: nothing borrowed from
         # it afterwards, and connections still lent out close when returned.
         keep = {(s.primary.name, s.primary.address, s.epoch) for s in topo.shards if s.primary}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -185,6 +186,8 @@ class Session(asyncio.Protocol):
         self._pinned = False
         self._routes: dict[BackendConnection, collections.deque[Route]] = {}
         """Per server: the route of each request still waiting for its ReadyForQuery."""
+        self._retry_until: float | None = None
+        """While the servers a request needs cannot be reached: when to give up waiting."""
         self._skip_to_sync = False
         self._skip_status = messages.TxStatus.IDLE
 
@@ -458,11 +461,32 @@ class Session(asyncio.Protocol):
             await self._acquire(route)
         except (BackendError, TimeoutError, NoPrimary) as e:
             self._decided = None
-            self._fatal(
-                SqlState.CONNECTION_FAILURE,
-                f"pgshard-proxy cannot reach {route.role.value} {route.member.name}: {e}",
+            await self._wait_for_topology(
+                f"pgshard-proxy cannot reach {route.role.value} {route.member.name}: {e}"
             )
             return
+        self._retry_until = None
+        self._unblock()
+
+    async def _wait_for_topology(self, problem: str) -> None:
+        """A failover may be in progress: wait for a new topology, then route again.
+
+        Gives up after ``failover_wait`` seconds by answering the request with 57P03
+        (the session itself stays usable).
+        """
+        loop = asyncio.get_running_loop()
+        if self._retry_until is None:
+            self._retry_until = loop.time() + self.ctx.settings.failover_wait
+            log.info("%s; waiting up to %.0fs for the topology to change", problem,
+                     self.ctx.settings.failover_wait)  # fmt: skip
+        remaining = self._retry_until - loop.time()
+        if remaining <= 0:
+            self._retry_until = None
+            self._unblock_with_error(SqlState.CANNOT_CONNECT_NOW, f"{problem}; retry later")
+            return
+        with contextlib.suppress(TimeoutError):
+            # Also retry now and then: the same member may simply come back.
+            await asyncio.wait_for(self.ctx.topology_changed(), min(remaining, 1.0))
         self._unblock()
 
     async def _route_then_resume(self, c: Classified) -> None:
@@ -472,7 +496,7 @@ class Session(asyncio.Protocol):
             )
         except (router.NoPrimary, NoPrimary) as e:
             self._decided = None
-            self._unblock_with_error(SqlState.CANNOT_CONNECT_NOW, str(e))
+            await self._wait_for_topology(str(e))
             return
         self._unblock()
 
@@ -523,7 +547,8 @@ class Session(asyncio.Protocol):
                     c, shard, in_transaction=self._tx_route, pinned=self._pinned
                 )
         except (router.NoPrimary, NoPrimary) as e:
-            self._refuse_head(SqlState.CANNOT_CONNECT_NOW, str(e))
+            self._block()
+            self._spawn(self._wait_for_topology(str(e)))
             return None
         if route is None:  # a position capture or a lagging follower to wait for
             self._block()
@@ -566,15 +591,6 @@ class Session(asyncio.Protocol):
             b.settings_applied = len(self._set_log)
         self._current = b
         return b, route
-
-    def _refuse_head(self, code: SqlState, message: str) -> None:
-        """Reject the request at the head of the queue once nothing is outstanding."""
-        busy = self._outstanding()
-        if busy is not None:
-            self._wait_for(busy)
-            return
-        self._reject(self._frames.popleft(), code, message)
-        self._process()
 
     def _forget(self, b: BackendConnection) -> None:
         for role, have in list(self._backends.items()):

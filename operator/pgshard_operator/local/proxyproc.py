@@ -1,0 +1,84 @@
+"""The local cluster's proxy: ``pgshard-proxy`` as a child process of the supervisor.
+
+Started by supervisor.py once every shard is ready, restarted if it dies,
+stopped (SIGTERM, then SIGKILL) with the cluster. It runs
+``python -m pgshard_proxy.main`` following ``DIR/topology.json`` — the operator
+never imports the proxy beyond its contract — and lets clients log in with the
+cluster's generated application credentials (passed in the environment, never
+on the command line). Output goes to ``DIR/logs/proxy.log``; its pid to
+``DIR/proxy.pid`` so nothing is left behind if the supervisor dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from ..instance.credentials import Credentials
+from . import files
+from .layout import ClusterConfig, ClusterDir
+
+log = logging.getLogger(__name__)
+
+
+def proxy_dsn(cfg: ClusterConfig, creds: Credentials) -> str:
+    """The URI applications use: the proxy's address with the application credentials."""
+    return creds.app_dsn(cfg.proxy_address)
+
+
+class ProxyProcess:
+    def __init__(self, cdir: ClusterDir, cfg: ClusterConfig, creds: Credentials) -> None:
+        self.cdir = cdir
+        self.cfg = cfg
+        self.creds = creds
+        self.proc: asyncio.subprocess.Process | None = None
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "pgshard_proxy.main",
+            f"--host={self.cfg.proxy_host}",
+            f"--port={self.cfg.proxy_port}",
+            f"--topology-file={self.cdir.topology}",
+            "--exit-with-parent",
+            "-v",
+        ]
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        env["PGSHARD_PROXY_USERS"] = f"{self.creds.app_user}:{self.creds.app_password}"
+        out = os.open(self.cdir.logs / "proxy.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv(), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            )
+        finally:
+            os.close(out)
+        files.atomic_write(self.cdir.proxy_pid, f"{self.proc.pid}\n")
+        log.info("proxy started on %s (pid %d)", self.cfg.proxy_address, self.proc.pid)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        self.cdir.proxy_pid.unlink(missing_ok=True)
+        return code
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("proxy did not stop in %.0fs; killing it", timeout)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        self.cdir.proxy_pid.unlink(missing_ok=True)
