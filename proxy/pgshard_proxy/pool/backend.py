@@ -318,6 +318,8 @@ class BackendConnection(asyncio.Protocol):
             error, self._hidden_error = self._hidden_error, None
             if done is not None and not done.done():
                 done.set_result(error)
+            elif error is not None:
+                log.warning("%s: replaying session settings failed: %s", self.member_name, error)
 
     # --- used by the session and the pool
 

@@ -1,0 +1,158 @@
+"""pgbench through pgshard-proxy vs PgBouncer vs direct, in one run; prints TPS and ratios.
+
+Run: ``python3 -m bench.proxy [--seconds 10] [--scale 10] [--clients 1,16]`` from the
+repository root (as root, PostgreSQL and PgBouncer run as ``postgres``). Starts a
+throwaway PostgreSQL 15 server, ``pgbench -i``, then for each workload (``-S``
+select-only and the default TPC-B-like script) and each client count, runs
+pgbench straight at the server, through ``pgshard-proxy`` (routing and session
+consistency on: every statement classified and routed) and through PgBouncer in
+transaction pooling. With ``--follower`` the shard also gets a streaming
+follower, so the proxy's reads really go to it. Prints numbers; asserts nothing.
+Everything it starts is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "proxy")]
+
+from tests.support import net, pgserver  # noqa: E402
+from tests.support import proxy as proxy_support  # noqa: E402
+
+from pgshard_operator.instance import postgres  # noqa: E402
+from pgshard_proxy.contract import topology  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    tps: float
+    latency_ms: float
+
+
+def pgbench(host: str, port: int, args: list[str], env: dict[str, str]) -> Result:
+    out = subprocess.run(
+        ["pgbench", "-h", host, "-p", str(port), "-U", "postgres", *args, "postgres"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
+    if not tps or not lat:
+        raise RuntimeError(f"cannot read pgbench output:\n{out.stdout}")
+    return Result(float(tps.group(1)), float(lat.group(1)))
+
+
+def start_pgbouncer(
+    workdir: Path, server: pgserver.PgServer
+) -> tuple[subprocess.Popen[bytes], int]:
+    bins = postgres.Binaries.detect()
+    port = net.free_port(server.host)
+    (workdir / "userlist.txt").write_text('"postgres" ""\n')
+    ini = workdir / "pgbouncer.ini"
+    ini.write_text(
+        "[databases]\n"
+        f"postgres = host={server.host} port={server.port} dbname=postgres\n"
+        "[pgbouncer]\n"
+        f"listen_addr = {server.host}\nlisten_port = {port}\n"
+        f"unix_socket_dir =\nauth_type = trust\nauth_file = {workdir / 'userlist.txt'}\n"
+        "pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+    )
+    bins.run_as.own_tree(workdir)
+    proc = subprocess.Popen(
+        ["pgbouncer", str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        user=bins.run_as.uid, group=bins.run_as.gid, extra_groups=bins.run_as.extra_groups,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((server.host, port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("pgbouncer did not start; see " + str(workdir / "pgbouncer.log"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--clients", default="1,16")
+    ap.add_argument("--follower", action="store_true", help="give the shard a follower")
+    args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="pgshard-bench-") as d:
+        base = Path(d)
+        base.chmod(0o755)
+        server = pgserver.make_server(base, "primary")
+        stop: list[object] = []
+        try:
+            followers: tuple[topology.Member, ...] = ()
+            if args.follower:
+                f = pgserver.make_follower(server, base, "f1")
+                stop.append(f)
+                followers = (topology.Member("f1", f"{f.host}:{f.port}", f.dsn),)
+            env = dict(os.environ, PGPASSWORD="bench")
+            subprocess.run(
+                ["pgbench", "-i", "-q", "-s", str(args.scale), "-h", server.host,
+                 "-p", str(server.port), "-U", "postgres", "postgres"],
+                check=True, capture_output=True, env=env, timeout=600,
+            )  # fmt: skip
+            primary = topology.Member("primary", f"{server.host}:{server.port}", server.dsn)
+            topo = topology.Topology(
+                shards=(topology.Shard(index=0, epoch=1, primary=primary, followers=followers),)
+            )
+            proxy = proxy_support.start_proxy(base, topo, user="postgres", password="bench")
+            stop.append(proxy)
+            (base / "bouncer").mkdir()
+            bouncer, bouncer_port = start_pgbouncer(base / "bouncer", server)
+            targets = {
+                "direct": (server.host, server.port),
+                "pgshard-proxy": (proxy.host, proxy.port),
+                "pgbouncer": (server.host, bouncer_port),
+            }
+            print(f"pgbench, scale {args.scale}, {args.seconds}s per run, "
+                  f"{'primary + follower' if args.follower else 'primary only'}; "
+                  f"proxy pid {proxy.proc.pid}")  # fmt: skip
+            print(f"{'workload':<10} {'clients':>7} {'target':<14} {'TPS':>10} "
+                  f"{'lat ms':>8} {'vs bouncer':>10} {'vs direct':>9}")  # fmt: skip
+            try:
+                for workload, extra in (("-S", ["-S"]), ("tpcb", [])):
+                    for n in clients:
+                        results = {}
+                        for name, (host, port) in targets.items():
+                            run = [*extra, "-c", str(n), "-j", str(min(n, 2)),
+                                   "-T", str(args.seconds)]  # fmt: skip
+                            results[name] = pgbench(host, port, run, env)
+                        for name, r in results.items():
+                            print(
+                                f"{workload:<10} {n:>7} {name:<14} {r.tps:>10.0f} "
+                                f"{r.latency_ms:>8.3f} {r.tps / results['pgbouncer'].tps:>10.2f} "
+                                f"{r.tps / results['direct'].tps:>9.2f}",
+                                flush=True,
+                            )
+            finally:
+                bouncer.terminate()
+                bouncer.wait(10)
+        finally:
+            for s in reversed(stop):
+                s.stop()  # type: ignore[attr-defined]
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
