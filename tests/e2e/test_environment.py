@@ -446,13 +446,23 @@ def test_helm_install_and_uninstall(kube: Cluster, ns: str) -> None:
     )
 
 
-def test_stopped_heartbeat_marks_node_not_ready(kube: Cluster, faults: Faults) -> None:
+def test_stopped_heartbeat_marks_node_not_ready(kube: Cluster, ns: str, faults: Faults) -> None:
+    apply(
+        kube, ns, site("steady", "still here"), web_deployment("steady", 1), web_service("steady")
+    )
+    wait_for("a ready pod", lambda: ready_pods(kube, ns, "app=steady", 1), timeout=90)
     faults.heartbeat(enabled=False)
     try:
         wait_for("the node to go NotReady", lambda: node_ready(kube) != "True", timeout=60)
+        # The node lifecycle controller marks the unreachable node's pods not ready.
+        wait_for("the pod marked not ready", lambda: not ready_pods(kube, ns, "app=steady", 1))
     finally:
         faults.heartbeat(enabled=True)
     wait_for("the node to be Ready again", lambda: node_ready(kube) == "True", timeout=60)
+    # The agent re-asserts its pods' readiness, so Services work again.
+    wait_for("the pod ready again", lambda: ready_pods(kube, ns, "app=steady", 1), timeout=60)
+    cluster_ip = get(kube, "service", "steady", "-n", ns)["spec"]["clusterIP"]
+    wait_for("the Service to answer", lambda: http_get(f"http://{cluster_ip}/") == "still here")
 
 
 def test_kubectl_reports_clear_errors(kube: Cluster) -> None:

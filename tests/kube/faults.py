@@ -52,6 +52,8 @@ class Faults:
         self._call("POST", "/thaw", {"namespace": namespace, "pod": pod})
 
     def heartbeat(self, enabled: bool) -> None:
+        """Cut the node off (False: no Lease, node or pod status updates; it goes NotReady
+        and the node controller marks its pods not ready) or reconnect it (True)."""
         self._call("POST", "/heartbeat", {"enabled": enabled})
 
     def pods(self) -> list[dict[str, Any]]:

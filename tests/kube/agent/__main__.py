@@ -40,11 +40,13 @@ async def run(config: dict[str, object]) -> None:
     services = Informer(api, "/api/v1/services")
     slices = Informer(api, "/apis/discovery.k8s.io/v1/endpointslices")
     proxy = ServiceProxy(services, slices, int(str(config["api_port"])))
-    ctx = NodeContext(api, str(config["node"]), index, state_dir, services, slices)
+    node = NodeHeartbeat(
+        api, str(config["node"]), network.gateway_ip(index), str(config["kubernetes_version"])
+    )
+    ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled)
     pods = PodManager(ctx)
     for informer in (services, slices):
         informer.on_change(lambda _k, _o: pods.refresh_hosts())
-    node = NodeHeartbeat(api, ctx.node, ctx.host_ip, str(config["kubernetes_version"]))
     provisioner = Provisioner(api, state_dir / "volumes")
     runner = web.AppRunner(control.make_app(pods, node))
     await runner.setup()

@@ -4,7 +4,8 @@
                    signal a container's main process
   POST /freeze     {"namespace", "pod"}   SIGSTOP every container's process group
   POST /thaw       {"namespace", "pod"}   SIGCONT them
-  POST /heartbeat  {"enabled": false}     stop (or resume) the node's Lease and status updates
+  POST /heartbeat  {"enabled": false}     cut the node off (or reconnect it): no Lease, node
+                                          or pod status updates, as if partitioned
   GET  /pods       pods on this node with pod IP and container pids
 Tests use ``tests.kube.faults`` for this.
 """
@@ -64,6 +65,7 @@ def make_app(pods: PodManager, node: NodeHeartbeat) -> web.Application:
         data = await body(request)
         if data.get("enabled", True):
             node.resume()
+            pods.report_all()
         else:
             node.stop()
         return web.json_response({"enabled": node.enabled.is_set()})

@@ -54,8 +54,12 @@ class NodeContext:
         state_dir: Path,
         services: Informer,
         slices: Informer,
+        connected: asyncio.Event,
     ) -> None:
         self.api = api
+        # Cleared while a stopped-heartbeat fault simulates a node cut off from the API
+        # server: then pod status is not reported either.
+        self.connected = connected
         self.node = node
         self.index = index
         self.state_dir = state_dir
@@ -64,6 +68,13 @@ class NodeContext:
         self.addresses = network.AddressPool(index)
         self.services = services
         self.slices = slices
+
+
+def _summary(status: Obj) -> tuple[object, ...]:
+    """The parts of a pod status this node owns and re-asserts when they differ."""
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    ready = [c.get("ready") for c in status.get("containerStatuses") or []]
+    return (status.get("phase"), conditions.get("Ready"), status.get("podIP"), ready)
 
 
 class ContainerRunner:
@@ -358,6 +369,12 @@ class PodWorker:
         self.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             self.terminating.set()
+        elif self.ctx.connected.is_set() and _summary(pod.get("status") or {}) != _summary(
+            self.status()
+        ):
+            # Someone else changed the status (the node lifecycle controller marks pods
+            # NotReady while the node is unreachable): report ours again, as a kubelet does.
+            self.changed()
 
     def grace_seconds(self) -> float:
         meta, spec = self.pod["metadata"], self.pod["spec"]
@@ -510,6 +527,7 @@ class PodWorker:
         last: dict[str, Obj] = {}
         while True:
             await self._changed.wait()
+            await self.ctx.connected.wait()
             self._changed.clear()
             status = self.status()
             for c in status["conditions"]:
@@ -569,6 +587,11 @@ class PodManager:
     def _done(self, uid: str) -> None:
         self.workers.pop(uid, None)
         self.finished.add(uid)
+
+    def report_all(self) -> None:
+        """Report every pod's status again (after the node was cut off)."""
+        for worker in self.workers.values():
+            worker.changed()
 
     def refresh_hosts(self) -> None:
         for worker in self.workers.values():
