@@ -3,17 +3,19 @@
 For any generated statement the rewriter either refuses it or returns text that
 (1) parses, (2) is the same when rewritten again with the same context, and
 (3) calls nothing that is not immutable; statements made only of immutable parts
-come back byte-identical.
+come back byte-identical; the extended-protocol form, bound, is the literal form.
 """
 
 from __future__ import annotations
+
+import re
 
 import sqlglot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlglot import TokenType
 
-from pgshard_proxy.rewrite import NotDeterministic, Rewriter, Rewritten, volatility
+from pgshard_proxy.rewrite import NotDeterministic, Prepared, Rewriter, Rewritten, volatility
 from tests.support import rewrite_fixtures as fixtures
 
 NON_IMMUTABLE_CALLS = [
@@ -129,3 +131,30 @@ def test_immutable_statements_come_back_byte_identical(template: str, expression
     result = _rewrite(sql)
     assert isinstance(result, Rewritten), result
     assert result.text() == sql
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(STATEMENTS), MIXED)
+def test_extended_form_binds_to_the_same_statement_as_the_literal_form(
+    template: str, expression: str
+) -> None:
+    sql = _statement(template, expression)
+    ctx = fixtures.context(True)
+    literal = Rewriter().rewrite(sql, ctx)
+    prepared = Rewriter().prepare(sql, [], ctx)
+    if isinstance(literal, NotDeterministic):
+        assert prepared == literal
+        return
+    assert isinstance(prepared, Prepared)
+    captured = ["7"] * len(prepared.captures)
+    values = prepared.bind_values(ctx, captured)
+    assert len(values) == prepared.extra
+
+    def bound(match: re.Match[str]) -> str:
+        n = int(match.group(1))
+        if n <= prepared.parameters:
+            return match.group(0)
+        value = values[n - prepared.parameters - 1]
+        return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+    assert re.sub(r"\$(\d+)", bound, prepared.text) == literal.text(captured)

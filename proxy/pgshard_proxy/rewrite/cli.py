@@ -74,11 +74,17 @@ async def _load_catalog(dsn: str) -> catalog_mod.StaticCatalog:
 
     from . import catalog_pg
 
-    conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        return await catalog_pg.load(conn)
-    finally:
-        await conn.close()
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return await catalog_pg.load(conn)
+        finally:
+            await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        raise UsageError(
+            f"cannot read the catalog from --catalog-dsn: {e}; check the URI and that the "
+            "server accepts the connection"
+        ) from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,9 +96,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except (UsageError, context_mod.ContextError) as e:
         print(f"pgshard rewrite: error: {e}", file=sys.stderr)
-        return 2
-    except (TimeoutError, OSError) as e:
-        print(f"pgshard rewrite: error: cannot read the catalog: {e}", file=sys.stderr)
         return 2
     result = rewriter_mod.Rewriter().rewrite(args.sql, ctx)
     if isinstance(result, NotDeterministic):
