@@ -33,7 +33,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-async def _guard(work: Awaitable[reconcile.Outcome]) -> reconcile.Outcome:
+async def guard(work: Awaitable[reconcile.Outcome]) -> reconcile.Outcome:
     """Map passing API trouble to kopf's retry; everything else is a bug kopf logs."""
     try:
         return await work
@@ -77,7 +77,7 @@ def build_registry(
     @kopf.on.create(*resource, registry=registry)
     @kopf.on.update(*resource, field="spec", registry=registry)
     async def reconcile_cluster(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        outcome = await _guard(reconcile.reconcile(api, settings, body, clock()))
+        outcome = await guard(reconcile.reconcile(api, settings, body, clock()))
         _publish(body, patch, outcome)
 
     @kopf.timer(
@@ -87,7 +87,7 @@ def build_registry(
         registry=registry,
     )
     async def refresh_cluster(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        outcome = await _guard(reconcile.refresh(api, settings, body, clock()))
+        outcome = await guard(reconcile.refresh(api, settings, body, clock()))
         _publish(body, patch, outcome)
 
     return registry

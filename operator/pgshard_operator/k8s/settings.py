@@ -58,7 +58,7 @@ class OperatorSettings:
             instance_command=_words(env.get("PGSHARD_OPERATOR_INSTANCE_COMMAND"))
             or d.instance_command,
             proxy_command=_words(env.get("PGSHARD_OPERATOR_PROXY_COMMAND")) or d.proxy_command,
-            refresh_seconds=float(env.get("PGSHARD_OPERATOR_REFRESH_SECONDS", d.refresh_seconds)),
+            refresh_seconds=_seconds(env, "PGSHARD_OPERATOR_REFRESH_SECONDS", d.refresh_seconds),
             pod_env=tuple(
                 (k.removeprefix("PGSHARD_OPERATOR_POD_ENV_"), v)
                 for k, v in sorted(env.items())
@@ -69,3 +69,16 @@ class OperatorSettings:
 
 def _words(value: str | None) -> tuple[str, ...]:
     return tuple(value.split()) if value else ()
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+    text = env.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{key}={text!r} must be a number of seconds > 0")
+    return value
