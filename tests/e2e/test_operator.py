@@ -61,6 +61,7 @@ def ns(kube: Cluster) -> Iterator[str]:
             # ... and the pods it creates run this checkout too.
             {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
             {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
+            {"name": "PGSHARD_OPERATOR_REAPPLY_SECONDS", "value": "3"},
             {"name": "PGSHARD_OPERATOR_INSTANCE_COMMAND", "value": STAND_IN},
             {"name": "PGSHARD_OPERATOR_PROXY_COMMAND", "value": PROXY},
         ],
@@ -206,6 +207,14 @@ def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:
 
     assert "password authentication failed" in through_proxy("wrong")
     assert "shard 0 has no primary right now" in through_proxy(uri.password or "")
+
+    # An owned object deleted by hand comes back.
+    kube.kubectl("delete", "service", "-n", ns, f"{name}-shard-1-rw")
+    wait_for(
+        "the -rw Service put back",
+        lambda: ("Service", f"{name}-shard-1-rw") in owned(kube, ns, name),
+        60,
+    )
 
     # A parameter change rolls every member onto the new template, one pod at a time.
     kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",

@@ -12,6 +12,7 @@ tests, by :func:`build_registry` + ``kopf.operator``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ import kopf
 from .. import naming
 from . import apply, reconcile
 from . import settings as operator_settings
+from . import status as st
 
 Clock = Callable[[], datetime.datetime]
 
@@ -89,6 +91,20 @@ def build_registry(
     async def refresh_cluster(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         outcome = await guard(reconcile.refresh(api, settings, body, clock()))
         _publish(body, patch, outcome)
+
+    @kopf.timer(
+        *resource,
+        interval=settings.reapply_seconds,
+        initial_delay=settings.reapply_seconds,
+        registry=registry,
+    )
+    async def reapply_cluster(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        """Self-healing: put back owned objects someone deleted or changed by hand."""
+        outcome = await guard(reconcile.reconcile(api, settings, body, clock()))
+        # A refused spec was reported when it was applied; do not repeat that Event.
+        repeated = {st.Reason.SPEC_INVALID, st.Reason.SPEC_IMPOSSIBLE}
+        events = tuple(e for e in outcome.events if e.reason not in repeated)
+        _publish(body, patch, dataclasses.replace(outcome, events=events))
 
     return registry
 

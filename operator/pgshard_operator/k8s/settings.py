@@ -35,6 +35,8 @@ class OperatorSettings:
     """Extra environment for every pod the operator creates (e.g. PYTHONPATH in tests)."""
     refresh_seconds: float = 5.0
     """How often each cluster's status is refreshed and its roll-out advanced."""
+    reapply_seconds: float = 60.0
+    """How often every owned object is applied again (puts back what was deleted by hand)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -59,6 +61,7 @@ class OperatorSettings:
             or d.instance_command,
             proxy_command=_words(env.get("PGSHARD_OPERATOR_PROXY_COMMAND")) or d.proxy_command,
             refresh_seconds=_seconds(env, "PGSHARD_OPERATOR_REFRESH_SECONDS", d.refresh_seconds),
+            reapply_seconds=_seconds(env, "PGSHARD_OPERATOR_REAPPLY_SECONDS", d.reapply_seconds),
             pod_env=tuple(
                 (k.removeprefix("PGSHARD_OPERATOR_POD_ENV_"), v)
                 for k, v in sorted(env.items())
