@@ -195,3 +195,20 @@ def test_a_new_catalog_snapshot_is_not_served_stale_analyses() -> None:
     assert after.text() == (
         "INSERT INTO fresh (a, at) VALUES (1, '2026-11-30 00:30:00.123456+01:00'::timestamptz)"
     )
+
+
+def test_an_internal_failure_is_a_refusal_not_a_crash() -> None:
+    class Broken:
+        version = 0
+
+        def table(self, name: str) -> None:
+            raise KeyError(name)
+
+        def function(self, name: str) -> None:
+            return None
+
+    ctx = dataclasses.replace(fixtures.context(True), catalog=Broken())
+    result = Rewriter().rewrite("INSERT INTO t (id) VALUES (1)", ctx)
+    assert isinstance(result, NotDeterministic)
+    assert result.construct == "a statement the rewriter failed to analyse"
+    assert result.hint.startswith("KeyError: 't'")

@@ -10,6 +10,7 @@ fills it per transaction. No I/O.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Set
 
 from sqlglot import exp
@@ -33,6 +34,8 @@ class Analysis:
 
 _PREFIX = "SELECT "
 
+log = logging.getLogger(__name__)
+
 
 DefaultCache = dict[str, "tuple[template.Piece, ...] | NotDeterministic"]
 """Analyses of column default expressions, valid for one catalog version."""
@@ -49,8 +52,20 @@ def analyze(
     ``default_cache`` (kept by the caller per catalog version) saves re-parsing the
     same column defaults for every INSERT."""
     analyzer = _Analyzer(catalog, safe_functions, {} if default_cache is None else default_cache)
-    statements, edits, needs = analyzer.run(sql, defaults_mode=False)
-    pieces = template.splice(sql, 0, len(sql), edits)
+    try:
+        statements, edits, needs = analyzer.run(sql, defaults_mode=False)
+        pieces = template.splice(sql, 0, len(sql), edits)
+    except NotDeterministic:
+        raise
+    except Exception as e:
+        # A bug or an input no rule foresaw: refuse rather than replicate something
+        # unanalysed (a wrong follower is worse than a refused statement).
+        log.exception("rewriter failed on %r", sql)
+        raise NotDeterministic(
+            "a statement the rewriter failed to analyse",
+            -1,
+            f"{type(e).__name__}: {e}; run it outside statement mode and report it",
+        ) from e
     top = max((s.max_parameter() for s in statements), default=0)
     return Analysis(template.build(pieces), tuple(needs), top)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import logging
 import sys
 import zoneinfo
 from typing import Any
@@ -88,6 +89,9 @@ async def _load_catalog(dsn: str) -> catalog_mod.StaticCatalog:
 
 
 def run(args: argparse.Namespace) -> int:
+    # sqlglot warns on stderr when it falls back to an opaque command; the refusal
+    # printed below already says so.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
     try:
         ctx = context_mod.RewriteContext(
             _timestamp(args.timestamp, args.time_zone),
