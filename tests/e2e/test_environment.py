@@ -148,6 +148,8 @@ def test_killed_container_is_restarted(kube: Cluster, ns: str, faults: Faults) -
     (pod,) = wait_for("a ready pod", lambda: ready_pods(kube, ns, "app=crash", 1), timeout=90)
     name = pod["metadata"]["name"]
     faults.kill(ns, name, "web")
+    # kubectl logs goes through the API server to the agent: the probes' requests are there.
+    assert '"GET / HTTP/1.1" 200' in kube.kubectl("logs", "-n", ns, name, "-c", "web", "--tail=5")
 
     def restarted() -> bool:
         p = get(kube, "pod", name, "-n", ns)

@@ -287,6 +287,11 @@ def _up(
         server=True,
     )
     sa = certs.service_account_keys(pki)
+    kubelet = ca.issue("kubelet", NODE_NAME, hosts=(network.gateway_ip(index),), server=True)
+    kubelet_client = ca.issue(
+        "apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters"
+    )
+    kubelet_port = net.free_port()
     users = {
         "admin": ca.issue("admin", "kubernetes-admin", org="system:masters"),
         "controller-manager": ca.issue("controller-manager", "system:kube-controller-manager"),
@@ -346,6 +351,11 @@ def _up(
             f"--service-account-signing-key-file={sa.key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             "--authorization-mode=Node,RBAC",
+            # kubectl logs: the API server calls the agent's kubelet endpoint on the node IP.
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=0",
@@ -408,6 +418,10 @@ def _up(
         "api_port": api_port,
         "state_dir": str(directory / "node"),
         "control_socket": str(directory / "agent.sock"),
+        "kubelet_port": kubelet_port,
+        "kubelet_cert": str(kubelet.cert),
+        "kubelet_key": str(kubelet.key),
+        "ca": str(ca.cert),
         "kubernetes_version": "v1.37.2",
     }
     (directory / "agent.json").write_text(json.dumps(agent_config, indent=2))

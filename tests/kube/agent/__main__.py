@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
-from tests.kube.agent import control, network
+from tests.kube.agent import control, kubelet_api, network
 from tests.kube.agent.api import Api, Informer
 from tests.kube.agent.node import NodeHeartbeat
 from tests.kube.agent.pods import NodeContext, PodManager
@@ -41,7 +41,11 @@ async def run(config: dict[str, object]) -> None:
     slices = Informer(api, "/apis/discovery.k8s.io/v1/endpointslices")
     proxy = ServiceProxy(services, slices, int(str(config["api_port"])))
     node = NodeHeartbeat(
-        api, str(config["node"]), network.gateway_ip(index), str(config["kubernetes_version"])
+        api,
+        str(config["node"]),
+        network.gateway_ip(index),
+        str(config["kubernetes_version"]),
+        int(str(config["kubelet_port"])),
     )
     ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled)
     pods = PodManager(ctx)
@@ -53,6 +57,14 @@ async def run(config: dict[str, object]) -> None:
     socket_path = str(config["control_socket"])
     await asyncio.to_thread(Path(socket_path).unlink, missing_ok=True)
     await web.UnixSite(runner, socket_path).start()
+    kubelet = web.AppRunner(kubelet_api.make_app(pods))
+    await kubelet.setup()
+    tls = kubelet_api.ssl_context(
+        Path(str(config["kubelet_cert"])), Path(str(config["kubelet_key"])), Path(str(config["ca"]))
+    )
+    await web.TCPSite(
+        kubelet, ctx.host_ip, int(str(config["kubelet_port"])), ssl_context=tls
+    ).start()
     tasks = [
         asyncio.create_task(services.run()),
         asyncio.create_task(slices.run()),
@@ -72,6 +84,7 @@ async def run(config: dict[str, object]) -> None:
         await pods.shutdown()
         await proxy.close()
         await runner.cleanup()
+        await kubelet.cleanup()
         await api.close()
         network.teardown_node(index)
 

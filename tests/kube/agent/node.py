@@ -28,8 +28,9 @@ def _now() -> str:
 
 
 class NodeHeartbeat:
-    def __init__(self, api: Api, name: str, address: str, version: str) -> None:
+    def __init__(self, api: Api, name: str, address: str, version: str, kubelet_port: int) -> None:
         self.api = api
+        self.kubelet_port = kubelet_port
         self.name = name
         self.address = address
         self.version = version
@@ -58,6 +59,7 @@ class NodeHeartbeat:
                 }
                 for k, s, r in ok
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "addresses": [
                 {"type": "InternalIP", "address": self.address},
                 {"type": "Hostname", "address": self.name},
