@@ -102,7 +102,7 @@ def test_shard_statefulset() -> None:
     assert pod_labels.items() <= template["metadata"]["labels"].items()
     assert naming.ROLE_LABEL not in template["metadata"]["labels"], "roles are set on pods"
     (container,) = template["spec"]["containers"]
-    assert container["command"] == ["pgshard-instance"]
+    assert container["command"] == ["python3", "-m", "pgshard_operator.k8s.instance"]
     assert container["image"] == "pgshard:test"
     assert container["resources"] == {"limits": {"memory": "1Gi"}}
     env = env_of(container)

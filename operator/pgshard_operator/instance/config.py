@@ -18,11 +18,17 @@ from . import postgres
 
 INCLUDE_LINE = "include_if_exists = 'pgshard.conf'"
 
-HBA = """\
-# Written by pgshard-instance: password (SCRAM) connections over loopback only.
-host    all             all     127.0.0.0/8     scram-sha-256
-host    replication     all     127.0.0.0/8     scram-sha-256
-"""
+LOOPBACK = "127.0.0.0/8"
+
+
+def hba(networks: tuple[str, ...]) -> str:
+    """pg_hba.conf: password (SCRAM) connections from ``networks`` only (loopback for
+    local clusters; the pod network on Kubernetes)."""
+    lines = ["# Written by pgshard-instance: password (SCRAM) connections only."]
+    for net in networks:
+        lines.append(f"host    all             all     {net:<15} scram-sha-256")
+        lines.append(f"host    replication     all     {net:<15} scram-sha-256")
+    return "\n".join(lines) + "\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,8 @@ class ServerSettings:
     apply_delay_ms: int = 0
     extra: tuple[str, ...] = ()
     """Additional ``name=value`` settings (``--pg-option``)."""
+    hba_networks: tuple[str, ...] = (LOOPBACK,)
+    """Networks (CIDR) clients and followers may connect from (``--hba-network``)."""
 
 
 def quote(value: str) -> str:
@@ -77,7 +85,7 @@ def write_server_files(bins: postgres.Binaries, datadir: Path, s: ServerSettings
     text = conf.read_text()
     if INCLUDE_LINE not in text:
         conf.write_text(text.rstrip("\n") + "\n" + INCLUDE_LINE + "\n")
-    for name, content in (("pgshard.conf", render(s)), ("pg_hba.conf", HBA)):
+    for name, content in (("pgshard.conf", render(s)), ("pg_hba.conf", hba(s.hba_networks))):
         path = datadir / name
         path.write_text(content)
         bins.run_as.chown(path)

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--apply-delay-ms", type=int, default=0, help="recovery_min_apply_delay")
     p.add_argument("--pg-option", action="append", default=[], help="NAME=VALUE (repeatable)")
+    p.add_argument(
+        "--hba-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept password connections from this network (repeatable) [127.0.0.0/8]",
+    )
     p.add_argument("--pg-log", type=Path, default=Path("/dev/null"), help="PostgreSQL log file")
     p.add_argument(
         "--hold-primary",
@@ -76,6 +83,7 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
             port=a.port,
             apply_delay_ms=a.apply_delay_ms,
             extra=tuple(a.pg_option),
+            hba_networks=tuple(a.hba_network) or (config.LOOPBACK,),
         ),
         credentials=a.credentials,
         lease_file=a.lease_file,

@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import naming
 from ..model import spec as specs
-from . import manifests, rollout
+from . import manifests, roles, rollout
 from . import settings as operator_settings
 from . import status as st
 from .apply import Api, ApiError, secret_data
@@ -198,6 +198,11 @@ async def refresh(
         return Outcome(status={})
     spec = checked
     pods = await _instance_pods(api, ref)
+    for pod, role in zip(pods, await roles.observe_all(pods), strict=True):
+        patch = roles.label_patch(pod, role)
+        if patch is not None:
+            updated = await api.merge_patch("Pod", ref.namespace, pod["metadata"]["name"], patch)
+            pod["metadata"] = updated.get("metadata", pod["metadata"])
     events: list[EventNote] = []
     rolling = False
     status = body.get("status") or {}

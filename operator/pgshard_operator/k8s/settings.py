@@ -27,9 +27,10 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means every namespace."""
     log_level: LogLevel = LogLevel.INFO
-    instance_command: tuple[str, ...] = ("pgshard-instance",)
-    """Container command of shard pods. Tests that run pods as local processes
-    point it at this checkout (``python -m pgshard_operator.instance.main``)."""
+    instance_command: tuple[str, ...] = ("python3", "-m", "pgshard_operator.k8s.instance")
+    """Container command of shard pods: ``pgshard-instance`` configured from the pod
+    (``k8s/instance.py``). Tests that run pods as local processes use this checkout's
+    interpreter."""
     proxy_command: tuple[str, ...] = ("pgshard-proxy",)
     pod_env: tuple[tuple[str, str], ...] = ()
     """Extra environment for every pod the operator creates (e.g. PYTHONPATH in tests)."""

@@ -1,0 +1,169 @@
+"""The command of shard pods: ``pgshard-instance`` configured from the pod.
+
+The operator's StatefulSets run ``python3 -m pgshard_operator.k8s.instance``. It
+reads the environment ``manifests.py`` gives every shard pod, writes the
+credentials file the agent expects (from the cluster's Secrets, owner-only, on the
+pod's volume), finds what to copy when the volume is empty, and then replaces
+itself with the instance agent (``pgshard_operator.instance.main``) with flags.
+
+Current limits (a first step towards failover on pods): the member with ordinal 0
+bootstraps the shard and stays its primary; the others copy it and follow it. The
+primary lease is a file on the pod's own volume, so it fences nothing across pods,
+and no shard manager runs on Kubernetes yet. The Lease-backed store
+(``k8s/lease.py``) is what the agent must use before failover may run here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .. import naming
+from . import apply
+
+CONNECT_FROM = "0.0.0.0/0"
+"""Every peer must present a SCRAM password; the pod network is not known in advance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PodEnv:
+    cluster: str
+    namespace: str
+    shard: int
+    pod: str
+    ip: str
+    data_dir: Path
+    pg_config: Path
+    lease_ttl: str
+    app_user: str
+    app_password: str
+    app_database: str
+    superuser_password: str
+    replication_password: str
+
+    @property
+    def ordinal(self) -> int:
+        return int(self.pod.rsplit("-", 1)[1])
+
+    @property
+    def member(self) -> str:
+        """The agent's member name: also a replication slot name, so no dashes."""
+        return self.pod.replace("-", "_")
+
+
+def pod_env(env: Mapping[str, str]) -> PodEnv:
+    def need(key: str) -> str:
+        try:
+            return env[key]
+        except KeyError:
+            raise SystemExit(
+                f"pgshard instance: {key} is not set; this command runs in shard pods "
+                "created by pgshard-operator"
+            ) from None
+
+    return PodEnv(
+        cluster=need("PGSHARD_CLUSTER"),
+        namespace=need("PGSHARD_NAMESPACE"),
+        shard=int(need("PGSHARD_SHARD")),
+        pod=need("PGSHARD_POD_NAME"),
+        ip=need("PGSHARD_POD_IP"),
+        data_dir=Path(need("PGSHARD_DATA_DIR")),
+        pg_config=Path(need("PGSHARD_PG_CONFIG")),
+        lease_ttl=need("PGSHARD_LEASE_TTL_SECONDS"),
+        app_user=need("PGSHARD_APP_USER"),
+        app_password=need("PGSHARD_APP_PASSWORD"),
+        app_database=need("PGSHARD_APP_DATABASE"),
+        superuser_password=need("PGSHARD_SUPERUSER_PASSWORD"),
+        replication_password=need("PGSHARD_REPLICATION_PASSWORD"),
+    )
+
+
+def pg_options(conf_text: str) -> list[str]:
+    """``name = 'value'`` lines of the user's parameters -> ``--pg-option`` values."""
+    out = []
+    for line in conf_text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out.append(f"{key.strip()}={value.strip()}")
+    return out
+
+
+def agent_argv(p: PodEnv, upstream: str | None, conf_text: str) -> list[str]:
+    """Flags of ``pgshard-instance`` for this pod (pure)."""
+    state = p.data_dir.parent
+    argv = [
+        "--name", p.member,
+        "--datadir", str(p.data_dir),
+        "--host", p.ip,
+        "--port", str(naming.PG_PORT),
+        "--status-port", str(naming.STATUS_PORT),
+        "--credentials", str(state / "credentials.json"),
+        "--lease-file", str(state / "lease.json"),
+        "--lease-ttl", p.lease_ttl,
+        "--hba-network", CONNECT_FROM,
+    ]  # fmt: skip
+    for option in pg_options(conf_text):
+        argv += ["--pg-option", option]
+    if upstream is None:
+        argv.append("--bootstrap-primary")
+    else:
+        argv += ["--upstream", upstream]
+    return argv
+
+
+def credentials_doc(p: PodEnv) -> dict[str, str]:
+    """The agent's credentials file (``instance/credentials.py``) from the Secrets."""
+    return {
+        "superuser_password": p.superuser_password,
+        "replication_user": "replicator",
+        "replication_password": p.replication_password,
+        "app_user": p.app_user,
+        "app_password": p.app_password,
+        "app_database": p.app_database,
+        "superuser": "postgres",
+    }
+
+
+async def first_member_address(p: PodEnv, timeout: float = 600) -> str:
+    """``ip:port`` of ordinal 0 once it is ready (the member to copy and follow)."""
+    name = naming.member_pod(p.cluster, p.shard, 0)
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with await apply.connect() as api_client:
+        api = apply.Api(api_client)
+        while asyncio.get_running_loop().time() < deadline:
+            pod = await api.get("Pod", p.namespace, name)
+            status = (pod or {}).get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or ()
+            )
+            if ready and status.get("podIP"):
+                return f"{status['podIP']}:{naming.PG_PORT}"
+            await asyncio.sleep(1)
+    raise SystemExit(f"pgshard instance: {name} did not become ready within {timeout:.0f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = pod_env(os.environ)
+    state = p.data_dir.parent
+    creds = state / "credentials.json"
+    creds.write_text(json.dumps(credentials_doc(p)))
+    creds.chmod(0o600)
+    conf_text = p.pg_config.read_text() if p.pg_config.exists() else ""
+    empty = not (p.data_dir / "PG_VERSION").exists()
+    upstream = None
+    if p.ordinal != 0 and empty:
+        upstream = asyncio.run(first_member_address(p))
+    args = agent_argv(p, upstream, conf_text)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "pgshard_operator.instance.main", *args])
+
+
+if __name__ == "__main__":
+    main()
