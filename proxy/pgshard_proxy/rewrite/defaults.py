@@ -11,7 +11,7 @@ the default expression itself is analysed by the caller-supplied
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlglot import TokenType, exp
 
@@ -146,13 +146,14 @@ def quote_ident(name: str) -> str:
 
 def expand(
     stmt: tokens.Statement,
-    tree: exp.Expr,
+    inserts: Sequence[exp.Insert],
     catalog: catalog_mod.Catalog | None,
     need: NeedCallback,
     analyze: DefaultAnalyzer,
 ) -> list[Edit]:
+    """Edits writing out the volatile defaults of each INSERT of the statement."""
     edits: list[Edit] = []
-    for insert in tree.find_all(exp.Insert):
+    for insert in inserts:
         edits.extend(_expand_insert(stmt, insert, catalog, need, analyze))
     return edits
 

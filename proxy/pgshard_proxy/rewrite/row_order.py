@@ -24,7 +24,7 @@ def ctid_predicates(view: View) -> list[Edit]:
     """
     if view.read_only:
         return []
-    for col in view.tree.find_all(exp.Column):
+    for col in view.find_all(exp.Column):
         if col.name.lower() == "ctid" and not col.this.args.get("quoted"):
             raise NotDeterministic(
                 "a ctid (physical row position) in a write",
@@ -42,7 +42,7 @@ def skip_locked_and_nowait(view: View) -> list[Edit]:
     """
     if view.read_only:
         return []
-    for lock in view.tree.find_all(exp.Lock):
+    for lock in view.find_all(exp.Lock):
         wait = lock.args.get("wait")
         if wait is not None:
             raise NotDeterministic(
@@ -63,7 +63,7 @@ def limit_without_total_order(view: View) -> list[Edit]:
     """
     if view.read_only:
         return []
-    for select in view.tree.find_all(exp.Select):
+    for select in view.find_all(exp.Select):
         limit = select.args.get("limit") or select.args.get("offset")
         if limit is None:
             continue
@@ -125,7 +125,7 @@ def update_from_join(view: View) -> list[Edit]:
 
     ``UPDATE t SET v = u.v FROM u WHERE t.k = u.k`` -> refused unless k is unique in u.
     """
-    for update in view.tree.find_all(exp.Update):
+    for update in view.find_all(exp.Update):
         from_ = update.args.get("from_")
         if from_ is None:
             continue
@@ -173,7 +173,7 @@ def on_conflict_arbiters(view: View) -> list[Edit]:
     ``INSERT INTO t VALUES (1, 'a') ON CONFLICT DO NOTHING`` with t(id PK, name UNIQUE)
     -> refused.
     """
-    for insert in view.tree.find_all(exp.Insert):
+    for insert in view.find_all(exp.Insert):
         conflict = insert.args.get("conflict")
         if conflict is None:
             continue

@@ -114,7 +114,7 @@ def special_time_literals(view: View) -> list[Edit]:
     A bare ``'now'`` whose type PostgreSQL infers from a column is refused.
     """
     edits: list[Edit] = []
-    for lit in view.tree.find_all(exp.Literal):
+    for lit in view.find_all(exp.Literal):
         if not lit.is_string:
             continue
         word = lit.this.strip().lower()
@@ -189,7 +189,7 @@ def volatile_calls(view: View) -> list[Edit]:
     ``UPDATE t SET x = random()`` -> refused.
     """
     edits: list[Edit] = []
-    for node in view.tree.find_all(exp.Func):
+    for node in view.find_all(exp.Func):
         span = _call_span(view, node)
         if span is None:
             continue
@@ -249,7 +249,7 @@ def user_functions(view: View) -> list[Edit]:
 
     ``INSERT INTO t VALUES (my_counter())`` -> refused (VOLATILE function my_counter()).
     """
-    for node in view.tree.find_all(exp.Func):
+    for node in view.find_all(exp.Func):
         span = _call_span(view, node)
         if span is None:
             continue
@@ -290,7 +290,7 @@ def triggers(view: View) -> list[Edit]:
     """
     if view.read_only:
         return []
-    for node in view.tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
+    for node in view.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge):
         target = node.this.this if isinstance(node.this, exp.Schema) else node.this
         table = view_mod.table_name(target)
         if table is None:
@@ -323,8 +323,10 @@ def volatile_defaults(view: View) -> list[Edit]:
     ``INSERT INTO t (v) VALUES ('a')`` with ``id bigserial`` ->
     ``INSERT INTO t (v, id) VALUES ('a', '17'::bigint)`` (17 captured on the primary).
     """
-    edits = defaults.expand(view.stmt, view.tree, view.catalog, view.need, view.analyze_default)
-    for update in view.tree.find_all(exp.Update):
+    edits = defaults.expand(
+        view.stmt, view.find_all(exp.Insert), view.catalog, view.need, view.analyze_default
+    )
+    for update in view.find_all(exp.Update):
         one_row = view.one_row(scope.Where(scope.Evaluation.PER_ROW, update, "expressions"))
         edits.extend(
             defaults.expand_update(
@@ -342,7 +344,7 @@ def ddl_volatile_default(view: View) -> list[Edit]:
     """
     if not isinstance(view.tree, exp.Alter):
         return []
-    for default in view.tree.find_all(exp.DefaultColumnConstraint):
+    for default in view.find_all(exp.DefaultColumnConstraint):
         for node in default.walk():
             name = None
             if isinstance(node, exp.Func):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Set
+from typing import TypeVar
 
 from sqlglot import exp
 
@@ -16,6 +17,8 @@ from . import catalog as catalog_mod
 from . import defaults, scope, tokens, volatility
 from .errors import CatalogNeed
 from .template import Edit
+
+E = TypeVar("E", bound=exp.Expr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,15 @@ class View:
 
     def need(self, construct: str, position: int, reason: str) -> None:
         self.needs.append(CatalogNeed(construct, position, reason))
+
+    @functools.cached_property
+    def nodes(self) -> tuple[exp.Expr, ...]:
+        """Every node of the tree, breadth first: walked once, filtered by each rule."""
+        return tuple(self.tree.walk())
+
+    def find_all(self, *types: type[E]) -> list[E]:
+        """The nodes of these types, like ``tree.find_all`` without walking again."""
+        return [n for n in self.nodes if isinstance(n, types)]
 
     @functools.cached_property
     def catalogue_tokens(self) -> tuple[int, ...]:
