@@ -117,3 +117,45 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
     sql("insert into kv values (1, 'one'), (2, 'two')")
     assert sql("select v from kv where k = 2") == "two"
     assert sql("select count(*) from kv") == "2"
+
+    # One more follower: it copies the primary (pg_basebackup) and has the rows.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"replicasPerShard":2}}')  # fmt: skip
+
+    def followers(count: int) -> list[str] | None:
+        status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
+        shard = (status.get("shards") or [{}])[0]
+        names = [f["name"] for f in shard.get("followers") or () if f.get("state") == "streaming"]
+        return names if len(names) == count and status.get("phase") == "Ready" else None
+
+    assert wait_for("two streaming followers", lambda: followers(2), 240, every=2) == [
+        f"{name}-shard-0-1",
+        f"{name}-shard-0-2",
+    ]
+    new = get(kube, "pod", "-n", ns, f"{name}-shard-0-2")
+    assert new["metadata"]["labels"]["pgshard.io/role"] == "replica"
+    direct = f"postgresql://app:{uri.password}@{new['status']['podIP']}:5432/app"
+
+    def on_new_follower() -> str:
+        done = subprocess.run(
+            [psql, direct, "-X", "-A", "-t", "-c", "select count(*) from kv"],
+            capture_output=True, text=True, timeout=30, check=False,
+            env={"PGCONNECT_TIMEOUT": "10", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    assert wait_for("the rows on the new follower", lambda: on_new_follower() == "2", 60)
+
+    # Back to one follower: the added member and its volume go away cleanly.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip
+    assert wait_for("one follower", lambda: followers(1), 120, every=2) == [f"{name}-shard-0-1"]
+    wait_for(
+        "the removed follower's volume deleted",
+        lambda: (
+            f"data-{name}-shard-0-2"
+            not in [p["metadata"]["name"] for p in get(kube, "pvc", "-n", ns)["items"]]
+        ),
+        60,
+    )
+    assert sql("select count(*) from kv") == "2"
