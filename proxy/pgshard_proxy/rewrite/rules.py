@@ -51,7 +51,7 @@ def transaction_time(view: View) -> list[Edit]:
             if known.time is None:
                 continue
             precision, end = _precision(view, i)
-        elif tokens.is_unquoted_word(t, volatility.FUNCTIONS) and view.stmt.is_open_paren(i + 1):
+        elif word in volatility.FUNCTIONS and view.stmt.is_open_paren(i + 1):
             known = volatility.FUNCTIONS[word]
             if known.time is None:
                 continue

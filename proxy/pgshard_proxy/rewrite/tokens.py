@@ -152,6 +152,18 @@ def is_unquoted_word(t: Token, words: Collection[str]) -> bool:
     return t.token_type not in _QUOTED and t.text.lower() in words
 
 
+def is_quoted_call(toks: Sequence[Token], i: int) -> bool:
+    """Whether token ``i`` is a quoted, all-lower-case function name followed by ``(``:
+    ``"now"()`` calls the same function as ``now()``."""
+    t = toks[i]
+    return (
+        t.token_type == TokenType.IDENTIFIER
+        and t.text == t.text.lower()
+        and i + 1 < len(toks)
+        and toks[i + 1].token_type == TokenType.L_PAREN
+    )
+
+
 _QUOTED = frozenset(
     {
         TokenType.IDENTIFIER,

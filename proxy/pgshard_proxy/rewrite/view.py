@@ -51,12 +51,14 @@ class View:
 
     @functools.cached_property
     def catalogue_tokens(self) -> tuple[int, ...]:
-        """Indexes of unquoted tokens spelling a catalogue name (one scan per statement)."""
+        """Indexes of tokens naming a catalogue entry (one scan per statement): bare words,
+        and quoted names of functions called (``"now"()`` is ``now()``)."""
         toks = self.stmt.tokens
         return tuple(
             i
             for i, t in enumerate(toks)
-            if t.text.lower() in _CATALOGUE_WORDS and tokens.is_unquoted_word(t, _CATALOGUE_WORDS)
+            if t.text.lower() in _CATALOGUE_WORDS
+            and (tokens.is_unquoted_word(t, _CATALOGUE_WORDS) or tokens.is_quoted_call(toks, i))
         )
 
     def evaluation(self, node: exp.Expr) -> scope.Evaluation:
