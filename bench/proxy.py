@@ -91,7 +91,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--clients", default="1,16")
+    ap.add_argument(
+        "--protocol",
+        choices=["simple", "extended"],
+        default="simple",
+        help="pgbench -M (PgBouncer's transaction pooling cannot take 'prepared')",
+    )
     ap.add_argument("--follower", action="store_true", help="give the shard a follower")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="record the proxy with py-spy during its -S runs; write the raw profile here",
+    )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="pgshard-bench-") as d:
@@ -124,7 +135,7 @@ def main() -> int:
                 "pgshard-proxy": (proxy.host, proxy.port),
                 "pgbouncer": (server.host, bouncer_port),
             }
-            print(f"pgbench, scale {args.scale}, {args.seconds}s per run, "
+            print(f"pgbench -M {args.protocol}, scale {args.scale}, {args.seconds}s per run, "
                   f"{'primary + follower' if args.follower else 'primary only'}; "
                   f"proxy pid {proxy.proc.pid}")  # fmt: skip
             print(f"{'workload':<10} {'clients':>7} {'target':<14} {'TPS':>10} "
@@ -134,9 +145,19 @@ def main() -> int:
                     for n in clients:
                         results = {}
                         for name, (host, port) in targets.items():
-                            run = [*extra, "-c", str(n), "-j", str(min(n, 2)),
-                                   "-T", str(args.seconds)]  # fmt: skip
+                            run = [*extra, "-M", args.protocol, "-c", str(n),
+                                   "-j", str(min(n, 2)), "-T", str(args.seconds)]  # fmt: skip
+                            spy = None
+                            if args.profile and name == "pgshard-proxy" and workload == "-S":
+                                spy = subprocess.Popen(
+                                    ["py-spy", "record", "--pid", str(proxy.proc.pid),
+                                     "--format", "raw", "--duration", str(args.seconds),
+                                     "-o", f"{args.profile}.{n}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                )  # fmt: skip
                             results[name] = pgbench(host, port, run, env)
+                            if spy is not None:
+                                spy.wait(60)
                         for name, r in results.items():
                             print(
                                 f"{workload:<10} {n:>7} {name:<14} {r.tps:>10.0f} "

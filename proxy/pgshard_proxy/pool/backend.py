@@ -99,6 +99,7 @@ class BackendConnection(asyncio.Protocol):
         self.pending: collections.deque[Marker] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._out: list[bytes] = []
         self._sink: Sink | None = None
         self._startup: asyncio.Future[None] | None = None
         self._hidden_error: str | None = None
@@ -332,11 +333,22 @@ class BackendConnection(asyncio.Protocol):
         self._sink = sink
 
     def send(self, data: bytes, marker: Marker | None = None) -> None:
-        """Write client bytes; ``marker`` when the message gets a tracked answer."""
+        """Queue client bytes; ``marker`` when the message gets a tracked answer.
+
+        Nothing is written until :meth:`flush`: the session flushes once per batch
+        of received frames, so a Parse/Bind/Describe/Execute/Sync group costs one
+        write (one TCP segment) instead of five.
+        """
         if marker is not None:
             self.pending.append(marker)
-        if self._transport is not None:
-            self._transport.write(data)
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            if self._transport is not None:
+                self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     async def run_hidden(self, sql: str, timeout: float) -> str | None:
         """Run a simple query whose response nobody sees; returns its error text, if any.
@@ -346,6 +358,7 @@ class BackendConnection(asyncio.Protocol):
         """
         if self._transport is None:
             raise BackendError(f"{self.member_name}: connection closed")
+        self.flush()
         self._hidden_done = asyncio.get_running_loop().create_future()
         self.pending.append(Marker.HIDDEN_QUERY)
         self._transport.write(messages.query(sql))

@@ -605,6 +605,13 @@ class Session(asyncio.Protocol):
     # --- relaying client requests
 
     def _process(self) -> None:
+        try:
+            self._process_frames()
+        finally:
+            for b in self._backends.values():
+                b.flush()
+
+    def _process_frames(self) -> None:
         frames = self._frames
         while frames and not self._blocked and self.state is State.READY:
             f = frames[0]
