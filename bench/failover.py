@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,7 @@ async def one_run(
     old = shard["primary"]
     assert isinstance(old, dict)
     # Short client timeouts: a frozen primary must not hold the writer longer than this.
-    async with writer.running(c.dir / "topology.json", timeout=0.5) as w:
+    async with writer.running(c.dir / "topology.json", timeout=1.0) as w:
         await w.wait_acked(200)
         t0 = time.monotonic()
         await fault(c, old["name"])
@@ -105,7 +106,12 @@ async def scenario(mode: str, runs: int, base: Path) -> dict[str, list[float]]:
             plans += [("SIGSTOP", _kill("STOP"), "CONT"), ("switchover", _switchover, None)]
         for name, fault, resume in plans:
             for _ in range(runs):
-                secs, lost = await one_run(c, fault, resume)
+                try:
+                    secs, lost = await one_run(c, fault, resume)
+                except TimeoutError as e:
+                    print(f"{mode}: {name}: run failed: {e}", file=sys.stderr)
+                    out.setdefault(f"{mode}: {name}, failed runs", []).append(1)
+                    continue
                 out.setdefault(f"{mode}: {name} -> first write", []).append(secs)
                 if name == "kill -9":
                     out.setdefault(f"{mode}: kill -9, acknowledged rows lost", []).append(lost)
@@ -120,7 +126,8 @@ async def main(runs: int) -> None:
             results.update(await scenario(mode, runs, Path(d)))
     print(f"\nfailover bench: 1 shard, 2 followers, lease 3 s, detection 2 s, {runs} runs each")
     for name, values in results.items():
-        report(name, values, "rows" if "lost" in name else "s")
+        unit = "rows" if "lost" in name else "runs" if "failed" in name else "s"
+        report(name, values, unit)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ class Writer:
     topology: Path
     shard: int = 0
     timeout: float = 5.0
-    """Bound on one connect or insert (a frozen primary holds a client this long)."""
+    """Bound on one insert (a frozen primary holds a client this long)."""
+    connect_timeout: float = 5.0
     acked: list[int] = dataclasses.field(default_factory=list)
     log: list[tuple[float, str]] = dataclasses.field(default_factory=list)
     """(monotonic time, primary DSN) of every acknowledged insert (for bench/failover)."""
@@ -44,6 +45,8 @@ class Writer:
         conn = await asyncpg.connect(self.primary_dsn())
         try:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY)")
+            # Fresh ids after an earlier writer's, so no insert fails as a duplicate.
+            self._next = int(await conn.fetchval(f"SELECT coalesce(max(id), 0) + 1 FROM {TABLE}"))
         finally:
             await conn.close()
 
@@ -54,7 +57,7 @@ class Writer:
             try:
                 if conn is None:
                     dsn = self.primary_dsn()
-                    conn = await asyncpg.connect(dsn, timeout=self.timeout)
+                    conn = await asyncpg.connect(dsn, timeout=self.connect_timeout)
                 await asyncio.wait_for(
                     conn.execute(f"INSERT INTO {TABLE} VALUES ({self._next})"), 5
                 )
