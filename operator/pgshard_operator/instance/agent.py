@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pgshard_proxy.contract import positions
+
 from .. import proctree
 from . import bootstrap, config, lease, postgres, rejoin, sql
 from .credentials import Credentials
@@ -237,6 +239,12 @@ class Agent:
                 walReceiver=row["receiver"],
                 upstream=row["upstream"],
             )
+            if row["received"] and row["replayed"]:
+                # Received but not yet applied (e.g. recovery_min_apply_delay); the lag
+                # behind the primary is computed by whoever also knows the primary's LSN.
+                doc["replayLagBytes"] = max(
+                    0, positions.parse_lsn(row["received"]) - positions.parse_lsn(row["replayed"])
+                )
         return doc
 
     # -- role changes (called by the control plane) ---------------------------------

@@ -18,7 +18,7 @@ import dataclasses
 import enum
 from pathlib import Path
 
-from ..local import files
+from .. import atomicfile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class FileLeaseStore:
         self._lock = path.with_suffix(".lock")
 
     def _read(self) -> Lease:
-        doc = files.read_json(self.path)
+        doc = atomicfile.read_json(self.path)
         if not isinstance(doc, dict):
             return FREE
         return Lease(
@@ -89,12 +89,12 @@ class FileLeaseStore:
         )
 
     def read(self) -> Lease:
-        with files.locked(self._lock):
+        with atomicfile.locked(self._lock):
             return self._read()
 
     def take(self, me: str, ttl: float, now: float, epoch: int | None = None) -> Lease | None:
         """Acquire or renew for ``me`` unless another member holds a valid claim."""
-        with files.locked(self._lock):
+        with atomicfile.locked(self._lock):
             cur = self._read()
             if not may_take(classify(cur, me, now)):
                 return None
@@ -104,23 +104,23 @@ class FileLeaseStore:
                 epoch=cur.epoch if epoch is None else epoch,
                 version=cur.version + 1,
             )
-            files.write_json(self.path, new.to_dict())
+            atomicfile.write_json(self.path, new.to_dict())
             return new
 
     def renew(self, me: str, ttl: float, now: float) -> Lease | None:
         """Extend only a lease ``me`` still holds (even if it just expired, when untaken)."""
-        with files.locked(self._lock):
+        with atomicfile.locked(self._lock):
             cur = self._read()
             if cur.holder != me:
                 return None
             new = dataclasses.replace(cur, expires_at=now + ttl, version=cur.version + 1)
-            files.write_json(self.path, new.to_dict())
+            atomicfile.write_json(self.path, new.to_dict())
             return new
 
     def compare_and_set(self, expected: Lease | None, new: Lease) -> Lease | None:
         """Write ``new`` only if the stored record still matches ``expected`` (holder, epoch
         and expiry; ``None`` = nobody holds it); ``None`` when it did not."""
-        with files.locked(self._lock):
+        with atomicfile.locked(self._lock):
             cur = self._read()
             if expected is None:
                 matches = cur.holder is None
@@ -133,16 +133,16 @@ class FileLeaseStore:
             if not matches:
                 return None
             written = dataclasses.replace(new, version=cur.version + 1)
-            files.write_json(self.path, written.to_dict())
+            atomicfile.write_json(self.path, written.to_dict())
             return written
 
     def release(self, holder: str) -> bool:
         """Give the lease up (clean stop, switchover, or the holder is known dead)."""
-        with files.locked(self._lock):
+        with atomicfile.locked(self._lock):
             cur = self._read()
             if cur.holder != holder:
                 return False
-            files.write_json(
+            atomicfile.write_json(
                 self.path,
                 dataclasses.replace(
                     cur, holder=None, expires_at=0.0, version=cur.version + 1

@@ -16,9 +16,8 @@ import os
 import signal
 import sys
 
-from .. import proctree
+from .. import atomicfile, proctree
 from ..instance import postgres
-from . import files
 from .layout import ClusterConfig, ClusterDir, MemberSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class AgentProcess:
             )
         finally:
             os.close(out)
-        files.atomic_write(self.cdir.agent_pid(self.spec.name), f"{self.proc.pid}\n")
+        atomicfile.atomic_write(self.cdir.agent_pid(self.spec.name), f"{self.proc.pid}\n")
         log.info("%s: agent started (pid %d)", self.spec.name, self.proc.pid)
 
     async def wait(self) -> int:

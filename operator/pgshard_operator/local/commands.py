@@ -24,11 +24,11 @@ from pathlib import Path
 
 from pgshard_proxy.contract import topology
 
-from .. import proctree
+from .. import atomicfile, proctree
 from ..cli import CommandError
 from ..instance import postgres
 from ..instance.credentials import Credentials
-from . import control, files, status, supervisor
+from . import control, status, supervisor
 from .layout import (
     ClusterConfig,
     ClusterDir,
@@ -207,7 +207,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         postgres.Binaries.detect()
     except postgres.PostgresNotInstalled as e:
         raise CommandError(str(e)) from None
-    if files.is_locked(cdir.supervisor_lock):
+    if atomicfile.is_locked(cdir.supervisor_lock):
         info = status.supervisor_info(cdir)
         raise CommandError(
             f"{cdir.root} is in use by a running cluster (supervisor pid {info['pid']}); "
@@ -227,8 +227,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
         cdir.create(cfg, Credentials.generate())
     else:
-        files.write_json(cdir.config, cfg.to_dict())
-    files.write_json(cdir.supervisor_state, {"state": "launching", "pid": None})
+        atomicfile.write_json(cdir.config, cfg.to_dict())
+    atomicfile.write_json(cdir.supervisor_state, {"state": "launching", "pid": None})
     if args.foreground:
         return _up_foreground(cdir, args.timeout)
     return _up_background(cdir, args.timeout)
@@ -239,7 +239,7 @@ def _up_foreground(cdir: ClusterDir, timeout: float) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     code = asyncio.run(supervisor.supervise(cdir, timeout, on_ready=lambda: _print_status(cdir)))
-    state = files.read_json(cdir.supervisor_state) or {}
+    state = atomicfile.read_json(cdir.supervisor_state) or {}
     if code != 0:
         raise CommandError(str(state.get("error") or "the supervisor failed; see its log"))
     return 0
@@ -267,7 +267,7 @@ def _up_background(cdir: ClusterDir, timeout: float) -> int:
         os.close(out)
     deadline = time.monotonic() + timeout + 30
     while time.monotonic() < deadline:
-        state = files.read_json(cdir.supervisor_state) or {}
+        state = atomicfile.read_json(cdir.supervisor_state) or {}
         if state.get("state") == "ready":
             _print_status(cdir)
             print(f"running in the background (supervisor pid {proc.pid}); "
@@ -311,7 +311,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     if info["running"] and info["pid"]:
         os.kill(int(info["pid"]), signal.SIGTERM)
         deadline = time.monotonic() + args.timeout
-        while files.is_locked(cdir.supervisor_lock):
+        while atomicfile.is_locked(cdir.supervisor_lock):
             if time.monotonic() > deadline:
                 raise CommandError(
                     f"the supervisor (pid {info['pid']}) did not stop in {args.timeout:.0f}s"
@@ -365,7 +365,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
         cfg = cdir.load_config()
     except LayoutError as e:
         raise CommandError(str(e)) from None
-    if not files.is_locked(cdir.supervisor_lock):
+    if not atomicfile.is_locked(cdir.supervisor_lock):
         raise CommandError(f"no cluster running in {cdir.root}; start it with 'pgshard local up'")
     url = f"http://{cfg.host}:{cfg.control_port}/switchover"
     try:

@@ -22,8 +22,8 @@ import enum
 from pathlib import Path
 from typing import Any
 
+from .. import atomicfile
 from ..instance.credentials import Credentials
-from . import files
 
 FORMAT_VERSION = 1
 """Bumped when DIR's layout changes incompatibly; ``up`` refuses other versions."""
@@ -273,7 +273,7 @@ class ClusterDir:
         return self.logs / f"{name}.agent.log"
 
     def load_config(self) -> ClusterConfig:
-        doc = files.read_json(self.config)
+        doc = atomicfile.read_json(self.config)
         if doc is None:
             raise LayoutError(f"{self.root} holds no pgshard cluster (no cluster.json)")
         if not isinstance(doc, dict):
@@ -286,8 +286,8 @@ class ClusterDir:
         for d in (self.root, self.logs, self.root / "leases", self.root / "members"):
             d.mkdir(exist_ok=True)
             d.chmod(0o755)
-        files.write_json(self.secrets, creds.to_dict(), mode=0o600)
-        files.write_json(self.config, cfg.to_dict())
+        atomicfile.write_json(self.secrets, creds.to_dict(), mode=0o600)
+        atomicfile.write_json(self.config, cfg.to_dict())
 
 
 def parse_delays(text: str | None) -> tuple[int, ...]:

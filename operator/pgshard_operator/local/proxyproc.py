@@ -18,8 +18,8 @@ import os
 import signal
 import sys
 
+from .. import atomicfile
 from ..instance.credentials import Credentials
-from . import files
 from .layout import ClusterConfig, ClusterDir
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ProxyProcess:
             )
         finally:
             os.close(out)
-        files.atomic_write(self.cdir.proxy_pid, f"{self.proc.pid}\n")
+        atomicfile.atomic_write(self.cdir.proxy_pid, f"{self.proc.pid}\n")
         log.info("proxy started on %s (pid %d)", self.cfg.proxy_address, self.proc.pid)
 
     async def wait(self) -> int:

@@ -17,8 +17,9 @@ from rich.table import Table
 
 from pgshard_proxy.contract import positions, topology
 
+from .. import atomicfile
 from ..instance.credentials import Credentials
-from . import control, files, proxyproc, topofile, view
+from . import control, proxyproc, topofile, view
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
 
@@ -50,8 +51,8 @@ async def fetch_managers(cfg: ClusterConfig) -> list[dict[str, Any]]:
 
 
 def supervisor_info(cdir: ClusterDir) -> dict[str, Any]:
-    state = files.read_json(cdir.supervisor_state) or {}
-    running = files.is_locked(cdir.supervisor_lock)
+    state = atomicfile.read_json(cdir.supervisor_state) or {}
+    running = atomicfile.is_locked(cdir.supervisor_lock)
     return {
         "running": running,
         "pid": state.get("pid") if running else None,

@@ -28,10 +28,11 @@ import aiohttp
 
 from pgshard_proxy.contract import topology
 
+from .. import atomicfile
 from ..instance.credentials import Credentials
 from ..platform.local import LocalPlatform
 from ..shard import manager, policy
-from . import control, files, topofile, view
+from . import control, topofile, view
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
 from .proxyproc import ProxyProcess
@@ -71,7 +72,7 @@ class Supervisor:
     # -- state file -------------------------------------------------------------
 
     def _report(self, state: str, error: str | None = None) -> None:
-        files.write_json(
+        atomicfile.write_json(
             self.cdir.supervisor_state,
             {
                 "pid": os.getpid(),
@@ -313,8 +314,8 @@ async def supervise(
 ) -> int:
     """Run the supervisor until SIGTERM/SIGINT; 0 after a clean stop, 1 if startup failed."""
     try:
-        lock_fd = files.hold_lock(cdir.supervisor_lock)
-    except files.AlreadyLocked:
+        lock_fd = atomicfile.hold_lock(cdir.supervisor_lock)
+    except atomicfile.AlreadyLocked:
         log.error("%s is in use by a running cluster", cdir.root)
         return 1
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pgshard_proxy.contract import topology
 
-from . import files
+from .. import atomicfile
 from .layout import ClusterConfig, ClusterDir
 
 MODE = 0o600
@@ -51,7 +51,7 @@ def update(
 
     Returns the document written, or ``None`` when ``change`` declined.
     """
-    with files.locked(cdir.topology_lock):
+    with atomicfile.locked(cdir.topology_lock):
         current = read(cdir)
         if current is None:
             raise FileNotFoundError(f"{cdir.topology} is missing")
@@ -59,13 +59,13 @@ def update(
         if new is None:
             return None
         new = dataclasses.replace(new, version=current.version + 1)
-        files.atomic_write(cdir.topology, topology.to_json(new) + "\n", MODE)
+        atomicfile.atomic_write(cdir.topology, topology.to_json(new) + "\n", MODE)
         return new
 
 
 def create(cdir: ClusterDir, topo: topology.Topology) -> None:
-    with files.locked(cdir.topology_lock):
-        files.atomic_write(cdir.topology, topology.to_json(topo) + "\n", MODE)
+    with atomicfile.locked(cdir.topology_lock):
+        atomicfile.atomic_write(cdir.topology, topology.to_json(topo) + "\n", MODE)
 
 
 def replace_shard(topo: topology.Topology, shard: topology.Shard) -> topology.Topology:

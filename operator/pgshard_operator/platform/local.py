@@ -203,7 +203,8 @@ class LocalPlatform:
 
     async def rejoin(self, member: str, primary: str) -> state.RejoinResult:
         deadline = time.monotonic() + 30
-        while not self._agent_alive(member):  # the supervisor restarts dead agents
+        # The supervisor restarts dead agents; wait until this one answers its endpoint.
+        while not (self._agent_alive(member) and self._statuses().get(member) is not None):
             if time.monotonic() > deadline:
                 raise base.PlatformError(f"{member}'s agent is not running")
             await asyncio.sleep(0.2)

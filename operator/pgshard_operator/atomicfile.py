@@ -1,4 +1,4 @@
-"""Small, crash-safe file primitives shared by the local platform and the instance agent.
+"""Small, crash-safe file primitives: atomic replace and fcntl locks (local platform, agent).
 
 Every state file in a cluster directory is replaced atomically (write a temporary
 file next to it, fsync, rename), so a reader never sees half a document, and
