@@ -193,3 +193,64 @@ def on_conflict_arbiters(view: View) -> list[Edit]:
                 "depending on order; check for the row first, then INSERT or UPDATE by key",
             )
     return []
+
+
+# Aggregates whose result lists their input in the order rows arrive.
+_ORDERED_AGGREGATES = (
+    exp.ArrayAgg,
+    exp.GroupConcat,
+    exp.JSONArrayAgg,
+    exp.JSONObjectAgg,
+    exp.JSONBObjectAgg,
+    exp.ArrayConcatAgg,
+)
+_ORDERED_AGGREGATE_NAMES = frozenset({"jsonb_agg", "xmlagg", "string_agg", "array_agg"})
+# Window functions whose value depends on the order of the rows in their window.
+_ORDERED_WINDOW_FUNCTIONS = (
+    exp.RowNumber,
+    exp.Rank,
+    exp.DenseRank,
+    exp.Ntile,
+    exp.Lag,
+    exp.Lead,
+    exp.FirstValue,
+    exp.LastValue,
+    exp.NthValue,
+    exp.CumeDist,
+    exp.PercentRank,
+)
+
+
+def order_sensitive_aggregates(view: View) -> list[Edit]:
+    """array_agg/string_agg/json_agg/… without ORDER BY, and row_number()/lag()/
+    first_value()/… OVER a window without ORDER BY, list rows in physical order,
+    which differs on every server -> refused in a write.
+
+    ``INSERT INTO s (ids) SELECT array_agg(id) FROM t`` -> refused;
+    ``… array_agg(id ORDER BY id) …`` -> unchanged.
+    """
+    if view.read_only:
+        return []
+    for node in view.find_all(exp.Func):
+        name = node.name.lower() if isinstance(node, exp.Anonymous) else ""
+        if isinstance(node, _ORDERED_AGGREGATES) or name in _ORDERED_AGGREGATE_NAMES:
+            if node.parent is not None and isinstance(node.parent, exp.Window):
+                continue  # judged as a window function below
+            if node.find(exp.Order) is None:
+                raise NotDeterministic(
+                    f"{name or node.sql_name().lower()}() without ORDER BY in a write",
+                    view_mod.position(node),
+                    "it lists rows in physical order, which differs on each server; "
+                    "add ORDER BY over a unique key inside the call",
+                )
+    for window in view.find_all(exp.Window):
+        function = window.this
+        ordered = isinstance(function, (*_ORDERED_WINDOW_FUNCTIONS, *_ORDERED_AGGREGATES))
+        if ordered and window.args.get("order") is None:
+            raise NotDeterministic(
+                f"{function.sql_name().lower()}() OVER a window without ORDER BY in a write",
+                view_mod.position(window),
+                "rows come in physical order, which differs on each server; write ORDER BY "
+                "over a unique key inside OVER (…)",
+            )
+    return []

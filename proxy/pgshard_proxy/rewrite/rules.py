@@ -380,6 +380,7 @@ RULES: tuple[Rule, ...] = (
     row_order.limit_without_total_order,
     row_order.update_from_join,
     row_order.on_conflict_arbiters,
+    row_order.order_sensitive_aggregates,
     triggers,
     volatile_defaults,
 )
