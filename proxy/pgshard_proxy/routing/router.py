@@ -103,37 +103,36 @@ def route(
     when the primary is needed and the shard has none."""
     if in_transaction is not None:
         # Statements of a transaction follow its first route; nothing waits mid-transaction.
-        return dataclasses.replace(
-            in_transaction,
-            reason=Reason.IN_TRANSACTION,
-            min_position=None,
-            wait_ms=0,
-            on_timeout=None,
+        return Route(
+            in_transaction.role,
+            in_transaction.member,
+            Reason.IN_TRANSACTION,
+            track=in_transaction.track,
+            observed=in_transaction.observed,
         )
     tracking = mode is Mode.SESSION and bool(shard.followers)
     if mode is Mode.STRONG:
         return _primary(shard, Reason.STRONG, tracking)
     if pinned or c.pins_session:
         return _primary(shard, Reason.PINNED, False)
-    if not _is_read(c):
+    if not (c.kind is Kind.READ or (c.kind is Kind.BEGIN and c.read_only_tx)):
         # Session settings change no data: nothing to capture after them.
         return _primary(shard, Reason.NOT_A_READ, tracking and c.kind not in _NO_DATA)
-    streaming = [
-        f for f in shard.followers if f.state == "streaming" and replayed.get(f.name) is not None
-    ]
-    if mode is Mode.EVENTUAL:
-        if not streaming:
-            return _primary(shard, Reason.NO_FOLLOWER, False)
-        chosen = _pick(streaming, tokens.sticky_follower(shard.index), seed)
-        return Route(Role.FOLLOWER, chosen, Reason.EVENTUAL, observed=replayed[chosen.name])
-    return _session_read(shard, tokens, replayed, streaming, max_wait_ms, seed)
+    if mode is Mode.SESSION:
+        return _session_read(shard, tokens, replayed, max_wait_ms, seed)
+    streaming = _streaming(shard, replayed)
+    if not streaming:
+        return _primary(shard, Reason.NO_FOLLOWER, False)
+    chosen = _pick(streaming, seed)
+    return Route(Role.FOLLOWER, chosen, Reason.EVENTUAL, observed=replayed[chosen.name])
+
+
+def _streaming(shard: Shard, replayed: Mapping[str, Position]) -> list[Member]:
+    """Followers that may serve reads: streaming, with a position the monitor knows."""
+    return [f for f in shard.followers if f.state == "streaming" and f.name in replayed]
 
 
 _NO_DATA = frozenset((Kind.SESSION_SET, Kind.TX_SET, Kind.PROXY_SET, Kind.PROXY_SHOW))
-
-
-def _is_read(c: Classified) -> bool:
-    return c.kind is Kind.READ or (c.kind is Kind.BEGIN and c.read_only_tx)
 
 
 def _primary(shard: Shard, reason: Reason, capture: bool) -> Route:
@@ -149,45 +148,56 @@ def _primary(shard: Shard, reason: Reason, capture: bool) -> Route:
     )
 
 
-def _pick(candidates: list[Member], sticky: str | None, seed: int) -> Member:
-    for f in candidates:
-        if f.name == sticky:
-            return f
-    ordered = sorted(candidates, key=lambda m: m.name)
-    return ordered[seed % len(ordered)]
+def _pick(candidates: list[Member], seed: int) -> Member:
+    """The same follower for the same seed while the candidates stay the same."""
+    if len(candidates) == 1:
+        return candidates[0]
+    return sorted(candidates, key=lambda m: m.name)[seed % len(candidates)]
 
 
 def _session_read(
     shard: Shard,
     tokens: SessionTokens,
     replayed: Mapping[str, Position],
-    streaming: list[Member],
     max_wait_ms: int,
     seed: int,
 ) -> Route:
     """Read-your-writes and monotonic reads (see ``consistency/tracker.py``)."""
-    if tokens.primary_only(shard.index):
+    index = shard.index
+    if tokens.primary_only(index):
         return _primary(shard, Reason.CAPTURE_FAILED, True)
-    required = tokens.required(shard.index)
-    sticky = tokens.sticky_follower(shard.index)
+    required = tokens.required(index)
+    sticky = tokens.sticky_follower(index)
     if sticky is not None:
         # Monotonic reads: only the follower we last read from is known to be safe.
-        streaming = [f for f in streaming if f.name == sticky]
-        if not streaming:
+        streaming = [f for f in shard.followers if f.name == sticky and f.state == "streaming"]
+        at = replayed.get(sticky)
+        if not streaming or at is None:
             return _primary(shard, Reason.STICKY_FOLLOWER_GONE, True)
-    if not streaming:
-        return _primary(shard, Reason.NO_FOLLOWER, bool(shard.followers))
-    ready = [f for f in streaming if required is None or replayed[f.name] >= required]
-    if ready:
-        chosen = _pick(ready, sticky, seed)
-        return Route(
-            Role.FOLLOWER,
-            chosen,
-            Reason.FOLLOWER,
-            min_position=required,
-            track=Track.FOLLOWER,
-            observed=replayed[chosen.name],
-        )
+        if required is None or at >= required:  # the common case: one lookup, no lists
+            return Route(
+                Role.FOLLOWER,
+                streaming[0],
+                Reason.FOLLOWER,
+                min_position=required,
+                track=Track.FOLLOWER,
+                observed=at,
+            )
+    else:
+        streaming = _streaming(shard, replayed)
+        if not streaming:
+            return _primary(shard, Reason.NO_FOLLOWER, bool(shard.followers))
+        ready = [f for f in streaming if required is None or replayed[f.name] >= required]
+        if ready:
+            chosen = _pick(ready, seed)
+            return Route(
+                Role.FOLLOWER,
+                chosen,
+                Reason.FOLLOWER,
+                min_position=required,
+                track=Track.FOLLOWER,
+                observed=replayed[chosen.name],
+            )
     if max_wait_ms <= 0:
         return _primary(shard, Reason.NO_WAIT, True)
     # Wait for the most advanced follower; the session checks it again when it arrives.
