@@ -120,6 +120,11 @@ def test_transactions_pinning_settings_and_statements_follow_the_session(
         c.execute("begin read only")
         assert c.execute(in_recovery).fetchone() == (True,)
         c.execute("commit")
+        # A bad value is refused by the proxy in the extended protocol too.
+        for prepare in (False, True):  # simple, then extended protocol
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                c.execute("set pgshard.consistency = 'sometimes'", prepare=prepare)
+        assert c.execute("show pgshard.consistency").fetchone() == ("eventual",)
         # Temporary tables pin the session to the primary.
         c.execute("create temp table pinned(i int)")
         assert c.execute(in_recovery).fetchone() == (False,)

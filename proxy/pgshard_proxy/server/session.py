@@ -712,6 +712,8 @@ class Session(asyncio.Protocol):
                 break
             else:
                 continue
+            if c.refusal is not None:
+                return c  # answered by the proxy: nothing of this batch runs
             if chosen is None or (chosen.kind is Kind.READ and c.kind is not Kind.READ):
                 chosen = c
         return chosen or _SYNC_ONLY
@@ -719,7 +721,15 @@ class Session(asyncio.Protocol):
     def _extended(self, t: int, f: codec.Frame) -> bool:
         b = self._batch
         if b is None:
-            got = self._backend_for(self._batch_class())
+            c = self._batch_class()
+            if c.refusal is not None:
+                busy = self._outstanding()
+                if busy is not None:
+                    self._wait_for(busy)
+                    return False
+                self._reject(f, c.refusal.sqlstate, c.refusal.message)  # then skip to Sync
+                return True
+            got = self._backend_for(c)
             if got is None:
                 return False
             b, self._batch_route = got
