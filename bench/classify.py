@@ -33,6 +33,8 @@ STATEMENTS: dict[str, str] = {
     ),
     "nextval (sqlglot)": "SELECT nextval('orders_id_seq')",
     "multi-statement": "BEGIN; UPDATE t SET a = 1 WHERE id = 2; SELECT a FROM t; COMMIT;",
+    "4000-row INSERT (long: never cached)": "INSERT INTO t (a, b) VALUES "
+    + ",".join(f"({i}, 'text value {i}')" for i in range(4000)),
 }
 
 

@@ -266,9 +266,9 @@ def test_session_sql_is_the_clients_text_of_the_session_statements() -> None:
 def test_bytes_and_text_agree_and_are_cached() -> None:
     sql = "SELECT nextval('bytes_test')"
     assert c.classify_bytes(sql.encode()) == c.classify(sql)
-    before = c.classify.cache_info().hits
+    before = c._cached.cache_info().hits
     c.classify(sql)
-    assert c.classify.cache_info().hits == before + 1
+    assert c._cached.cache_info().hits == before + 1
     assert c.classify_bytes(b"\xff\xfe garbage").kind is Kind.OTHER
 
 
@@ -281,3 +281,37 @@ def test_lexer_splits_outside_quotes_and_comments() -> None:
     assert [t.kind for t in parts[1].tokens][-2:] == [lexer.Tok.PARAM, lexer.Tok.PUNCT]
     with pytest.raises(lexer.LexError, match="unterminated"):
         lexer.split("SELECT $a$ never closed")
+
+
+@pytest.mark.parametrize(
+    "sql,kind",
+    [
+        ("/* comment */ EXPLAIN ANALYZE SELECT nextval('s')", W),
+        ("SELECT 1; EXPLAIN ANALYZE SELECT nextval('s')", W),
+        ("SELECT 1; COPY (SELECT nextval('s')) TO STDOUT", W),
+        ("  DECLARE c CURSOR FOR SELECT nextval('s')", W),
+        ("-- x\nDECLARE c CURSOR FOR SELECT 1", R),
+    ],
+)
+def test_inner_queries_after_comments_and_other_statements(sql: str, kind: Kind) -> None:
+    assert c.classify_uncached(sql).kind is kind
+
+
+def test_long_statements_are_classified_from_their_first_words_and_not_cached() -> None:
+    rows = ",".join(f"({i}, 'v;{i}')" for i in range(3000))
+    insert = f"INSERT INTO t (a, b) VALUES {rows}"
+    assert len(insert) > c.LONG
+    assert c.classify(insert).kind is W
+    assert (
+        c.classify(f"/* bulk */ INSERT INTO t VALUES (1), {rows[:0]}(2)" + " " * c.LONG).kind is W
+    )
+    temp = "CREATE TEMP TABLE x AS VALUES " + ",".join(f"({i})" for i in range(4000))
+    assert c.classify(temp).pins_session
+    # several statements, or queries, still get the full analysis
+    assert c.classify(f"SET a.b = 1; {insert}").session_sql == "SET a.b = 1"
+    select = "SELECT a FROM t WHERE a IN (" + ",".join(str(i) for i in range(4000)) + ")"
+    assert c.classify(select).kind is R
+    assert c.classify(select + " FOR UPDATE").kind is W
+    size = c._cached.cache_info().currsize
+    c.classify(insert)
+    assert c._cached.cache_info().currsize == size

@@ -107,20 +107,40 @@ SAVEPOINT = Classified(Kind.SAVEPOINT)
 CACHE_SIZE = 8192
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
+LONG = 16 * 1024
+"""Longer texts are not cached (bulk INSERTs are unique and would fill memory) and, when
+they are one DML/DDL statement, classified from their first words only (lexing 100 KiB
+in Python would stall every session of the proxy for tens of milliseconds)."""
+
+
 def classify(sql: str) -> Classified:
     """Classify a SQL string; cached by text (bounded LRU; results are immutable)."""
+    return _cached(sql) if len(sql) <= LONG else classify_uncached(sql)
+
+
+def classify_bytes(sql: bytes) -> Classified:
+    """Same, keyed by the raw bytes of a Query/Parse message (no decode on a hit)."""
+    if len(sql) <= LONG:
+        return _cached_bytes(sql)
+    return classify_uncached(sql.decode("utf-8", "replace"))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _cached(sql: str) -> Classified:
     return classify_uncached(sql)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
-def classify_bytes(sql: bytes) -> Classified:
-    """Same, keyed by the raw bytes of a Query/Parse message (no decode on a hit)."""
-    return classify(sql.decode("utf-8", "replace"))
+def _cached_bytes(sql: bytes) -> Classified:
+    return _cached(sql.decode("utf-8", "replace"))
 
 
 def classify_uncached(sql: str) -> Classified:
     """The classification itself (benchmarks and tests call it to skip the cache)."""
+    if len(sql) > LONG:
+        quick = _long(sql)
+        if quick is not None:
+            return quick
     try:
         statements = lexer.split(sql)
     except lexer.LexError:
@@ -131,6 +151,30 @@ def classify_uncached(sql: str) -> Classified:
     if len(parts) == 1:
         return parts[0]
     return _combine(parts, [s.text for s in statements])
+
+
+_LONG_DML = frozenset(("INSERT", "UPDATE", "DELETE", "MERGE"))
+_LONG_DDL = frozenset(("ALTER", "DROP", "COMMENT", "GRANT", "REVOKE"))
+
+
+def _long(sql: str) -> Classified | None:
+    """A long single DML/DDL statement from its first words; None: analyse it fully."""
+    if ";" in sql.rstrip().rstrip(";"):
+        return None  # maybe several statements (or a ';' in a literal): the full path
+    try:
+        tokens = lexer.head(sql, 8)
+    except lexer.LexError:
+        return None
+    if not tokens or tokens[0].kind is not Tok.WORD:
+        return None
+    first = tokens[0].text
+    if first in _LONG_DML:
+        return WRITE
+    if first in _LONG_DDL:
+        return DDL
+    if first == "CREATE":
+        return _create(sql, tokens)
+    return None
 
 
 # --- one statement ---------------------------------------------------------------------

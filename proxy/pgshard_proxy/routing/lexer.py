@@ -14,6 +14,7 @@ query we must look at.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from typing import NamedTuple
 
 
@@ -93,18 +94,49 @@ def _dollar_tag(sql: str, i: int) -> str | None:
 
 
 def split(sql: str) -> list[Statement]:
-    """Statements of ``sql`` in order; empty statements (``;;``, comments only) dropped."""
+    """Statements of ``sql`` in order; empty statements (``;;``, comments only) dropped.
+    Token offsets are relative to their statement's ``text``."""
     statements: list[Statement] = []
     tokens: list[Token] = []
+    for t in _scan(sql):
+        if isinstance(t, int):
+            if tokens:
+                statements.append(_statement(sql, tokens, t))
+                tokens = []
+        else:
+            tokens.append(t)
+    if tokens:
+        statements.append(_statement(sql, tokens, len(sql)))
+    return statements
+
+
+def head(sql: str, count: int) -> list[Token]:
+    """The first ``count`` tokens of the first statement, scanning no further (cheap on
+    long strings). Offsets are relative to ``sql``."""
+    tokens: list[Token] = []
+    for t in _scan(sql):
+        if isinstance(t, int):
+            if tokens:
+                break
+        else:
+            tokens.append(t)
+            if len(tokens) >= count:
+                break
+    return tokens
+
+
+def _statement(sql: str, tokens: list[Token], end: int) -> Statement:
+    first = tokens[0].start
+    return Statement(
+        sql[first:end].rstrip(),
+        tuple(Token(t.kind, t.text, t.start - first) for t in tokens),
+    )
+
+
+def _scan(sql: str) -> Iterator[Token | int]:
+    """Tokens of ``sql``, and the offset of each ``;`` that ends a statement."""
     i = 0
     n = len(sql)
-
-    def close(end: int) -> None:
-        if tokens:
-            first = tokens[0].start
-            statements.append(Statement(sql[first:end].rstrip(), tuple(tokens)))
-        tokens.clear()
-
     while i < n:
         c = sql[i]
         if c.isspace():
@@ -125,15 +157,15 @@ def split(sql: str) -> list[Statement]:
                     j += 1
             i = j
         elif c == ";":
-            close(i)
+            yield i
             i += 1
         elif c == "'":
             value, i_next = _quoted(sql, i, "'", backslash=False)
-            tokens.append(Token(Tok.STRING, value, i))
+            yield Token(Tok.STRING, value, i)
             i = i_next
         elif c == '"':
             value, i_next = _quoted(sql, i, '"', backslash=False)
-            tokens.append(Token(Tok.IDENT, value, i))
+            yield Token(Tok.IDENT, value, i)
             i = i_next
         elif c == "$":
             tag = _dollar_tag(sql, i)
@@ -141,13 +173,13 @@ def split(sql: str) -> list[Statement]:
                 j = i + 1
                 while j < n and sql[j] in _DIGITS:
                     j += 1
-                tokens.append(Token(Tok.PARAM if j > i + 1 else Tok.PUNCT, sql[i:j], i))
+                yield Token(Tok.PARAM if j > i + 1 else Tok.PUNCT, sql[i:j], i)
                 i = j
             else:
                 end = sql.find(tag, i + len(tag))
                 if end < 0:
                     raise LexError(f"unterminated {tag} quote starting at offset {i}")
-                tokens.append(Token(Tok.STRING, sql[i + len(tag) : end], i))
+                yield Token(Tok.STRING, sql[i + len(tag) : end], i)
                 i = end + len(tag)
         elif _is_word_start(c):
             j = i + 1
@@ -158,23 +190,21 @@ def split(sql: str) -> list[Statement]:
                 word, j = "U&", j + 1
             if j < n and sql[j] == "'" and word in _STRING_PREFIXES:
                 value, i_next = _quoted(sql, j, "'", backslash=word == "E")
-                tokens.append(Token(Tok.STRING, value, i))
+                yield Token(Tok.STRING, value, i)
                 i = i_next
             elif j < n and sql[j] == '"' and word == "U&":
                 value, i_next = _quoted(sql, j, '"', backslash=False)
-                tokens.append(Token(Tok.IDENT, value, i))
+                yield Token(Tok.IDENT, value, i)
                 i = i_next
             else:
-                tokens.append(Token(Tok.WORD, word, i))
+                yield Token(Tok.WORD, word, i)
                 i = j
         elif c in _DIGITS or (c == "." and i + 1 < n and sql[i + 1] in _DIGITS):
             j = i + 1
             while j < n and (_is_word_char(sql[j]) or sql[j] == "."):
                 j += 1
-            tokens.append(Token(Tok.NUMBER, sql[i:j], i))
+            yield Token(Tok.NUMBER, sql[i:j], i)
             i = j
         else:
-            tokens.append(Token(Tok.PUNCT, c, i))
+            yield Token(Tok.PUNCT, c, i)
             i += 1
-    close(n)
-    return statements
