@@ -117,6 +117,18 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
     sql("insert into kv values (1, 'one'), (2, 'two')")
     assert sql("select v from kv where k = 2") == "two"
     assert sql("select count(*) from kv") == "2"
+    # Read-your-writes within one session: each read right after a write sees it, though
+    # reads may go to the follower.
+    for k in range(3, 13):
+        session = subprocess.run(
+            [psql, target, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-c", f"insert into kv values ({k}, 'v{k}')",
+             "-c", f"select v from kv where k = {k}"],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PGCONNECT_TIMEOUT": "10", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        assert session.returncode == 0, session.stderr
+        assert session.stdout.split() == ["INSERT", "0", "1", f"v{k}"], session.stdout
 
     # One more follower: it copies the primary (pg_basebackup) and has the rows.
     kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
@@ -144,7 +156,7 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
         )  # fmt: skip
         return done.stdout.strip()
 
-    assert wait_for("the rows on the new follower", lambda: on_new_follower() == "2", 60)
+    assert wait_for("the rows on the new follower", lambda: on_new_follower() == "12", 60)
 
     # Back to one follower: the added member and its volume go away cleanly.
     kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
@@ -158,4 +170,4 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
         ),
         60,
     )
-    assert sql("select count(*) from kv") == "2"
+    assert sql("select count(*) from kv") == "12"
