@@ -107,7 +107,6 @@ class BackendConnection(asyncio.Protocol):
         self._auth_user = ""
         self._auth_password: str | None = None
         self._scram: auth.ScramClientExchange | None = None
-        self._closed = asyncio.get_running_loop().create_future()
 
     # --- connecting
 
@@ -223,8 +222,6 @@ class BackendConnection(asyncio.Protocol):
         self._fail_startup(f"connection closed during startup ({exc or 'EOF'})")
         if self._hidden_done is not None and not self._hidden_done.done():
             self._hidden_done.set_exception(BackendError(f"{self.member_name}: connection lost"))
-        if not self._closed.done():
-            self._closed.set_result(None)
         if self._sink is not None:
             self._sink.backend_lost(self, exc)
 
@@ -384,9 +381,6 @@ class BackendConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
         self.broken = True
-
-    async def wait_closed(self) -> None:
-        await self._closed
 
 
 async def send_cancel(address: str, pid: int, secret: int, timeout: float) -> None:

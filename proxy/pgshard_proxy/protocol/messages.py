@@ -154,10 +154,6 @@ def auth_ok() -> bytes:
     return _msg(b"R", _INT32.pack(0))
 
 
-def auth_cleartext() -> bytes:
-    return _msg(b"R", _INT32.pack(3))
-
-
 def auth_md5(salt: bytes) -> bytes:
     return _msg(b"R", _INT32.pack(5) + salt)
 
@@ -219,10 +215,6 @@ def sasl_response(data: bytes) -> bytes:
 
 def close_statement(name: str) -> bytes:
     return _msg(b"C", b"S" + _z(name))
-
-
-def sync() -> bytes:
-    return _msg(b"S", b"")
 
 
 def terminate() -> bytes:

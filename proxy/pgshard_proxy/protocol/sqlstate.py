@@ -1,4 +1,4 @@
-"""SQLSTATE codes the proxy itself raises, and the ErrorResponse/Notice builders.
+"""SQLSTATE codes the proxy itself raises, and the ErrorResponse builder.
 
 Errors that come from PostgreSQL are forwarded untouched; these are for the
 proxy's own answers (authentication, protocol violations, routing failures).
@@ -16,26 +16,18 @@ class SqlState(enum.Enum):
 
     PROTOCOL_VIOLATION = "08P01"
     CONNECTION_FAILURE = "08006"
-    CONNECTION_EXCEPTION = "08000"
-    SQLCLIENT_UNABLE_TO_ESTABLISH = "08001"
     INVALID_AUTHORIZATION = "28000"
     INVALID_PASSWORD = "28P01"
     FEATURE_NOT_SUPPORTED = "0A000"
-    READ_ONLY_TRANSACTION = "25006"
     TRANSACTION_RESOLUTION_UNKNOWN = "08007"
-    ADMIN_SHUTDOWN = "57P01"
     CANNOT_CONNECT_NOW = "57P03"
     TOO_MANY_CONNECTIONS = "53300"
     INVALID_PARAMETER_VALUE = "22023"
-    INTERNAL_ERROR = "XX000"
-    QUERY_CANCELED = "57014"
 
 
 class Severity(enum.Enum):
     ERROR = "ERROR"
     FATAL = "FATAL"
-    NOTICE = "NOTICE"
-    WARNING = "WARNING"
 
 
 def _fields(
@@ -67,12 +59,6 @@ def error_response(
     """An encoded ErrorResponse ('E') message."""
     body = _fields(severity, code, message, detail, hint)
     return b"E" + struct.pack("!I", len(body) + 4) + body
-
-
-def notice_response(code: SqlState, message: str, *, hint: str | None = None) -> bytes:
-    """An encoded NoticeResponse ('N') message."""
-    body = _fields(Severity.NOTICE, code, message, None, hint)
-    return b"N" + struct.pack("!I", len(body) + 4) + body
 
 
 def parse_error_fields(body: bytes) -> dict[str, str]:

@@ -38,6 +38,3 @@ class CancelRegistry:
 
     def lookup(self, pid: int, secret: int) -> Cancellable | None:
         return self._by_key.get((pid, secret))
-
-    def __len__(self) -> int:
-        return len(self._by_key)

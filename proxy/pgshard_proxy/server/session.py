@@ -243,9 +243,6 @@ class Session(asyncio.Protocol):
         except messages.MalformedMessage as e:
             self._fatal(SqlState.PROTOCOL_VIOLATION, f"invalid message: {e}")
 
-    def eof_received(self) -> bool:
-        return False
-
     # --- startup and authentication
 
     def _read_initial(self) -> bool:
