@@ -113,6 +113,7 @@ async def scenario(mode: str, runs: int, base: Path) -> dict[str, list[float]]:
                     out.setdefault(f"{mode}: {name}, failed runs", []).append(1)
                     continue
                 out.setdefault(f"{mode}: {name} -> first write", []).append(secs)
+                print(f"{mode}: {name}: first write after {secs:.2f} s, {lost} rows lost")
                 if name == "kill -9":
                     out.setdefault(f"{mode}: kill -9, acknowledged rows lost", []).append(lost)
     return out

@@ -82,7 +82,10 @@ async def test_kill9_of_the_primary_in_sync_mode_loses_no_acknowledged_row(
         # The old primary follows the new timeline.
         new_tli = agent_status(c, shard["primary"]["name"])["timeline"]
         assert new_tli >= 2
-        assert agent_status(c, old)["timeline"] == new_tli
+        await eventually(
+            lambda: agent_status(c, old)["timeline"] == new_tli,
+            what=f"{old} streaming on timeline {new_tli}",
+        )
 
 
 async def test_a_hung_primary_is_replaced_only_after_its_lease_and_then_refuses_writes(

@@ -84,6 +84,13 @@ class LocalCluster:
             f"--signal={sig}",
         )  # fmt: skip
 
+    def print_logs(self, lines: int = 40) -> None:
+        """The tail of every log in DIR/logs (the supervisor's decisions, each agent)."""
+        logs = self.dir / "logs"
+        for path in sorted(logs.glob("*.log")) if logs.is_dir() else ():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            print(f"----- {path.name} -----", *tail, sep="\n")
+
     def _ours(self, pid: int) -> bool:
         """Whether ``pid`` is a process of this cluster (pids can be reused)."""
         try:
@@ -131,6 +138,9 @@ def running(
             *up_args,
         )
         yield cluster
+    except BaseException:
+        cluster.print_logs()  # pytest shows it with the failure
+        raise
     finally:
         cluster.down()
         cluster.kill_leftovers()

@@ -63,7 +63,13 @@ class Writer:
                 )
                 self.acked.append(self._next)
                 self.log.append((time.monotonic(), dsn))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # a statement cancelled by the timeout
+                TimeoutError,
+            ):
                 self.failed += 1
                 if conn is not None:
                     conn.terminate()

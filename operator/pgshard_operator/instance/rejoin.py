@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pgshard_proxy.contract import positions
 
-from . import bootstrap, config, postgres
+from . import bootstrap, config, postgres, sql
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,14 @@ async def rejoin(
     up: bootstrap.Upstream,
 ) -> RejoinResult:
     end = _end_of_wal(bins, datadir)
+    # A just-promoted primary's control file names its new timeline only after its first
+    # checkpoint; without one, pg_rewind sees "the same timeline", says no rewind is
+    # required, and the old primary then cannot follow (it is past the fork).
+    conn = await sql.connect(up.host, up.port, creds, timeout=10)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
     source = (
         f"host={up.host} port={up.port} user={creds.superuser} dbname=postgres connect_timeout=5"
     )
