@@ -102,7 +102,8 @@ async def ids_on(dsn: str) -> set[int]:
 
 @contextlib.asynccontextmanager
 async def running(topology: Path, shard: int = 0, timeout: float = 5.0) -> AsyncIterator[Writer]:
-    w = Writer(topology, shard, timeout)
+    """A writer whose inserts and connects are both bounded by ``timeout``."""
+    w = Writer(topology, shard, timeout, connect_timeout=timeout)
     await w.setup()
     task = asyncio.create_task(w.run())
     try:
