@@ -90,6 +90,8 @@ class Agent:
         )
         self.role = Role.BOOTSTRAPPING
         self.error: str | None = None
+        self._probe_conn: Any = None
+        self._probe_lock = asyncio.Lock()
         self.valid_until = 0.0
         self._lock = asyncio.Lock()  # one role change at a time
 
@@ -135,6 +137,8 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
+        if self._probe_conn is not None:
+            self._probe_conn.terminate()
         await self.pg.stop()
         if self.role is Role.PRIMARY:
             self.store.release(self.s.name)
@@ -203,7 +207,18 @@ class Agent:
     # -- observations ---------------------------------------------------------------
 
     async def _probe(self) -> Any:
-        return await sql.fetchrow(self.s.server.host, self.s.server.port, self.creds, _PROBE)
+        """One status query over a kept connection (a SCRAM login per probe costs CPU)."""
+        async with self._probe_lock:
+            if self._probe_conn is None or self._probe_conn.is_closed():
+                self._probe_conn = await sql.connect(
+                    self.s.server.host, self.s.server.port, self.creds
+                )
+            try:
+                return await self._probe_conn.fetchrow(_PROBE)
+            except BaseException:  # incl. cancellation by a timeout: the state is unknown
+                conn, self._probe_conn = self._probe_conn, None
+                conn.terminate()
+                raise
 
     async def status(self) -> dict[str, Any]:
         row: Any = None
