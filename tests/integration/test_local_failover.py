@@ -213,3 +213,26 @@ def _try(fn: Callable[[], Any]) -> bool | None:
     except (OSError, asyncpg.PostgresError):
         return None
     return True
+
+
+async def test_an_old_primary_that_cannot_be_rewound_is_recloned(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+        old = c.shard(0)["primary"]
+        async with writer.running(c.dir / "topology.json") as w:
+            await w.wait_acked(20)
+        await asyncio.to_thread(c.kill, 0, old["name"], "KILL")
+        # Break its data directory so that pg_rewind must fail.
+        (c.dir / "members" / old["name"] / "data" / "global" / "pg_control").unlink()
+        await eventually(new_primary(c, old["name"]), what="a new primary")
+
+        def recloned() -> dict[str, Any] | None:
+            s = c.shard(0)
+            back = any(
+                f["name"] == old["name"] and f["state"] == "streaming" for f in s["followers"]
+            )
+            return s if back and (s["lastFailover"] or {}).get("rejoin") else None
+
+        shard = await eventually(recloned, what="the old primary re-cloned and streaming")
+        assert shard["lastFailover"]["rejoin"] == "reclone"
+        follower = next(f for f in shard["followers"] if f["name"] == old["name"])
+        assert set(w.acked) <= await writer.ids_on(follower["dsn"])
