@@ -1,4 +1,4 @@
-"""``pgshard local up|status|down|kill`` and ``pgshard switchover`` (argparse).
+"""``pgshard local up|status|down|kill|scale`` and ``pgshard switchover`` (argparse).
 
 Registered through ``pgshard_operator.cli.COMMANDS``. The flags, the JSON of
 ``status --json`` and the files in DIR are a contract (issue 2): users' scripts
@@ -102,6 +102,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kill.add_argument("--signal", choices=sorted(SIGNALS), default="KILL")
     kill.set_defaults(func=cmd_kill)
 
+    sc = lsub.add_parser("scale", help="change the number of followers of a running cluster")
+    sc.add_argument("--dir", required=True, type=Path)
+    sc.add_argument("--replicas", required=True, type=int, help="followers per shard")
+    sc.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for new followers to stream"
+    )
+    sc.set_defaults(func=cmd_scale)
+
     so = sub.add_parser(
         "switchover", help="planned change of a shard's primary, no acknowledged write lost"
     )
@@ -176,6 +184,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         max_lag_bytes=args.max_lag_bytes if args.max_lag_bytes is not None else max_lag,
         proxy_host=args.proxy_host or proxy_host,
         proxy_port=args.proxy_port if args.proxy_port is not None else proxy_port,
+        port_slots=stored.slots if stored is not None else 0,
     )
     validate(cfg)
     return cfg
@@ -378,4 +387,29 @@ def cmd_switchover(args: argparse.Namespace) -> int:
         raise CommandError(f"switchover refused: {doc.get('error', code)}")
     lf = doc["lastFailover"]
     print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        cfg = cdir.load_config()
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    if not atomicfile.is_locked(cdir.supervisor_lock):
+        raise CommandError(
+            f"no cluster running in {cdir.root}; start it with 'pgshard local up' "
+            "(a stopped cluster keeps the shape it had)"
+        )
+    url = f"http://{cfg.host}:{cfg.control_port}/scale"
+    body = {"replicas": args.replicas, "timeout": args.timeout}
+    try:
+        code, doc = asyncio.run(control.request(url, "POST", body, args.timeout + 60))
+    except (OSError, TimeoutError) as e:
+        raise CommandError(f"the supervisor did not answer at {url}: {e!r}") from None
+    if code != 200:
+        raise CommandError(f"scale refused: {doc.get('error', code)}")
+    changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
+    changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
+    print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))
     return 0

@@ -28,6 +28,9 @@ from ..instance.credentials import Credentials
 FORMAT_VERSION = 1
 """Bumped when DIR's layout changes incompatibly; ``up`` refuses other versions."""
 
+MAX_ADDED_PER_SHARD = 32
+"""Followers ``local scale`` can add to a shard beyond its shape at creation (see ports)."""
+
 
 class ReplicationMode(enum.Enum):
     ASYNC = "async"
@@ -93,6 +96,24 @@ class ClusterConfig:
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 6432
     """Where ``local up`` runs pgshard-proxy (``--proxy-host``/``--proxy-port``)."""
+    port_slots: int = 0
+    """Members per shard whose ports lie in the block before the control port: the shape
+    at creation (0: ``replicas + 1``). Fixed for the cluster's life, so that ``local
+    scale`` moves no running member's port; members added beyond it use ports after the
+    control port (``MAX_ADDED_PER_SHARD`` pairs per shard)."""
+
+    @property
+    def slots(self) -> int:
+        return self.port_slots or self.replicas + 1
+
+    def with_replicas(self, replicas: int) -> ClusterConfig:
+        """This cluster with ``replicas`` followers per shard; ports of members kept."""
+        d = self.follower_delays_ms
+        if len(d) > 1:  # one value per follower: new ones get no delay
+            d = (d + (0,) * replicas)[:replicas]
+        return dataclasses.replace(
+            self, replicas=replicas, port_slots=self.slots, follower_delays_ms=d
+        )
 
     @property
     def proxy_address(self) -> str:
@@ -101,7 +122,12 @@ class ClusterConfig:
     @property
     def control_port(self) -> int:
         """The supervisor's control endpoint: the first port after the members'."""
-        return self.base_port + 2 * self.shards * (self.replicas + 1)
+        return self.base_port + 2 * self.shards * self.slots
+
+    def _port(self, shard: int, index: int) -> int:
+        if index < self.slots:
+            return self.base_port + 2 * (shard * self.slots + index)
+        return self.control_port + 1 + 2 * (shard * MAX_ADDED_PER_SHARD + index - self.slots)
 
     def delay_for(self, follower_index: int) -> int:
         """``--follower-delay-ms`` for follower ``follower_index`` (1-based)."""
@@ -114,18 +140,16 @@ class ClusterConfig:
 
     def members(self, shard: int | None = None) -> list[MemberSpec]:
         out = []
-        per = self.replicas + 1
         for s in range(self.shards) if shard is None else [shard]:
-            for j in range(per):
-                k = s * per + j
+            for j in range(self.replicas + 1):
                 out.append(
                     MemberSpec(
                         name=member_name(s, j),
                         shard=s,
                         index=j,
                         host=self.host,
-                        port=self.base_port + 2 * k,
-                        status_port=self.base_port + 2 * k + 1,
+                        port=self._port(s, j),
+                        status_port=self._port(s, j) + 1,
                         apply_delay_ms=self.delay_for(j) if j else 0,
                     )
                 )
@@ -156,6 +180,7 @@ class ClusterConfig:
             "maxLagBytes": self.max_lag_bytes,
             "timings": dataclasses.asdict(self.timings),
             "proxy": {"host": self.proxy_host, "port": self.proxy_port},
+            "portSlots": self.slots,
         }
 
     @classmethod
@@ -181,6 +206,7 @@ class ClusterConfig:
                 timings=Timings(**d.get("timings", {})),
                 proxy_host=str(d.get("proxy", {}).get("host", "127.0.0.1")),
                 proxy_port=int(d.get("proxy", {}).get("port", 6432)),
+                port_slots=int(d.get("portSlots", 0)),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise LayoutError(f"{where} is damaged ({e}); use a new --dir") from None
@@ -208,7 +234,13 @@ def validate(cfg: ClusterConfig) -> None:
         )
     if any(d < 0 for d in cfg.follower_delays_ms):
         raise LayoutError("--follower-delay-ms values must be >= 0")
-    if not (cfg.base_port >= 1024 and cfg.control_port < 65536):
+    if cfg.replicas + 1 > cfg.slots + MAX_ADDED_PER_SHARD:
+        raise LayoutError(
+            f"--replicas {cfg.replicas}: at most {MAX_ADDED_PER_SHARD} followers can be added "
+            f"to the shape the cluster was created with ({cfg.slots - 1} followers)"
+        )
+    last = max(m.status_port for m in cfg.members())
+    if not (cfg.base_port >= 1024 and max(cfg.control_port, last) < 65536):
         raise LayoutError(f"--base-port {cfg.base_port}: ports must lie in 1024..65535")
     if not cfg.host.startswith("127."):
         raise LayoutError(f"--host {cfg.host}: the local cluster listens on loopback (127.x.y.z)")

@@ -3,7 +3,8 @@
 It owns DIR while it runs (``DIR/supervisor.lock``), starts one instance agent per
 member (agents.py), restarts agents that die, keeps ``DIR/topology.json``'s
 follower states current from the agents' status endpoints (view.py), runs one
-shard manager per shard through the local platform, and reports its progress in
+shard manager per shard through the local platform, adds or removes followers when
+``pgshard local scale`` asks (scale.py), and reports its progress in
 ``DIR/supervisor.json`` (``starting`` → ``ready`` | ``failed`` → ``stopped``),
 which ``local up`` waits on. SIGTERM or SIGINT stop everything it started.
 
@@ -17,7 +18,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +34,9 @@ from pgshard_proxy.contract import topology
 from .. import atomicfile
 from ..instance.credentials import Credentials
 from ..platform.local import LocalPlatform
-from ..shard import manager, policy
+from ..shard import manager, policy, replication
 from . import control, topofile, view
+from . import scale as scaling
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
 from .proxyproc import ProxyProcess
@@ -67,6 +71,9 @@ class Supervisor:
         self.ready = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.managers: dict[int, manager.ShardManager] = {}
+        self.platforms: dict[int, LocalPlatform] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._scaling = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
 
     # -- state file -------------------------------------------------------------
@@ -140,7 +147,7 @@ class Supervisor:
         primary = self.primary_of(shard) or members[0].name
         first = self.agents[primary]
         await first.start(upstream=None, bootstrap_primary=fresh)
-        self._tasks.append(asyncio.ensure_future(self._watch(first)))
+        self._supervise(first)
         must_clone = [m for m in members if not (self.cdir.datadir(m.name) / "PG_VERSION").exists()]
         if fresh or must_clone:  # a snapshot needs a running primary
             await self._wait_for(lambda: self._role(primary) == "primary")
@@ -148,7 +155,12 @@ class Supervisor:
             if m.name != primary:
                 agent = self.agents[m.name]
                 await agent.start(upstream=first.spec.address)
-                self._tasks.append(asyncio.ensure_future(self._watch(agent)))
+                self._supervise(agent)
+
+    def _supervise(self, agent: AgentProcess) -> None:
+        task = asyncio.ensure_future(self._watch(agent))
+        self._watchers[agent.spec.name] = task
+        self._tasks.append(task)
 
     def _role(self, name: str) -> str | None:
         doc = self.statuses.get(name)
@@ -242,6 +254,7 @@ class Supervisor:
                 agent_alive=lambda name: self.agents[name].alive,
                 statuses=lambda: self.statuses,
             )
+            self.platforms[i] = platform
             self.managers[i] = manager.ShardManager(
                 platform, pol, logger=logging.getLogger(f"pgshard_operator.shard.{i}")
             )
@@ -255,7 +268,9 @@ class Supervisor:
         if fresh:
             topofile.create(self.cdir, topofile.initial(self.cfg))
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
-        runner = await control.serve(self.managers, self.cfg.host, self.cfg.control_port)
+        runner = await control.serve(
+            self.managers, self.cfg.host, self.cfg.control_port, scale=self.scale
+        )
         try:
             observer = asyncio.ensure_future(self._observe_loop())
             try:
@@ -270,16 +285,120 @@ class Supervisor:
                 if self._on_ready is not None:
                     await asyncio.to_thread(self._on_ready)
                 waiter = asyncio.ensure_future(stop.wait())
-                await asyncio.wait([waiter, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-                for t in self._tasks:
-                    if t.done():
-                        t.result()
+                while not waiter.done():
+                    # Re-collected each time: `scale` adds watchers and retires others.
+                    watched = list(self._tasks)
+                    await asyncio.wait([waiter, *watched], return_when=asyncio.FIRST_COMPLETED)
+                    for t in watched:
+                        if t.done() and t in self._tasks:
+                            self._tasks.remove(t)
+                            t.result()
             finally:
                 observer.cancel()
         finally:
             await self.shutdown()
             await runner.cleanup()
             await self._http.close()
+
+    # -- scale ------------------------------------------------------------------
+
+    async def scale(self, replicas: int, timeout: float) -> dict[str, Any]:
+        """Give every shard ``replicas`` followers (see scale.py); one change at a time."""
+        async with self._scaling:
+            if not self.ready:
+                raise scaling.ScaleRefused("the cluster is still starting; retry when it is ready")
+            primaries = {i: self.primary_of(i) for i in range(self.cfg.shards)}
+            p = scaling.plan(self.cfg, replicas, primaries)
+            if p.added:
+                await self._add(p, timeout)
+            for shard in sorted({m.shard for m in p.removed}):
+                await self._remove(p, shard, timeout)
+            return {
+                "replicas": replicas,
+                "added": [m.name for m in p.added],
+                "removed": [m.name for m in p.removed],
+            }
+
+    def _adopt(self, cfg: ClusterConfig) -> None:
+        """``cfg`` becomes the cluster's shape: here, for the managers, and in cluster.json
+        (so ``up`` after ``down`` resumes with it)."""
+        self.cfg = cfg
+        for platform in self.platforms.values():
+            platform.set_members(cfg)
+        atomicfile.write_json(self.cdir.config, cfg.to_dict())
+
+    async def _add(self, p: scaling.ScalePlan, timeout: float) -> None:
+        for m in p.added:
+            for port in (m.port, m.status_port):
+                with socket.socket() as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        sock.bind((m.host, port))
+                    except OSError as e:
+                        raise scaling.ScaleRefused(
+                            f"port {port} on {m.host} (for new member {m.name}) is not "
+                            f"available: {e.strerror}; stop what uses it and retry"
+                        ) from None
+        for m in p.added:  # known before the managers see them (agent_alive looks them up)
+            self.agents[m.name] = AgentProcess(self.cdir, p.cfg, m)
+        self._adopt(p.cfg)
+        for m in p.added:
+            # The agent's usual follower bootstrap: slot on the primary, then the snapshot.
+            await self.agents[m.name].start(upstream=self._upstream(m.shard))
+            self._supervise(self.agents[m.name])
+        names = {m.name for m in p.added}
+
+        def streaming() -> bool:
+            topo = topofile.read(self.cdir)
+            return topo is not None and names <= {
+                f.name for s in topo.shards for f in s.followers if f.state == "streaming"
+            }
+
+        deadline = time.monotonic() + timeout
+        while not streaming():
+            if time.monotonic() > deadline:
+                raise scaling.ScaleRefused(
+                    f"{', '.join(sorted(names))} not streaming after {timeout:.0f}s (they keep "
+                    f"trying; see {self.cdir.logs}/<name>.agent.log)"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _remove(self, p: scaling.ScalePlan, shard: int, timeout: float) -> None:
+        leaving = [m for m in p.removed if m.shard == shard]
+        mgr, platform = self.managers[shard], self.platforms[shard]
+        settings = self.shard_policy().replication
+        async with mgr.paused():  # no failover or switchover while the membership changes
+            primary = self.primary_of(shard)
+            if primary is None or primary in {m.name for m in leaving}:
+                raise scaling.ScaleRefused(
+                    f"shard {shard} has no primary outside the members to remove now; retry"
+                )
+            remaining = [m.name for m in p.cfg.members(shard) if m.name != primary]
+            platform.set_members(p.cfg)
+            try:
+                if settings.required_acks:
+                    await platform.set_sync_standbys(
+                        primary, replication.standby_names(settings, remaining)
+                    )
+                await scaling.handed_over(
+                    self.creds.superuser_dsn(self.cfg.member(primary).address),
+                    remaining,
+                    settings.required_acks,
+                    timeout,
+                )
+            except BaseException:
+                platform.set_members(self.cfg)  # the manager's next cycle restores the setting
+                raise
+            self._adopt(p.cfg)
+        primary_dsn = self.creds.superuser_dsn(self.cfg.member(primary).address)
+        for m in leaving:
+            self._tasks.remove(watcher := self._watchers.pop(m.name))
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await self.agents.pop(m.name).stop()
+            await scaling.drop_slot(primary_dsn, m.name, timeout)
+            await asyncio.to_thread(shutil.rmtree, self.cdir.member_dir(m.name))
+            log.info("%s removed from shard %d", m.name, shard)
 
     async def _watch_proxy(self) -> None:
         """Restart the proxy if it exits while the cluster runs (after 1 s)."""

@@ -91,6 +91,11 @@ class LocalPlatform:
         # structure change?" check from republishing every cycle.
         self._published: topology.Shard | None = None
 
+    def set_members(self, cfg: ClusterConfig) -> None:
+        """The shard's membership changed (``pgshard local scale``): manage ``cfg``'s."""
+        self.cfg = cfg
+        self.members = {m.name: m for m in cfg.members(self.index)}
+
     # -- helpers ------------------------------------------------------------------
 
     def _spec(self, name: str) -> MemberSpec:

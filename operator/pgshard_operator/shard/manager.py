@@ -15,11 +15,12 @@ Kubernetes operator's per-shard daemon, which also call
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from ..platform import base
@@ -116,6 +117,13 @@ class ShardManager:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._rejoins.clear()
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No cycle or switchover runs inside: the platform's owner changes the shard's
+        membership here (e.g. ``pgshard local scale`` removing a follower)."""
+        async with self._lock:
+            yield
 
     async def run_cycle(self) -> decide.Decision | None:
         """One cycle; returns its decision, or ``None`` if it failed (already logged)."""
