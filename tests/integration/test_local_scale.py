@@ -77,3 +77,10 @@ async def test_a_follower_added_under_writes_misses_no_row_and_leaves_cleanly(
             await conn.execute("INSERT INTO acked VALUES (-1)", timeout=15)
         finally:
             await conn.close()
+
+        c.down()
+        stopped = await asyncio.to_thread(
+            c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=2", check=False
+        )
+        assert stopped.returncode != 0
+        assert "no cluster running" in stopped.stderr

@@ -149,9 +149,14 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         for k, v in shape.items():
             if v is not None and v != current[k]:
                 flag = "--" + k.replace("_", "-")
+                hint = (
+                    " (then change it with 'pgshard local scale --replicas N')"
+                    if k == "replicas"
+                    else ""
+                )
                 raise LayoutError(
                     f"{flag} {v} contradicts the cluster in {args.dir} (created with "
-                    f"{flag} {current[k]}); omit {flag} to resume it, or use a new --dir"
+                    f"{flag} {current[k]}); omit {flag} to resume it{hint}, or use a new --dir"
                 )
         values = current
         timings = stored.timings
