@@ -14,6 +14,7 @@ ENV = {
     "PGSHARD_DATA_DIR": "/var/lib/pgshard/data",
     "PGSHARD_PG_CONFIG": "/etc/pgshard/postgresql.conf",
     "PGSHARD_LEASE_TTL_SECONDS": "10",
+    "PGSHARD_LEASE_NAME": "demo-shard-1",
     "PGSHARD_APP_USER": "app",
     "PGSHARD_APP_PASSWORD": "a",
     "PGSHARD_APP_DATABASE": "app",
@@ -32,10 +33,31 @@ def test_agent_flags_for_a_follower_pod() -> None:
     assert flags["--credentials"] == "/var/lib/pgshard/credentials.json"
     assert flags["--upstream"] == "10.1.2.9:5432"
     assert flags["--pg-option"] == "work_mem='8MB'"
+    assert flags["--kube-lease"] == "shop/demo-shard-1"
     assert "--bootstrap-primary" not in argv
     first = instance.agent_argv(p, None, "")
     assert first[-1] == "--bootstrap-primary"
+    held = instance.agent_argv(p, None, "", hold_primary=True)
+    assert held[-1] == "--hold-primary"
+    assert "--bootstrap-primary" not in held
     assert instance.credentials_doc(p)["superuser_password"] == "s"
+
+
+def test_start_plan() -> None:
+    first = instance.pod_env({**ENV, "PGSHARD_POD_NAME": "demo-shard-1-0"})
+    follower = instance.pod_env(ENV)
+    # Only ordinal 0 initialises, and only while nobody holds the lease.
+    assert instance.start_plan(first, empty=True, lease_holder=None) == instance.StartPlan(
+        bootstrap=True, copy_from=None, hold_primary=False
+    )
+    # After a failover the empty volume of ordinal 0 copies the current primary.
+    assert instance.start_plan(first, True, "demo_shard_1_2").copy_from == "demo-shard-1-2"
+    assert instance.start_plan(follower, True, None).copy_from == "demo-shard-1-0"
+    assert instance.start_plan(follower, True, "demo_shard_1_1").copy_from == "demo-shard-1-1"
+    # Data on the volume: never serve as primary without the shard manager.
+    for p in (first, follower):
+        plan = instance.start_plan(p, empty=False, lease_holder=None)
+        assert plan.hold_primary and not plan.bootstrap and plan.copy_from is None
 
 
 def test_missing_environment_is_a_clear_error() -> None:

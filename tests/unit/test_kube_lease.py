@@ -35,3 +35,13 @@ def test_released_and_missing_leases_are_free() -> None:
     assert "holderIdentity" not in released["spec"]
     assert kube_lease.from_object(released) == kube_lease.LeaseRecord(None, "7", 2)
     assert kube_lease.from_object(None) == kube_lease.LeaseRecord(None, None)
+
+
+def test_agent_view_of_the_lease() -> None:
+    from pgshard_operator.instance import lease as agent_lease
+
+    assert kube_lease.to_agent_lease(None) == agent_lease.FREE
+    seen = kube_lease.to_agent_lease(state.Lease("m1", 3, NOW + 10))
+    assert (seen.holder, seen.epoch, seen.expires_at) == ("m1", 3, NOW + 10)
+    assert agent_lease.classify(seen, "m1", NOW) is agent_lease.LeaseView.MINE
+    assert agent_lease.classify(seen, "m2", NOW + 10) is agent_lease.LeaseView.OTHERS_EXPIRED

@@ -52,7 +52,6 @@ class AgentSettings:
     datadir: Path
     server: config.ServerSettings
     credentials: Path
-    lease_file: Path
     lease_ttl: float = 3.0
     bootstrap_primary: bool = False
     """Create PGDATA with initdb (the shard's first primary) instead of a snapshot."""
@@ -80,11 +79,15 @@ SELECT pg_is_in_recovery() AS recovery,
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, bins: postgres.Binaries) -> None:
+    def __init__(
+        self, settings: AgentSettings, bins: postgres.Binaries, store: lease.LeaseStore
+    ) -> None:
         self.s = settings
         self.bins = bins
         self.creds: Credentials = Credentials.load(settings.credentials)
-        self.store = lease.FileLeaseStore(settings.lease_file)
+        self.store = store
+        self._held = lease.FREE
+        """The lease record as last read or written (status reports it without a call)."""
         self.pg = PostgresSupervisor(
             bins, settings.datadir, settings.pg_log, may_restart=self._may_restart
         )
@@ -121,14 +124,16 @@ class Agent:
         if config.is_standby(self.s.datadir):
             self.role = Role.FOLLOWER
             await self.pg.start()
-        elif not self.s.hold_primary and self._take_lease():
+        elif not self.s.hold_primary and await self._take_lease():
             self.role = Role.PRIMARY
             await self.pg.start()
         else:
             self.role = Role.STALE
             log.warning(
-                "PGDATA was a primary but %s holds the lease: waiting to rejoin",
-                self.store.read().holder,
+                "PGDATA was a primary but %s: waiting to rejoin",
+                "this member was restarted (--hold-primary)"
+                if self.s.hold_primary
+                else f"{(await self._read_lease()).holder} holds the lease",
             )
 
     async def run(self) -> None:
@@ -141,7 +146,10 @@ class Agent:
             self._probe_conn.terminate()
         await self.pg.stop()
         if self.role is Role.PRIMARY:
-            self.store.release(self.s.name)
+            try:
+                await asyncio.wait_for(self.store.release(self.s.name, time.time()), 5)
+            except Exception as e:  # it then simply expires
+                log.warning("could not release the lease: %s", e)
 
     # -- the lease ------------------------------------------------------------------
 
@@ -149,17 +157,34 @@ class Agent:
         if self.role is Role.FOLLOWER:
             return True
         if self.role is Role.PRIMARY:
-            renewed = self.store.renew(self.s.name, self.s.lease_ttl, time.time())
-            if renewed is not None and time.time() < self.valid_until:
-                self.valid_until = renewed.expires_at
+            # Nobody may take the lease before valid_until; the lease loop keeps renewing
+            # it once the restarted server answers, or fences before it runs out.
+            if time.time() < self.valid_until:
                 return True
-            self._fence("postgres crashed and the lease is no longer ours to renew")
+            self._fence("postgres crashed and the lease is no longer ours")
         return False
 
-    def _take_lease(self, epoch: int | None = None) -> bool:
-        got = self.store.take(self.s.name, self.s.lease_ttl, time.time(), epoch)
+    async def _read_lease(self) -> lease.Lease:
+        self._held = await asyncio.wait_for(self.store.read(), self._store_timeout)
+        return self._held
+
+    @property
+    def _store_timeout(self) -> float:
+        """A store call must not outlast a renewal period (then it counts as failed)."""
+        return max(0.05, self.s.lease_ttl / 3)
+
+    async def _take_lease(self, epoch: int | None = None) -> bool:
+        try:
+            got = await asyncio.wait_for(
+                self.store.take(self.s.name, self.s.lease_ttl, time.time(), epoch),
+                self._store_timeout,
+            )
+        except Exception as e:
+            log.warning("could not take the lease: %s", e)
+            return False
         if got is not None:
             self.valid_until = got.expires_at
+            self._held = got
         return got is not None
 
     async def _lease_loop(self) -> None:
@@ -173,26 +198,47 @@ class Agent:
                     await self._maybe_recover()
 
     async def _renew_or_fence(self, probe_timeout: float) -> None:
+        if lease.must_fence(self.valid_until, time.time(), margin=0):
+            # Woken after a stall (SIGSTOP, a frozen node) past the lease: another member
+            # may be primary already, so stop before anything else.
+            self._fence("the lease ran out while this agent was stalled")
+            return
         healthy = False
         try:
             row = await asyncio.wait_for(self._probe(), probe_timeout)
             healthy = row is not None and not row["recovery"]
         except Exception as e:  # any failure to answer counts as unhealthy
             log.debug("primary probe failed: %s", e)
-        now = time.time()
         if healthy:
-            renewed = self.store.renew(self.s.name, self.s.lease_ttl, now)
-            if renewed is not None:
-                self.valid_until = renewed.expires_at
+            try:
+                renewed = await asyncio.wait_for(
+                    self.store.renew(self.s.name, self.s.lease_ttl, time.time()), probe_timeout
+                )
+            except Exception as e:  # the store is unreachable: fence only near expiry
+                log.warning("could not renew the lease: %s", e)
+            else:
+                if renewed is not None:
+                    self.valid_until = renewed.expires_at
+                    self._held = renewed
+                    return
+                self._fence("the lease was taken by another member")
                 return
-            self._fence(f"lease taken by {self.store.read().holder}")
-        elif lease.must_fence(self.valid_until, now, margin=probe_timeout):
-            self._fence("server unhealthy: could not renew the lease before it expires")
+        if lease.must_fence(self.valid_until, time.time(), margin=probe_timeout):
+            why = "server unhealthy" if not healthy else "lease store unreachable"
+            self._fence(f"{why}: could not renew the lease before it expires")
 
     async def _maybe_recover(self) -> None:
         """A fenced primary whose lease nobody took over serves again (e.g. after a stall)."""
-        view = lease.classify(self.store.read(), self.s.name, time.time())
-        if view in (lease.LeaseView.MINE, lease.LeaseView.MINE_EXPIRED) and self._take_lease():
+        try:
+            held = await self._read_lease()
+        except Exception as e:
+            log.debug("lease store unreachable: %s", e)
+            return
+        view = lease.classify(held, self.s.name, time.time())
+        if (
+            view in (lease.LeaseView.MINE, lease.LeaseView.MINE_EXPIRED)
+            and await self._take_lease()
+        ):
             log.warning("lease still ours and untaken: serving as primary again")
             self.role = Role.PRIMARY
             self.error = None
@@ -228,7 +274,10 @@ class Agent:
                 row = await asyncio.wait_for(self._probe(), 2.0)
             except Exception as e:
                 error = error or f"postgres not answering: {e}"
-        held = self.store.read()
+        try:
+            held = await self._read_lease()
+        except Exception:  # report the last record known
+            held = self._held
         doc: dict[str, Any] = {
             "name": self.s.name,
             "role": self.role.value,
@@ -268,8 +317,8 @@ class Agent:
         async with self._lock:
             if self.role is not Role.FOLLOWER:
                 raise AgentConflict(f"{self.s.name} is {self.role.value}, not a follower")
-            if not self._take_lease(epoch):
-                held = self.store.read()
+            if not await self._take_lease(epoch):
+                held = await self._read_lease()
                 raise AgentConflict(
                     f"lease held by {held.holder} for {held.expires_at - time.time():.1f}s more"
                 )
@@ -325,7 +374,12 @@ class Agent:
                 self.role = Role.FENCED
                 self.error = "fenced by the control plane"
                 await self.pg.stop()
-                self.store.release(self.s.name)
+                try:
+                    await asyncio.wait_for(
+                        self.store.release(self.s.name, time.time()), self._store_timeout
+                    )
+                except Exception as e:  # harmless: it expires, and the server is down
+                    log.warning("could not release the lease: %s", e)
             elif self.pg.pid is not None:
                 self.pg.kill()
                 await self.pg.stop()

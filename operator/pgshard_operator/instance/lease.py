@@ -5,10 +5,13 @@ of the primary renews it every ``ttl / 3``; if it cannot renew, it fences its
 server before the lease runs out (see agent.py), so when the shard manager sees
 the lease expire, the old primary no longer acknowledges writes.
 
-The store here is a JSON file guarded by an ``fcntl`` lock (the local platform);
-all operations are compare-and-set under that lock. Expiry is wall-clock time
-(``time.time()``) because every party runs on the same machine; a process that
-was paused (SIGSTOP) sees the jump when it wakes. ``classify`` is pure so its
+The agent talks to a :class:`LeaseStore` (async, so a store may call an API).
+Two implementations: :class:`FileLeases` here, a JSON file guarded by an
+``fcntl`` lock (the local platform; all operations are compare-and-set under
+that lock), and ``k8s.lease.KubeLeases``, a ``coordination.k8s.io/v1`` Lease
+(compare-and-set on its resourceVersion). Expiry is wall-clock time
+(``time.time()``) on a clock all parties share; a process that was paused
+(SIGSTOP) sees the jump when it wakes. ``classify`` is pure so its
 high-consequence branches are unit-tested.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from pathlib import Path
+from typing import Protocol
 
 from .. import atomicfile
 
@@ -149,3 +153,46 @@ class FileLeaseStore:
                 ).to_dict(),
             )
             return True
+
+
+class LeaseStore(Protocol):
+    """What the instance agent needs from a lease store. Every write is a
+    compare-and-set; a call may raise (e.g. the API is unreachable): the agent then
+    counts the lease as not renewed and fences before it runs out."""
+
+    async def read(self) -> Lease:
+        """The stored record (:data:`FREE` when nobody holds it)."""
+        ...
+
+    async def take(self, me: str, ttl: float, now: float, epoch: int | None) -> Lease | None:
+        """Acquire or renew for ``me`` unless another member's claim may be valid;
+        ``epoch`` None keeps the stored epoch. None when refused."""
+        ...
+
+    async def renew(self, me: str, ttl: float, now: float) -> Lease | None:
+        """Extend a lease ``me`` still holds; None once anybody else took it."""
+        ...
+
+    async def release(self, holder: str, now: float) -> bool:
+        """Give the lease up if ``holder`` holds it."""
+        ...
+
+
+class FileLeases:
+    """:class:`LeaseStore` over a :class:`FileLeaseStore` (local file operations are
+    short and atomic under the file lock, so they run inline)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = FileLeaseStore(path)
+
+    async def read(self) -> Lease:
+        return self.file.read()
+
+    async def take(self, me: str, ttl: float, now: float, epoch: int | None) -> Lease | None:
+        return self.file.take(me, ttl, now, epoch)
+
+    async def renew(self, me: str, ttl: float, now: float) -> Lease | None:
+        return self.file.renew(me, ttl, now)
+
+    async def release(self, holder: str, now: float) -> bool:
+        return self.file.release(holder)

@@ -17,10 +17,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from . import bootstrap, config, postgres
+from . import bootstrap, config, lease, postgres
 from .agent import Agent, AgentSettings
 from .credentials import CredentialsMissing
 
@@ -34,6 +34,13 @@ def _address(text: str) -> bootstrap.Upstream:
     return bootstrap.Upstream(host, int(port))
 
 
+def _lease_name(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgshard-instance", description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True, help="member name (also its replication slot)")
@@ -42,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5432, help="PostgreSQL port")
     p.add_argument("--status-port", type=int, default=8008, help="HTTP status endpoint port")
     p.add_argument("--credentials", required=True, type=Path, help="credentials JSON file")
-    p.add_argument("--lease-file", required=True, type=Path, help="the shard's lease file")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--lease-file", type=Path, help="the shard's lease file (local)")
+    where.add_argument(
+        "--kube-lease",
+        type=_lease_name,
+        metavar="NAMESPACE/NAME",
+        help="the shard's coordination.k8s.io Lease (in a pod: the service account's token)",
+    )
     p.add_argument("--lease-ttl", type=float, default=3.0, help="primary lease TTL, seconds")
     p.add_argument(
         "--bootstrap-primary", action="store_true", help="create an empty PGDATA with initdb"
@@ -86,7 +100,6 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
             hba_networks=tuple(a.hba_network) or (config.LOOPBACK,),
         ),
         credentials=a.credentials,
-        lease_file=a.lease_file,
         lease_ttl=a.lease_ttl,
         bootstrap_primary=a.bootstrap_primary,
         upstream=a.upstream,
@@ -105,10 +118,33 @@ async def _watch_parent(stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def run(settings: AgentSettings, status_port: int, exit_with_parent: bool) -> int:
+@contextlib.asynccontextmanager
+async def lease_store(
+    lease_file: Path | None, kube_lease: tuple[str, str] | None
+) -> AsyncIterator[lease.LeaseStore]:
+    """The store the flags name; a Kubernetes API client lives as long as the agent."""
+    if kube_lease is None:
+        assert lease_file is not None  # argparse requires one of the two
+        yield lease.FileLeases(lease_file)
+        return
+    from ..k8s import apply
+    from ..k8s import lease as kube_lease_store
+
+    async with await apply.connect() as api_client:
+        namespace, name = kube_lease
+        store = kube_lease_store.KubeLeaseStore(apply.Api(api_client), namespace, name)
+        yield kube_lease_store.KubeLeases(store)
+
+
+async def run(
+    settings: AgentSettings,
+    status_port: int,
+    exit_with_parent: bool,
+    store: lease.LeaseStore,
+) -> int:
     from . import health
 
-    agent = Agent(settings, postgres.Binaries.detect())
+    agent = Agent(settings, postgres.Binaries.detect(), store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,13 +182,18 @@ async def run(settings: AgentSettings, status_port: int, exit_with_parent: bool)
             watcher.cancel()
 
 
+async def _main(args: argparse.Namespace) -> int:
+    async with lease_store(args.lease_file, args.kube_lease) as store:
+        return await run(settings_from_args(args), args.status_port, args.exit_with_parent, store)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        return asyncio.run(run(settings_from_args(args), args.status_port, args.exit_with_parent))
+        return asyncio.run(_main(args))
     except (postgres.PostgresNotInstalled, CredentialsMissing) as e:
         log.error("%s", e)
         return 2

@@ -6,11 +6,13 @@ credentials file the agent expects (from the cluster's Secrets, owner-only, on t
 pod's volume), finds what to copy when the volume is empty, and then replaces
 itself with the instance agent (``pgshard_operator.instance.main``) with flags.
 
-Current limits (a first step towards failover on pods): the member with ordinal 0
-bootstraps the shard and stays its primary; the others copy it and follow it. The
-primary lease is a file on the pod's own volume, so it fences nothing across pods,
-and no shard manager runs on Kubernetes yet. The Lease-backed store
-(``k8s/lease.py``) is what the agent must use before failover may run here.
+The primary lease is the shard's ``coordination.k8s.io/v1`` Lease
+(``--kube-lease``, ``k8s/lease.py``), held by the agent of the primary pod. Start
+rules (:func:`start_plan`, pure): an empty volume of ordinal 0 while nobody holds
+the lease initialises the shard (initdb); any other empty volume copies the
+lease holder (else ordinal 0) and follows it; a volume with data starts with
+``--hold-primary``, so a restarted primary never serves on its own: the shard
+manager fails over (or rejoins it) first.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import naming
-from . import apply
+from . import apply, lease
 
 CONNECT_FROM = "0.0.0.0/0"
 """Every peer must present a SCRAM password; the pod network is not known in advance."""
@@ -40,6 +42,7 @@ class PodEnv:
     data_dir: Path
     pg_config: Path
     lease_ttl: str
+    lease_name: str
     app_user: str
     app_password: str
     app_database: str
@@ -75,6 +78,7 @@ def pod_env(env: Mapping[str, str]) -> PodEnv:
         data_dir=Path(need("PGSHARD_DATA_DIR")),
         pg_config=Path(need("PGSHARD_PG_CONFIG")),
         lease_ttl=need("PGSHARD_LEASE_TTL_SECONDS"),
+        lease_name=need("PGSHARD_LEASE_NAME"),
         app_user=need("PGSHARD_APP_USER"),
         app_password=need("PGSHARD_APP_PASSWORD"),
         app_database=need("PGSHARD_APP_DATABASE"),
@@ -94,8 +98,40 @@ def pg_options(conf_text: str) -> list[str]:
     return out
 
 
-def agent_argv(p: PodEnv, upstream: str | None, conf_text: str) -> list[str]:
-    """Flags of ``pgshard-instance`` for this pod (pure)."""
+@dataclasses.dataclass(frozen=True)
+class StartPlan:
+    bootstrap: bool
+    """initdb: the shard's very first member."""
+    copy_from: str | None
+    """Pod to copy (and follow) because the volume is empty."""
+    hold_primary: bool
+    """The volume has data: if it was a primary's, wait for the shard manager."""
+
+
+def start_plan(p: PodEnv, empty: bool, lease_holder: str | None) -> StartPlan:
+    """How this pod starts (pure): see the module docstring."""
+    if not empty:
+        return StartPlan(bootstrap=False, copy_from=None, hold_primary=True)
+    if lease_holder is None and p.ordinal == 0:
+        return StartPlan(bootstrap=True, copy_from=None, hold_primary=False)
+    source = (
+        member_pod_name(lease_holder)
+        if lease_holder is not None
+        else naming.member_pod(p.cluster, p.shard, 0)
+    )
+    return StartPlan(bootstrap=False, copy_from=source, hold_primary=False)
+
+
+def member_pod_name(member: str) -> str:
+    """The pod of agent member ``member`` (pod names have no underscores)."""
+    return member.replace("_", "-")
+
+
+def agent_argv(
+    p: PodEnv, upstream: str | None, conf_text: str, *, hold_primary: bool = False
+) -> list[str]:
+    """Flags of ``pgshard-instance`` for this pod (pure). ``upstream`` None with
+    ``hold_primary`` False means: initialise the shard."""
     state = p.data_dir.parent
     argv = [
         "--name", p.member,
@@ -104,13 +140,15 @@ def agent_argv(p: PodEnv, upstream: str | None, conf_text: str) -> list[str]:
         "--port", str(naming.PG_PORT),
         "--status-port", str(naming.STATUS_PORT),
         "--credentials", str(state / "credentials.json"),
-        "--lease-file", str(state / "lease.json"),
+        "--kube-lease", f"{p.namespace}/{p.lease_name}",
         "--lease-ttl", p.lease_ttl,
         "--hba-network", CONNECT_FROM,
     ]  # fmt: skip
     for option in pg_options(conf_text):
         argv += ["--pg-option", option]
-    if upstream is None:
+    if hold_primary:
+        argv.append("--hold-primary")
+    elif upstream is None:
         argv.append("--bootstrap-primary")
     else:
         argv += ["--upstream", upstream]
@@ -130,9 +168,15 @@ def credentials_doc(p: PodEnv) -> dict[str, str]:
     }
 
 
-async def first_member_address(p: PodEnv, timeout: float = 600) -> str:
-    """``ip:port`` of ordinal 0 once it is ready (the member to copy and follow)."""
-    name = naming.member_pod(p.cluster, p.shard, 0)
+async def lease_holder(p: PodEnv) -> str | None:
+    """The member holding the shard's Lease now (None: nobody, or no Lease yet)."""
+    async with await apply.connect() as api_client:
+        record = await lease.KubeLeaseStore(apply.Api(api_client), p.namespace, p.lease_name).read()
+    return record.lease.holder if record.lease is not None else None
+
+
+async def pod_address(p: PodEnv, name: str, timeout: float = 600) -> str:
+    """``ip:port`` of pod ``name`` once it is ready (the member to copy and follow)."""
     deadline = asyncio.get_running_loop().time() + timeout
     async with await apply.connect() as api_client:
         api = apply.Api(api_client)
@@ -157,10 +201,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     creds.chmod(0o600)
     conf_text = p.pg_config.read_text() if p.pg_config.exists() else ""
     empty = not (p.data_dir / "PG_VERSION").exists()
-    upstream = None
-    if p.ordinal != 0 and empty:
-        upstream = asyncio.run(first_member_address(p))
-    args = agent_argv(p, upstream, conf_text)
+    plan = start_plan(p, empty, asyncio.run(lease_holder(p)) if empty else None)
+    upstream = asyncio.run(pod_address(p, plan.copy_from)) if plan.copy_from else None
+    args = agent_argv(p, upstream, conf_text, hold_primary=plan.hold_primary)
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "pgshard_operator.instance.main", *args])
 

@@ -11,7 +11,8 @@ The record: ``spec.holderIdentity`` (member = pod name; absent when released),
 ``spec.renewTime`` + ``spec.leaseDurationSeconds`` (expiry, on the clock the
 nodes share), ``spec.leaseTransitions``, and the epoch the holder became primary
 at in the annotation ``pgshard.io/epoch``. The mapping functions are pure; the
-store does the I/O through ``apply.Api``.
+store does the I/O through ``apply.Api``; :class:`KubeLeases` adapts it to the
+instance agent's ``instance.lease.LeaseStore`` (the agent in a primary pod holds it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import naming
+from ..instance import lease as agent_lease
 from ..shard import state
 from .apply import Api, ApiError
 
@@ -151,9 +153,54 @@ class KubeLeaseStore:
         lease = dataclasses.replace(record.lease, expires_at=now + ttl)
         return lease if await self._write(record, lease, ttl, now, record.transitions) else None
 
+    async def compare_and_set(
+        self, expected: state.Lease | None, new: state.Lease, ttl: float, now: float
+    ) -> bool:
+        """Write ``new`` (renewed at ``now``) only if the stored lease still equals
+        ``expected`` (None: nobody holds it); the shard manager's promotion."""
+        record = await self.read()
+        if record.lease != expected:
+            return False
+        changed = expected is None or expected.holder != new.holder
+        transitions = record.transitions + (1 if changed else 0)
+        return await self._write(record, new, ttl, now, transitions)
+
     async def release(self, holder: str, now: float) -> bool:
         """Give the lease up (clean stop, switchover): the next holder need not wait."""
         record = await self.read()
         if record.lease is None or record.lease.holder != holder:
             return False
         return await self._write(record, None, 0, now, record.transitions)
+
+
+def to_agent_lease(lease: state.Lease | None) -> agent_lease.Lease:
+    """The agent's view of a Lease record (``FREE`` when nobody holds it)."""
+    if lease is None:
+        return agent_lease.FREE
+    return agent_lease.Lease(holder=lease.holder, expires_at=lease.expires_at, epoch=lease.epoch)
+
+
+class KubeLeases:
+    """The instance agent's ``LeaseStore`` backed by :class:`KubeLeaseStore`."""
+
+    def __init__(self, store: KubeLeaseStore) -> None:
+        self.store = store
+
+    async def read(self) -> agent_lease.Lease:
+        return to_agent_lease((await self.store.read()).lease)
+
+    async def take(
+        self, me: str, ttl: float, now: float, epoch: int | None
+    ) -> agent_lease.Lease | None:
+        if epoch is None:
+            current = (await self.store.read()).lease
+            epoch = current.epoch if current is not None else 0
+        got = await self.store.take(me, ttl, now, epoch)
+        return to_agent_lease(got) if got is not None else None
+
+    async def renew(self, me: str, ttl: float, now: float) -> agent_lease.Lease | None:
+        got = await self.store.renew(me, ttl, now)
+        return to_agent_lease(got) if got is not None else None
+
+    async def release(self, holder: str, now: float) -> bool:
+        return await self.store.release(holder, now)
