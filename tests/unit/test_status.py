@@ -8,7 +8,6 @@ from typing import Any
 from pgshard_operator import naming
 from pgshard_operator.k8s import reconcile
 from pgshard_operator.k8s import status as st
-from pgshard_proxy.contract import topology
 
 T0 = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 T1 = T0 + datetime.timedelta(minutes=5)
@@ -58,46 +57,6 @@ def test_pod_view() -> None:
     assert unlabelled is not None and unlabelled.role is None
     deleting = st.pod_view(pod("x-0", 0, None, None, True, deletionTimestamp="now"))
     assert deleting is not None and not deleting.ready
-
-
-def test_shard_entries_follow_the_topology_contract_and_keep_manager_fields() -> None:
-    views = [
-        v
-        for v in (
-            st.pod_view(pod("c-shard-0-0", 0, "primary", "10.0.0.1", True)),
-            st.pod_view(pod("c-shard-0-1", 0, "replica", "10.0.0.2", False)),
-            st.pod_view(pod("c-shard-1-0", 1, None, None, False)),
-        )
-        if v
-    ]
-    previous = [
-        {
-            "index": 0,
-            "epoch": 3,
-            "lastFailover": {"at": "x"},
-            "followers": [{"name": "c-shard-0-1", "position": "0/3000060", "lagBytes": 5}],
-        }
-    ]
-    shards = st.merge_shards(previous, 2, views)
-    assert shards[0]["epoch"] == 3
-    assert shards[0]["lastFailover"] == {"at": "x"}
-    assert shards[0]["primary"] == {"name": "c-shard-0-0", "address": "10.0.0.1:5432"}
-    assert shards[0]["followers"] == [
-        {
-            "name": "c-shard-0-1",
-            "address": "10.0.0.2:5432",
-            "position": "0/3000060",
-            "lagBytes": 5,
-            "state": "down",
-        }
-    ]
-    assert "primary" not in shards[1]
-    assert "lastFailover" not in shards[1]
-    assert shards[1]["hashRange"] == [topology.HASH_SPACE // 2, topology.HASH_SPACE]
-    # The proxy parses exactly this structure.
-    topo = topology.from_dict({"method": "wal", "shards": shards[:1]})
-    assert topo.shard(0).primary is not None
-    assert topo.shard(0).followers[0].lag_bytes == 5
 
 
 def test_phase() -> None:

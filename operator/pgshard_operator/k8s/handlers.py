@@ -22,7 +22,7 @@ import aiohttp
 import kopf
 
 from .. import naming
-from . import apply, reconcile
+from . import apply, managers, reconcile
 from . import settings as operator_settings
 from . import status as st
 
@@ -105,6 +105,11 @@ def build_registry(
         repeated = {st.Reason.SPEC_INVALID, st.Reason.SPEC_IMPOSSIBLE}
         events = tuple(e for e in outcome.events if e.reason not in repeated)
         _publish(body, patch, dataclasses.replace(outcome, events=events))
+
+    @kopf.daemon(*resource, registry=registry, cancellation_timeout=15.0)
+    async def shard_managers(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        """Failover: one shard manager per shard while the cluster exists."""
+        await managers.run(api, reconcile.cluster_ref(body), lambda: bool(stopped))
 
     return registry
 

@@ -257,7 +257,6 @@ async def refresh(
             "method": spec.method.value,
             # Per shard, the roll-out step in progress (absent: nothing to roll).
             "rollout": steps or None,
-            "shards": st.merge_shards(status.get("shards") or (), spec.shards, views),
             "conditions": st.merge_conditions(
                 status.get("conditions") or (),
                 [ready_cond],

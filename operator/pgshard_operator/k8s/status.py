@@ -2,9 +2,9 @@
 
 Owns the phase, the conditions (Kubernetes convention: ``type``, ``status``,
 ``reason``, ``message``, ``lastTransitionTime``, ``observedGeneration``), the
-``ready`` printer column and the per-shard member summary read from pods. The
-shard manager's Kubernetes platform owns ``epoch``, positions and
-``lastFailover`` in the same ``shards`` entries; :func:`merge_shards` keeps them.
+``ready`` printer column and the pod views they are computed from. ``shards``
+(the topology: epoch, primary, followers, positions, lastFailover) is written by
+the shard managers only (``platform/kubernetes.py``).
 Event reasons are CamelCase (:class:`Reason`).
 """
 
@@ -15,8 +15,6 @@ import datetime
 import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from pgshard_proxy.contract import topology
 
 from .. import naming
 
@@ -117,50 +115,6 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     )
     deleting = meta.get("deletionTimestamp") is not None
     return PodView(str(meta.get("name")), shard, role, status.get("podIP"), ready and not deleting)
-
-
-def _member(pod: PodView, follower: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": pod.name, "address": f"{pod.ip}:{naming.PG_PORT}"}
-    if follower:
-        out["state"] = "streaming" if pod.ready else "down"
-    return out
-
-
-def merge_shards(
-    previous: Sequence[Mapping[str, Any]], shards: int, pods: Sequence[PodView]
-) -> list[dict[str, Any]]:
-    """Per-shard status entries: membership from pods (role labels), everything the
-    shard manager wrote (epoch, positions, lastFailover) kept from ``previous``."""
-    ranges = topology.hash_ranges(shards)
-    old = {int(s.get("index", -1)): s for s in previous}
-    out = []
-    for i in range(shards):
-        entry: dict[str, Any] = dict(old.get(i, {}))
-        # A pod without an address yet cannot be reached: it is not listed (the
-        # topology contract requires host:port for every member).
-        members = sorted((p for p in pods if p.shard == i and p.ip), key=lambda p: p.name)
-        primaries = [p for p in members if p.role is naming.Role.PRIMARY]
-        keep = {m.get("name"): m for m in entry.get("followers") or ()}
-        prev_primary = entry.get("primary") or {}
-        entry.update(
-            {
-                "index": i,
-                "epoch": int(entry.get("epoch", 0)),
-                "hashRange": list(ranges[i]),
-                "followers": [
-                    {**keep.get(p.name, {}), **_member(p, True)}
-                    for p in members
-                    if p.role is not naming.Role.PRIMARY
-                ],
-            }
-        )
-        # Absent rather than null: the API server prunes nulls from custom resources,
-        # and the topology contract reads a missing primary as "none".
-        entry.pop("primary", None)
-        if len(primaries) == 1:
-            entry["primary"] = {**prev_primary, **_member(primaries[0], False)}
-        out.append({k: v for k, v in entry.items() if v is not None})
-    return out
 
 
 def ready_column(ready: int, desired: int) -> str:

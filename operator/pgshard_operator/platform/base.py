@@ -35,11 +35,25 @@ Rules every implementation follows (the manager's safety relies on them):
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from typing import Protocol
 
 from pgshard_proxy.contract import positions, topology
 
 from ..shard import state
+
+
+def record_version(shard: topology.Shard) -> str:
+    """A compare-and-set version of a shard record: a digest of the fields the manager
+    owns (epoch, primary, lastFailover), so refreshed positions or follower states
+    written by others never make a manager's compare-and-set fail."""
+    doc = {
+        "epoch": shard.epoch,
+        "primary": shard.primary.name if shard.primary else None,
+        "lastFailover": shard.last_failover,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PlatformError(Exception):

@@ -24,8 +24,6 @@ How the rules of ``platform/base.py`` are kept:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -53,16 +51,6 @@ REJOIN_TIMEOUT = 1800.0
 """A re-clone copies the whole primary; bounded, but generously."""
 
 _WAITING_ROLES = {"stale", "demoted"}
-
-
-def record_version(shard: topology.Shard) -> str:
-    """The compare-and-set version of a shard record: a digest of the manager's fields."""
-    doc = {
-        "epoch": shard.epoch,
-        "primary": shard.primary.name if shard.primary else None,
-        "lastFailover": shard.last_failover,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class LocalPlatform:
@@ -142,9 +130,9 @@ class LocalPlatform:
         if topo is None:
             raise base.PlatformError(f"{self.cdir.topology} is missing")
         record = topo.shard(self.index)
-        if self._published is not None and record_version(self._published) == record_version(
-            record
-        ):
+        if self._published is not None and base.record_version(
+            self._published
+        ) == base.record_version(record):
             record = self._published
         statuses = self._statuses()
         members = []
@@ -167,7 +155,7 @@ class LocalPlatform:
             else None
         )
         return state.ShardSnapshot(
-            members=tuple(members), shard=record, version=record_version(record), lease=lease
+            members=tuple(members), shard=record, version=base.record_version(record), lease=lease
         )
 
     async def promote(self, member: str, epoch: int, replaces: state.Lease | None) -> None:
@@ -236,7 +224,7 @@ class LocalPlatform:
 
         def change(topo: topology.Topology) -> topology.Topology | None:
             current = topo.shard(self.index)
-            if record_version(current) != expected_version:
+            if base.record_version(current) != expected_version:
                 raise base.PlatformConflict(
                     f"shard {self.index}'s record changed since it was read"
                 )
@@ -250,7 +238,7 @@ class LocalPlatform:
 
         await asyncio.to_thread(topofile.update, self.cdir, change)
         self._published = shard
-        return record_version(written[0])
+        return base.record_version(written[0])
 
     async def record_event(self, reason: base.EventReason, message: str) -> None:
         log.info("shard %d: %s: %s", self.index, reason.value, message)

@@ -1,0 +1,540 @@
+"""``KubernetesPlatform``: the shard manager's Platform on Kubernetes (one per shard).
+
+Created by the operator's per-cluster shard-manager daemon (``k8s/managers.py``).
+Members are the shard StatefulSet's ordinals ``0 .. replicas-1`` (a member whose
+pod is missing is still a member: it comes back); a member's name is its agent's
+name (the pod name with ``_`` for ``-``: it is also its replication slot and
+``application_name``). Actions are requests to the instance agent's HTTP endpoint
+in the pod (``instance/health.py``), bounded like the local platform's. The lease
+is the shard's ``coordination.k8s.io/v1`` Lease (``k8s/lease.py``), held by the
+primary pod's agent; the shard record is this shard's entry of the
+ShardedCluster's ``status.shards``, written with a merge patch that carries the
+object's ``resourceVersion`` (compare-and-set; the manager is the only writer of
+``status.shards``).
+
+How the rules of ``platform/base.py`` are kept:
+
+- ``ProcessState.GONE``: the pod does not exist (the API removes a pod only after
+  its containers stopped, and a recreated pod starts with ``--hold-primary``), or
+  its agent reports ``stale``/``demoted`` with PostgreSQL not running.
+  ``UNKNOWN`` when the agent does not answer or the pod is terminating.
+- The published record names members by pod, carries no credentials (the proxy
+  adds its own) and is read back with the manager's DSNs, so the manager's "did
+  the structure change?" check sees its own record.
+- ``fence`` of an agent that does not answer (frozen pod, lost node) returns
+  ``None`` without raising: the manager then promotes only after the Lease
+  expired, and the agent fences itself before it renews anything when it wakes.
+
+The mapping functions are pure and unit-tested (tests/unit/test_kube_platform.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from pgshard_proxy.contract import positions, topology
+
+from .. import naming
+from ..instance.credentials import Credentials
+from ..k8s import apply, lease
+from ..k8s.instance import member_pod_name
+from ..shard import state
+from . import base
+
+log = logging.getLogger(__name__)
+
+STATUS_TIMEOUT = 2.0
+FENCE_TIMEOUT = 45.0
+"""Agent-side clean stop is bounded by 30 s (then immediate); this bounds the request."""
+ACTION_TIMEOUT = 45.0
+REJOIN_TIMEOUT = 1800.0
+"""A re-clone copies the whole primary; bounded, but generously."""
+REJOIN_WAIT = 60.0
+"""How long a rejoin waits for the member's agent to answer (its pod being recreated)."""
+PUBLISH_ATTEMPTS = 5
+"""Compare-and-set retries when another writer (another shard's manager, the operator's
+status refresh) changed the object but not this shard's record."""
+
+_WAITING_ROLES = {"stale", "demoted"}
+_WARNINGS = {
+    base.EventReason.ACTION_FAILED,
+    base.EventReason.FAILOVER_BLOCKED,
+    base.EventReason.FENCED,
+    base.EventReason.FAILING_OVER,
+}
+
+
+def member_name(pod: str) -> str:
+    """The agent's member name of ``pod`` (``k8s/instance.py`` ``PodEnv.member``)."""
+    return pod.replace("-", "_")
+
+
+# -- pure mapping --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PodState:
+    """What the platform read about one member's pod and agent."""
+
+    pod: str
+    exists: bool
+    terminating: bool = False
+    ip: str | None = None
+    agent: Mapping[str, Any] | None = None
+    """The agent's ``/status`` document; None when it did not answer."""
+
+
+def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] | None) -> PodState:
+    if obj is None:
+        return PodState(pod, exists=False)
+    meta = obj.get("metadata") or {}
+    return PodState(
+        pod,
+        exists=True,
+        terminating=meta.get("deletionTimestamp") is not None,
+        ip=(obj.get("status") or {}).get("podIP"),
+        agent=agent,
+    )
+
+
+def process_state(p: PodState) -> state.ProcessState:
+    if not p.exists:
+        return state.ProcessState.GONE
+    if p.agent is None or p.terminating:
+        return state.ProcessState.UNKNOWN
+    if p.agent.get("role") in _WAITING_ROLES and not p.agent.get("pgRunning"):
+        return state.ProcessState.GONE
+    return state.ProcessState.ALIVE
+
+
+def placeholder_address(cluster: str, namespace: str, shard: int, pod: str) -> str:
+    """Where a member without a pod IP would be (its stable DNS name; unreachable here,
+    which is what the manager should see)."""
+    service = naming.shard_headless_service(cluster, shard)
+    return f"{pod}.{service}.{namespace}.svc:{naming.PG_PORT}"
+
+
+def members(
+    cluster: str,
+    namespace: str,
+    shard: int,
+    pods: Sequence[PodState],
+    record: topology.Shard,
+    creds: Credentials,
+) -> tuple[state.MemberInfo, ...]:
+    """The manager's members, in ordinal order; addresses of pods without an IP are the
+    last published ones (so a stopped member is not taken for moved)."""
+    known = {m.name: m.address for m in (record.primary, *record.followers) if m is not None}
+    out = []
+    for p in pods:
+        name = member_name(p.pod)
+        address = (
+            f"{p.ip}:{naming.PG_PORT}"
+            if p.ip
+            else known.get(name, placeholder_address(cluster, namespace, shard, p.pod))
+        )
+        out.append(
+            state.MemberInfo(
+                name=name,
+                address=address,
+                dsn=creds.superuser_dsn(address),
+                process=process_state(p),
+                bootstrapping=p.agent is not None
+                and p.agent.get("role") in ("bootstrapping", "rejoining"),
+            )
+        )
+    return tuple(out)
+
+
+def _rename(m: topology.Member | None, name: str, dsn: str) -> topology.Member | None:
+    return dataclasses.replace(m, name=name, dsn=dsn) if m is not None else None
+
+
+def stored_record(
+    entry: Mapping[str, Any] | None,
+    index: int,
+    shards: int,
+    method: str,
+    creds: Credentials,
+    lease_now: state.Lease | None,
+    holder_address: str,
+) -> topology.Shard:
+    """This shard's record in the manager's terms (member names, the manager's DSNs).
+
+    A record without a primary (none published yet, or published before the first
+    member took the Lease) names the Lease's holder (at ``holder_address``) as primary
+    at the Lease's epoch: the shard's first primary, which the first manager cycle then
+    publishes. The address is informational: the manager takes members' addresses from
+    the members."""
+    if not entry:
+        parsed = topology.Shard(
+            index=index, epoch=0, primary=None, hash_range=topology.hash_ranges(shards)[index]
+        )
+    else:
+        parsed = topology.from_dict({"method": method, "shards": [entry]}).shards[0]
+    if parsed.primary is None and lease_now is not None:
+        first = topology.Member(
+            lease_now.holder, holder_address, creds.superuser_dsn(holder_address)
+        )
+        parsed = dataclasses.replace(
+            parsed, primary=first, epoch=max(parsed.epoch, lease_now.epoch)
+        )
+
+    def manager_form(m: topology.Member | None) -> topology.Member | None:
+        if m is None:
+            return None
+        return _rename(m, member_name(m.name), creds.superuser_dsn(m.address))
+
+    return dataclasses.replace(
+        parsed,
+        primary=manager_form(parsed.primary),
+        followers=tuple(f for f in map(manager_form, parsed.followers) if f is not None),
+    )
+
+
+def _no_nulls(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def record_version(shard: topology.Shard) -> str:
+    """``base.record_version`` of the record as the API stores it (it prunes nulls), so
+    the version of a record written equals that of the record read back."""
+    last = _no_nulls(shard.last_failover) if shard.last_failover else None
+    return base.record_version(dataclasses.replace(shard, last_failover=last))
+
+
+def _published_member(m: topology.Member, method: str, follower: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": member_pod_name(m.name), "address": m.address}
+    if m.position is not None:
+        out["position"] = positions.format_lsn(m.position) if method == "wal" else int(m.position)
+    if follower:
+        out["state"] = m.state
+        if m.lag_bytes is not None:
+            out["lagBytes"] = m.lag_bytes
+    return out
+
+
+def status_entry(shard: topology.Shard, method: str) -> dict[str, Any]:
+    """The ``status.shards[i]`` entry for ``shard``: pod names, no credentials, no nulls
+    (the API server prunes nulls; a missing primary reads as "none")."""
+    entry: dict[str, Any] = {
+        "index": shard.index,
+        "epoch": shard.epoch,
+        "hashRange": list(shard.hash_range),
+        "followers": [_published_member(f, method, True) for f in shard.followers],
+    }
+    if shard.primary is not None:
+        entry["primary"] = _published_member(shard.primary, method, False)
+    if shard.last_failover:
+        entry["lastFailover"] = _no_nulls(shard.last_failover)
+    return entry
+
+
+def replace_entry(
+    entries: Sequence[Mapping[str, Any]], entry: Mapping[str, Any], shards: int
+) -> list[dict[str, Any]]:
+    """``status.shards`` with this shard's entry replaced; shards nobody published yet get
+    a bare entry so the list stays indexable by shard."""
+    by_index = {int(e.get("index", -1)): dict(e) for e in entries}
+    by_index[int(entry["index"])] = dict(entry)
+    ranges = topology.hash_ranges(shards)
+    return [
+        by_index.get(i, {"index": i, "epoch": 0, "hashRange": list(ranges[i]), "followers": []})
+        for i in range(shards)
+    ]
+
+
+def event_object(
+    cluster: Mapping[str, Any], shard: int, reason: base.EventReason, message: str, now: float
+) -> dict[str, Any]:
+    """A core/v1 Event about the ShardedCluster ``cluster`` (its object as read)."""
+    meta = cluster.get("metadata") or {}
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": naming.API_VERSION,
+            "kind": naming.KIND,
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "reason": reason.value,
+        "message": f"shard {shard}: {message}"[:1024],
+        "type": "Warning" if reason in _WARNINGS else "Normal",
+        "source": {"component": "pgshard-operator"},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+# -- the platform --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRef:
+    cluster: str
+    namespace: str
+    index: int
+
+
+class KubernetesPlatform:
+    def __init__(
+        self,
+        api: apply.Api,
+        http: aiohttp.ClientSession,
+        ref: ShardRef,
+        creds: Credentials,
+        lease_ttl: float,
+    ) -> None:
+        self.api = api
+        self.http = http
+        self.ref = ref
+        self.creds = creds
+        self.lease_ttl = lease_ttl
+        self.leases = lease.KubeLeaseStore(
+            api, ref.namespace, naming.shard_lease(ref.cluster, ref.index)
+        )
+        self._ips: dict[str, str] = {}
+        """Pod IP per member as last read (actions go to the agent there)."""
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _cluster(self) -> dict[str, Any]:
+        obj = await self.api.get(naming.KIND, self.ref.namespace, self.ref.cluster)
+        if obj is None:
+            raise base.PlatformError(f"ShardedCluster {self.ref.cluster} is gone")
+        return obj
+
+    @staticmethod
+    def _shape(cluster: Mapping[str, Any]) -> tuple[int, str]:
+        """Shard count and replication method from the cluster's spec (validated by then)."""
+        spec = cluster.get("spec") or {}
+        method = str((spec.get("replication") or {}).get("method", "wal"))
+        return int(spec.get("shards", 2)), method
+
+    def _record(self, cluster: Mapping[str, Any], held: state.Lease | None) -> topology.Shard:
+        shards, method = self._shape(cluster)
+        entries = (cluster.get("status") or {}).get("shards") or ()
+        entry = next((e for e in entries if int(e.get("index", -1)) == self.ref.index), None)
+        holder = placeholder_address(
+            self.ref.cluster,
+            self.ref.namespace,
+            self.ref.index,
+            member_pod_name(held.holder) if held is not None else "",
+        )
+        try:
+            return stored_record(entry, self.ref.index, shards, method, self.creds, held, holder)
+        except topology.BadTopology as e:
+            raise base.PlatformError(f"status.shards[{self.ref.index}] is unreadable: {e}") from e
+
+    async def _agent_status(self, ip: str | None) -> dict[str, Any] | None:
+        if not ip:
+            return None
+        url = f"http://{ip}:{naming.STATUS_PORT}/status"
+        try:
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT)) as r:
+                doc = await r.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def _pods(self) -> list[PodState]:
+        sts = await self.api.get(
+            "StatefulSet",
+            self.ref.namespace,
+            naming.shard_statefulset(self.ref.cluster, self.ref.index),
+        )
+        if sts is None:
+            return []
+        replicas = int((sts.get("spec") or {}).get("replicas") or 0)
+        selector = naming.label_selector(naming.shard_selector(self.ref.cluster, self.ref.index))
+        objs = {
+            p["metadata"]["name"]: p
+            for p in await self.api.list("Pod", self.ref.namespace, selector)
+        }
+        names = [naming.member_pod(self.ref.cluster, self.ref.index, i) for i in range(replicas)]
+        agents = await asyncio.gather(
+            *(self._agent_status((objs.get(n, {}).get("status") or {}).get("podIP")) for n in names)
+        )
+        return [pod_state(n, objs.get(n), a) for n, a in zip(names, agents, strict=True)]
+
+    async def read_snapshot(self) -> state.ShardSnapshot:
+        try:
+            held = (await self.leases.read()).lease
+            cluster = await self._cluster()
+            pods = await self._pods()
+        except apply.ApiError as e:
+            raise base.PlatformError(str(e)) from e
+        record = self._record(cluster, held)
+        entries = (cluster.get("status") or {}).get("shards") or ()
+        if not any(int(e.get("index", -1)) == self.ref.index for e in entries):
+            # The platform creates the shard's first record (readers such as the proxy
+            # then see the shard, even before it has a primary).
+            with contextlib.suppress(base.PlatformConflict):
+                await self.publish_topology(record, record_version(record))
+        infos = members(
+            self.ref.cluster, self.ref.namespace, self.ref.index, pods, record, self.creds
+        )
+        self._ips = {member_name(p.pod): p.ip for p in pods if p.ip}
+        return state.ShardSnapshot(
+            members=infos, shard=record, version=record_version(record), lease=held
+        )
+
+    # -- actions -----------------------------------------------------------------------
+
+    async def _call(
+        self, member: str, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        ip = self._ips.get(member)
+        if ip is None:
+            raise base.PlatformError(f"{member} has no pod (or no pod IP) now")
+        url = f"http://{ip}:{naming.STATUS_PORT}{path}"
+        try:
+            async with self.http.post(
+                url, json=body or {}, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
+                doc: dict[str, Any] = await r.json()
+                if r.status == 409:
+                    raise base.PlatformConflict(f"{member}: {doc.get('error')}")
+                if r.status != 200:
+                    raise base.PlatformError(f"{member}{path}: {doc.get('error', r.status)}")
+                return doc
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
+            raise base.PlatformError(f"{member}{path}: agent did not answer ({e!r})") from None
+
+    @staticmethod
+    def _upstream(address: str) -> dict[str, Any]:
+        host, _, port = address.rpartition(":")
+        return {"host": host, "port": int(port)}
+
+    def _address(self, member: str) -> str:
+        ip = self._ips.get(member)
+        if ip is None:
+            raise base.PlatformError(f"{member} has no pod IP to stream from")
+        return f"{ip}:{naming.PG_PORT}"
+
+    async def promote(self, member: str, epoch: int, replaces: state.Lease | None) -> None:
+        now = time.time()
+        new = state.Lease(holder=member, epoch=epoch, expires_at=now + self.lease_ttl)
+        try:
+            if not await self.leases.compare_and_set(replaces, new, self.lease_ttl, now):
+                current = (await self.leases.read()).lease
+                if current is None or (current.holder, current.epoch) != (member, epoch):
+                    raise base.PlatformConflict(
+                        f"lease of shard {self.ref.index} changed (now {current})"
+                    )
+        except apply.ApiError as e:
+            raise base.PlatformError(f"writing the lease: {e}") from e
+        try:
+            await self._call(member, "/promote", {"epoch": epoch}, ACTION_TIMEOUT)
+        except base.PlatformConflict:
+            doc = await self._agent_status(self._ips.get(member))
+            if (doc or {}).get("role") != "primary":
+                raise
+
+    async def fence(self, member: str) -> positions.Position | None:
+        if await self._agent_status(self._ips.get(member)) is None:
+            # A frozen pod's kernel still accepts the connection: do not wait out the
+            # clean-stop bound for an agent that does not even answer its status.
+            log.warning("%s does not answer: not fenced (its lease fences it)", member)
+            return None
+        try:
+            doc = await self._call(member, "/fence", None, FENCE_TIMEOUT)
+        except base.PlatformConflict:
+            raise
+        except base.PlatformError as e:
+            # Frozen or gone: it acknowledges nothing once its lease has run out (the
+            # manager waits for that), and its agent fences first thing when it wakes.
+            log.warning("%s did not answer the fence request (%s)", member, e)
+            return None
+        lsn = doc.get("lsn")
+        return positions.parse_lsn(lsn) if lsn else None
+
+    async def repoint(self, member: str, primary: str) -> None:
+        await self._call(member, "/repoint", self._upstream(self._address(primary)),
+                         ACTION_TIMEOUT)  # fmt: skip
+
+    async def rejoin(self, member: str, primary: str) -> state.RejoinResult:
+        deadline = time.monotonic() + REJOIN_WAIT
+        # A deleted pod is recreated by the StatefulSet; wait until its agent answers.
+        while True:
+            await self.read_snapshot()
+            if await self._agent_status(self._ips.get(member)) is not None:
+                break
+            if time.monotonic() > deadline:
+                raise base.PlatformError(f"{member}'s agent is not answering")
+            await asyncio.sleep(1)
+        doc = await self._call(
+            member, "/rejoin", self._upstream(self._address(primary)), REJOIN_TIMEOUT
+        )
+        fork = doc.get("forkLsn")
+        discarded = doc.get("discardedBytes")
+        return state.RejoinResult(
+            method=state.RejoinMethod(doc["method"]),
+            fork_lsn=positions.parse_lsn(fork) if fork else None,
+            discarded_bytes=int(discarded) if discarded is not None else 0,
+        )
+
+    async def set_sync_standbys(self, member: str, value: str) -> None:
+        await self._call(
+            member,
+            "/parameter",
+            {"name": "synchronous_standby_names", "value": value},
+            ACTION_TIMEOUT,
+        )
+
+    async def publish_topology(self, shard: topology.Shard, expected_version: str) -> str:
+        for _ in range(PUBLISH_ATTEMPTS):
+            try:
+                cluster = await self._cluster()
+                held = (await self.leases.read()).lease
+                if record_version(self._record(cluster, held)) != expected_version:
+                    raise base.PlatformConflict(
+                        f"shard {self.ref.index}'s record changed since it was read"
+                    )
+                shards, method = self._shape(cluster)
+                entries = replace_entry(
+                    (cluster.get("status") or {}).get("shards") or (),
+                    status_entry(shard, method),
+                    shards,
+                )
+                await self.api.merge_patch(
+                    naming.KIND,
+                    self.ref.namespace,
+                    self.ref.cluster,
+                    {
+                        "metadata": {"resourceVersion": cluster["metadata"]["resourceVersion"]},
+                        "status": {"shards": entries},
+                    },
+                    subresource="status",
+                )
+                return record_version(shard)
+            except apply.ApiError as e:
+                if e.status != 409:
+                    raise base.PlatformError(f"publishing shard {self.ref.index}: {e}") from e
+        raise base.PlatformConflict(
+            f"the ShardedCluster kept changing while shard {self.ref.index} was published"
+        )
+
+    async def record_event(self, reason: base.EventReason, message: str) -> None:
+        log.info("shard %d: %s: %s", self.ref.index, reason.value, message)
+        try:
+            cluster = await self._cluster()
+            await self.api.create(
+                event_object(cluster, self.ref.index, reason, message, time.time())
+            )
+        except Exception as e:  # best effort, as the contract says
+            log.warning("could not record the event %s: %s", reason.value, e)

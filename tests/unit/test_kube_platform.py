@@ -1,0 +1,164 @@
+"""The Kubernetes platform's pure mapping: pods -> members, status entry <-> shard record."""
+
+from __future__ import annotations
+
+from pgshard_operator.instance.credentials import Credentials
+from pgshard_operator.platform import base
+from pgshard_operator.platform import kubernetes as kp
+from pgshard_operator.shard import state
+from pgshard_proxy.contract import topology
+
+CREDS = Credentials(
+    superuser_password="su",
+    replication_user="replicator",
+    replication_password="r",
+    app_user="app",
+    app_password="a",
+    app_database="app",
+)
+RANGE = topology.hash_ranges(2)[1]
+
+
+def _pod(name: str, ip: str | None, role: str | None = None, **extra: object) -> kp.PodState:
+    obj = {"metadata": {"name": name}, "status": {"podIP": ip} if ip else {}}
+    agent = {"role": role, "pgRunning": True, **extra} if role else None
+    return kp.pod_state(name, obj, agent)
+
+
+def test_process_state() -> None:
+    assert kp.process_state(kp.pod_state("c-shard-1-0", None, None)) is state.ProcessState.GONE
+    assert kp.process_state(_pod("p", "10.0.0.1")) is state.ProcessState.UNKNOWN
+    assert kp.process_state(_pod("p", "10.0.0.1", "primary")) is state.ProcessState.ALIVE
+    held = _pod("p", "10.0.0.1", "stale", pgRunning=False)
+    assert kp.process_state(held) is state.ProcessState.GONE
+    # A terminating pod may still run PostgreSQL.
+    obj = {"metadata": {"name": "p", "deletionTimestamp": "x"}, "status": {"podIP": "10.0.0.1"}}
+    terminating = kp.pod_state("p", obj, {"role": "primary", "pgRunning": True})
+    assert kp.process_state(terminating) is state.ProcessState.UNKNOWN
+
+
+def test_members_keep_ordinals_and_last_known_addresses() -> None:
+    record = topology.Shard(
+        index=1,
+        epoch=3,
+        primary=topology.Member("c_shard_1_0", "10.0.0.7:5432", ""),
+        hash_range=RANGE,
+    )
+    pods = [
+        kp.pod_state("c-shard-1-0", None, None),
+        _pod("c-shard-1-1", "10.0.0.8", "follower"),
+        _pod("c-shard-1-2", None),
+        _pod("c-shard-1-3", "10.0.0.9", "bootstrapping"),
+    ]
+    infos = kp.members("c", "ns", 1, pods, record, CREDS)
+    assert [m.name for m in infos] == ["c_shard_1_0", "c_shard_1_1", "c_shard_1_2", "c_shard_1_3"]
+    assert [m.address for m in infos] == [
+        "10.0.0.7:5432",  # its pod is gone: where it was
+        "10.0.0.8:5432",
+        "c-shard-1-2.c-shard-1.ns.svc:5432",  # never had an address
+        "10.0.0.9:5432",
+    ]
+    assert infos[1].dsn == "postgresql://postgres:su@10.0.0.8:5432/postgres"
+    assert [m.bootstrapping for m in infos] == [False, False, False, True]
+    assert infos[0].process is state.ProcessState.GONE
+
+
+def _manager_record() -> topology.Shard:
+    def member(name: str, ip: str, **kw: object) -> topology.Member:
+        address = f"{ip}:5432"
+        return topology.Member(name, address, CREDS.superuser_dsn(address), **kw)  # type: ignore[arg-type]
+
+    return topology.Shard(
+        index=1,
+        epoch=4,
+        primary=member("c_shard_1_2", "10.0.0.3", position=0x3000060),
+        followers=(
+            member("c_shard_1_0", "10.0.0.1", position=0x3000000, lag_bytes=96, state="down"),
+            member("c_shard_1_1", "10.0.0.2", position=None, lag_bytes=None),
+        ),
+        hash_range=RANGE,
+        last_failover={
+            "kind": "failover",
+            "at": 1.5,
+            "from": "c_shard_1_0",
+            "to": "c_shard_1_2",
+            "epoch": 4,
+            "reason": "gone",
+            "rejoin": None,
+        },
+    )
+
+
+def test_published_entry_has_pod_names_no_credentials_no_nulls() -> None:
+    entry = kp.status_entry(_manager_record(), "wal")
+    assert entry["primary"] == {"name": "c-shard-1-2", "address": "10.0.0.3:5432",
+                                "position": "0/3000060"}  # fmt: skip
+    assert entry["followers"][0] == {
+        "name": "c-shard-1-0", "address": "10.0.0.1:5432", "position": "0/3000000",
+        "state": "down", "lagBytes": 96,
+    }  # fmt: skip
+    assert entry["followers"][1] == {
+        "name": "c-shard-1-1",
+        "address": "10.0.0.2:5432",
+        "state": "streaming",
+    }
+    assert "rejoin" not in entry["lastFailover"]
+    assert "su" not in repr(entry)
+    # What the proxy reads parses under the topology contract.
+    topology.from_dict({"shards": [entry]})
+    assert "primary" not in kp.status_entry(
+        topology.Shard(index=0, epoch=0, primary=None, hash_range=RANGE), "wal"
+    )
+
+
+def test_published_record_reads_back_as_the_managers_own() -> None:
+    record = _manager_record()
+    entry = kp.status_entry(record, "wal")
+    back = kp.stored_record(entry, 1, 2, "wal", CREDS, None, "unused:0")
+    assert back.primary == record.primary
+    assert back.followers[0] == record.followers[0]
+    assert back.followers[1].name == "c_shard_1_1"
+    assert kp.record_version(back) == kp.record_version(record)
+
+
+def test_record_before_anything_was_published_comes_from_the_lease() -> None:
+    empty = kp.stored_record(None, 1, 2, "wal", CREDS, None, "x:5432")
+    assert (empty.epoch, empty.primary, empty.hash_range) == (0, None, RANGE)
+    held = state.Lease("c_shard_1_0", 1, 100.0)
+    first = kp.stored_record(None, 1, 2, "wal", CREDS, held, "10.0.0.1:5432")
+    assert first.epoch == 1
+    assert first.primary is not None and first.primary.name == "c_shard_1_0"
+
+
+def test_replace_entry_keeps_other_shards_and_fills_gaps() -> None:
+    other = {"index": 0, "epoch": 7, "hashRange": [0, 1], "followers": []}
+    mine = kp.status_entry(_manager_record(), "wal")
+    out = kp.replace_entry([other], mine, 3)
+    assert [e["index"] for e in out] == [0, 1, 2]
+    assert out[0] == other and out[1] == mine
+    assert out[2]["epoch"] == 0 and out[2]["hashRange"] == list(topology.hash_ranges(3)[2])
+    assert kp.replace_entry(out, {**mine, "epoch": 5}, 3)[1]["epoch"] == 5
+
+
+def test_events_name_the_cluster_and_shard() -> None:
+    cluster = {"metadata": {"name": "c", "namespace": "ns", "uid": "u-1"}}
+    ev = kp.event_object(cluster, 1, base.EventReason.PROMOTED, "promote x", 0.0)
+    assert ev["reason"] == "Promoted" and ev["type"] == "Normal"
+    assert ev["involvedObject"] == {"apiVersion": "pgshard.io/v1alpha1", "kind": "ShardedCluster",
+                                    "name": "c", "namespace": "ns", "uid": "u-1"}  # fmt: skip
+    assert ev["message"] == "shard 1: promote x"
+    assert ev["firstTimestamp"] == "1970-01-01T00:00:00Z"
+    failing = kp.event_object(cluster, 1, base.EventReason.FAILING_OVER, "m", 0.0)
+    assert failing["type"] == "Warning"
+
+
+def test_a_record_published_before_the_first_primary_adopts_the_lease_holder() -> None:
+    bare = kp.status_entry(topology.Shard(index=1, epoch=0, primary=None, hash_range=RANGE), "wal")
+    held = state.Lease("c_shard_1_0", 0, 100.0)
+    record = kp.stored_record(bare, 1, 2, "wal", CREDS, held, "10.0.0.1:5432")
+    assert record.primary is not None and record.primary.name == "c_shard_1_0"
+    # A published primary is never replaced by the lease's holder here: that is the
+    # manager's decision (it completes or refuses a promotion).
+    other = state.Lease("c_shard_1_1", 5, 100.0)
+    again = kp.stored_record(kp.status_entry(record, "wal"), 1, 2, "wal", CREDS, other, "x:1")
+    assert again.primary is not None and again.primary.name == "c_shard_1_0"
