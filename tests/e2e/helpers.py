@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from tests.kube.cluster import Cluster
+from tests.support import crd, procs
 
 T = TypeVar("T")
 
@@ -54,3 +59,46 @@ def ready_pods(
 def node_ready(kube: Cluster) -> str:
     node = get(kube, "node", kube.node)
     return {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+
+
+@contextlib.contextmanager
+def operator_namespace(kube: Cluster) -> Iterator[str]:
+    """A fresh namespace with the operator (this checkout, via the Helm chart) watching it;
+    its clusters, the release and the namespace are deleted afterwards."""
+    name = f"pg-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "namespace", name)
+    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
+    values = {
+        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
+        "watchNamespaces": [name],
+        "extraEnv": [
+            {"name": "PYTHONPATH", "value": pythonpath},
+            {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
+            {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
+            {
+                "name": "PGSHARD_OPERATOR_INSTANCE_COMMAND",
+                "value": f"{sys.executable} -m pgshard_operator.k8s.instance",
+            },
+            {
+                "name": "PGSHARD_OPERATOR_PROXY_COMMAND",
+                "value": f"{sys.executable} -m pgshard_proxy.main",
+            },
+        ],
+    }
+    values_file = kube.directory / f"values-{name}.json"
+    values_file.write_text(json.dumps(values))
+    release = f"pgshard-{name}"
+    kube.helm(
+        "install", release, str(crd.ROOT / "charts" / "pgshard"),
+        "--namespace", name, "--values", str(values_file), "--wait", "--timeout", "120s",
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        kube.kubectl("delete", "shardedclusters", "--all", "-n", name, "--wait=false",
+                     check=False)  # fmt: skip
+        subprocess.run(
+            [str(kube.bin / "helm"), "uninstall", release, "--namespace", name],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)

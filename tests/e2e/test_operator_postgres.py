@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,52 +19,17 @@ from urllib.parse import urlsplit
 import pytest
 
 from pgshard_operator.instance import postgres
-from tests.e2e.helpers import get, wait_for
+from tests.e2e.helpers import get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd, procs
+from tests.support import crd
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def ns(kube: Cluster) -> Iterator[str]:
-    name = f"pg-{uuid.uuid4().hex[:6]}"
-    kube.kubectl("create", "namespace", name)
-    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
-    values = {
-        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
-        "watchNamespaces": [name],
-        "extraEnv": [
-            {"name": "PYTHONPATH", "value": pythonpath},
-            {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
-            {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
-            {
-                "name": "PGSHARD_OPERATOR_INSTANCE_COMMAND",
-                "value": f"{sys.executable} -m pgshard_operator.k8s.instance",
-            },
-            {
-                "name": "PGSHARD_OPERATOR_PROXY_COMMAND",
-                "value": f"{sys.executable} -m pgshard_proxy.main",
-            },
-        ],
-    }
-    values_file = kube.directory / f"values-{name}.json"
-    values_file.write_text(json.dumps(values))
-    release = f"pgshard-{name}"
-    kube.helm(
-        "install", release, str(crd.ROOT / "charts" / "pgshard"),
-        "--namespace", name, "--values", str(values_file), "--wait", "--timeout", "120s",
-    )  # fmt: skip
-    try:
+    with operator_namespace(kube) as name:
         yield name
-    finally:
-        kube.kubectl("delete", "shardedclusters", "--all", "-n", name, "--wait=false",
-                     check=False)  # fmt: skip
-        subprocess.run(
-            [str(kube.bin / "helm"), "uninstall", release, "--namespace", name],
-            capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
-        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
