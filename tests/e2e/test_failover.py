@@ -106,7 +106,16 @@ class Writer:
             try:
                 if conn is None:
                     conn = await asyncpg.connect(self.dsn, timeout=5)
-                await asyncio.wait_for(conn.execute("insert into t values ($1)", n), 10)
+                insert = asyncio.ensure_future(conn.execute("insert into t values ($1)", n))
+                done, _ = await asyncio.wait({insert}, timeout=10)
+                if not done:
+                    # Give up on the connection rather than on the statement: cancelling
+                    # asyncpg's query waits for the server side (the proxy) to answer.
+                    conn.terminate()
+                    insert.add_done_callback(lambda t: t.cancelled() or t.exception())
+                    insert.cancel()
+                    raise TimeoutError(f"insert {n} got no answer within 10s")
+                insert.result()
                 self.acked.append(n)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
