@@ -117,7 +117,7 @@ class Writer:
                     raise TimeoutError(f"insert {n} got no answer within 10s")
                 insert.result()
                 self.acked.append(n)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except Exception as e:  # any failure: the insert is not acknowledged
                 self.errors.append(f"{type(e).__name__}: {e}")
                 if conn is not None:
                     conn.terminate()
@@ -219,7 +219,7 @@ async def test_a_frozen_primary_is_replaced_only_after_its_lease_expired(
     # Thawed, the old primary fences itself before anything else: no write succeeds on it.
     direct = f"postgresql://app:{cluster['password']}@{old_ip}:5432/app"
     accepted = False
-    with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    with contextlib.suppress(Exception):  # refused, reset, read-only: all fine
         conn = await asyncpg.connect(direct, timeout=5)
         try:
             await asyncio.wait_for(conn.execute("insert into t values (-1)"), 5)
