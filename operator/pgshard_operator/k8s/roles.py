@@ -3,9 +3,9 @@
 Called by ``reconcile.refresh`` on every status refresh: asks each pod's agent
 (``GET http://<pod IP>:8008/status``) for its role and sets the pod's
 ``pgshard.io/role`` label to ``primary`` or ``replica`` (removed otherwise), so the
-``-rw``/``-ro`` Services and the cluster status follow the members. The shard
-manager's Kubernetes platform will own these labels once it exists; this is the
-observing half.
+``-rw``/``-ro`` Services follow the members. The shard manager
+(``platform/kubernetes.py``) changes roles through the agents and leaves the
+labels to this module: after a promotion they follow within one refresh.
 """
 
 from __future__ import annotations
