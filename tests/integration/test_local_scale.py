@@ -84,3 +84,37 @@ async def test_a_follower_added_under_writes_misses_no_row_and_leaves_cleanly(
         )
         assert stopped.returncode != 0
         assert "no cluster running" in stopped.stderr
+
+
+async def test_quorum_shards_grow_and_shrink_together(pg_tmp: Path) -> None:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=quorum", "--quorum=2", *FAST, shards=2, replicas=2
+    ) as c:
+        refused = await asyncio.to_thread(
+            c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=1", check=False
+        )
+        assert "--quorum 2 needs at least 2 followers" in refused.stderr
+        out = await asyncio.to_thread(
+            c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=3", timeout=180
+        )
+        assert "added s0m3, s1m3" in out.stdout
+        for shard in c.status()["shards"]:
+            i = shard["index"]
+            states = {f["name"]: f["state"] for f in shard["followers"]}
+            assert states[f"s{i}m3"] == "streaming"
+            standbys = await _fetchval(shard["primary"]["dsn"], "SHOW synchronous_standby_names")
+            assert standbys == f'ANY 2 ("s{i}m1", "s{i}m2", "s{i}m3")'
+        out = await asyncio.to_thread(
+            c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=2", timeout=180
+        )
+        assert "removed s0m3, s1m3" in out.stdout
+        for shard in c.status()["shards"]:
+            i = shard["index"]
+            assert [f["name"] for f in shard["followers"]] == [f"s{i}m1", f"s{i}m2"]
+            dsn = shard["primary"]["dsn"]
+            assert await _fetchval(dsn, "SHOW synchronous_standby_names") == (
+                f'ANY 2 ("s{i}m1", "s{i}m2")'
+            )
+            assert await _fetchval(dsn, "SELECT count(*) FROM pg_replication_slots") == 2
+            # Commits still gather their two confirmations.
+            await _fetchval(dsn, "CREATE TABLE IF NOT EXISTS after_scale (id int)")

@@ -313,6 +313,8 @@ class Supervisor:
                 await self._add(p, timeout)
             for shard in sorted({m.shard for m in p.removed}):
                 await self._remove(p, shard, timeout)
+            if p.removed:
+                self._adopt(p.cfg)
             return {
                 "replicas": replicas,
                 "added": [m.name for m in p.added],
@@ -321,7 +323,8 @@ class Supervisor:
 
     def _adopt(self, cfg: ClusterConfig) -> None:
         """``cfg`` becomes the cluster's shape: here, for the managers, and in cluster.json
-        (so ``up`` after ``down`` resumes with it)."""
+        (so ``up`` after ``down`` resumes with it). After a removal failed half-way, the
+        old shape stays: a retry (or ``up``) finds the members still listed."""
         self.cfg = cfg
         for platform in self.platforms.values():
             platform.set_members(cfg)
@@ -389,15 +392,18 @@ class Supervisor:
             except BaseException:
                 platform.set_members(self.cfg)  # the manager's next cycle restores the setting
                 raise
-            self._adopt(p.cfg)
         primary_dsn = self.creds.superuser_dsn(self.cfg.member(primary).address)
         for m in leaving:
-            self._tasks.remove(watcher := self._watchers.pop(m.name))
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            await self.agents.pop(m.name).stop()
+            if (watcher := self._watchers.pop(m.name, None)) is not None:
+                if watcher in self._tasks:
+                    self._tasks.remove(watcher)
+                watcher.cancel()  # before the stop, so that it does not restart the agent
+                await asyncio.gather(watcher, return_exceptions=True)
+            if (agent := self.agents.pop(m.name, None)) is not None:
+                await agent.stop()
             await scaling.drop_slot(primary_dsn, m.name, timeout)
-            await asyncio.to_thread(shutil.rmtree, self.cdir.member_dir(m.name))
+            if self.cdir.member_dir(m.name).exists():  # absent if it never started
+                await asyncio.to_thread(shutil.rmtree, self.cdir.member_dir(m.name))
             log.info("%s removed from shard %d", m.name, shard)
 
     async def _watch_proxy(self) -> None:
