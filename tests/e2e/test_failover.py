@@ -9,6 +9,9 @@ time and remembers which inserts were acknowledged.
    volume, started with ``--hold-primary``) rejoins as a follower.
 2. Freeze the (new) primary's pod: the promotion happens only after its Lease ran
    out; when thawed, the old primary accepts no write and rejoins as a follower.
+3. Annotate the cluster ``pgshard.io/switchover=0:<follower>``: that follower becomes
+   primary (``lastFailover.kind`` switchover), no acknowledged insert is lost, the
+   annotation is removed and a ``SwitchedOver`` Event posted.
 """
 
 from __future__ import annotations
@@ -231,3 +234,28 @@ async def test_a_frozen_primary_is_replaced_only_after_its_lease_expired(
                  lambda: streaming_follower(kube, ns, old), 120, every=1)  # fmt: skip
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
     assert -1 not in await rows(dsn)
+
+
+async def test_switchover_on_request_loses_nothing(
+    kube: Cluster, ns: str, cluster: dict[str, str]
+) -> None:
+    before = await waited("a healthy shard after the last failover",
+                          lambda: healthy(kube, ns), 120)  # fmt: skip
+    target = before["followers"][0]["name"]
+    dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
+    async with Writer(dsn).running() as w:
+        await w.acked_more(10, 60)
+        kube.kubectl("annotate", "shardedcluster", "-n", ns, NAME,
+                     f"pgshard.io/switchover=0:{target}")  # fmt: skip
+        after = await waited("the switchover", lambda: promoted(kube, ns, before["epoch"]), 90)
+        await w.acked_more(10, 60)
+    assert after["primary"]["name"] == target
+    assert after["lastFailover"]["kind"] == "switchover"
+    missing = set(w.acked) - await rows(dsn)
+    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+    annotations = get(kube, "shardedcluster", "-n", ns, NAME)["metadata"].get("annotations") or {}
+    assert "pgshard.io/switchover" not in annotations
+    await waited("an event for the switchover", lambda: "SwitchedOver" in {
+        e["reason"] for e in get(kube, "events", "-n", ns, "--field-selector",
+                                 f"involvedObject.name={NAME}")["items"]
+    }, 30)  # fmt: skip

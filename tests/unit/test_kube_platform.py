@@ -162,3 +162,24 @@ def test_a_record_published_before_the_first_primary_adopts_the_lease_holder() -
     other = state.Lease("c_shard_1_1", 5, 100.0)
     again = kp.stored_record(kp.status_entry(record, "wal"), 1, 2, "wal", CREDS, other, "x:1")
     assert again.primary is not None and again.primary.name == "c_shard_1_0"
+
+
+def test_switchover_annotation() -> None:
+    from pgshard_operator.k8s import managers
+
+    assert managers.parse_switchover("1", "c", 2) == managers.SwitchoverRequest(1, None)
+    assert managers.parse_switchover(" 0:c-shard-0-2 ", "c", 2) == managers.SwitchoverRequest(
+        0, "c_shard_0_2"
+    )
+    for bad, words in (
+        ("2", "a shard from 0 to 1"),
+        ("x", "expected '<shard>'"),
+        ("0:c-shard-1-0", "not a pod of shard 0"),
+        ("0:c-shard-0-", "not a pod of shard 0"),
+    ):
+        try:
+            managers.parse_switchover(bad, "c", 2)
+        except ValueError as e:
+            assert words in str(e), (bad, str(e))
+        else:
+            raise AssertionError(f"{bad!r} accepted")

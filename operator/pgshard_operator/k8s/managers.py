@@ -7,23 +7,29 @@ the cluster: for each shard of a valid spec it keeps one
 ``platform.kubernetes.KubernetesPlatform``; a shard removed from the spec, or
 whose policy changed, has its manager stopped (and restarted with the new
 policy). An invalid spec runs no manager (the reconcile handler reports it).
+
+Switchover on request: the annotation ``pgshard.io/switchover`` on the cluster,
+``"<shard>"`` (to the best follower) or ``"<shard>:<pod>"``, is removed and the
+shard's manager switches over (no acknowledged write lost); the outcome is an
+Event, ``SwitchedOver`` or ``ActionFailed`` with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 
 from .. import naming
 from ..instance.credentials import Credentials
 from ..model import spec as specs
+from ..platform import base
 from ..platform import kubernetes as kube_platform
-from ..shard import manager, policy
+from ..shard import manager, policy, switchover
 from . import manifests
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
@@ -38,6 +44,36 @@ CHECK_SECONDS = 5.0
 class _Running:
     policy: policy.ShardPolicy
     task: asyncio.Task[None]
+    manager: manager.ShardManager
+    platform: kube_platform.KubernetesPlatform
+    switching: asyncio.Task[None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchoverRequest:
+    shard: int
+    target: str | None
+    """Member name of the follower to promote; None: the best one."""
+
+
+def parse_switchover(value: str, cluster: str, shards: int) -> SwitchoverRequest:
+    """The request in the annotation's value; ValueError says what is wrong (pure)."""
+    shard_text, _, pod = value.strip().partition(":")
+    if not shard_text.isdigit() or int(shard_text) >= shards:
+        raise ValueError(
+            f"{naming.SWITCHOVER_ANNOTATION}={value!r}: expected '<shard>' or "
+            f"'<shard>:<pod>' with a shard from 0 to {shards - 1}"
+        )
+    shard = int(shard_text)
+    if not pod:
+        return SwitchoverRequest(shard, None)
+    prefix = f"{naming.shard_statefulset(cluster, shard)}-"
+    if not pod.startswith(prefix) or not pod[len(prefix) :].isdigit():
+        raise ValueError(
+            f"{naming.SWITCHOVER_ANNOTATION}={value!r}: {pod!r} is not a pod of shard "
+            f"{shard} (they are named {prefix}<n>)"
+        )
+    return SwitchoverRequest(shard, kube_platform.member_name(pod))
 
 
 async def credentials(api: Api, ref: ClusterRef) -> Credentials | None:
@@ -75,9 +111,63 @@ async def run(api: Api, ref: ClusterRef, stopping: Callable[[], bool]) -> None:
 async def _stop(running: dict[int, _Running], shards: list[int]) -> None:
     for i in shards:
         entry = running.pop(i)
-        entry.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await entry.task
+        tasks = [t for t in (entry.task, entry.switching) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _switchover_requested(
+    api: Api, ref: ClusterRef, body: dict[str, Any], shards: int, running: dict[int, _Running]
+) -> None:
+    """Start the switchover the annotation asks for (once: the annotation is removed)."""
+    value = ((body.get("metadata") or {}).get("annotations") or {}).get(
+        naming.SWITCHOVER_ANNOTATION
+    )
+    if value is None:
+        return
+    try:
+        request = parse_switchover(str(value), ref.name, shards)
+    except ValueError as e:
+        request, problem = None, str(e)
+    entry = running.get(request.shard) if request is not None else None
+    if entry is not None and entry.switching is not None and not entry.switching.done():
+        return  # one at a time: the annotation stays until this one is over
+    await api.merge_patch(
+        naming.KIND,
+        ref.namespace,
+        ref.name,
+        {"metadata": {"annotations": {naming.SWITCHOVER_ANNOTATION: None}}},
+    )
+    if request is None or entry is None:
+        why = problem if request is None else f"shard {request.shard} has no manager yet"
+        log.warning("%s: switchover refused: %s", ref.name, why)
+        some = next(iter(running.values()), None)
+        if some is not None:
+            await some.platform.record_event(base.EventReason.ACTION_FAILED, why)
+        return
+    entry.switching = asyncio.create_task(
+        _switchover(entry, request), name=f"switchover-{ref.name}-{request.shard}"
+    )
+
+
+async def _switchover(entry: _Running, request: SwitchoverRequest) -> None:
+    try:
+        last = await entry.manager.request_switchover(request.target)
+    except (
+        switchover.SwitchoverRefused,
+        manager.SwitchoverFailed,
+        base.PlatformError,
+        ApiError,
+    ) as e:
+        await entry.platform.record_event(
+            base.EventReason.ACTION_FAILED, f"switchover refused or failed: {e}"
+        )
+        return
+    await entry.platform.record_event(
+        base.EventReason.SWITCHED_OVER,
+        f"switched over from {last.old_primary} to {last.new_primary} at epoch {last.epoch}",
+    )
 
 
 async def _converge(
@@ -95,12 +185,11 @@ async def _converge(
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != spec.policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]
-    if not missing:
-        return
-    creds = await credentials(api, ref)
+    creds = await credentials(api, ref) if missing else None
     if creds is None:
-        return  # the reconcile handler creates the Secrets first
+        missing = []  # none missing, or no Secrets yet (the reconcile handler makes them)
     for i in missing:
+        assert creds is not None
         platform = kube_platform.KubernetesPlatform(
             api,
             http,
@@ -114,5 +203,6 @@ async def _converge(
             logger=logging.getLogger(f"pgshard_operator.shard.{ref.name}.{i}"),
         )
         task = asyncio.create_task(shard_manager.run(), name=f"manager-{ref.name}-{i}")
-        running[i] = _Running(spec.policy, task)
+        running[i] = _Running(spec.policy, task, shard_manager, platform)
         log.info("%s: shard %d: manager started", ref.name, i)
+    await _switchover_requested(api, ref, body, spec.shards, running)

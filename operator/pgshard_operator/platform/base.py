@@ -73,6 +73,7 @@ class EventReason(enum.Enum):
     REPOINTED = "Repointed"
     REJOINED = "Rejoined"
     SWITCHOVER = "Switchover"
+    SWITCHED_OVER = "SwitchedOver"
     FAILOVER_BLOCKED = "FailoverBlocked"
     COOLDOWN = "Cooldown"
     SYNC_STANDBYS = "SyncStandbysChanged"
