@@ -87,3 +87,30 @@ async def test_hidden_query_answer_is_swallowed_whole_and_tracks_settings() -> N
     assert sink.data == DONE + READY_IN_TX
     assert b.params["application_name"] == "probe"
     assert not b.idle  # inside the client's transaction now
+
+
+FATAL = msg(b"E", b"SFATAL\0C57P01\0Mterminating connection due to administrator command\0\0")
+NOTICE = msg(b"N", b"SNOTICE\0C00000\0Mhello\0\0")
+
+
+async def test_fatal_on_an_idle_connection_never_reaches_the_client() -> None:
+    # A server shutting down tells its idle connections; a client with nothing
+    # outstanding (asyncpg) would fail its next request on an unexpected message.
+    status = msg(b"S", b"TimeZone\0UTC\0")
+    b, sink = relay([Marker.SYNC], DONE + READY_IDLE + NOTICE + FATAL + status + READY_IDLE)
+    assert sink.data == DONE + READY_IDLE + NOTICE + status
+    assert sink.ready == 1 and not b.answering
+
+
+async def test_answers_without_markers_reach_the_client_until_ready() -> None:
+    # asyncpg prepares with Parse/Describe/Flush: only the Parse has a marker, yet
+    # ParameterDescription, RowDescription and a later error belong to the client.
+    describe = msg(b"t", b"\0\0") + msg(b"T", b"\0\0")
+    b, sink = relay([Marker.PARSE], PARSE_COMPLETE + describe)
+    assert sink.data == PARSE_COMPLETE + describe
+    assert b.answering and not b.idle
+    b.send(b"")  # Bind, Execute (no marker)
+    b.send(b"", Marker.SYNC)
+    b.data_received(ERROR + READY_IDLE + FATAL)
+    assert sink.data == PARSE_COMPLETE + describe + ERROR + READY_IDLE
+    assert not b.answering and b.idle

@@ -12,6 +12,15 @@ proxy injected itself (a Parse to prepare a statement transparently, a Close of
 a stale copy, a query replaying session SETs) are swallowed, while everything
 the client asked for reaches it in order. After an ErrorResponse PostgreSQL
 skips to the next Sync, so markers up to the Sync are dropped.
+
+A message that answers nothing (nothing sent since the last ReadyForQuery
+answered everything) never reaches the client,
+except the asynchronous ones clients accept at any time (ParameterStatus,
+NoticeResponse, NotificationResponse): above all the FATAL ErrorResponse a
+server sends to its idle connections when it shuts down (a failover, a pod
+deleted). A client with no request outstanding does not expect it (asyncpg
+then fails its next request with InternalClientError); the connection's loss
+that follows is handled by the session.
 """
 
 from __future__ import annotations
@@ -75,6 +84,8 @@ class Marker(enum.IntEnum):
 
 # Server message types the relay must look at; everything else is forwarded blindly.
 _SPECIAL = frozenset(b"Z123ESA")
+# Asynchronous server messages a client accepts even with no request outstanding.
+_ASYNCHRONOUS = frozenset(b"SNA")
 
 
 class BackendConnection(asyncio.Protocol):
@@ -97,6 +108,11 @@ class BackendConnection(asyncio.Protocol):
         self.epoch = -1
         """Shard epoch this connection was lent for as a primary (-1: as a follower)."""
         self.pending: collections.deque[Marker] = collections.deque()
+        self._open = False
+        """Something was sent since the ReadyForQuery that answered everything before it.
+
+        Not the same as ``pending``: Bind, Describe, Execute and Flush have no
+        marker, yet their answers (asyncpg's Parse/Describe/Flush) are expected."""
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._out: list[bytes] = []
@@ -261,7 +277,12 @@ class BackendConnection(asyncio.Protocol):
                     self._hidden_message(t, buf, pos, end)
                     pos = start = end
                     continue
-                if t in _SPECIAL and not self._relay_special(t, buf, pos, end):
+                if not pending and not self._open and t not in _ASYNCHRONOUS:
+                    self._unsolicited(t, buf, pos, end)
+                    if pos > start and sink is not None:
+                        sink.backend_data(self, buf[start:pos])
+                    start = end
+                elif t in _SPECIAL and not self._relay_special(t, buf, pos, end):
                     # Swallowed: forward what came before it, skip it.
                     if pos > start and sink is not None:
                         sink.backend_data(self, buf[start:pos])
@@ -279,6 +300,19 @@ class BackendConnection(asyncio.Protocol):
         else:
             del self._buf[:pos]
 
+    def _unsolicited(self, t: int, buf: bytes | bytearray, pos: int, end: int) -> None:
+        """A message with no request outstanding: logged, never relayed (module docstring)."""
+        if t == 0x45:  # 'E': typically FATAL 57P01 before the server closes the connection
+            fields = parse_error_fields(bytes(buf[pos + 5 : end]))
+            log.info(
+                "%s: %s %s (SQLSTATE %s) on an idle connection",
+                self.member_name, fields.get("S", "ERROR"), fields.get("M", "error"),
+                fields.get("C", "?"),
+            )  # fmt: skip
+        else:
+            log.warning("%s: unexpected message %r on an idle connection", self.member_name,
+                        chr(t))  # fmt: skip
+
     def _relay_special(self, t: int, buf: bytes | bytearray, pos: int, end: int) -> bool:
         """Book-keeping for a message the relay looks at; False means swallow it."""
         pending = self.pending
@@ -286,6 +320,8 @@ class BackendConnection(asyncio.Protocol):
             self.tx_status = messages.TxStatus(buf[pos + 5])
             if pending:
                 pending.popleft()
+            if not pending:
+                self._open = False
             if self._sink is not None:
                 self._sink.backend_ready(self)
             return True
@@ -312,6 +348,8 @@ class BackendConnection(asyncio.Protocol):
         elif t == 0x5A:
             self.tx_status = messages.TxStatus(buf[pos + 5])
             self.pending.popleft()
+            if not self.pending:
+                self._open = False
             done, self._hidden_done = self._hidden_done, None
             error, self._hidden_error = self._hidden_error, None
             if done is not None and not done.done():
@@ -324,7 +362,12 @@ class BackendConnection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """No response outstanding and not inside a transaction."""
-        return not self.pending and self.tx_status is messages.TxStatus.IDLE
+        return not self.answering and self.tx_status is messages.TxStatus.IDLE
+
+    @property
+    def answering(self) -> bool:
+        """A request was sent that the server has not finished answering (up to its Sync)."""
+        return self._open or bool(self.pending)
 
     def attach(self, sink: Sink | None) -> None:
         self._sink = sink
@@ -338,6 +381,7 @@ class BackendConnection(asyncio.Protocol):
         """
         if marker is not None:
             self.pending.append(marker)
+        self._open = True
         self._out.append(data)
 
     def flush(self) -> None:
@@ -358,6 +402,7 @@ class BackendConnection(asyncio.Protocol):
         self.flush()
         self._hidden_done = asyncio.get_running_loop().create_future()
         self.pending.append(Marker.HIDDEN_QUERY)
+        self._open = True
         self._transport.write(messages.query(sql))
         async with asyncio.timeout(timeout):
             return await self._hidden_done

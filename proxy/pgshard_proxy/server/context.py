@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class Closable(Protocol):
     def abort(self) -> None: ...
+    def topology_changed(self) -> None: ...
 
 
 class NoPrimary(BackendError):
@@ -67,6 +68,10 @@ class ServerContext:
         keep = {(s.primary.name, s.primary.address, s.epoch) for s in topo.shards if s.primary}
         keep |= {(f.name, f.address, FOLLOWER_EPOCH) for s in topo.shards for f in s.followers}
         self.pools.retire(keep)
+        # Sessions leave an old primary now, not on their next request: one that stopped
+        # answering (frozen, unreachable) would otherwise hold their requests forever.
+        for session in list(self.sessions):
+            session.topology_changed()
         if old is None or [s.epoch for s in old.shards] != [s.epoch for s in topo.shards]:
             shards = ", ".join(
                 f"shard {s.index} epoch {s.epoch} primary {s.primary.name if s.primary else '-'}"

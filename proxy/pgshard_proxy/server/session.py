@@ -20,7 +20,10 @@ follow the client from one server to another:
 
 A server lost while a request or transaction was in flight ends the client's
 session with SQLSTATE 08007 (outcome unknown); a server lost while idle is
-replaced silently on next use.
+replaced silently on next use. The same holds when the topology moves the
+shard to a new epoch (:meth:`Session.topology_changed`): a request still being
+answered by the old primary ends the session at once with 08007 (the old
+primary may be frozen and never answer), an idle session just lets go of it.
 """
 
 from __future__ import annotations
@@ -799,7 +802,8 @@ class Session(asyncio.Protocol):
     # --- backend.Sink
 
     def backend_data(self, backend: BackendConnection, data: bytes | bytearray) -> None:
-        if self._transport is not None:
+        # After a FATAL the client gets nothing more: the transport may still be flushing.
+        if self._transport is not None and self.state is not State.CLOSED:
             self._transport.write(data)
 
     def backend_ready(self, backend: BackendConnection) -> None:
@@ -817,7 +821,7 @@ class Session(asyncio.Protocol):
             self._unblock()
 
     def backend_lost(self, backend: BackendConnection, exc: Exception | None) -> None:
-        in_flight = bool(backend.pending) or backend.tx_status is not messages.TxStatus.IDLE
+        in_flight = backend.answering or backend.tx_status is not messages.TxStatus.IDLE
         waiting = self._waiting_on is backend
         self._forget(backend)
         if self.state is State.CLOSED:
@@ -837,6 +841,47 @@ class Session(asyncio.Protocol):
             self._pause("backend")
         else:
             self._resume("backend")
+
+    # --- topology
+
+    def topology_changed(self) -> None:
+        """Called by the context for every new topology: leave a primary of an old epoch.
+
+        A request in flight there ends the session with 08007 now; waiting for an
+        answer could take forever (a frozen node keeps its sockets open) and any
+        answer would come from a member that is no longer the primary. An open
+        transaction without a request in flight is ended on its next statement
+        (``_backend_for``); an idle session lets go of the connection and gets one
+        to the new primary on its next write.
+        """
+        b = self._backends.get(Role.PRIMARY)
+        if b is None or self.state is not State.READY:
+            return
+        try:
+            shard = self.ctx.shard()
+        except NoPrimary:
+            return
+        primary = shard.primary
+        if (
+            primary is not None
+            and b.epoch == shard.epoch
+            and b.member_name == primary.name
+            and b.address == primary.address
+        ):
+            return
+        if b.answering:
+            b.attach(None)  # not one more byte of its response reaches the client
+            b.abort()
+            self._fatal(
+                SqlState.TRANSACTION_RESOLUTION_UNKNOWN,
+                f"the primary of shard {shard.index} changed (now epoch {shard.epoch}) while "
+                f"a statement was in progress on {b.member_name} ({b.address}); "
+                "its outcome is unknown",
+                hint="reconnect and check whether the statement took effect",
+            )
+            self._forget(b)
+        elif b.tx_status is messages.TxStatus.IDLE:
+            self._forget(b)
 
     # --- cancel and errors
 
