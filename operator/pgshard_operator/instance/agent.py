@@ -105,6 +105,7 @@ class Agent:
         if (pid := postgres.postmaster_pid(self.s.datadir)) is not None:
             log.warning("killing postgres (pid %d) left running by a previous agent", pid)
             proctree.kill_tree(pid)
+            await postgres.wait_postmaster_gone(self.s.datadir, pid)
         if not config.is_initialised(self.s.datadir):
             if self.s.bootstrap_primary:
                 log.info("initdb: creating the first primary")

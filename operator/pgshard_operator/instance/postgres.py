@@ -16,8 +16,11 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .. import proctree
 
 PG_MAJOR = 15
 INSTALL_HINT = (
@@ -266,3 +269,24 @@ def postmaster_pid(datadir: Path) -> int | None:
     except PermissionError:
         return pid
     return pid
+
+
+async def wait_postmaster_gone(datadir: Path, pid: int, timeout: float = 15.0) -> None:
+    """Wait until a killed postmaster is gone, so a new one can take the data directory.
+
+    An orphaned server is reaped by init, which here can take seconds; until then the
+    zombie still answers ``kill(pid, 0)`` and a new postmaster refuses to start ("lock
+    file already exists"). Once the process is dead (gone or a zombie) for longer than
+    ``timeout``, its ``postmaster.pid`` is stale and is removed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if postmaster_pid(datadir) != pid:
+            return
+        await asyncio.sleep(0.1)
+    if not proctree.alive(pid):
+        (datadir / "postmaster.pid").unlink(missing_ok=True)
+        return
+    raise PostgresCommandFailed(
+        ["postgres"], -1, f"postmaster {pid} of {datadir} is still running after being killed"
+    )

@@ -100,10 +100,13 @@ class PostgresSupervisor:
         """Forever: restart the server whenever it exits while wanted."""
         while True:
             proc = self._proc
-            if proc is None or proc.returncode is not None or not self.wanted:
+            if proc is None or not self.wanted:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            # Returns at once for a server that already exited while this loop was not
+            # watching it (e.g. one started by a rejoin during our back-off): it is wanted,
+            # so it must be restarted like any other crash, not waited on forever.
             code = await proc.wait()
             if not self.wanted or proc is not self._proc:
                 continue
