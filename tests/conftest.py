@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,26 +14,32 @@ from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[object]:
     """Close the event loop looptime's hook creates around *synchronous* tests.
 
     looptime asks pytest-asyncio's policy for "the running loop" around every test;
     for a sync test that call creates a fresh loop nobody closes, and with warnings
-    as errors its ResourceWarning fails the session. We close it after the test.
+    as errors its ResourceWarning fails the session. This hook runs inside
+    looptime's, so it sees that loop before the test runs: a test calling
+    ``asyncio.run`` unsets the policy's loop on exit, after which it could no
+    longer be found to close.
     """
+    policy = pyfuncitem.funcargs.get("event_loop_policy")
+    loop = None
+    if policy is not None and not pytest_asyncio.is_async_test(pyfuncitem):
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            loop = None
     try:
         return (yield)
     finally:
-        policy = pyfuncitem.funcargs.get("event_loop_policy")
-        if policy is not None and not pytest_asyncio.is_async_test(pyfuncitem):
-            try:
-                loop = policy.get_event_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None and not loop.is_running() and not loop.is_closed():
-                loop.close()
-                policy.set_event_loop(None)
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()
+            with contextlib.suppress(RuntimeError):
+                if policy.get_event_loop() is loop:
+                    policy.set_event_loop(None)
 
 
 @pytest.fixture
