@@ -480,13 +480,7 @@ class KubernetesPlatform:
         doc = await self._call(
             member, "/rejoin", self._upstream(self._address(primary)), REJOIN_TIMEOUT
         )
-        fork = doc.get("forkLsn")
-        discarded = doc.get("discardedBytes")
-        return state.RejoinResult(
-            method=state.RejoinMethod(doc["method"]),
-            fork_lsn=positions.parse_lsn(fork) if fork else None,
-            discarded_bytes=int(discarded) if discarded is not None else 0,
-        )
+        return state.RejoinResult.from_agent(doc)
 
     async def set_sync_standbys(self, member: str, value: str) -> None:
         await self._call(

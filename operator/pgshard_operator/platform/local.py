@@ -202,14 +202,7 @@ class LocalPlatform:
                 raise base.PlatformError(f"{member}'s agent is not running")
             await asyncio.sleep(0.2)
         doc = await self._call(member, "/rejoin", self._upstream(primary), REJOIN_TIMEOUT)
-        fork = doc.get("forkLsn")
-        discarded = doc.get("discardedBytes")
-        return state.RejoinResult(
-            method=state.RejoinMethod(doc["method"]),
-            fork_lsn=positions.parse_lsn(fork) if fork else None,
-            # Unknown only when the old primary's end of WAL could not be read (logged).
-            discarded_bytes=int(discarded) if discarded is not None else 0,
-        )
+        return state.RejoinResult.from_agent(doc)
 
     async def set_sync_standbys(self, member: str, value: str) -> None:
         await self._call(

@@ -54,6 +54,18 @@ class RejoinResult:
     discarded_bytes: int
     """WAL bytes it had past ``fork_lsn`` that no other member had: writes thrown away."""
 
+    @classmethod
+    def from_agent(cls, doc: Mapping[str, Any]) -> RejoinResult:
+        """Parse the instance agent's answer to ``POST /rejoin`` (both platforms ask it)."""
+        fork = doc.get("forkLsn")
+        discarded = doc.get("discardedBytes")
+        return cls(
+            method=RejoinMethod(doc["method"]),
+            fork_lsn=positions.parse_lsn(fork) if fork else None,
+            # Unknown only when the old primary's end of WAL could not be read (logged).
+            discarded_bytes=int(discarded) if discarded is not None else 0,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class MemberInfo:
