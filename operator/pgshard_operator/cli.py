@@ -24,6 +24,7 @@ from . import __version__
 COMMANDS: tuple[str, ...] = (
     "pgshard_proxy.rewrite.cli",
     "pgshard_operator.local.commands",
+    "pgshard_operator.switchover_command",
 )
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from tests.kube.cluster import Cluster
@@ -62,29 +62,34 @@ def node_ready(kube: Cluster) -> str:
 
 
 @contextlib.contextmanager
-def operator_namespace(kube: Cluster) -> Iterator[str]:
+def operator_namespace(
+    kube: Cluster,
+    prefix: str = "pg",
+    env: Mapping[str, str] | None = None,
+    log_level: str | None = None,
+) -> Iterator[str]:
     """A fresh namespace with the operator (this checkout, via the Helm chart) watching it;
-    its clusters, the release and the namespace are deleted afterwards."""
-    name = f"pg-{uuid.uuid4().hex[:6]}"
+    its clusters, the release and the namespace are deleted afterwards. ``env`` adds to
+    (or overrides) the operator's environment, e.g. a stand-in instance command."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     kube.kubectl("create", "namespace", name)
     pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
-    values = {
+    operator_env = {
+        "PYTHONPATH": pythonpath,
+        # ... and the pods it creates run this checkout too.
+        "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH": pythonpath,
+        "PGSHARD_OPERATOR_REFRESH_SECONDS": "1",
+        "PGSHARD_OPERATOR_INSTANCE_COMMAND": f"{sys.executable} -m pgshard_operator.k8s.instance",
+        "PGSHARD_OPERATOR_PROXY_COMMAND": f"{sys.executable} -m pgshard_proxy.main",
+        **(env or {}),
+    }
+    values: dict[str, Any] = {
         "command": [sys.executable, "-m", "pgshard_operator.k8s"],
         "watchNamespaces": [name],
-        "extraEnv": [
-            {"name": "PYTHONPATH", "value": pythonpath},
-            {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
-            {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
-            {
-                "name": "PGSHARD_OPERATOR_INSTANCE_COMMAND",
-                "value": f"{sys.executable} -m pgshard_operator.k8s.instance",
-            },
-            {
-                "name": "PGSHARD_OPERATOR_PROXY_COMMAND",
-                "value": f"{sys.executable} -m pgshard_proxy.main",
-            },
-        ],
+        "extraEnv": [{"name": k, "value": v} for k, v in operator_env.items()],
     }
+    if log_level:
+        values["logLevel"] = log_level
     values_file = kube.directory / f"values-{name}.json"
     values_file.write_text(json.dumps(values))
     release = f"pgshard-{name}"

@@ -12,6 +12,13 @@ time and remembers which inserts were acknowledged.
 3. Annotate the cluster ``pgshard.io/switchover=0:<follower>``: that follower becomes
    primary (``lastFailover.kind`` switchover), no acknowledged insert is lost, the
    annotation is removed and a ``SwitchedOver`` Event posted.
+4. Change a PostgreSQL parameter: the operator restarts the followers one at a time,
+   switches over by itself, then restarts the old primary; no acknowledged insert is
+   lost and every member runs the new setting.
+5. ``pgshard switchover --kube`` moves the primary to the highest-numbered pod and
+   prints the outcome; a request the operator refuses fails with its reason.
+6. Lower ``replicasPerShard`` while the primary is that highest-numbered pod: the
+   operator switches over first, then removes the pod; nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import base64
 import contextlib
 import datetime
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -32,7 +40,7 @@ import pytest
 from tests.e2e.helpers import get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.faults import Faults
-from tests.support import crd
+from tests.support import crd, procs
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +101,8 @@ def streaming_follower(kube: Cluster, ns: str, pod: str) -> dict[str, Any] | Non
 
 
 class Writer:
-    """Inserts 1, 2, 3, … through the proxy; ``acked`` holds the acknowledged ones."""
+    """Inserts n + 1, n + 2, … through the proxy (n: the largest id already in ``t``);
+    ``acked`` holds the acknowledged ones."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -101,8 +110,7 @@ class Writer:
         self.errors: list[str] = []
         self._stop = asyncio.Event()
 
-    async def run(self) -> None:
-        n = 0
+    async def run(self, n: int) -> None:
         conn: Any = None
         while not self._stop.is_set():
             n += 1
@@ -141,7 +149,7 @@ class Writer:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Writer]:
-        task = asyncio.create_task(self.run())
+        task = asyncio.create_task(self.run(max(await rows(self.dsn), default=0)))
         try:
             yield self
         finally:
@@ -259,3 +267,108 @@ async def test_switchover_on_request_loses_nothing(
         e["reason"] for e in get(kube, "events", "-n", ns, "--field-selector",
                                  f"involvedObject.name={NAME}")["items"]
     }, 30)  # fmt: skip
+
+
+def rolled_out(kube: Cluster, ns: str) -> dict[str, Any] | None:
+    """The healthy shard once every pod runs the StatefulSet's current template."""
+    sts = get(kube, "statefulset", "-n", ns, f"{NAME}-shard-0")
+    revision = sts["status"].get("updateRevision")
+    pods = get(
+        kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},pgshard.io/shard=0"
+    )
+    hashes = {p["metadata"]["labels"].get("controller-revision-hash") for p in pods["items"]}
+    status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
+    if hashes != {revision} or status.get("rollout") or status.get("plannedSwitchovers"):
+        return None
+    return healthy(kube, ns)
+
+
+async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
+    kube: Cluster, ns: str, cluster: dict[str, str]
+) -> None:
+    before = await waited("a healthy shard after the last switchover",
+                          lambda: healthy(kube, ns), 120)  # fmt: skip
+    dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
+    async with Writer(dsn).running() as w:
+        await w.acked_more(10, 60)
+        kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
+                     "-p", '{"spec":{"postgres":{"parameters":{"work_mem":"7MB"}}}}')  # fmt: skip
+        after = await waited("the roll-out", lambda: rolled_out(kube, ns), 300, every=1)
+        await w.acked_more(10, 60)
+    assert after["epoch"] == before["epoch"] + 1
+    assert after["lastFailover"]["kind"] == "switchover"
+    assert after["primary"]["name"] != before["primary"]["name"]
+    missing = set(w.acked) - await rows(dsn)
+    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+    for member in [after["primary"], *after["followers"]]:
+        ip = pod_ip(kube, ns, member["name"])
+        conn = await asyncpg.connect(f"postgresql://app:{cluster['password']}@{ip}:5432/app")
+        try:
+            assert await conn.fetchval("show work_mem") == "7MB", member["name"]
+        finally:
+            await conn.close()
+
+
+def pgshard(kube: Cluster, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        procs.pgshard_argv("switchover", "--kube", "--cluster", NAME, "-n", ns, *args),
+        env=procs.env(KUBECONFIG=str(kube.kubeconfig)),
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+
+
+async def test_switchover_command_waits_for_the_outcome(
+    kube: Cluster, ns: str, cluster: dict[str, str]
+) -> None:
+    before = await waited("a healthy shard", lambda: healthy(kube, ns), 120)
+    target = f"{NAME}-shard-0-2"
+    if before["primary"]["name"] == target:  # make it a follower first
+        moved = await asyncio.to_thread(pgshard, kube, ns, "--shard", "0")
+        assert moved.returncode == 0, moved.stderr
+        before = await waited("a healthy shard", lambda: healthy(kube, ns), 120)
+    done = await asyncio.to_thread(pgshard, kube, ns, "--shard", "0", "--to", target)
+    assert done.returncode == 0, done.stderr
+    old = before["primary"]["name"]
+    assert f"shard 0: switched over from {old} to {target}, epoch" in done.stdout
+    assert shard(kube, ns)["primary"]["name"] == target
+    # Not a member now (the StatefulSet has 3 pods): the operator refuses, the command says why.
+    refused = await asyncio.to_thread(
+        pgshard, kube, ns, "--shard", "0", "--to", f"{NAME}-shard-0-7"
+    )
+    assert refused.returncode == 1
+    assert "switchover refused" in refused.stderr and "has no member" in refused.stderr
+    assert shard(kube, ns)["primary"]["name"] == target
+
+
+def primary_on(kube: Cluster, ns: str, pod: str) -> dict[str, Any] | None:
+    s = healthy(kube, ns)
+    return s if s and s["primary"]["name"] == pod else None
+
+
+def scaled_down(kube: Cluster, ns: str) -> dict[str, Any] | None:
+    s = shard(kube, ns)
+    pods = get(
+        kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},pgshard.io/shard=0"
+    )
+    streaming = [f for f in s.get("followers") or () if f.get("state") == "streaming"]
+    ok = len(pods["items"]) == 2 and len(streaming) == 1 and s.get("primary")
+    return s if ok and s["phase"] == "Ready" else None
+
+
+async def test_scaling_down_moves_the_primary_off_the_removed_pod_first(
+    kube: Cluster, ns: str, cluster: dict[str, str]
+) -> None:
+    removed = f"{NAME}-shard-0-2"
+    before = await waited("the primary on the last pod", lambda: primary_on(kube, ns, removed), 120)
+    dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
+    async with Writer(dsn).running() as w:
+        await w.acked_more(10, 60)
+        kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
+                     "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip
+        after = await waited("one follower left", lambda: scaled_down(kube, ns), 240, every=1)
+        await w.acked_more(10, 60)
+    assert after["primary"]["name"] != removed
+    assert after["epoch"] == before["epoch"] + 1
+    assert after["lastFailover"]["kind"] == "switchover"
+    missing = set(w.acked) - await rows(dsn)
+    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"

@@ -6,14 +6,14 @@ its service account, and manages ShardedClusters in one test namespace.
 
 Proxy pods run the real ``pgshard-proxy``, following the cluster's status through
 the Kubernetes topology source with their service account. Shard pods run a
-stand-in for now: a TCP server on the pod's address and port 5432
-(``PGSHARD_OPERATOR_INSTANCE_COMMAND``), because ``pgshard-instance`` does not yet
-run on Kubernetes (the Lease store exists, the agent does not use it yet). What is tested for real:
-the CRD (the API server's refusals), every owned object, labels, owner references,
-Secrets, readiness-driven status and phase, safe roll-out of a parameter change one
-pod at a time, scaling followers, Events and conditions for impossible specs, and
-garbage collection when the cluster is deleted; and the primary Lease store's
-compare-and-set against the API server.
+stand-in here, a TCP server on the pod's address and port 5432
+(``PGSHARD_OPERATOR_INSTANCE_COMMAND``), which keeps these tests fast; real
+PostgreSQL pods are in ``test_operator_postgres.py`` and ``test_failover.py``. What
+is tested here: the CRD (the API server's refusals), every owned object, labels,
+owner references, Secrets, readiness-driven status and phase, safe roll-out of a
+parameter change one pod at a time, scaling followers, Events and conditions for
+impossible specs, and garbage collection when the cluster is deleted; and the
+primary Lease store's compare-and-set against the API server.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,54 +35,24 @@ from kubernetes_asyncio import config as k8s_config
 from pgshard_operator.instance import postgres
 from pgshard_operator.k8s import apply
 from pgshard_operator.k8s import lease as kube_lease
-from tests.e2e.helpers import get, ready_pods, wait_for
+from tests.e2e.helpers import get, operator_namespace, ready_pods, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd, procs
+from tests.support import crd
 
 pytestmark = pytest.mark.e2e
 
 STAND_IN = f"{sys.executable} -m http.server 5432 --bind $(PGSHARD_POD_IP)"
-PROXY = f"{sys.executable} -m pgshard_proxy.main"
 
 
 @pytest.fixture(scope="module")
 def ns(kube: Cluster) -> Iterator[str]:
     """A namespace with the chart installed, watching only that namespace."""
-    name = f"op-{uuid.uuid4().hex[:6]}"
-    kube.kubectl("create", "namespace", name)
-    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
-    values = {
-        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
-        "watchNamespaces": [name],
-        "logLevel": "info",
-        "extraEnv": [
-            {"name": "PYTHONPATH", "value": pythonpath},
-            # ... and the pods it creates run this checkout too.
-            {"name": "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH", "value": pythonpath},
-            {"name": "PGSHARD_OPERATOR_REFRESH_SECONDS", "value": "1"},
-            {"name": "PGSHARD_OPERATOR_REAPPLY_SECONDS", "value": "3"},
-            {"name": "PGSHARD_OPERATOR_INSTANCE_COMMAND", "value": STAND_IN},
-            {"name": "PGSHARD_OPERATOR_PROXY_COMMAND", "value": PROXY},
-        ],
+    env = {
+        "PGSHARD_OPERATOR_REAPPLY_SECONDS": "3",
+        "PGSHARD_OPERATOR_INSTANCE_COMMAND": STAND_IN,
     }
-    values_file = kube.directory / f"values-{name}.json"
-    values_file.write_text(json.dumps(values))
-    release = f"pgshard-{name}"
-    kube.helm(
-        "install", release, str(crd.ROOT / "charts" / "pgshard"),
-        "--namespace", name, "--values", str(values_file), "--wait", "--timeout", "120s",
-    )  # fmt: skip
-    try:
+    with operator_namespace(kube, "op", env, log_level="info") as name:
         yield name
-    finally:
-        for c in get(kube, "shardedclusters", "-n", name)["items"]:
-            kube.kubectl("delete", "shardedcluster", "-n", name, c["metadata"]["name"],
-                         "--wait=false", check=False)  # fmt: skip
-        subprocess.run(
-            [str(kube.bin / "helm"), "uninstall", release, "--namespace", name],
-            capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
-        kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def apply_cluster(

@@ -183,3 +183,14 @@ def test_switchover_annotation() -> None:
             assert words in str(e), (bad, str(e))
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+def test_priorities_by_pod_name_reach_the_manager_by_member_name() -> None:
+    from pgshard_operator.k8s import managers
+    from pgshard_operator.model import spec as specs
+
+    spec = specs.parse_spec({"failover": {"priorities": {"c-shard-0-2": 5, "c_shard_0_1": 1}}})
+    pol = managers.member_policy(spec.policy)
+    assert dict(pol.failover.priorities) == {"c_shard_0_2": 5, "c_shard_0_1": 1}
+    assert pol.failover.priority("c_shard_0_2") == 5
+    assert pol.replication == spec.policy.replication

@@ -36,6 +36,14 @@ def test_refusals(
         switchover.plan(snapshot(), obs, target, POL)
 
 
+def test_target_already_primary_is_told_apart_from_other_refusals() -> None:
+    with pytest.raises(switchover.AlreadyPrimary):
+        switchover.plan(snapshot(), OBS, "p", POL)
+    with pytest.raises(switchover.SwitchoverRefused) as refused:
+        switchover.plan(snapshot(), OBS, "q", POL)
+    assert not isinstance(refused.value, switchover.AlreadyPrimary)
+
+
 def test_quorum_switchover_refused_when_too_few_would_confirm() -> None:
     pol = policy.ShardPolicy(
         replication=policy.ReplicationSettings(policy.ReplicationMode.QUORUM, quorum=2)

@@ -121,15 +121,28 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_impossible_specs_are_explained() -> None:
-    assert specs.impossibilities(specs.parse_spec({})) == ()
+    assert specs.impossibilities(specs.parse_spec({}), "c") == ()
     quorum = specs.parse_spec(
         {"replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
     )
-    (problem,) = specs.impossibilities(quorum)
+    (problem,) = specs.impossibilities(quorum, "c")
     assert "needs 2 follower confirmation(s) per commit but the shard has only 1" in problem
     sync = specs.parse_spec({"replicasPerShard": 0, "replication": {"mode": "sync"}})
-    (problem,) = specs.impossibilities(sync)
+    (problem,) = specs.impossibilities(sync, "c")
     assert "spec.replication.mode needs 1 follower confirmation(s)" in problem
+
+
+def test_priorities_must_name_pods_of_the_cluster() -> None:
+    ok = {"c-shard-1-0": 5, "c_shard_0_2": 1, "c-shard-0-9": 3}  # member form, removed pod
+    assert (
+        specs.impossibilities(specs.parse_spec({"shards": 2, "failover": {"priorities": ok}}), "c")
+        == ()
+    )
+    bad = {"c-shard-2-0": 1, "other-shard-0-0": 1, "c-shard-0-x": 1}
+    spec = specs.parse_spec({"shards": 2, "failover": {"priorities": bad | ok}})
+    (problem,) = specs.impossibilities(spec, "c")
+    assert "'c-shard-0-x', 'c-shard-2-0', 'other-shard-0-0'" in problem
+    assert "c-shard-<shard>-<n> with a shard below 2" in problem
 
 
 def test_parser_agrees_with_the_crd() -> None:

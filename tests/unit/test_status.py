@@ -75,13 +75,13 @@ def test_phase() -> None:
 
 
 def test_check_spec_turns_problems_into_conditions() -> None:
-    bad = reconcile.check_spec({"shards": 0})
+    bad = reconcile.check_spec({"shards": 0}, "c")
     assert isinstance(bad, st.Condition)
     assert (bad.status, bad.reason) == (False, st.Reason.SPEC_INVALID)
     assert "spec.shards" in bad.message
     impossible = reconcile.check_spec(
-        {"replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
+        {"replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}, "c"
     )
     assert isinstance(impossible, st.Condition)
     assert impossible.reason is st.Reason.SPEC_IMPOSSIBLE
-    assert not isinstance(reconcile.check_spec({}), st.Condition)
+    assert not isinstance(reconcile.check_spec({}, "c"), st.Condition)

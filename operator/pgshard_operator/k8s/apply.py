@@ -139,13 +139,13 @@ class Api:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            "GET",
-            RESOURCES[kind].path(namespace),
-            f"listing {kind} ({selector})",
-            query=[("labelSelector", selector)],
-        )
+    async def list(
+        self, kind: str, namespace: str | None, selector: str, fields: str = ""
+    ) -> list[dict[str, Any]]:
+        """Objects matching the label ``selector`` (and the field selector ``fields``)."""
+        query = [("labelSelector", selector)] + ([("fieldSelector", fields)] if fields else [])
+        what = f"listing {kind} ({selector or fields})"
+        result = await self._call("GET", RESOURCES[kind].path(namespace), what, query=query)
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 

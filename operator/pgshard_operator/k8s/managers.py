@@ -11,7 +11,17 @@ policy). An invalid spec runs no manager (the reconcile handler reports it).
 Switchover on request: the annotation ``pgshard.io/switchover`` on the cluster,
 ``"<shard>"`` (to the best follower) or ``"<shard>:<pod>"``, is removed and the
 shard's manager switches over (no acknowledged write lost); the outcome is an
-Event, ``SwitchedOver`` or ``ActionFailed`` with the reason.
+Event, ``SwitchedOver`` or ``ActionFailed`` with the reason (``pgshard switchover
+--kube`` sets the annotation and waits for that outcome).
+
+Planned switchovers: ``status.plannedSwitchovers`` (``{"<shard>": "<pod>"}``, written
+by the refresh timer in ``reconcile.py``) names the follower a roll-out or a
+scale-down needs as primary before it may restart or remove the primary's pod. The
+manager switches over to it, and tries again every ``PLANNED_RETRY_SECONDS`` while
+the roll-out still asks for it (a target that is primary already is no news).
+
+``failover.priorities`` are keyed by pod name in the spec; the managers hand them
+to the shard manager keyed by member name (:func:`member_policy`).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +50,9 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 5.0
 """How often the cluster's spec is read for added or removed shards."""
 
+PLANNED_RETRY_SECONDS = 30.0
+"""How long after a failed planned switchover the same one is tried again."""
+
 
 @dataclasses.dataclass
 class _Running:
@@ -47,6 +61,8 @@ class _Running:
     manager: manager.ShardManager
     platform: kube_platform.KubernetesPlatform
     switching: asyncio.Task[None] | None = None
+    planned: tuple[str, float] | None = None
+    """The last planned switchover started: target pod and its ``time.monotonic()``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +90,15 @@ def parse_switchover(value: str, cluster: str, shards: int) -> SwitchoverRequest
             f"{shard} (they are named {prefix}<n>)"
         )
     return SwitchoverRequest(shard, kube_platform.member_name(pod))
+
+
+def member_policy(pol: policy.ShardPolicy) -> policy.ShardPolicy:
+    """``pol`` with ``failover.priorities`` keyed by member name instead of pod name
+    (pure; keys already in member form are kept)."""
+    priorities = {kube_platform.member_name(k): v for k, v in pol.failover.priorities.items()}
+    return dataclasses.replace(
+        pol, failover=dataclasses.replace(pol.failover, priorities=priorities)
+    )
 
 
 async def credentials(api: Api, ref: ClusterRef) -> Credentials | None:
@@ -140,18 +165,45 @@ async def _switchover_requested(
         {"metadata": {"annotations": {naming.SWITCHOVER_ANNOTATION: None}}},
     )
     if request is None or entry is None:
-        why = problem if request is None else f"shard {request.shard} has no manager yet"
-        log.warning("%s: switchover refused: %s", ref.name, why)
-        some = next(iter(running.values()), None)
-        if some is not None:
-            await some.platform.record_event(base.EventReason.ACTION_FAILED, why)
+        why = problem if request is None else "the shard has no manager yet; ask again"
+        shard = request.shard if request is not None else 0
+        log.warning("%s: shard %d: switchover refused: %s", ref.name, shard, why)
+        event = kube_platform.event_object(
+            body, shard, base.EventReason.ACTION_FAILED, f"switchover refused: {why}", time.time()
+        )
+        try:
+            await api.create(event)
+        except ApiError as e:  # best effort: the log line above says it too
+            log.warning("%s: could not record the refusal: %s", ref.name, e)
         return
     entry.switching = asyncio.create_task(
         _switchover(entry, request), name=f"switchover-{ref.name}-{request.shard}"
     )
 
 
-async def _switchover(entry: _Running, request: SwitchoverRequest) -> None:
+def _start_planned(
+    ref: ClusterRef, body: dict[str, Any], running: dict[int, _Running], now: float
+) -> None:
+    """Start the switchovers ``status.plannedSwitchovers`` asks for (one per shard at a time;
+    a failed one again after ``PLANNED_RETRY_SECONDS``)."""
+    planned = (body.get("status") or {}).get("plannedSwitchovers") or {}
+    for shard_text, pod in planned.items():
+        entry = running.get(int(shard_text)) if str(shard_text).isdigit() else None
+        if entry is None or (entry.switching is not None and not entry.switching.done()):
+            continue
+        last = entry.planned
+        if last is not None and last[0] == pod and now - last[1] < PLANNED_RETRY_SECONDS:
+            continue
+        entry.planned = (pod, now)
+        request = SwitchoverRequest(int(shard_text), kube_platform.member_name(pod))
+        log.info("%s: shard %s: planned switchover to %s", ref.name, shard_text, pod)
+        entry.switching = asyncio.create_task(
+            _switchover(entry, request, planned=True),
+            name=f"planned-switchover-{ref.name}-{shard_text}",
+        )
+
+
+async def _switchover(entry: _Running, request: SwitchoverRequest, planned: bool = False) -> None:
     try:
         last = await entry.manager.request_switchover(request.target)
     except (
@@ -160,6 +212,10 @@ async def _switchover(entry: _Running, request: SwitchoverRequest) -> None:
         base.PlatformError,
         ApiError,
     ) as e:
+        if planned and isinstance(e, switchover.AlreadyPrimary):
+            # Done already: by an earlier attempt, a failover or a user.
+            log.info("shard %d: planned switchover not needed: %s", request.shard, e)
+            return
         await entry.platform.record_event(
             base.EventReason.ACTION_FAILED, f"switchover refused or failed: {e}"
         )
@@ -182,7 +238,8 @@ async def _converge(
     except specs.SpecInvalid:
         await _stop(running, list(running))
         return
-    stale = [i for i, r in running.items() if i >= spec.shards or r.policy != spec.policy]
+    shard_policy = member_policy(spec.policy)
+    stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]
     creds = await credentials(api, ref) if missing else None
@@ -199,10 +256,11 @@ async def _converge(
         )
         shard_manager = manager.ShardManager(
             platform,
-            spec.policy,
+            shard_policy,
             logger=logging.getLogger(f"pgshard_operator.shard.{ref.name}.{i}"),
         )
         task = asyncio.create_task(shard_manager.run(), name=f"manager-{ref.name}-{i}")
-        running[i] = _Running(spec.policy, task, shard_manager, platform)
+        running[i] = _Running(shard_policy, task, shard_manager, platform)
         log.info("%s: shard %d: manager started", ref.name, i)
     await _switchover_requested(api, ref, body, spec.shards, running)
+    _start_planned(ref, body, running, time.monotonic())

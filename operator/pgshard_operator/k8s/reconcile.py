@@ -8,7 +8,9 @@ object's body in and post the returned Events and status patch. Two entry points
   A bad spec changes nothing and yields a ``SpecValid=False`` condition and a
   Warning Event — never an exception that kopf would retry in a loop.
 - :func:`refresh` (a periodic timer): read pods, StatefulSets and the proxy
-  Deployment; take the next safe roll-out step per shard (``rollout.py``); return
+  Deployment; take the next safe roll-out step per shard (``rollout.py``): restart a
+  pod, or name in ``status.plannedSwitchovers`` the follower a shard's primary role
+  must move to first (the shard manager carries it out, ``managers.py``); return
   the status (phase, ready column, conditions, per-shard members).
 
 Both raise :class:`~.apply.ApiError` for API failures; the handlers turn 5xx and
@@ -53,15 +55,15 @@ def cluster_ref(body: Mapping[str, Any]) -> ClusterRef:
     return ClusterRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
 
 
-def check_spec(raw: object) -> specs.ClusterSpec | st.Condition:
-    """The parsed spec, or the condition explaining why it cannot be used."""
+def check_spec(raw: object, cluster: str) -> specs.ClusterSpec | st.Condition:
+    """The parsed spec of ``cluster``, or the condition explaining why it cannot be used."""
     try:
         spec = specs.parse_spec(raw)
     except specs.SpecInvalid as e:
         return st.Condition(
             st.ConditionType.SPEC_VALID, False, st.Reason.SPEC_INVALID, "; ".join(e.problems)
         )
-    impossible = specs.impossibilities(spec)
+    impossible = specs.impossibilities(spec, cluster)
     if impossible:
         return st.Condition(
             st.ConditionType.SPEC_VALID, False, st.Reason.SPEC_IMPOSSIBLE, "; ".join(impossible)
@@ -129,7 +131,7 @@ async def reconcile(
     now: datetime.datetime,
 ) -> Outcome:
     ref = cluster_ref(body)
-    checked = check_spec(body.get("spec"))
+    checked = check_spec(body.get("spec"), ref.name)
     if isinstance(checked, st.Condition):
         return _refused(body, checked, now)
     spec = checked
@@ -193,7 +195,7 @@ async def refresh(
 ) -> Outcome:
     """Status from the pods, and at most one roll-out step per shard."""
     ref = cluster_ref(body)
-    checked = check_spec(body.get("spec"))
+    checked = check_spec(body.get("spec"), ref.name)
     if isinstance(checked, st.Condition):
         return Outcome(status={})
     spec = checked
@@ -208,12 +210,31 @@ async def refresh(
     status = body.get("status") or {}
     previous_steps = status.get("rollout") or {}
     steps: dict[str, str] = {}
+    switchovers: dict[str, str] = {}
     for shard in range(spec.shards):
-        sts = await api.get("StatefulSet", ref.namespace, naming.shard_statefulset(ref.name, shard))
+        sts_name = naming.shard_statefulset(ref.name, shard)
+        sts = await api.get("StatefulSet", ref.namespace, sts_name)
         revision = ((sts or {}).get("status") or {}).get("updateRevision")
-        if not revision:
+        if sts is None or not revision:
             continue
-        step = rollout.next_step(_member_pods(pods, shard), revision, spec.members_per_shard)
+        members = _member_pods(pods, shard)
+        replicas = int(sts["spec"].get("replicas") or 0)
+        scale = rollout.scale_plan(ref.name, shard, spec.members_per_shard, replicas, members)
+        if scale.switchover_to:
+            # Nothing else moves in this shard until the primary's pod may be removed.
+            switchovers[str(shard)] = scale.switchover_to
+            steps[str(shard)] = scale.reason
+            rolling = True
+            continue
+        if scale.replicas < replicas:
+            # A scale-down that waited for a switchover: finish it now, not at the next
+            # reapply.
+            await api.merge_patch(
+                "StatefulSet", ref.namespace, sts_name, {"spec": {"replicas": scale.replicas}}
+            )
+        step = rollout.next_step(members, revision, spec.members_per_shard)
+        if step.kind is rollout.StepKind.SWITCHOVER and step.pod:
+            switchovers[str(shard)] = step.pod
         if step.kind is rollout.StepKind.RESTART and step.pod:
             await api.delete("Pod", ref.namespace, step.pod)
             events.append(EventNote(False, st.Reason.RESTARTING, step.reason))
@@ -257,6 +278,9 @@ async def refresh(
             "method": spec.method.value,
             # Per shard, the roll-out step in progress (absent: nothing to roll).
             "rollout": steps or None,
+            # Per shard, the follower the shard manager should switch over to (see
+            # managers.py): the roll-out's or a scale-down's planned switchover.
+            "plannedSwitchovers": switchovers or None,
             "conditions": st.merge_conditions(
                 status.get("conditions") or (),
                 [ready_cond],

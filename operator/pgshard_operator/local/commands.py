@@ -1,4 +1,4 @@
-"""``pgshard local up|status|down|kill|scale`` and ``pgshard switchover`` (argparse).
+"""``pgshard local up|status|down|kill|scale`` and ``pgshard switchover --dir`` (argparse).
 
 Registered through ``pgshard_operator.cli.COMMANDS``. The flags, the JSON of
 ``status --json`` and the files in DIR are a contract (issue 2): users' scripts
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pgshard_proxy.contract import topology
 
@@ -109,15 +110,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--timeout", type=float, default=600.0, help="seconds to wait for new followers to stream"
     )
     sc.set_defaults(func=cmd_scale)
-
-    so = sub.add_parser(
-        "switchover", help="planned change of a shard's primary, no acknowledged write lost"
-    )
-    so.add_argument("--dir", required=True, type=Path)
-    so.add_argument("--shard", required=True, type=int)
-    so.add_argument("--to", help="the follower to promote [the most up-to-date one]")
-    so.add_argument("--timeout", type=float, default=120.0)
-    so.set_defaults(func=cmd_switchover)
 
 
 def _cdir(args: argparse.Namespace) -> ClusterDir:
@@ -373,29 +365,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_switchover(args: argparse.Namespace) -> int:
-    cdir = _cdir(args)
-    try:
-        cfg = cdir.load_config()
-    except LayoutError as e:
-        raise CommandError(str(e)) from None
-    if not atomicfile.is_locked(cdir.supervisor_lock):
-        raise CommandError(f"no cluster running in {cdir.root}; start it with 'pgshard local up'")
-    url = f"http://{cfg.host}:{cfg.control_port}/switchover"
-    try:
-        code, doc = asyncio.run(
-            control.request(url, "POST", {"shard": args.shard, "to": args.to}, args.timeout)
-        )
-    except (OSError, TimeoutError) as e:
-        raise CommandError(f"the supervisor did not answer at {url}: {e!r}") from None
-    if code != 200:
-        raise CommandError(f"switchover refused: {doc.get('error', code)}")
-    lf = doc["lastFailover"]
-    print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
-    return 0
-
-
-def cmd_scale(args: argparse.Namespace) -> int:
+def _supervisor_call(
+    args: argparse.Namespace, path: str, body: dict[str, object], timeout: float, what: str
+) -> dict[str, Any]:
+    """POST ``body`` to the running supervisor's control endpoint ``path``; its answer, or
+    a CommandError saying why there is none (no cluster running, no answer, refused)."""
     cdir = _cdir(args)
     try:
         cfg = cdir.load_config()
@@ -406,14 +380,28 @@ def cmd_scale(args: argparse.Namespace) -> int:
             f"no cluster running in {cdir.root}; start it with 'pgshard local up' "
             "(a stopped cluster keeps the shape it had)"
         )
-    url = f"http://{cfg.host}:{cfg.control_port}/scale"
-    body = {"replicas": args.replicas, "timeout": args.timeout}
+    url = f"http://{cfg.host}:{cfg.control_port}{path}"
     try:
-        code, doc = asyncio.run(control.request(url, "POST", body, args.timeout + 60))
+        code, doc = asyncio.run(control.request(url, "POST", body, timeout))
     except (OSError, TimeoutError) as e:
         raise CommandError(f"the supervisor did not answer at {url}: {e!r}") from None
     if code != 200:
-        raise CommandError(f"scale refused: {doc.get('error', code)}")
+        raise CommandError(f"{what} refused: {doc.get('error', code)}")
+    return doc
+
+
+def switchover(args: argparse.Namespace) -> int:
+    """``pgshard switchover --dir DIR`` (registered by ``switchover_command.py``)."""
+    body: dict[str, object] = {"shard": args.shard, "to": args.to}
+    doc = _supervisor_call(args, "/switchover", body, args.timeout, "switchover")
+    lf = doc["lastFailover"]
+    print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    body: dict[str, object] = {"replicas": args.replicas, "timeout": args.timeout}
+    doc = _supervisor_call(args, "/scale", body, args.timeout + 60, "scale")
     changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
     changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
     print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))

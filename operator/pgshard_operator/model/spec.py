@@ -334,10 +334,25 @@ def parse_spec(raw: object) -> ClusterSpec:
     return spec
 
 
-def impossibilities(spec: ClusterSpec) -> tuple[str, ...]:
-    """Well-formed specs the cluster cannot satisfy, each with what to change."""
+def impossibilities(spec: ClusterSpec, cluster: str) -> tuple[str, ...]:
+    """Well-formed specs the cluster ``cluster`` cannot satisfy, each with what to change."""
+    problems = []
     try:
         spec.policy.replication.check_followers(spec.replicas_per_shard)
     except shard_policy.PolicyInvalid as e:
-        return (f"spec.{e} (replicasPerShard)",)
-    return ()
+        problems.append(f"spec.{e} (replicasPerShard)")
+    # Pods of removed ordinals may keep their priority (scaling down is no mistake);
+    # a name no pod of this cluster can ever have is.
+    pod = re.compile(rf"{re.escape(cluster)}[-_]shard[-_](\d+)[-_]\d+")
+    strangers = sorted(
+        name
+        for name in spec.policy.failover.priorities
+        if not (m := pod.fullmatch(name)) or int(m.group(1)) >= spec.shards
+    )
+    if strangers:
+        problems.append(
+            f"spec.failover.priorities names {', '.join(map(repr, strangers))}, not pods of "
+            f"this cluster: use pod names {cluster}-shard-<shard>-<n> with a shard below "
+            f"{spec.shards}"
+        )
+    return tuple(problems)

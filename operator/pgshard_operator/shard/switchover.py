@@ -29,6 +29,11 @@ class SwitchoverRefused(Exception):
     """The switchover cannot start (or go on); the message says why and what to do."""
 
 
+class AlreadyPrimary(SwitchoverRefused):
+    """The requested target is the primary already: nothing to do (a planned switchover
+    the operator repeats after it happened needs no Event)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SwitchoverPlan:
     old_primary: str
@@ -59,7 +64,7 @@ def plan(
                 f"{', '.join(sorted(names))}"
             )
         if target == primary:
-            raise SwitchoverRefused(f"{target} is already the primary")
+            raise AlreadyPrimary(f"{target} is already the primary")
         obs = observations.get(target)
         if obs is None or not order.promotable(obs):
             detail = obs.error if obs is not None and obs.error else "not a running follower"
