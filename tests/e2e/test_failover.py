@@ -269,16 +269,23 @@ async def test_switchover_on_request_loses_nothing(
     }, 30)  # fmt: skip
 
 
-def rolled_out(kube: Cluster, ns: str) -> dict[str, Any] | None:
-    """The healthy shard once every pod runs the StatefulSet's current template."""
+def revision(kube: Cluster, ns: str) -> str:
     sts = get(kube, "statefulset", "-n", ns, f"{NAME}-shard-0")
-    revision = sts["status"].get("updateRevision")
+    return str(sts["status"].get("updateRevision"))
+
+
+def rolled_out(kube: Cluster, ns: str, old_revision: str) -> dict[str, Any] | None:
+    """The healthy shard once every pod runs a StatefulSet template newer than
+    ``old_revision``."""
+    current = revision(kube, ns)
     pods = get(
         kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},pgshard.io/shard=0"
     )
     hashes = {p["metadata"]["labels"].get("controller-revision-hash") for p in pods["items"]}
     status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
-    if hashes != {revision} or status.get("rollout") or status.get("plannedSwitchovers"):
+    if current == old_revision or hashes != {current}:
+        return None
+    if status.get("rollout") or status.get("plannedSwitchovers"):
         return None
     return healthy(kube, ns)
 
@@ -288,12 +295,15 @@ async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
 ) -> None:
     before = await waited("a healthy shard after the last switchover",
                           lambda: healthy(kube, ns), 120)  # fmt: skip
+    old_revision = revision(kube, ns)
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
     async with Writer(dsn).running() as w:
         await w.acked_more(10, 60)
         kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
                      "-p", '{"spec":{"postgres":{"parameters":{"work_mem":"7MB"}}}}')  # fmt: skip
-        after = await waited("the roll-out", lambda: rolled_out(kube, ns), 300, every=1)
+        after = await waited(
+            "the roll-out", lambda: rolled_out(kube, ns, old_revision), 300, every=1
+        )
         await w.acked_more(10, 60)
     assert after["epoch"] == before["epoch"] + 1
     assert after["lastFailover"]["kind"] == "switchover"
