@@ -1,10 +1,12 @@
-"""Real PostgreSQL in shard pods: a 1-shard cluster (primary + follower) through the proxy.
+"""Real PostgreSQL in shard pods: 2 shards x (primary + 2 followers) through the proxy.
 
-The operator (installed with Helm, this checkout) creates the StatefulSet whose pods
-run ``python -m pgshard_operator.k8s.instance``: ordinal 0 initialises the shard,
-ordinal 1 copies it with pg_basebackup and streams from it. The operator labels the
-pods by the roles their agents report; the proxy pod follows the cluster's status
-and serves clients through the Service with the Secret's credentials.
+The operator (installed with Helm, this checkout) creates one StatefulSet per shard
+whose pods run ``python -m pgshard_operator.k8s.instance``: ordinal 0 initialises
+the shard, the others copy it with pg_basebackup and stream from it. The operator
+labels the pods by the roles their agents report; the proxy pod follows the
+cluster's status and serves clients (psql) through the Service with the Secret's
+credentials. Then followers are removed (pods and volumes go) and added again (the
+new ones bootstrap from a snapshot and hold every row).
 """
 
 from __future__ import annotations
@@ -34,31 +36,39 @@ def ns(kube: Cluster) -> Iterator[str]:
 
 def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
     name = "pg"
-    doc = crd.cluster({"shards": 1, "replicasPerShard": 1, "proxy": {"replicas": 1}}, name=name)
+    spec = {"shards": 2, "replicasPerShard": 2, "proxy": {"replicas": 1}}
+    doc = crd.cluster(spec, name=name)
     doc["metadata"]["namespace"] = ns
     kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
 
     def ready() -> dict[str, Any] | None:
         c: dict[str, Any] = get(kube, "shardedcluster", "-n", ns, name)
         status = c.get("status") or {}
-        shard = (status.get("shards") or [{}])[0]
-        followers = shard.get("followers") or []
-        ok = (
-            status.get("phase") == "Ready"
-            and (shard.get("primary") or {}).get("name") == f"{name}-shard-0-0"
-            and [f.get("name") for f in followers] == [f"{name}-shard-0-1"]
-        )
+        shards = status.get("shards") or []
+        ok = status.get("phase") == "Ready" and len(shards) == 2
+        for i, shard in enumerate(shards):
+            followers = [f.get("name") for f in shard.get("followers") or ()]
+            ok = ok and (shard.get("primary") or {}).get("name") == f"{name}-shard-{i}-0"
+            ok = ok and followers == [f"{name}-shard-{i}-1", f"{name}-shard-{i}-2"]
         return c if ok else None
 
-    wait_for("a Ready cluster with its primary and follower in the status", ready, 300, every=2)
+    wait_for("a Ready cluster with each shard's primary and followers in the status", ready,
+             300, every=2)  # fmt: skip
     items = get(kube, "pods", "-n", ns, "-l", "app.kubernetes.io/component=instance")["items"]
     pods = {p["metadata"]["name"]: p for p in items}
-    assert pods[f"{name}-shard-0-0"]["metadata"]["labels"]["pgshard.io/role"] == "primary"
-    assert pods[f"{name}-shard-0-1"]["metadata"]["labels"]["pgshard.io/role"] == "replica"
-    rw = get(kube, "endpoints", "-n", ns, f"{name}-shard-0-rw")
-    assert [a["ip"] for s in rw["subsets"] for a in s["addresses"]] == [
-        pods[f"{name}-shard-0-0"]["status"]["podIP"]
-    ]
+    assert len(pods) == 6
+    for i in range(2):
+        roles = [pods[f"{name}-shard-{i}-{n}"]["metadata"]["labels"]["pgshard.io/role"]
+                 for n in range(3)]  # fmt: skip
+        assert roles == ["primary", "replica", "replica"], (i, roles)
+        rw = get(kube, "endpoints", "-n", ns, f"{name}-shard-{i}-rw")
+        assert [a["ip"] for s in rw["subsets"] for a in s["addresses"]] == [
+            pods[f"{name}-shard-{i}-0"]["status"]["podIP"]
+        ]
+        ro = get(kube, "endpoints", "-n", ns, f"{name}-shard-{i}-ro")
+        assert sorted(a["ip"] for s in ro["subsets"] for a in s["addresses"]) == sorted(
+            pods[f"{name}-shard-{i}-{n}"]["status"]["podIP"] for n in (1, 2)
+        )
 
     secret = get(kube, "secret", "-n", ns, f"{name}-app")["data"]
     uri = urlsplit(base64.b64decode(secret["uri"]).decode())
@@ -93,16 +103,29 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
         assert session.returncode == 0, session.stderr
         assert session.stdout.split() == ["INSERT", "0", "1", f"v{k}"], session.stdout
 
-    # One more follower: it copies the primary (pg_basebackup) and has the rows.
-    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
-                 "-p", '{"spec":{"replicasPerShard":2}}')  # fmt: skip
-
     def followers(count: int) -> list[str] | None:
         status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
         shard = (status.get("shards") or [{}])[0]
         names = [f["name"] for f in shard.get("followers") or () if f.get("state") == "streaming"]
         return names if len(names) == count and status.get("phase") == "Ready" else None
 
+    def volumes() -> list[str]:
+        return [p["metadata"]["name"] for p in get(kube, "pvc", "-n", ns)["items"]]
+
+    # One follower per shard: the highest-numbered members and their volumes go away.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip
+    assert wait_for("one follower", lambda: followers(1), 120, every=2) == [f"{name}-shard-0-1"]
+    wait_for(
+        "the removed followers' volumes deleted",
+        lambda: not {f"data-{name}-shard-0-2", f"data-{name}-shard-1-2"} & set(volumes()),
+        60,
+    )
+    assert sql("select count(*) from kv") == "12"
+
+    # Two again: the new follower copies the primary (pg_basebackup) and has the rows.
+    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
+                 "-p", '{"spec":{"replicasPerShard":2}}')  # fmt: skip
     assert wait_for("two streaming followers", lambda: followers(2), 240, every=2) == [
         f"{name}-shard-0-1",
         f"{name}-shard-0-2",
@@ -120,17 +143,3 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
         return done.stdout.strip()
 
     assert wait_for("the rows on the new follower", lambda: on_new_follower() == "12", 60)
-
-    # Back to one follower: the added member and its volume go away cleanly.
-    kube.kubectl("patch", "shardedcluster", "-n", ns, name, "--type", "merge",
-                 "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip
-    assert wait_for("one follower", lambda: followers(1), 120, every=2) == [f"{name}-shard-0-1"]
-    wait_for(
-        "the removed follower's volume deleted",
-        lambda: (
-            f"data-{name}-shard-0-2"
-            not in [p["metadata"]["name"] for p in get(kube, "pvc", "-n", ns)["items"]]
-        ),
-        60,
-    )
-    assert sql("select count(*) from kv") == "12"
