@@ -139,17 +139,7 @@ async def _switchover(api: Api, args: argparse.Namespace, namespace: str) -> Out
     if args.to and (before.get("primary") or {}).get("name") == args.to:
         raise CommandError(f"{args.to} is already the primary of shard {args.shard}")
     since = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    await api.merge_patch(
-        naming.KIND,
-        namespace,
-        name,
-        {
-            "metadata": {
-                "resourceVersion": meta["resourceVersion"],
-                "annotations": {naming.SWITCHOVER_ANNOTATION: value},
-            }
-        },
-    )
+    await _annotate(api, namespace, name, meta["resourceVersion"], value)
     epoch = int(before.get("epoch") or 0)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -165,6 +155,18 @@ async def _switchover(api: Api, args: argparse.Namespace, namespace: str) -> Out
     return await _timed_out(api, namespace, name, value, args.timeout)
 
 
+async def _annotate(api: Api, namespace: str, name: str, version: str, value: str | None) -> None:
+    """Set (None: remove) the request annotation if the object is still at ``version``
+    (409 otherwise: someone else changed it in between)."""
+    patch = {
+        "metadata": {
+            "resourceVersion": version,
+            "annotations": {naming.SWITCHOVER_ANNOTATION: value},
+        }
+    }
+    await api.merge_patch(naming.KIND, namespace, name, patch)
+
+
 async def _timed_out(api: Api, namespace: str, name: str, value: str, timeout: float) -> Outcome:
     """No outcome in time: withdraw a request nobody took, so it does not fire later."""
     cluster = await api.get(naming.KIND, namespace, name) or {}
@@ -176,17 +178,7 @@ async def _timed_out(api: Api, namespace: str, name: str, value: str, timeout: f
             f"'kubectl describe shardedcluster -n {namespace} {name}'",
         )
     try:
-        await api.merge_patch(
-            naming.KIND,
-            namespace,
-            name,
-            {
-                "metadata": {
-                    "resourceVersion": meta["resourceVersion"],
-                    "annotations": {naming.SWITCHOVER_ANNOTATION: None},
-                }
-            },
-        )
+        await _annotate(api, namespace, name, meta["resourceVersion"], None)
     except ApiError as e:
         if e.status != 409:
             raise
