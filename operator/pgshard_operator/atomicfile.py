@@ -74,12 +74,19 @@ def hold_lock(lock_path: Path) -> int:
 
 
 def is_locked(lock_path: Path) -> bool:
-    """Whether some process holds ``lock_path`` right now."""
+    """Whether some process holds ``lock_path`` right now; creates nothing.
+
+    (Asking must not create the lock file: ``local up`` refuses a non-empty new DIR, so
+    a probe that left ``supervisor.lock`` behind would make an empty DIR unusable.)
+    """
     try:
-        fd = hold_lock(lock_path)
-    except AlreadyLocked:
-        return True
+        fd = os.open(lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return False
-    os.close(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False

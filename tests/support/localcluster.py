@@ -3,7 +3,9 @@
 Runs this checkout's CLI (``tests.support.procs``) on a random loopback address
 with free ports, so parallel runs and other engineers' clusters never collide.
 Teardown runs ``local down`` and then kills, by pid, anything of the cluster
-still alive (agents, servers), so a failing test leaves no orphans.
+still alive (agents, servers), so a failing test leaves no orphans. A cluster whose
+DIR is a small private tmpfs (``tests.support.mountns``) runs every command inside
+that mount namespace and reads DIR's files through ``files``.
 
     with localcluster.running(pg_tmp, shards=1, replicas=2) as c:
         c.status()["shards"][0]["primary"]["dsn"]
@@ -25,7 +27,7 @@ from typing import Any
 
 from pgshard_operator.instance import postgres
 
-from . import net, procs
+from . import mountns, net, procs
 
 
 def free_base_port(host: str, count: int) -> int:
@@ -47,13 +49,33 @@ class LocalCluster:
     dir: Path
     host: str
     base_port: int
+    disk: mountns.PrivateTmpfs | None = None
+    """DIR's private tmpfs, when the test gave it one."""
+
+    @property
+    def files(self) -> Path:
+        """DIR as this process can read it (inside the tmpfs's namespace, if any)."""
+        return self.disk.view(self.dir) if self.disk is not None else self.dir
+
+    def create_args(self, shards: int, replicas: int) -> list[str]:
+        """``local up`` flags creating a cluster on this address with free ports."""
+        return [
+            f"--shards={shards}",
+            f"--replicas={replicas}",
+            f"--host={self.host}",
+            f"--base-port={self.base_port}",
+            f"--proxy-host={self.host}",
+            f"--proxy-port={net.free_port(self.host)}",
+            "--pg-option=fsync=off",
+        ]
 
     def cli(
-        self, *args: str, check: bool = True, timeout: float = 300
+        self, *args: str, check: bool = True, timeout: float = 300, **env: str
     ) -> subprocess.CompletedProcess[str]:
+        argv = procs.pgshard_argv(*args)
         proc = subprocess.run(
-            procs.pgshard_argv(*args),
-            env=procs.env(),
+            self.disk.argv(argv) if self.disk is not None else argv,
+            env=procs.env(**env),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -86,7 +108,7 @@ class LocalCluster:
 
     def print_logs(self, lines: int = 40) -> None:
         """The tail of every log in DIR/logs (the supervisor's decisions, each agent)."""
-        logs = self.dir / "logs"
+        logs = self.files / "logs"
         for path in sorted(logs.glob("*.log")) if logs.is_dir() else ():
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             print(f"----- {path.name} -----", *tail, sep="\n")
@@ -103,10 +125,10 @@ class LocalCluster:
         """Kill by pid whatever ``down`` did not stop (a failed test must leave nothing)."""
         pids: list[int] = []
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            pids.append(int(json.loads((self.dir / "supervisor.json").read_text())["pid"]))
+            pids.append(int(json.loads((self.files / "supervisor.json").read_text())["pid"]))
         with contextlib.suppress(OSError, ValueError):
-            pids.append(int((self.dir / "proxy.pid").read_text()))
-        members = self.dir / "members"
+            pids.append(int((self.files / "proxy.pid").read_text()))
+        members = self.files / "members"
         for m in members.iterdir() if members.is_dir() else ():
             with contextlib.suppress(OSError, ValueError):
                 pids.append(int((m / "agent.pid").read_text()))
@@ -119,24 +141,24 @@ class LocalCluster:
                     os.kill(pid, signal.SIGKILL)
 
 
+def new(
+    base: Path, shards: int, replicas: int, disk: mountns.PrivateTmpfs | None = None
+) -> LocalCluster:
+    """A cluster (not started) in ``base/cluster`` on a random loopback address."""
+    host = net.random_loopback()
+    count = 2 * shards * (replicas + 1) + 1
+    return LocalCluster(
+        dir=base / "cluster", host=host, base_port=free_base_port(host, count), disk=disk
+    )
+
+
 @contextlib.contextmanager
 def running(
     base: Path, *up_args: str, shards: int = 1, replicas: int = 2
 ) -> Iterator[LocalCluster]:
-    host = net.random_loopback()
-    count = 2 * shards * (replicas + 1) + 1
-    cluster = LocalCluster(dir=base / "cluster", host=host, base_port=free_base_port(host, count))
+    cluster = new(base, shards, replicas)
     try:
-        cluster.up(
-            f"--shards={shards}",
-            f"--replicas={replicas}",
-            f"--host={host}",
-            f"--base-port={cluster.base_port}",
-            f"--proxy-host={host}",
-            f"--proxy-port={net.free_port(host)}",
-            "--pg-option=fsync=off",
-            *up_args,
-        )
+        cluster.up(*cluster.create_args(shards, replicas), *up_args)
         yield cluster
     except BaseException:
         cluster.print_logs()  # pytest shows it with the failure

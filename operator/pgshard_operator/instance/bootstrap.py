@@ -8,22 +8,38 @@ cleanly.
 Follower snapshot: the replication slot is created on the primary *before*
 ``pg_basebackup`` starts, so the primary keeps every WAL segment from the
 snapshot's start until the follower streams from that slot: nothing is lost
-between snapshot and streaming.
+between snapshot and streaming. A slot created for a copy that then fails is
+dropped again, so a failed attempt does not make the primary keep WAL forever.
+
+Disk space: a snapshot that would not fit (with headroom, see diskspace.py) is
+refused before the slot and the copy (``DiskFull``, nothing touched); a disk that
+fills anyway during initdb or the copy also raises ``DiskFull``, after the partial
+copy was removed. Both messages name the member, the directory and the space.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import shutil
+import time
 from pathlib import Path
 
-from . import config, postgres, sql
+import asyncpg
+
+from . import config, diskspace, postgres, sql
 from .credentials import Credentials
+
+log = logging.getLogger(__name__)
 
 
 class BootstrapFailed(Exception):
     """PGDATA could not be created; the message says why and what to do."""
+
+
+class DiskFull(BootstrapFailed):
+    """Not enough disk space for PGDATA: retrying cannot help until space is freed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +58,15 @@ def _partial(datadir: Path) -> Path:
     return datadir.with_name(datadir.name + ".partial")
 
 
-def _explain(what: str, datadir: Path, err: Exception) -> BootstrapFailed:
+def _explain(name: str, what: str, datadir: Path, err: Exception) -> BootstrapFailed:
+    """The error for a failed initdb/copy, called once the partial copy is removed."""
     text = str(err)
     if "No space left on device" in text:
-        return BootstrapFailed(
-            f"disk full while {what} in {datadir.parent}: free some space and start again "
-            "(the partial copy was removed; nothing else was touched)"
+        space = diskspace.measure(datadir.parent)
+        return DiskFull(
+            f"disk full while {what} for member {name} in {datadir.parent} "
+            f"({space.describe()} now); the partial copy was removed, nothing else was "
+            "touched: free some space and start again"
         )
     return BootstrapFailed(f"{what} failed: {text}")
 
@@ -103,13 +122,14 @@ async def init_primary(
             await proc.wait()
     except (postgres.PostgresCommandFailed, OSError, RuntimeError, TimeoutError) as e:
         shutil.rmtree(partial, ignore_errors=True)
-        raise _explain("initdb of the first primary", datadir, e) from None
+        raise _explain(settings.name, "initdb of the first primary", datadir, e) from None
     partial.rename(datadir)
 
 
-async def ensure_slot(up: Upstream, creds: Credentials, slot: str) -> None:
-    """Create the physical slot ``slot`` on ``up`` now (reserving WAL) unless it exists."""
-    await sql.fetchrow(
+async def ensure_slot(up: Upstream, creds: Credentials, slot: str) -> bool:
+    """Create the physical slot ``slot`` on ``up`` now (reserving WAL) unless it exists;
+    whether it was created."""
+    row = await sql.fetchrow(
         up.host,
         up.port,
         creds,
@@ -117,6 +137,51 @@ async def ensure_slot(up: Upstream, creds: Credentials, slot: str) -> None:
         "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
         slot,
     )
+    return row is not None
+
+
+async def drop_slot(up: Upstream, creds: Credentials, slot: str, timeout: float = 10.0) -> None:
+    """Drop ``slot`` on ``up`` once no sender uses it (pg_basebackup's may still be leaving).
+
+    Best effort: a slot left behind is logged, the caller's error is the one that matters.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            row = await sql.fetchrow(
+                up.host,
+                up.port,
+                creds,
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                slot,
+            )
+            if row is None:
+                return
+            if not row["active"]:
+                try:
+                    await sql.fetchrow(
+                        up.host, up.port, creds, "SELECT pg_drop_replication_slot($1)", slot
+                    )
+                    return
+                except asyncpg.ObjectInUseError:
+                    pass  # a sender came back between the two statements
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still in use after {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        log.warning("replication slot %s on %s left in place: %s", slot, up.address, e)
+
+
+async def snapshot_size(up: Upstream, creds: Credentials) -> diskspace.SnapshotSize:
+    """How much a snapshot of ``up`` takes, from the primary's own figures."""
+    row = await sql.fetchrow(
+        up.host,
+        up.port,
+        creds,
+        "SELECT (SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint AS data, "
+        "pg_size_bytes(current_setting('wal_segment_size')) AS wal_segment",
+    )
+    return diskspace.SnapshotSize(data=int(row["data"]), wal_segment=int(row["wal_segment"]))
 
 
 async def clone_follower(
@@ -131,7 +196,21 @@ async def clone_follower(
     partial = _partial(datadir)
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        await ensure_slot(up, creds, slot)
+        need = await snapshot_size(up, creds)
+    except Exception as e:  # asyncpg/OS errors reaching the primary
+        raise BootstrapFailed(f"cannot prepare a snapshot of primary {up.address}: {e}") from None
+    space = diskspace.measure(datadir.parent)
+    if missing := diskspace.shortfall(need, space):
+        raise DiskFull(
+            f"not enough disk space for member {settings.name} in {datadir.parent}: a snapshot "
+            f"of primary {up.address} needs about {diskspace.mb(need.copy)} plus "
+            f"{diskspace.mb(need.headroom)} left free, there are {space.describe()} "
+            f"({diskspace.mb(missing)} short); free some space or give the data directory "
+            "a larger disk, then start again (nothing was copied)"
+        )
+    created = False
+    try:
+        created = await ensure_slot(up, creds, slot)
         bins.run_as.own(partial)
         await bins.run_async(
             "pg_basebackup",
@@ -157,8 +236,12 @@ async def clone_follower(
         config.make_standby(bins, partial, replication_conninfo(up, creds, settings.name), slot)
     except (postgres.PostgresCommandFailed, OSError) as e:
         shutil.rmtree(partial, ignore_errors=True)
-        raise _explain(f"snapshot of primary {up.address}", datadir, e) from None
+        if created:
+            await drop_slot(up, creds, slot)
+        raise _explain(settings.name, f"snapshot of primary {up.address}", datadir, e) from None
     except Exception as e:  # asyncpg errors while creating the slot
         shutil.rmtree(partial, ignore_errors=True)
+        if created:
+            await drop_slot(up, creds, slot)
         raise BootstrapFailed(f"cannot prepare a snapshot of primary {up.address}: {e}") from None
     partial.rename(datadir)

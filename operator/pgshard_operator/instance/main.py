@@ -5,7 +5,8 @@ Parses arguments, then: serve the status endpoint, create PGDATA if needed
 until SIGTERM/SIGINT, which stop PostgreSQL cleanly. Runs as root (PostgreSQL
 binaries then run as the unprivileged user, see postgres.py) or as a normal user.
 Exit status: 0 after a clean stop, 2 for bad arguments or a port in use, 3 when
-bootstrap fails (the message is the last line on stderr).
+bootstrap fails, 4 when it fails for lack of disk space (retrying cannot help until
+space is freed); the message is the last line on stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from .agent import Agent, AgentSettings
 from .credentials import CredentialsMissing
 
 log = logging.getLogger("pgshard_operator.instance")
+
+BOOTSTRAP_EXIT = 3
+"""Exit status: PGDATA could not be created (the last line on stderr says why)."""
+DISK_FULL_EXIT = 4
+"""Exit status: PGDATA could not be created for lack of disk space."""
 
 
 def _address(text: str) -> bootstrap.Upstream:
@@ -170,7 +176,7 @@ async def run(
         return 0
     except bootstrap.BootstrapFailed as e:
         log.error("bootstrap failed: %s", e)
-        return 3
+        return DISK_FULL_EXIT if isinstance(e, bootstrap.DiskFull) else BOOTSTRAP_EXIT
     finally:
         if main is not None:
             main.cancel()

@@ -44,22 +44,48 @@ class PostgresCommandFailed(RuntimeError):
         super().__init__(f"{Path(argv[0]).name} exited with status {returncode}:\n{tail}")
 
 
-def find_bindir() -> Path:
-    """The directory holding ``postgres``, ``pg_ctl``, ``initdb``, ``pg_basebackup``…
+TOOLS = ("postgres", "initdb", "pg_basebackup", "pg_rewind", "pg_controldata")
+"""The server binaries pgshard runs (bootstrap, supervision, rejoin)."""
 
-    Order: ``$PGSHARD_PG_BINDIR``, Debian's ``/usr/lib/postgresql/15/bin``, the
-    directory of ``pg_ctl`` on ``PATH`` (following symlinks).
+
+def missing_tools(bindir: Path) -> list[str]:
+    """Which of ``TOOLS`` are not files in ``bindir`` (all of them if it does not exist)."""
+    return [t for t in TOOLS if not (bindir / t).is_file()]
+
+
+def find_bindir() -> Path:
+    """The directory holding ``postgres``, ``initdb``, ``pg_basebackup``…
+
+    ``$PGSHARD_PG_BINDIR``, when set, is the only place looked at (pointing it at
+    the wrong directory is an error, not a reason to pick other binaries). Else
+    Debian's ``/usr/lib/postgresql/15/bin``, then the directory of ``pg_ctl`` on
+    ``PATH`` (following symlinks).
     """
-    candidates: list[Path] = []
+    debian = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
     if env := os.environ.get("PGSHARD_PG_BINDIR"):
-        candidates.append(Path(env))
-    candidates.append(Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin"))
+        bindir = Path(env)
+        missing = missing_tools(bindir)
+        if not missing:
+            return bindir
+        what = (
+            f"lacks PostgreSQL server binaries (missing: {', '.join(missing)})"
+            if bindir.is_dir()
+            else "is not a directory"
+        )
+        hint = INSTALL_HINT
+        if not missing_tools(debian):  # the usual fix is then a stale or mistyped setting
+            hint = f"PostgreSQL {PG_MAJOR} is in {debian}: set PGSHARD_PG_BINDIR to it, or unset it"
+        raise PostgresNotInstalled(f"PGSHARD_PG_BINDIR={env} {what}; {hint}")
+    candidates = [debian]
     if found := shutil.which("pg_ctl"):
         candidates.append(Path(found).resolve().parent)
     for c in candidates:
-        if (c / "postgres").is_file() and (c / "pg_ctl").is_file() and (c / "initdb").is_file():
+        if not missing_tools(c):
             return c
-    raise PostgresNotInstalled(f"PostgreSQL server binaries not found; {INSTALL_HINT}")
+    looked = " and ".join(str(c) for c in candidates)
+    raise PostgresNotInstalled(
+        f"PostgreSQL server binaries ({', '.join(TOOLS)}) not found in {looked}; {INSTALL_HINT}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,6 +121,14 @@ class AgentProcess:
         if (pid := postgres.postmaster_pid(self.cdir.datadir(self.spec.name))) is not None:
             proctree.kill_tree(pid)
 
+    def bootstrap_error(self) -> str:
+        """Why the agent's last bootstrap failed: its one-line message when the log ends
+        with one (instance/main.py logs "bootstrap failed: …"), else the log's tail
+        (a failed tool's output spans several lines)."""
+        tail = self.log_tail(3)
+        _, sep, message = tail.rpartition("\n")[2].partition("bootstrap failed: ")
+        return message if sep else tail
+
     def log_tail(self, lines: int = 8) -> str:
         try:
             text = self.cdir.agent_log(self.spec.name).read_text(errors="replace")

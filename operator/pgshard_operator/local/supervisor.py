@@ -32,6 +32,7 @@ import aiohttp
 from pgshard_proxy.contract import topology
 
 from .. import atomicfile
+from ..instance import main as instance_main
 from ..instance.credentials import Credentials
 from ..platform.local import LocalPlatform
 from ..shard import manager, policy, replication
@@ -43,9 +44,8 @@ from .proxyproc import ProxyProcess
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_EXIT = 3
-"""The agent's exit status when it could not create PGDATA (see instance/main.py)."""
 BOOTSTRAP_ATTEMPTS = 3
+"""Failed bootstraps of a member before ``up`` (or ``scale``) gives up; a full disk: 1."""
 
 
 class StartupFailed(Exception):
@@ -73,6 +73,8 @@ class Supervisor:
         self.managers: dict[int, manager.ShardManager] = {}
         self.platforms: dict[int, LocalPlatform] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._adding: set[str] = set()
+        """Members ``scale`` is adding: their failed bootstrap fails the request."""
         self._scaling = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
 
@@ -112,17 +114,17 @@ class Supervisor:
             code = await agent.wait()
             if self.stopping:
                 return
-            if code == BOOTSTRAP_EXIT:
+            if code in (instance_main.BOOTSTRAP_EXIT, instance_main.DISK_FULL_EXIT):
                 failed_bootstraps += 1
             # A snapshot can fail for passing reasons (the primary restarting); retry a
-            # few times, but a full disk or a persistent failure ends `up` with the reason.
-            if (
-                code == BOOTSTRAP_EXIT
-                and not self.ready
-                and (failed_bootstraps >= BOOTSTRAP_ATTEMPTS or "disk full" in agent.log_tail(3))
-            ):
+            # few times, but a full disk or a persistent failure ends `up` (or `scale`)
+            # with the reason. A member of a running cluster keeps being retried.
+            gave_up = code == instance_main.DISK_FULL_EXIT or (
+                code == instance_main.BOOTSTRAP_EXIT and failed_bootstraps >= BOOTSTRAP_ATTEMPTS
+            )
+            if gave_up and (not self.ready or agent.spec.name in self._adding):
                 raise StartupFailed(
-                    f"{agent.spec.name} could not be created:\n{agent.log_tail(3)}\n"
+                    f"{agent.spec.name} could not be created: {agent.bootstrap_error()}\n"
                     f"(full log: {self.cdir.agent_log(agent.spec.name)})"
                 )
             ran = time.monotonic() - started
@@ -157,10 +159,14 @@ class Supervisor:
                 await agent.start(upstream=first.spec.address)
                 self._supervise(agent)
 
-    def _supervise(self, agent: AgentProcess) -> None:
+    def _supervise(self, agent: AgentProcess, *, tracked: bool = True) -> None:
+        """Watch ``agent``; a ``tracked`` watcher's failure ends the supervisor (during
+        startup: ``up`` fails). ``scale`` watches members it adds untracked until they
+        stream, and handles their failure itself."""
         task = asyncio.ensure_future(self._watch(agent))
         self._watchers[agent.spec.name] = task
-        self._tasks.append(task)
+        if tracked:
+            self._tasks.append(task)
 
     def _role(self, name: str) -> str | None:
         doc = self.statuses.get(name)
@@ -342,14 +348,35 @@ class Supervisor:
                             f"port {port} on {m.host} (for new member {m.name}) is not "
                             f"available: {e.strerror}; stop what uses it and retry"
                         ) from None
+        old = self.cfg
         for m in p.added:  # known before the managers see them (agent_alive looks them up)
             self.agents[m.name] = AgentProcess(self.cdir, p.cfg, m)
         self._adopt(p.cfg)
-        for m in p.added:
-            # The agent's usual follower bootstrap: slot on the primary, then the snapshot.
-            await self.agents[m.name].start(upstream=self._upstream(m.shard))
-            self._supervise(self.agents[m.name])
         names = {m.name for m in p.added}
+        self._adding |= names
+        try:
+            for m in p.added:
+                # The agent's usual follower bootstrap: slot on the primary, then the snapshot.
+                await self.agents[m.name].start(upstream=self._upstream(m.shard))
+                self._supervise(self.agents[m.name], tracked=False)
+            failure = await self._added_streaming(names, timeout)
+        finally:
+            self._adding -= names
+            # From now on a watcher that is still on restarts its member like any other.
+            self._tasks += [w for n in sorted(names) if not (w := self._watchers[n]).done()]
+        if failure is None:
+            return
+        # All or nothing: the new members go again (the removal path: out of the sync
+        # list, slot dropped, data deleted) and the cluster keeps its shape.
+        log.warning("scale: %s; removing %s again", failure, ", ".join(sorted(names)))
+        back = scaling.plan(p.cfg, old.replicas, {i: self.primary_of(i) for i in self.platforms})
+        for shard in sorted({m.shard for m in back.removed}):
+            await self._remove(back, shard, timeout)
+        self._adopt(old)
+        raise scaling.ScaleRefused(f"{failure}; the cluster stays at --replicas {old.replicas}")
+
+    async def _added_streaming(self, names: set[str], timeout: float) -> str | None:
+        """Wait until the members ``names`` stream; else why not (a failed bootstrap)."""
 
         def streaming() -> bool:
             topo = topofile.read(self.cdir)
@@ -359,12 +386,20 @@ class Supervisor:
 
         deadline = time.monotonic() + timeout
         while not streaming():
+            for name in sorted(names):
+                watcher = self._watchers[name]
+                if watcher.done():
+                    try:
+                        watcher.result()
+                    except StartupFailed as e:
+                        return str(e)
             if time.monotonic() > deadline:
                 raise scaling.ScaleRefused(
                     f"{', '.join(sorted(names))} not streaming after {timeout:.0f}s (they keep "
                     f"trying; see {self.cdir.logs}/<name>.agent.log)"
                 )
             await asyncio.sleep(0.2)
+        return None
 
     async def _remove(self, p: scaling.ScalePlan, shard: int, timeout: float) -> None:
         leaving = [m for m in p.removed if m.shard == shard]
