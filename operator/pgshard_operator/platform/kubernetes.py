@@ -5,7 +5,7 @@ Members are the shard StatefulSet's ordinals ``0 .. replicas-1`` (a member whose
 pod is missing is still a member: it comes back); a member's name is its agent's
 name (the pod name with ``_`` for ``-``: it is also its replication slot and
 ``application_name``). Actions are requests to the instance agent's HTTP endpoint
-in the pod (``instance/health.py``), bounded like the local platform's. The lease
+in the pod (``platform/agent_client.py``, shared with the local platform). The lease
 is the shard's ``coordination.k8s.io/v1`` Lease (``k8s/lease.py``), held by the
 primary pod's agent; the shard record is this shard's entry of the
 ShardedCluster's ``status.shards``, written with a merge patch that carries the
@@ -49,15 +49,10 @@ from ..k8s import apply, lease
 from ..k8s.instance import member_pod_name
 from ..shard import state
 from . import base
+from .agent_client import AgentClient, AgentRef
 
 log = logging.getLogger(__name__)
 
-STATUS_TIMEOUT = 2.0
-FENCE_TIMEOUT = 45.0
-"""Agent-side clean stop is bounded by 30 s (then immediate); this bounds the request."""
-ACTION_TIMEOUT = 45.0
-REJOIN_TIMEOUT = 1800.0
-"""A re-clone copies the whole primary; bounded, but generously."""
 REJOIN_WAIT = 60.0
 """How long a rejoin waits for the member's agent to answer (its pod being recreated)."""
 PUBLISH_ATTEMPTS = 5
@@ -283,6 +278,10 @@ def event_object(
 # -- the platform --------------------------------------------------------------------------
 
 
+def _agent_ref(member: str, ip: str) -> AgentRef:
+    return AgentRef(member, f"http://{ip}:{naming.STATUS_PORT}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardRef:
     cluster: str
@@ -300,7 +299,7 @@ class KubernetesPlatform:
         lease_ttl: float,
     ) -> None:
         self.api = api
-        self.http = http
+        self.agents = AgentClient(http)
         self.ref = ref
         self.creds = creds
         self.lease_ttl = lease_ttl
@@ -340,16 +339,10 @@ class KubernetesPlatform:
         except topology.BadTopology as e:
             raise base.PlatformError(f"status.shards[{self.ref.index}] is unreadable: {e}") from e
 
-    async def _agent_status(self, ip: str | None) -> dict[str, Any] | None:
+    async def _agent_status(self, member: str, ip: str | None) -> dict[str, Any] | None:
         if not ip:
             return None
-        url = f"http://{ip}:{naming.STATUS_PORT}/status"
-        try:
-            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT)) as r:
-                doc = await r.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return await self.agents.status(_agent_ref(member, ip))
 
     async def _pods(self) -> list[PodState]:
         sts = await self.api.get(
@@ -367,7 +360,12 @@ class KubernetesPlatform:
         }
         names = [naming.member_pod(self.ref.cluster, self.ref.index, i) for i in range(replicas)]
         agents = await asyncio.gather(
-            *(self._agent_status((objs.get(n, {}).get("status") or {}).get("podIP")) for n in names)
+            *(
+                self._agent_status(
+                    member_name(n), (objs.get(n, {}).get("status") or {}).get("podIP")
+                )
+                for n in names
+            )
         )
         return [pod_state(n, objs.get(n), a) for n, a in zip(names, agents, strict=True)]
 
@@ -395,30 +393,15 @@ class KubernetesPlatform:
 
     # -- actions -----------------------------------------------------------------------
 
-    async def _call(
-        self, member: str, path: str, body: dict[str, Any] | None, timeout: float
-    ) -> dict[str, Any]:
+    def _agent(self, member: str) -> AgentRef:
         ip = self._ips.get(member)
         if ip is None:
             raise base.PlatformError(f"{member} has no pod (or no pod IP) now")
-        url = f"http://{ip}:{naming.STATUS_PORT}{path}"
-        try:
-            async with self.http.post(
-                url, json=body or {}, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as r:
-                doc: dict[str, Any] = await r.json()
-                if r.status == 409:
-                    raise base.PlatformConflict(f"{member}: {doc.get('error')}")
-                if r.status != 200:
-                    raise base.PlatformError(f"{member}{path}: {doc.get('error', r.status)}")
-                return doc
-        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as e:
-            raise base.PlatformError(f"{member}{path}: agent did not answer ({e!r})") from None
+        return _agent_ref(member, ip)
 
-    @staticmethod
-    def _upstream(address: str) -> dict[str, Any]:
-        host, _, port = address.rpartition(":")
-        return {"host": host, "port": int(port)}
+    async def _status(self, member: str) -> dict[str, Any] | None:
+        """The member's agent status now (None: no pod IP, or no answer)."""
+        return await self._agent_status(member, self._ips.get(member))
 
     def _address(self, member: str) -> str:
         ip = self._ips.get(member)
@@ -439,20 +422,20 @@ class KubernetesPlatform:
         except apply.ApiError as e:
             raise base.PlatformError(f"writing the lease: {e}") from e
         try:
-            await self._call(member, "/promote", {"epoch": epoch}, ACTION_TIMEOUT)
+            await self.agents.promote(self._agent(member), epoch)
         except base.PlatformConflict:
-            doc = await self._agent_status(self._ips.get(member))
+            doc = await self._status(member)
             if (doc or {}).get("role") != "primary":
                 raise
 
     async def fence(self, member: str) -> positions.Position | None:
-        if await self._agent_status(self._ips.get(member)) is None:
+        if await self._status(member) is None:
             # A frozen pod's kernel still accepts the connection: do not wait out the
             # clean-stop bound for an agent that does not even answer its status.
             log.warning("%s does not answer: not fenced (its lease fences it)", member)
             return None
         try:
-            doc = await self._call(member, "/fence", None, FENCE_TIMEOUT)
+            return await self.agents.fence(self._agent(member))
         except base.PlatformConflict:
             raise
         except base.PlatformError as e:
@@ -460,35 +443,24 @@ class KubernetesPlatform:
             # manager waits for that), and its agent fences first thing when it wakes.
             log.warning("%s did not answer the fence request (%s)", member, e)
             return None
-        lsn = doc.get("lsn")
-        return positions.parse_lsn(lsn) if lsn else None
 
     async def repoint(self, member: str, primary: str) -> None:
-        await self._call(member, "/repoint", self._upstream(self._address(primary)),
-                         ACTION_TIMEOUT)  # fmt: skip
+        await self.agents.repoint(self._agent(member), self._address(primary))
 
     async def rejoin(self, member: str, primary: str) -> state.RejoinResult:
         deadline = time.monotonic() + REJOIN_WAIT
         # A deleted pod is recreated by the StatefulSet; wait until its agent answers.
         while True:
             await self.read_snapshot()
-            if await self._agent_status(self._ips.get(member)) is not None:
+            if await self._status(member) is not None:
                 break
             if time.monotonic() > deadline:
                 raise base.PlatformError(f"{member}'s agent is not answering")
             await asyncio.sleep(1)
-        doc = await self._call(
-            member, "/rejoin", self._upstream(self._address(primary)), REJOIN_TIMEOUT
-        )
-        return state.RejoinResult.from_agent(doc)
+        return await self.agents.rejoin(self._agent(member), self._address(primary))
 
     async def set_sync_standbys(self, member: str, value: str) -> None:
-        await self._call(
-            member,
-            "/parameter",
-            {"name": "synchronous_standby_names", "value": value},
-            ACTION_TIMEOUT,
-        )
+        await self.agents.set_parameter(self._agent(member), "synchronous_standby_names", value)
 
     async def publish_topology(self, shard: topology.Shard, expected_version: str) -> str:
         for _ in range(PUBLISH_ATTEMPTS):

@@ -1,10 +1,10 @@
 """``LocalPlatform``: the shard manager's Platform for ``pgshard local`` (one per shard).
 
 Members are instance agents run by the local supervisor; actions are requests to
-an agent's HTTP endpoint (instance/health.py), with a bound on each. The lease
-is ``DIR/leases/shard-I.json`` (compare-and-set under its lock, shared with the
-agents: instance/lease.py); the shard record is this shard's entry in
-``DIR/topology.json`` (local/topofile.py).
+the agent's HTTP endpoint at the member's status port (platform/agent_client.py,
+shared with the Kubernetes platform). The lease is ``DIR/leases/shard-I.json``
+(compare-and-set under its lock, shared with the agents: instance/lease.py); the
+shard record is this shard's entry in ``DIR/topology.json`` (local/topofile.py).
 
 How the rules of ``platform/base.py`` are kept:
 
@@ -41,14 +41,9 @@ from ..local import topofile, view
 from ..local.layout import ClusterConfig, ClusterDir, MemberSpec
 from ..shard import state
 from . import base
+from .agent_client import AgentClient, AgentRef
 
 log = logging.getLogger(__name__)
-
-FENCE_TIMEOUT = 45.0
-"""Agent-side clean stop is bounded by 30 s (then immediate); this bounds the request."""
-ACTION_TIMEOUT = 45.0
-REJOIN_TIMEOUT = 1800.0
-"""A re-clone copies the whole primary; bounded, but generously."""
 
 _WAITING_ROLES = {"stale", "demoted"}
 
@@ -68,7 +63,7 @@ class LocalPlatform:
         self.cfg = cfg
         self.creds = creds
         self.index = shard
-        self.http = http
+        self.agents = AgentClient(http)
         self._agent_alive = agent_alive
         self._statuses = statuses
         self.members = {m.name: m for m in cfg.members(shard)}
@@ -92,26 +87,8 @@ class LocalPlatform:
         except KeyError:
             raise base.PlatformError(f"shard {self.index} has no member {name!r}") from None
 
-    async def _call(
-        self, name: str, path: str, body: dict[str, Any] | None, timeout: float
-    ) -> dict[str, Any]:
-        url = self._spec(name).status_url + path
-        try:
-            async with self.http.post(
-                url, json=body or {}, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as r:
-                doc: dict[str, Any] = await r.json()
-                if r.status == 409:
-                    raise base.PlatformConflict(f"{name}: {doc.get('error')}")
-                if r.status != 200:
-                    raise base.PlatformError(f"{name}{path}: {doc.get('error', r.status)}")
-                return doc
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise base.PlatformError(f"{name}{path}: agent did not answer ({e!r})") from None
-
-    def _upstream(self, name: str) -> dict[str, Any]:
-        spec = self._spec(name)
-        return {"host": spec.host, "port": spec.port}
+    def _agent(self, name: str) -> AgentRef:
+        return AgentRef(name, self._spec(name).status_url)
 
     def _process(self, name: str, doc: dict[str, Any] | None) -> state.ProcessState:
         if not self._agent_alive(name):
@@ -173,7 +150,7 @@ class LocalPlatform:
                     f"lease of shard {self.index} changed (now {cur.holder} at epoch {cur.epoch})"
                 )
         try:
-            await self._call(member, "/promote", {"epoch": epoch}, ACTION_TIMEOUT)
+            await self.agents.promote(self._agent(member), epoch)
         except base.PlatformConflict:
             doc = self._statuses().get(member) or {}
             if doc.get("role") != "primary":
@@ -181,18 +158,16 @@ class LocalPlatform:
 
     async def fence(self, member: str) -> positions.Position | None:
         try:
-            doc = await self._call(member, "/fence", None, FENCE_TIMEOUT)
+            return await self.agents.fence(self._agent(member))
         except base.PlatformError as e:
             log.warning("%s did not fence itself (%s): killing its server", member, e)
             if (pid := postgres.postmaster_pid(self.cdir.datadir(member))) is not None:
                 proctree.kill_tree(pid)
             self.leases.release(member)
             return None
-        lsn = doc.get("lsn")
-        return positions.parse_lsn(lsn) if lsn else None
 
     async def repoint(self, member: str, primary: str) -> None:
-        await self._call(member, "/repoint", self._upstream(primary), ACTION_TIMEOUT)
+        await self.agents.repoint(self._agent(member), self._spec(primary).address)
 
     async def rejoin(self, member: str, primary: str) -> state.RejoinResult:
         deadline = time.monotonic() + 30
@@ -201,16 +176,10 @@ class LocalPlatform:
             if time.monotonic() > deadline:
                 raise base.PlatformError(f"{member}'s agent is not running")
             await asyncio.sleep(0.2)
-        doc = await self._call(member, "/rejoin", self._upstream(primary), REJOIN_TIMEOUT)
-        return state.RejoinResult.from_agent(doc)
+        return await self.agents.rejoin(self._agent(member), self._spec(primary).address)
 
     async def set_sync_standbys(self, member: str, value: str) -> None:
-        await self._call(
-            member,
-            "/parameter",
-            {"name": "synchronous_standby_names", "value": value},
-            ACTION_TIMEOUT,
-        )
+        await self.agents.set_parameter(self._agent(member), "synchronous_standby_names", value)
 
     async def publish_topology(self, shard: topology.Shard, expected_version: str) -> str:
         written: list[topology.Shard] = []

@@ -1,0 +1,109 @@
+"""Requests to an instance agent's control endpoint, shared by both platforms.
+
+The agent's side is ``instance/health.py``: ``GET /status`` and the POST routes
+``/promote``, ``/fence``, ``/repoint``, ``/rejoin``, ``/parameter``. The shard
+manager's platforms (``platform/local.py``, ``platform/kubernetes.py``) talk to
+their members' agents only through :class:`AgentClient`. Each platform keeps its
+own concerns: where a member's agent is (:class:`AgentRef`: the member's spec
+locally, its pod IP on Kubernetes), the lease, and what to do when a request
+fails (kill by pid locally, rely on the Lease on Kubernetes).
+
+Every request is bounded (the timeouts below). An answer of 409 (the request does
+not fit the member's role) raises :class:`base.PlatformConflict`; any other error
+answer, a refused or timed-out connection, or an answer that is not JSON raises
+:class:`base.PlatformError` naming the member and the route.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import aiohttp
+
+from pgshard_proxy.contract import positions
+
+from ..shard import state
+from . import base
+
+STATUS_TIMEOUT = 2.0
+FENCE_TIMEOUT = 45.0
+"""Agent-side clean stop is bounded by 30 s (then immediate); this bounds the request."""
+ACTION_TIMEOUT = 45.0
+REJOIN_TIMEOUT = 1800.0
+"""A re-clone copies the whole primary; bounded, but generously."""
+
+_NO_ANSWER = (aiohttp.ClientError, TimeoutError, ValueError, OSError)
+"""What a request to an agent that is down, frozen or not an agent raises (ValueError:
+an answer that is not JSON)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRef:
+    """One member's agent, as its platform found it."""
+
+    member: str
+    """The member's name (in error messages)."""
+    url: str
+    """The agent endpoint's base URL, ``http://host:port``."""
+
+
+def upstream(address: str) -> dict[str, Any]:
+    """The ``/repoint`` and ``/rejoin`` body for the primary at ``address`` (``host:port``)."""
+    host, _, port = address.rpartition(":")
+    return {"host": host, "port": int(port)}
+
+
+class AgentClient:
+    """The control API of the instance agents, over one shared HTTP session."""
+
+    def __init__(self, http: aiohttp.ClientSession) -> None:
+        self.http = http
+
+    async def status(self, agent: AgentRef) -> dict[str, Any] | None:
+        """The agent's ``/status`` document; None when it does not answer in time."""
+        try:
+            async with self.http.get(
+                agent.url + "/status", timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT)
+            ) as r:
+                doc = await r.json()
+        except _NO_ANSWER:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    async def promote(self, agent: AgentRef, epoch: int) -> None:
+        await self._post(agent, "/promote", {"epoch": epoch}, ACTION_TIMEOUT)
+
+    async def fence(self, agent: AgentRef) -> positions.Position | None:
+        """Ask for a clean stop; the member's end of WAL, if the agent knows it."""
+        doc = await self._post(agent, "/fence", None, FENCE_TIMEOUT)
+        lsn = doc.get("lsn")
+        return positions.parse_lsn(lsn) if lsn else None
+
+    async def repoint(self, agent: AgentRef, primary_address: str) -> None:
+        await self._post(agent, "/repoint", upstream(primary_address), ACTION_TIMEOUT)
+
+    async def rejoin(self, agent: AgentRef, primary_address: str) -> state.RejoinResult:
+        doc = await self._post(agent, "/rejoin", upstream(primary_address), REJOIN_TIMEOUT)
+        return state.RejoinResult.from_agent(doc)
+
+    async def set_parameter(self, agent: AgentRef, name: str, value: str) -> None:
+        await self._post(agent, "/parameter", {"name": name, "value": value}, ACTION_TIMEOUT)
+
+    async def _post(
+        self, agent: AgentRef, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        try:
+            async with self.http.post(
+                agent.url + path, json=body or {}, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
+                doc: dict[str, Any] = await r.json()
+                if r.status == 409:
+                    raise base.PlatformConflict(f"{agent.member}: {doc.get('error')}")
+                if r.status != 200:
+                    raise base.PlatformError(f"{agent.member}{path}: {doc.get('error', r.status)}")
+                return doc
+        except _NO_ANSWER as e:
+            raise base.PlatformError(
+                f"{agent.member}{path}: agent did not answer ({e!r})"
+            ) from None
