@@ -9,13 +9,19 @@ covered by the end-to-end consistency test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from pgshard_proxy.consistency.monitor import MonitorSettings, PositionMonitor, PositionUnavailable
+from pgshard_proxy.consistency.monitor import (
+    Connect,
+    MonitorSettings,
+    PositionMonitor,
+    PositionUnavailable,
+)
 from pgshard_proxy.contract import positions
 from pgshard_proxy.contract.topology import Member, Shard, Topology
 from tests.support import net
@@ -31,6 +37,19 @@ def topology_of(server: PgServer, *extra_followers: Member) -> Topology:
     primary = Member("p", address, server.dsn)
     follower = Member("f", address, server.dsn)
     return Topology(shards=(Shard(0, 1, primary, (follower, *extra_followers)),))
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    topology: Topology, connect: Connect | None = None
+) -> AsyncIterator[PositionMonitor]:
+    """A started monitor of ``topology`` (connecting with ``connect`` if given), closed on exit."""
+    monitor = PositionMonitor(FAST) if connect is None else PositionMonitor(FAST, connect=connect)
+    await monitor.start(topology)
+    try:
+        yield monitor
+    finally:
+        await monitor.close()
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
@@ -78,9 +97,7 @@ async def writer(pg_module_server: PgServer) -> AsyncIterator[asyncpg.Connection
 async def test_positions_follow_writes(
     pg_module_server: PgServer, writer: asyncpg.Connection
 ) -> None:
-    monitor = PositionMonitor(FAST)
-    await monitor.start(topology_of(pg_module_server))
-    try:
+    async with watching(topology_of(pg_module_server)) as monitor:
         await until(lambda: monitor.replayed("f") is not None, "the follower's position")
         before = await monitor.primary_position(0)
         await writer.execute("INSERT INTO t (v) SELECT 'x' FROM generate_series(1, 100)")
@@ -93,25 +110,19 @@ async def test_positions_follow_writes(
         assert not await monitor.wait_for("f", positions.Position(after + 10**12), timeout=0.2)
         assert not await monitor.wait_for("p", after, timeout=0.2)  # not watched as a follower
         assert monitor.replayed("p") is None
-    finally:
-        await monitor.close()
     assert monitor.replayed_map == {}
 
 
 async def test_a_waiting_reader_wakes_when_the_position_arrives(
     pg_module_server: PgServer, writer: asyncpg.Connection
 ) -> None:
-    monitor = PositionMonitor(FAST)
-    await monitor.start(topology_of(pg_module_server))
-    try:
+    async with watching(topology_of(pg_module_server)) as monitor:
         target = positions.Position(await monitor.primary_position(0) + 1)
         waiting = asyncio.ensure_future(monitor.wait_for("f", target, timeout=20))
         await asyncio.sleep(0.05)
         assert not waiting.done()
         await writer.execute("INSERT INTO t (v) VALUES ('wake')")
         assert await waiting
-    finally:
-        await monitor.close()
 
 
 async def test_primary_position_starts_after_the_call_and_batches(
@@ -125,11 +136,9 @@ async def test_primary_position_starts_after_the_call_and_batches(
         conns.append(c)
         return c
 
-    monitor = PositionMonitor(FAST, connect=connect)
-    await monitor.start(
-        Topology(shards=(Shard(0, 1, topology_of(pg_module_server).shards[0].primary),))
-    )
-    try:
+    async with watching(
+        Topology(shards=(Shard(0, 1, topology_of(pg_module_server).shards[0].primary),)), connect
+    ) as monitor:
         early = [asyncio.ensure_future(monitor.primary_position(0)) for _ in range(10)]
         await until(lambda: bool(conns) and conns[0].queries == 1, "the first query")
         # A query is running (held): a caller arriving now must not join it.
@@ -142,16 +151,12 @@ async def test_primary_position_starts_after_the_call_and_batches(
         assert len(early_pos) == 1 and len(late_pos) == 1
         assert early_pos.pop() < late_pos.pop()
         assert conns[0].queries == 2
-    finally:
-        await monitor.close()
 
 
 async def test_reconnects_after_its_connections_are_killed(
     pg_module_server: PgServer, writer: asyncpg.Connection
 ) -> None:
-    monitor = PositionMonitor(FAST)
-    await monitor.start(topology_of(pg_module_server))
-    try:
+    async with watching(topology_of(pg_module_server)) as monitor:
         await until(lambda: monitor.replayed("f") is not None, "the follower's position")
         await monitor.primary_position(0)
         killed = await writer.fetchval(
@@ -162,8 +167,6 @@ async def test_reconnects_after_its_connections_are_killed(
         await writer.execute("INSERT INTO t (v) VALUES ('again')")
         after = await monitor.primary_position(0)  # retried on a new connection
         assert await monitor.wait_for("f", after, timeout=10)
-    finally:
-        await monitor.close()
 
 
 async def test_unreachable_members_are_unknown_and_leave_cleanly(
@@ -171,9 +174,7 @@ async def test_unreachable_members_are_unknown_and_leave_cleanly(
 ) -> None:
     host = net.random_loopback()
     ghost = Member("ghost", f"{host}:{net.free_port(host)}", f"postgresql://x@{host}:1/db")
-    monitor = PositionMonitor(FAST)
-    await monitor.start(topology_of(pg_module_server, ghost))
-    try:
+    async with watching(topology_of(pg_module_server, ghost)) as monitor:
         await until(lambda: monitor.replayed("f") is not None, "the follower's position")
         assert monitor.replayed("ghost") is None
         assert not await monitor.wait_for("ghost", positions.Position(1), timeout=0.2)
@@ -182,5 +183,3 @@ async def test_unreachable_members_are_unknown_and_leave_cleanly(
         await monitor.update(Topology(shards=(Shard(0, 2, None),)))
         with pytest.raises(PositionUnavailable, match="shard 0 has no primary"):
             await monitor.primary_position(0)
-    finally:
-        await monitor.close()
