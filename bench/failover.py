@@ -56,8 +56,8 @@ async def _healthy(c: localcluster.LocalCluster, timeout: float = 120) -> dict[s
 
 async def _first_write_elsewhere(w: writer.Writer, t0: float, old_dsn: str) -> None:
     deadline = time.monotonic() + 120
-    # Polls the writer's log (filled by its own task); 10 ms resolution is plenty here.
-    while not any(t > t0 and d != old_dsn for t, d in w.log):
+    # Polls the writer's acknowledgements (filled by its own task); 10 ms resolution is plenty.
+    while not any(a.at > t0 and a.dsn != old_dsn for a in w.acks):
         if time.monotonic() > deadline:
             raise TimeoutError("no write reached a new primary within 120 s")
         await asyncio.sleep(0.01)
@@ -80,7 +80,7 @@ async def one_run(
         finally:
             if resume is not None:
                 await _kill(resume)(c, old["name"])
-        first = min(t for t, d in w.log if t > t0 and d != old["dsn"])
+        first = min(a.at for a in w.acks if a.at > t0 and a.dsn != old["dsn"])
         await w.wait_acked(50)
     shard = await _healthy(c)
     primary = shard["primary"]

@@ -9,41 +9,15 @@ no write acknowledged after the proxy saw the new epoch came from the old primar
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import psycopg
 
-from tests.support import localcluster
+from tests.support import localcluster, writer
 
 CLEAR_ERRORS = ("outcome is unknown", "cannot reach", "connection", "terminat", "closed")
 """What the errors clients see during the switch talk about (lower case)."""
-
-
-class Writer(threading.Thread):
-    def __init__(self, dsn: str, index: int, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.index, self.stop = dsn, index, stop
-        self.acks: list[tuple[int, int, float]] = []  # (id, server port, ack time)
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        n = 0
-        while not self.stop.is_set():
-            try:
-                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
-                    while not self.stop.is_set():
-                        n += 1
-                        wid = self.index * 1_000_000 + n
-                        row = conn.execute(
-                            "insert into acked values (%s) returning inet_server_port()", (wid,)
-                        ).fetchone()
-                        assert row is not None
-                        self.acks.append((wid, int(row[0]), time.monotonic()))
-            except psycopg.Error as e:
-                self.errors.append(f"{type(e).__name__}: {e}".splitlines()[0])
-                time.sleep(0.2)
 
 
 def test_failover_during_writes(pg_tmp: Path) -> None:
@@ -53,13 +27,11 @@ def test_failover_during_writes(pg_tmp: Path) -> None:
         doc = c.status()
         dsn = doc["proxy"]["dsn"]
         old = doc["shards"][0]["primary"]
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("create table acked(id bigint primary key)")
-        stop = threading.Event()
-        writers = [Writer(dsn, i, stop) for i in range(3)]
-        for w in writers:
-            w.start()
-        try:
+        writers = [
+            writer.Writer(dsn, timeout=60, connect_timeout=10, first_id=i * 1_000_000 + 1)
+            for i in range(3)
+        ]
+        with writer.in_thread(writers):
             time.sleep(2)
             c.kill(0, old["name"])
             deadline = time.monotonic() + 90
@@ -69,22 +41,19 @@ def test_failover_during_writes(pg_tmp: Path) -> None:
             switched = time.monotonic()
             new = c.shard(0)["primary"]
             # Let every writer get writes through the new primary.
-            while not all(any(t > switched for *_, t in w.acks) for w in writers):
+            while not all(any(a.at > switched for a in w.acks) for w in writers):
                 assert time.monotonic() < deadline, "writers did not recover after the failover"
                 time.sleep(0.2)
-        finally:
-            stop.set()
-            for w in writers:
-                w.join(30)
         new_port = int(new["address"].rpartition(":")[2])
         acks = [a for w in writers for a in w.acks]
         # The topology file is polled every 0.2 s by the proxy: allow it a second to notice.
-        late = [a for a in acks if a[2] > switched + 1.0 and a[1] != new_port]
+        late = [a for a in acks if a.at > switched + 1.0 and a.port != new_port]
         assert late == [], "writes acknowledged by the old primary after the epoch changed"
         with psycopg.connect(new["dsn"], autocommit=True) as conn:
             stored = {r[0] for r in conn.execute("select id from acked").fetchall()}
-        lost = sorted({a[0] for a in acks} - stored)
+        lost = sorted({a.id for a in acks} - stored)
         assert lost == [], f"{len(lost)} acknowledged writes lost"
         errors = [e for w in writers for e in w.errors]
         unclear = [e for e in errors if not any(m in e.lower() for m in CLEAR_ERRORS)]
         assert unclear == [], "errors that do not say what happened"
+        assert [h for w in writers for h in w.hung] == [], "statements hung"
