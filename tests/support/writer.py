@@ -74,7 +74,7 @@ class Writer:
     @property
     def stop_bound(self) -> float:
         """How long :meth:`run` may take to return after :meth:`stop`."""
-        return self.connect_timeout + 2 * self.timeout + self.retry_pause + 15
+        return self.connect_timeout + self.timeout + self.retry_pause + 15
 
     def primary_dsn(self) -> str:
         if isinstance(self.target, str):
@@ -129,7 +129,7 @@ class Writer:
                 conn = None
             await asyncio.sleep(self.retry_pause)
         if conn is not None:
-            await conn.close(timeout=self.timeout)
+            conn.terminate()  # nothing is in flight; a graceful close could wait on a frozen server
 
     def stop(self) -> None:
         """Stop after the statement under way (safe to call from another thread)."""
