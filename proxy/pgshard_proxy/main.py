@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=int, help="wait for a lagging follower at most this")
     p.add_argument("--pool-size", type=int, help="most connections per member and database")
     p.add_argument(
+        "--follower-read-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="retry on the primary a read its follower left unanswered this long [5]",
+    )
+    p.add_argument(
         "--exit-with-parent",
         action="store_true",
         help="stop when the parent process exits (used by 'pgshard local up')",
@@ -65,6 +71,7 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         "consistency": args.consistency,
         "max_wait_ms": args.max_wait_ms,
         "pool_size": args.pool_size,
+        "follower_read_timeout": args.follower_read_timeout,
     }
     if args.user:
         flags["users"] = ",".join(args.user)

@@ -74,6 +74,12 @@ class ProxySettings:
     """Most connections the proxy opens to one member for one database."""
     connect_timeout: float = 5.0
     """Seconds to connect and log in to a member (and to wait for a free pooled one)."""
+    follower_read_timeout: float = 5.0
+    """Seconds a read sent to a follower may go unanswered while the position monitor
+    hears nothing from that follower either (frozen, hung host). Then the read is
+    retried on the primary if no byte of its answer reached the client and no
+    transaction is open, else the session ends with SQLSTATE 08006. A follower that
+    still answers the monitor is only slow: its reads are not interrupted."""
     failover_wait: float = 30.0
     """Seconds a statement waits for its server to become reachable again (a failover
     in progress: the topology changes) before it fails with SQLSTATE 57P03."""
@@ -134,7 +140,8 @@ def from_sources(
             raise SettingsError(f"config file {file} must hold a mapping of settings")
         raw.update(doc)
     for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
-                "tls_key", "consistency", "max_wait_ms", "pool_size", "users"):  # fmt: skip
+                "tls_key", "consistency", "max_wait_ms", "pool_size", "follower_read_timeout",
+                "users"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env
@@ -163,11 +170,13 @@ def from_sources(
             changes[key] = _enum(auth.AuthMethod, value, key)
         elif key == "consistency":
             changes[key] = _enum(Consistency, value, key)
-        elif key in ("connect_timeout", "failover_wait"):
+        elif key in ("connect_timeout", "failover_wait", "follower_read_timeout"):
             try:
                 changes[key] = float(str(value))
             except ValueError:
                 raise SettingsError(f"{key} must be a number of seconds, not {value!r}") from None
+            if changes[key] <= 0:
+                raise SettingsError(f"{key} must be a positive number of seconds, not {value!r}")
         else:
             changes[key] = str(value)
     s = dataclasses.replace(s, **changes)

@@ -41,10 +41,12 @@ def topology_of(server: PgServer, *extra_followers: Member) -> Topology:
 
 @contextlib.asynccontextmanager
 async def watching(
-    topology: Topology, connect: Connect | None = None
+    topology: Topology, connect: Connect | None = None, settings: MonitorSettings = FAST
 ) -> AsyncIterator[PositionMonitor]:
     """A started monitor of ``topology`` (connecting with ``connect`` if given), closed on exit."""
-    monitor = PositionMonitor(FAST) if connect is None else PositionMonitor(FAST, connect=connect)
+    monitor = (
+        PositionMonitor(settings) if connect is None else PositionMonitor(settings, connect=connect)
+    )
     await monitor.start(topology)
     try:
         yield monitor
@@ -183,3 +185,33 @@ async def test_unreachable_members_are_unknown_and_leave_cleanly(
         await monitor.update(Topology(shards=(Shard(0, 2, None),)))
         with pytest.raises(PositionUnavailable, match="shard 0 has no primary"):
             await monitor.primary_position(0)
+
+
+async def test_a_follower_that_stops_answering_drops_out_until_it_answers_again(
+    pg_module_server: PgServer,
+) -> None:
+    """A frozen follower keeps its socket open: its probe must end by the monitor's own
+    bound (the held answer below ignores the driver's timeout), and waiters give up."""
+    answering = asyncio.Event()
+    answering.set()
+    conns: list[CountingConnection] = []
+
+    async def connect(dsn: str, timeout: float) -> CountingConnection:
+        await answering.wait()  # a frozen server does not finish the login either
+        c = CountingConnection(await asyncpg.connect(dsn, timeout=timeout), answering)
+        conns.append(c)
+        return c
+
+    settings = MonitorSettings(
+        poll_interval=0.02, connect_timeout=0.5, query_timeout=0.5, reconnect_delay=0.05
+    )
+    async with watching(topology_of(pg_module_server), connect, settings) as monitor:
+        await until(lambda: monitor.replayed("f") is not None, "the follower's position")
+        far = positions.Position(monitor.replayed_map["f"] + 10**12)
+        waiter = asyncio.ensure_future(monitor.wait_for("f", far, timeout=3600))
+        answering.clear()  # the follower freezes
+        await until(lambda: monitor.replayed("f") is None, "the silent follower to drop out")
+        assert not await asyncio.wait_for(waiter, 60), "a waiter stayed on a silent follower"
+        answering.set()  # it wakes up
+        await until(lambda: monitor.replayed("f") is not None, "the follower to come back")
+        assert len(conns) >= 2  # a fresh connection after the silent one

@@ -67,3 +67,49 @@ async def test_wrong_password_is_28p01(module_proxy: ProxyProc) -> None:
     with pytest.raises(asyncpg.InvalidPasswordError) as e:
         await asyncpg.connect(module_proxy.dsn.replace(module_proxy.password, "wrong"))
     assert e.value.sqlstate == "28P01"
+
+
+async def test_show_pgshard_in_the_extended_protocol_asyncpg(module_proxy: ProxyProc) -> None:
+    """asyncpg prepares every statement (Parse/Describe/Flush, then Bind/Execute/Sync):
+    the proxy answers SHOW pgshard.* itself, as it does in the simple protocol."""
+    conn = await asyncpg.connect(module_proxy.dsn)
+    try:
+        assert await conn.fetchval("SHOW pgshard.consistency") == "session"
+        await conn.execute("SET pgshard.consistency = 'strong'")  # simple protocol
+        assert await conn.fetchval("SHOW pgshard.consistency") == "strong"  # cached: Bind only
+        stmt = await conn.prepare("show pgshard.consistency")
+        assert [a.name for a in stmt.get_attributes()] == ["pgshard.consistency"]
+        assert await stmt.fetch() == [("strong",)]
+        async with conn.transaction():
+            await conn.execute("create temporary table t(i int)")
+            assert await conn.fetchval("SHOW pgshard.consistency") == "strong"
+            assert await conn.fetchval("select count(*) from t") == 0  # still the same server
+        with pytest.raises(asyncpg.UndefinedObjectError, match=r"pgshard\.nope"):
+            await conn.fetchval("SHOW pgshard.nope")
+        await conn.execute("RESET pgshard.consistency")
+        assert await stmt.fetchval() == "session"
+        assert await conn.fetchval("select $1::int + 1", 1) == 2  # server statements still work
+    finally:
+        await conn.close()
+
+
+async def test_show_pgshard_in_the_extended_protocol_psycopg(module_proxy: ProxyProc) -> None:
+    async with await psycopg.AsyncConnection.connect(module_proxy.dsn, autocommit=True) as conn:
+        simple = psycopg.AsyncClientCursor(conn)  # the simple protocol
+        await simple.execute("SHOW pgshard.consistency")
+        expected = await simple.fetchone()
+        assert expected == ("session",)
+        for prepare in (False, True, True):  # unnamed; prepared; then only Bind/Execute
+            cur = await conn.execute("SHOW pgshard.consistency", prepare=prepare)
+            assert await cur.fetchall() == [expected]
+            assert cur.description is not None
+            assert [d.name for d in cur.description] == ["pgshard.consistency"]
+            assert cur.statusmessage == "SHOW"
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute("SHOW pgshard.consistency")
+            assert await cur.fetchone() == expected
+        await conn.execute("SET pgshard.consistency = eventual")
+        cur = await conn.execute("SHOW pgshard.consistency", prepare=True)
+        assert await cur.fetchone() == ("eventual",)
+        cur = await conn.execute("select %s::int * 2", (21,))
+        assert await cur.fetchone() == (42,)

@@ -18,6 +18,9 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
     assert s.port == 7001
     assert s.consistency is settings.Consistency.STRONG
     assert s.users["a"].password == "pw"
+    assert s.follower_read_timeout == 5.0
+    env = {"PGSHARD_PROXY_FOLLOWER_READ_TIMEOUT": "2.5", "PGSHARD_PROXY_USERS": "a:b"}
+    assert settings.from_sources(None, env, {}).follower_read_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -29,6 +32,8 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
         ({"users": "nopassword"}, "must look like name:password"),
         ({"users": "a:b", "tls_cert": "/c"}, "tls_cert and tls_key must be given together"),
         ({"users": "a:b", "colour": "red"}, "unknown setting"),
+        ({"users": "a:b", "follower_read_timeout": "soon"}, "must be a number of seconds"),
+        ({"users": "a:b", "follower_read_timeout": "0"}, "must be a positive number"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(flags: dict[str, object], message: str) -> None:

@@ -9,8 +9,11 @@ transaction's ReadyForQuery went to the client.
 
 Each member gets one small asyncpg connection and one task (:class:`_Watch`).
 A follower's task polls ``pg_last_wal_replay_lsn()`` every ``poll_interval``
-(faster while a session waits on it); a member it cannot reach is dropped from
-the map, so the router stops choosing it. A primary's task runs one
+(faster while a session waits on it); a member it cannot reach, or whose probe
+is not answered within ``query_timeout`` (a frozen server keeps its sockets open
+and never answers), is dropped from the map at once, so the router stops
+choosing it and sessions waiting for it give up; it is back in the map with its
+first answer after a reconnect. A primary's task runs one
 ``pg_current_wal_insert_lsn()`` per batch of requests (the *insert* position:
 with ``synchronous_commit = off`` the write position may still be behind a
 commit record that is already visible). Every wait is bounded by a setting.
@@ -60,7 +63,8 @@ class MonitorSettings:
     connect_timeout: float = 2.0
     """Bound on connecting to a member."""
     query_timeout: float = 1.0
-    """Bound on one position query."""
+    """Bound on one position query: a follower that does not answer within it stops
+    being a read target until it answers again."""
     reconnect_delay: float = 0.5
     """Pause before reconnecting to a member that failed."""
     capture_timeout: float = 3.0
@@ -164,7 +168,10 @@ class _Watch:
                 self._request.exception()  # retrieved: callers may all have timed out
 
     async def _query(self, conn: Any) -> Position | None:
-        text = await conn.fetchval(POSITION_SQL, timeout=self._settings.query_timeout)
+        # Our own bound as well as the driver's: the probe must end even if the
+        # driver's timeout handling waits on the (frozen) server.
+        async with asyncio.timeout(self._settings.query_timeout):
+            text = await conn.fetchval(POSITION_SQL, timeout=self._settings.query_timeout)
         return None if text is None else positions.parse_lsn(text)
 
     async def _serve_requests(self, conn: Any) -> None:
@@ -222,6 +229,10 @@ class _Watch:
 
     def _failed(self, e: Exception) -> None:
         self._replayed.pop(self.name, None)
+        # Sessions waiting for this follower go elsewhere now rather than at their timeout.
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_result(False)
         problem = f"{type(e).__name__}: {e}"
         if problem != self._problem:
             log.warning(

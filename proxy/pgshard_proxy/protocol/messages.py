@@ -112,6 +112,30 @@ def bind_names(body: bytes) -> tuple[str, str]:
     return portal, statement
 
 
+def execute_portal(body: bytes) -> str:
+    """The portal name of an Execute message."""
+    portal, _ = _cstr(body, 0)
+    return portal
+
+
+def bind_result_format(body: bytes) -> int:
+    """The result format a Bind asks for its first column: 0 text, 1 binary."""
+    try:
+        _, pos = _cstr(body, 0)
+        _, pos = _cstr(body, pos)
+        (n,) = _INT16.unpack_from(body, pos)
+        pos += 2 + 2 * n
+        (n,) = _INT16.unpack_from(body, pos)
+        pos += 2
+        for _ in range(n):
+            (length,) = struct.unpack_from("!i", body, pos)
+            pos += 4 + max(length, 0)
+        (n,) = _INT16.unpack_from(body, pos)
+        return _INT16.unpack_from(body, pos + 2)[0] if n else 0
+    except struct.error:
+        raise MalformedMessage("Bind message shorter than its counts say") from None
+
+
 def target(body: bytes) -> tuple[int, str]:
     """``(kind, name)`` of a Describe or Close: kind is ``ord('S')`` or ``ord('P')``."""
     if not body:
@@ -186,15 +210,39 @@ def command_complete(tag: str) -> bytes:
     return _msg(b"C", _z(tag))
 
 
+def parse_complete() -> bytes:
+    return _msg(b"1", b"")
+
+
+def bind_complete() -> bytes:
+    return _msg(b"2", b"")
+
+
+def close_complete() -> bytes:
+    return _msg(b"3", b"")
+
+
+def no_parameters() -> bytes:
+    """ParameterDescription of a statement that takes no parameters."""
+    return _msg(b"t", _INT16.pack(0))
+
+
+def text_row_description(column: str, format_code: int = 0) -> bytes:
+    """RowDescription of one text column (format 0 text, 1 binary: the same bytes for text)."""
+    # table oid 0, column 0, type text (25), typlen -1, typmod -1, format
+    return _msg(
+        b"T", _INT16.pack(1) + _z(column) + struct.pack("!IhIhih", 0, 0, 25, -1, -1, format_code)
+    )
+
+
+def text_data_row(value: str) -> bytes:
+    raw = value.encode()
+    return _msg(b"D", _INT16.pack(1) + _INT32.pack(len(raw)) + raw)
+
+
 def text_result(column: str, value: str, tag: str) -> bytes:
     """RowDescription + DataRow + CommandComplete of a one-row, one-text-column result."""
-    # table oid 0, column 0, type text (25), typlen -1, typmod -1, text format
-    row_description = _msg(
-        b"T", _INT16.pack(1) + _z(column) + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0)
-    )
-    raw = value.encode()
-    data_row = _msg(b"D", _INT16.pack(1) + _INT32.pack(len(raw)) + raw)
-    return row_description + data_row + command_complete(tag)
+    return text_row_description(column) + text_data_row(value) + command_complete(tag)
 
 
 def query(sql: str) -> bytes:

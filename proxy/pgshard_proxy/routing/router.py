@@ -64,6 +64,7 @@ class Reason(enum.Enum):
     FOLLOWER_TIMEOUT = "follower still behind after maxWaitMs"
     NO_WAIT = "follower behind and maxWaitMs is 0"
     EVENTUAL = "eventual mode: any streaming follower"
+    FOLLOWER_SILENT = "retry of reads whose follower stopped answering"
 
 
 class NoPrimary(RuntimeError):
@@ -125,6 +126,14 @@ def route(
         return _primary(shard, Reason.NO_FOLLOWER, False)
     chosen = _pick(streaming, seed)
     return Route(Role.FOLLOWER, chosen, Reason.EVENTUAL, observed=replayed[chosen.name])
+
+
+def retry_on_primary(shard: Shard, mode: Mode) -> Route:
+    """Where reads go again after their follower stopped answering: the primary.
+
+    In session mode the primary's position is captured afterwards, as for any read
+    the primary serves, so the session's next reads stay monotonic."""
+    return _primary(shard, Reason.FOLLOWER_SILENT, mode is Mode.SESSION and bool(shard.followers))
 
 
 def _streaming(shard: Shard, replayed: Mapping[str, Position]) -> list[Member]:

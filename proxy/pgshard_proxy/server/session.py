@@ -24,6 +24,11 @@ replaced silently on next use. The same holds when the topology moves the
 shard to a new epoch (:meth:`Session.topology_changed`): a request still being
 answered by the old primary ends the session at once with 08007 (the old
 primary may be frozen and never answer), an idle session just lets go of it.
+A follower that stops answering mid-read is handled by ``follower_watch`` (the
+read is retried on the primary, or the session ends with 08006).
+
+``SET``/``SHOW pgshard.*`` in a simple Query are answered here; an extended
+batch that begins with ``SHOW pgshard.*`` is answered by ``proxy_answers``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from ..routing import router
 from ..routing.classify import Classified, Kind, classify, classify_bytes
 from ..routing.router import Role, Route
 from .context import NoPrimary, ServerContext
+from .follower_watch import FollowerWatch, Verdict, answered_round_trip, judge
+from .proxy_answers import Mixed, Parsed, ProxyPortals
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +200,14 @@ class Session(asyncio.Protocol):
         """While the servers a request needs cannot be reached: when to give up waiting."""
         self._skip_to_sync = False
         self._skip_status = messages.TxStatus.IDLE
+        self._watch = FollowerWatch()
+        """Follower requests not yet answered, in case the follower stops answering."""
+        self._avoid_follower = False
+        """The next request is a retry of reads whose follower stopped answering."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._proxy_batch = False
+        """The extended-protocol messages up to the next Sync are answered by the proxy."""
+        self._proxy_portals = ProxyPortals()
 
     # --- asyncio.Protocol
 
@@ -200,6 +215,7 @@ class Session(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing it.
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=256 * 1024)
+        self._loop = asyncio.get_running_loop()
         self.ctx.sessions.add(self)
         if len(self.ctx.sessions) > self.ctx.settings.max_clients:
             self._fatal(SqlState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
@@ -208,6 +224,7 @@ class Session(asyncio.Protocol):
         self.ctx.sessions.discard(self)
         self.state = State.CLOSED
         self._transport = None
+        self._watch.cancel()
         if self._key is not None:
             self.ctx.cancel_keys.unregister(self._key)
         for b in list(self._backends.values()):
@@ -546,6 +563,10 @@ class Session(asyncio.Protocol):
                 route = self.consistency.route_now(
                     c, shard, in_transaction=self._tx_route, pinned=self._pinned
                 )
+            if self._avoid_follower and route is not None:
+                self._avoid_follower = False
+                if route.role is Role.FOLLOWER:
+                    route = router.retry_on_primary(shard, self.consistency.mode)
         except (router.NoPrimary, NoPrimary) as e:
             self._block()
             self._spawn(self._wait_for_topology(str(e)))
@@ -593,6 +614,8 @@ class Session(asyncio.Protocol):
         return b, route
 
     def _forget(self, b: BackendConnection) -> None:
+        if self._watch.backend is b:
+            self._watch.forget()
         for role, have in list(self._backends.items()):
             if have is b:
                 del self._backends[role]
@@ -639,6 +662,8 @@ class Session(asyncio.Protocol):
             b, route = got
             b.send(f.data, Marker.SYNC)
             self._routes[b].append(route)
+            if b.epoch == FOLLOWER_EPOCH:
+                self._sent_to_follower(b, f)
             b.statements.pop("", None)  # a simple query replaces the unnamed statement
             self._after_send(c, b)
             return True
@@ -714,6 +739,10 @@ class Session(asyncio.Protocol):
                 continue
             if c.refusal is not None:
                 return c  # answered by the proxy: nothing of this batch runs
+            if c.kind is Kind.PROXY_SHOW:
+                if chosen is None:
+                    return c  # a batch the proxy answers (proxy_answers)
+                continue  # after a server's statement: the server answers it
             if chosen is None or (chosen.kind is Kind.READ and c.kind is not Kind.READ):
                 chosen = c
         return chosen or _SYNC_ONLY
@@ -721,12 +750,17 @@ class Session(asyncio.Protocol):
     def _extended(self, t: int, f: codec.Frame) -> bool:
         b = self._batch
         if b is None:
+            if self._proxy_batch:
+                return self._answer_extended(f)
             c = self._batch_class()
-            if c.refusal is not None:
+            if c.refusal is not None or c.kind is Kind.PROXY_SHOW:
                 busy = self._outstanding()
                 if busy is not None:
                     self._wait_for(busy)
                     return False
+                if c.refusal is None:
+                    self._proxy_batch = True
+                    return self._answer_extended(f)
                 self._reject(f, c.refusal.sqlstate, c.refusal.message)  # then skip to Sync
                 return True
             got = self._backend_for(c)
@@ -734,6 +768,8 @@ class Session(asyncio.Protocol):
                 return False
             b, self._batch_route = got
             self._batch = b
+        if b.epoch == FOLLOWER_EPOCH:
+            self._sent_to_follower(b, f)
         if t == _P:
             name, sql = messages.parse_fields(f.body)
             c = classify(sql)
@@ -775,6 +811,37 @@ class Session(asyncio.Protocol):
             b.send(f.data)
         return True
 
+    def _answer_extended(self, f: codec.Frame) -> bool:
+        """A message of a batch the proxy answers itself (``SHOW pgshard.*``, proxy_answers)."""
+        assert self._transport is not None
+        if f.type == _S:
+            self._proxy_batch = False
+            status = self._tx_status()
+            if status is messages.TxStatus.IDLE:
+                self._proxy_portals.transaction_ended()
+            self._transport.write(messages.ready_for_query(status))
+            return True
+        if f.type == _C:
+            kind, name = messages.target(f.body)
+            if kind == ord("S"):
+                self._statements.pop(name, None)
+        out = self._proxy_portals.answer(f, self._statement_class, self.consistency.show)
+        if isinstance(out, Mixed):
+            self._proxy_batch = False
+            self._reject(f, SqlState.FEATURE_NOT_SUPPORTED, out.message)  # then skip to Sync
+            return True
+        if isinstance(out, Parsed):
+            self._version += 1
+            self._statements[out.name] = Statement(f.data, out.sql, self._version, out.classified)
+            out = out.answer
+        if out:
+            self._transport.write(out)
+        return True
+
+    def _statement_class(self, name: str) -> Classified | None:
+        st = self._statements.get(name)
+        return st.classified if st is not None else None
+
     def _ensure_prepared(self, b: BackendConnection, name: str) -> None:
         st = self._statements.get(name)
         if st is None:
@@ -805,8 +872,17 @@ class Session(asyncio.Protocol):
         # After a FATAL the client gets nothing more: the transport may still be flushing.
         if self._transport is not None and self.state is not State.CLOSED:
             self._transport.write(data)
+            if backend is self._watch.backend:
+                self._watch.relayed = True
 
     def backend_ready(self, backend: BackendConnection) -> None:
+        watch = self._watch
+        if backend is watch.backend and watch.frames:
+            if backend.answering:
+                assert self._loop is not None
+                watch.since = self._loop.time()  # progress
+            else:
+                watch.frames.clear()
         routes = self._routes.get(backend)
         if routes:
             route = routes.popleft()
@@ -841,6 +917,68 @@ class Session(asyncio.Protocol):
             self._pause("backend")
         else:
             self._resume("backend")
+
+    # --- a follower that stops answering (see follower_watch)
+
+    def _sent_to_follower(self, b: BackendConnection, f: codec.Frame) -> None:
+        watch = self._watch
+        if (
+            watch.frames
+            and watch.backend is b
+            and not (watch.relayed and answered_round_trip(watch.frames, bool(b.pending)))
+        ):
+            watch.frames.append(f)
+            return
+        assert self._loop is not None
+        watch.backend = b
+        watch.frames = [f]
+        watch.since = self._loop.time()
+        watch.relayed = False
+        if watch.timer is None:
+            watch.timer = self._loop.call_later(
+                self.ctx.settings.follower_read_timeout, self._check_follower
+            )
+
+    def _check_follower(self) -> None:
+        watch = self._watch
+        watch.timer = None
+        b = watch.backend
+        if self.state is not State.READY or b is None or self._loop is None:
+            return
+        timeout = self.ctx.settings.follower_read_timeout
+        decision = judge(
+            outstanding=bool(watch.frames) and b.answering and not b.broken,
+            silent_for=self._loop.time() - watch.since,
+            timeout=timeout,
+            monitor_hears_it=self.ctx.monitor.replayed(b.member_name) is not None,
+            relayed=watch.relayed,
+            in_transaction=self._tx_route is not None or b.tx_status is not messages.TxStatus.IDLE,
+            session_busy=self._blocked and self._waiting_on is not b,
+        )
+        if decision.verdict is Verdict.IDLE:
+            return
+        if decision.verdict is Verdict.WAIT:
+            watch.timer = self._loop.call_later(decision.recheck_in, self._check_follower)
+            return
+        frames = watch.frames
+        b.attach(None)  # not one more byte of its answers reaches the client
+        b.abort()
+        if self._batch is b:
+            self._batch_route = None
+        self._forget(b)
+        silent = f"follower {b.member_name} ({b.address}) did not answer within {timeout:g} s"
+        if decision.verdict is Verdict.FAIL:
+            self._fatal(
+                SqlState.CONNECTION_FAILURE,
+                f"{silent} and its answer had begun or a transaction was open on it; "
+                "the read cannot be retried",
+                hint="reconnect and retry",
+            )
+            return
+        log.warning("%s; retrying %d message(s) on the primary", silent, len(frames))
+        self._frames.extendleft(reversed(frames))
+        self._avoid_follower = True
+        self._unblock()
 
     # --- topology
 
