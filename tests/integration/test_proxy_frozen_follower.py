@@ -149,9 +149,11 @@ async def _scenario(c: localcluster.LocalCluster, dsn: str, shard: dict[str, Any
         await asyncio.to_thread(c.kill, 0, names[frozen], "CONT")
 
         # Awake again: it serves reads again (sessions go back to it once it answers).
-        deadline = asyncio.get_running_loop().time() + 90
+        deadline = asyncio.get_running_loop().time() + 120
         while frozen not in readers.ports[-200:]:
-            assert asyncio.get_running_loop().time() < deadline, "the follower never came back"
+            if asyncio.get_running_loop().time() > deadline:
+                state = await asyncio.to_thread(c.shard, 0)
+                raise AssertionError(f"the follower never came back: {state['followers']}")
             assert not readers.errors and not readers.hung, (readers.errors, readers.hung)
             await asyncio.sleep(0.5)
             fresh = await asyncpg.connect(dsn)
