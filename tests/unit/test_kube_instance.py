@@ -79,3 +79,10 @@ def test_role_label_patches() -> None:
     }
     assert roles.label_patch(pod, None) == {"metadata": {"labels": {naming.ROLE_LABEL: None}}}
     assert roles.label_patch({"metadata": {}}, None) is None
+
+
+def test_role_labels_follow_the_agents_role() -> None:
+    assert roles.role_of({"role": "primary"}) is naming.Role.PRIMARY
+    assert roles.role_of({"role": "follower"}) is naming.Role.REPLICA
+    for silent in ({"role": "fenced"}, {"role": "bootstrapping"}, {}, None):
+        assert roles.role_of(silent) is None

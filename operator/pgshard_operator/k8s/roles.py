@@ -17,24 +17,16 @@ from typing import Any
 import aiohttp
 
 from .. import naming
+from ..platform import agent_client
 
 AGENT_ROLES = {"primary": naming.Role.PRIMARY, "follower": naming.Role.REPLICA}
 """The agent's role names (``instance/agent.py``) that map to a pod label."""
 
 
-async def observe(ip: str, timeout: float = 2.0) -> naming.Role | None:
-    """The role the agent at ``ip`` reports; None when it is in no serving role or
-    does not answer."""
-    url = f"http://{ip}:{naming.STATUS_PORT}/status"
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url) as response,
-        ):
-            doc = await response.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
-        return None
-    return AGENT_ROLES.get(str(doc.get("role"))) if isinstance(doc, dict) else None
+def role_of(status: Mapping[str, Any] | None) -> naming.Role | None:
+    """The pod label for an agent's ``/status`` document; None when the member is in no
+    serving role or its agent did not answer."""
+    return AGENT_ROLES.get(str(status.get("role"))) if status else None
 
 
 def label_patch(pod: Mapping[str, Any], role: naming.Role | None) -> dict[str, Any] | None:
@@ -47,8 +39,17 @@ def label_patch(pod: Mapping[str, Any], role: naming.Role | None) -> dict[str, A
 
 
 async def observe_all(pods: list[dict[str, Any]]) -> list[naming.Role | None]:
-    async def one(pod: dict[str, Any]) -> naming.Role | None:
-        ip = (pod.get("status") or {}).get("podIP")
-        return await observe(ip) if ip else None
+    """The role each pod's agent reports, asked all at once over one HTTP session."""
+    async with aiohttp.ClientSession() as http:
+        agents = agent_client.AgentClient(http)
 
-    return list(await asyncio.gather(*(one(p) for p in pods)))
+        async def one(pod: dict[str, Any]) -> naming.Role | None:
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip:
+                return None
+            ref = agent_client.AgentRef(
+                pod["metadata"]["name"], f"http://{ip}:{naming.STATUS_PORT}"
+            )
+            return role_of(await agents.status(ref))
+
+        return list(await asyncio.gather(*(one(p) for p in pods)))
