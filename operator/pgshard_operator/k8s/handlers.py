@@ -109,7 +109,12 @@ def build_registry(
     @kopf.daemon(*resource, registry=registry, cancellation_timeout=15.0)
     async def shard_managers(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         """Failover: one shard manager per shard while the cluster exists."""
-        await managers.run(api, reconcile.cluster_ref(body), lambda: bool(stopped))
+
+        def requested() -> str | None:  # kopf keeps a daemon's body up to date
+            value = body.metadata.annotations.get(naming.SWITCHOVER_ANNOTATION)
+            return None if value is None else str(value)
+
+        await managers.run(api, reconcile.cluster_ref(body), lambda: bool(stopped), requested)
 
     return registry
 

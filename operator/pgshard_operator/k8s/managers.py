@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 CHECK_SECONDS = 5.0
 """How often the cluster's spec is read for added or removed shards."""
 
+WAKE_SECONDS = 0.25
+"""How often the live copy of the cluster is looked at for a new switchover request."""
+
 PLANNED_RETRY_SECONDS = 30.0
 """How long after a failed planned switchover the same one is tried again."""
 
@@ -118,8 +121,16 @@ async def credentials(api: Api, ref: ClusterRef) -> Credentials | None:
     )
 
 
-async def run(api: Api, ref: ClusterRef, stopping: Callable[[], bool]) -> None:
-    """Keep one manager per shard until ``stopping()`` (or cancellation)."""
+async def run(
+    api: Api,
+    ref: ClusterRef,
+    stopping: Callable[[], bool],
+    requested: Callable[[], str | None] = lambda: None,
+) -> None:
+    """Keep one manager per shard until ``stopping()`` (or cancellation).
+
+    ``requested()`` reads the switchover annotation from a live copy of the cluster
+    (kopf's daemon body): a new request is taken up at once, not at the next check."""
     running: dict[int, _Running] = {}
     async with aiohttp.ClientSession() as http:
         try:
@@ -128,9 +139,20 @@ async def run(api: Api, ref: ClusterRef, stopping: Callable[[], bool]) -> None:
                     await _converge(api, ref, http, running)
                 except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.warning("%s: cannot check the shard managers now: %s", ref.name, e)
-                await asyncio.sleep(CHECK_SECONDS)
+                await _pause(requested, stopping)
         finally:
             await _stop(running, list(running))
+
+
+async def _pause(requested: Callable[[], str | None], stopping: Callable[[], bool]) -> None:
+    """Up to ``CHECK_SECONDS``; less when a new switchover request appears."""
+    seen = requested()
+    for _ in range(int(CHECK_SECONDS / WAKE_SECONDS)):
+        await asyncio.sleep(WAKE_SECONDS)
+        now = requested()
+        if stopping() or (now is not None and now != seen):
+            return
+        seen = now
 
 
 async def _stop(running: dict[int, _Running], shards: list[int]) -> None:
