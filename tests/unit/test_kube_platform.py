@@ -31,10 +31,11 @@ def test_process_state() -> None:
     assert kp.process_state(_pod("p", "10.0.0.1", "primary")) is state.ProcessState.ALIVE
     held = _pod("p", "10.0.0.1", "stale", pgRunning=False)
     assert kp.process_state(held) is state.ProcessState.GONE
-    # A terminating pod may still run PostgreSQL.
+    # A terminating pod may still run PostgreSQL: not gone, but going (no detection wait).
     obj = {"metadata": {"name": "p", "deletionTimestamp": "x"}, "status": {"podIP": "10.0.0.1"}}
     terminating = kp.pod_state("p", obj, {"role": "primary", "pgRunning": True})
-    assert kp.process_state(terminating) is state.ProcessState.UNKNOWN
+    assert kp.process_state(terminating) is state.ProcessState.STOPPING
+    assert kp.process_state(kp.pod_state("p", obj, None)) is state.ProcessState.STOPPING
 
 
 def test_members_keep_ordinals_and_last_known_addresses() -> None:

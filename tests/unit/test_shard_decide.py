@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pgshard_operator.shard import actions, decide, policy, record, state
@@ -190,6 +192,17 @@ def test_unreachable_primary_is_only_suspect_within_detection() -> None:
     assert d.kind is K.PRIMARY_SUSPECT
     assert d.actions == ()
     assert "for 3.0s; failing over after 10s" in d.reason
+
+
+def test_a_primary_being_stopped_skips_the_detection_wait_but_not_its_lease() -> None:
+    snap = snapshot()
+    stopping = dataclasses.replace(snap.members[0], process=state.ProcessState.STOPPING)
+    snap = dataclasses.replace(snap, members=(stopping, *snap.members[1:]))
+    d = run(snap, DOWN_OBS, down_since=NOW)
+    assert d.kind is K.FAILING_OVER
+    assert "is being stopped" in d.reason and "no lease held" in d.reason
+    held = dataclasses.replace(snap, lease=lease(expires_at=NOW + 4.5))
+    assert run(held, DOWN_OBS, down_since=NOW).kind is K.WAITING_LEASE
 
 
 def test_read_only_primary_counts_as_down() -> None:

@@ -17,7 +17,9 @@ How the rules of ``platform/base.py`` are kept:
 - ``ProcessState.GONE``: the pod does not exist (the API removes a pod only after
   its containers stopped, and a recreated pod starts with ``--hold-primary``), or
   its agent reports ``stale``/``demoted`` with PostgreSQL not running.
-  ``UNKNOWN`` when the agent does not answer or the pod is terminating.
+  ``STOPPING`` when the pod is terminating (deleted, drained: a primary that stops
+  answering then is failed over without the detection wait, its Lease still
+  honoured); ``UNKNOWN`` when the agent does not answer.
 - The published record names members by pod, carries no credentials (the proxy
   adds its own) and is read back with the manager's DSNs, so the manager's "did
   the structure change?" check sees its own record.
@@ -104,7 +106,9 @@ def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] 
 def process_state(p: PodState) -> state.ProcessState:
     if not p.exists:
         return state.ProcessState.GONE
-    if p.agent is None or p.terminating:
+    if p.terminating:
+        return state.ProcessState.STOPPING
+    if p.agent is None:
         return state.ProcessState.UNKNOWN
     if p.agent.get("role") in _WAITING_ROLES and not p.agent.get("pgRunning"):
         return state.ProcessState.GONE

@@ -15,7 +15,7 @@ Transitions, in the order they are checked:
    primaries, rejoin the old primary after a failover, repoint followers that
    stream from elsewhere, fix ``synchronous_standby_names``, publish changes;
 4. otherwise the primary is down. Failover disabled → ``BLOCKED``. Process not
-   known gone: unreachable for less than ``detectionSeconds`` →
+   known gone nor being stopped: unreachable for less than ``detectionSeconds`` →
    ``PRIMARY_SUSPECT``. Within ``cooldownSeconds`` of the last failover →
    ``COOLDOWN``. Its lease may still be valid → ``WAITING_LEASE``. No
    promotable follower, sync/quorum safety not certain, or (async) the best
@@ -229,6 +229,9 @@ def _primary_down(
         what = f"does not answer ({p_obs.error})"
     if gone:
         what = "process is gone"
+    stopping = primary.process is state.ProcessState.STOPPING
+    if stopping:
+        what += " and is being stopped"
     fo = pol.failover
     if not fo.enabled and not force:
         return Decision(
@@ -238,7 +241,7 @@ def _primary_down(
         )
     since = memory.primary_unreachable_since
     down_for = 0.0 if since is None else now - since
-    if not gone and down_for < fo.detection_seconds:
+    if not gone and not stopping and down_for < fo.detection_seconds:
         return Decision(
             DecisionKind.PRIMARY_SUSPECT,
             f"primary {primary.name} {what} for {down_for:.1f}s; failing over after "

@@ -31,6 +31,10 @@ class ProcessState(enum.Enum):
     write, so it is failed over at once, without waiting for its lease."""
     UNKNOWN = "unknown"
     """The platform cannot tell (treated like ALIVE: wait for the lease)."""
+    STOPPING = "stopping"
+    """Being stopped on purpose (its pod is terminating). Not a passing fault, so a
+    primary in this state that stops answering is failed over without waiting
+    ``detectionSeconds``; its lease is still honoured (it may serve until it stops)."""
 
 
 class RejoinMethod(enum.Enum):
