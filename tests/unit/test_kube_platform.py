@@ -36,6 +36,13 @@ def test_process_state() -> None:
     terminating = kp.pod_state("p", obj, {"role": "primary", "pgRunning": True})
     assert kp.process_state(terminating) is state.ProcessState.STOPPING
     assert kp.process_state(kp.pod_state("p", obj, None)) is state.ProcessState.STOPPING
+    # Created again (another UID than the one it served in), its agent not up yet.
+    new = {"metadata": {"name": "p", "uid": "u2"}, "status": {"podIP": "10.0.0.1"}}
+    assert kp.process_state(kp.pod_state("p", new, None), "u1") is state.ProcessState.REPLACED
+    assert kp.process_state(kp.pod_state("p", new, None), "u2") is state.ProcessState.UNKNOWN
+    assert kp.process_state(kp.pod_state("p", new, None), None) is state.ProcessState.UNKNOWN
+    answering = kp.pod_state("p", new, {"role": "follower", "pgRunning": True})
+    assert kp.process_state(answering, "u1") is state.ProcessState.ALIVE
 
 
 def test_members_keep_ordinals_and_last_known_addresses() -> None:

@@ -205,6 +205,15 @@ def test_a_primary_being_stopped_skips_the_detection_wait_but_not_its_lease() ->
     assert run(held, DOWN_OBS, down_since=NOW).kind is K.WAITING_LEASE
 
 
+def test_a_replaced_primary_pod_is_failed_over_at_once_despite_its_lease() -> None:
+    snap = snapshot(lease=lease(expires_at=NOW + 4.5))
+    replaced = dataclasses.replace(snap.members[0], process=state.ProcessState.REPLACED)
+    snap = dataclasses.replace(snap, members=(replaced, *snap.members[1:]))
+    d = run(snap, DOWN_OBS, down_since=NOW)
+    assert d.kind is K.FAILING_OVER
+    assert "primary p was replaced by a new pod" in d.reason
+
+
 def test_read_only_primary_counts_as_down() -> None:
     obs = by_name(follower_obs("p"), follower_obs("a"), follower_obs("b"))
     d = run(snapshot(), obs, down_since=NOW)

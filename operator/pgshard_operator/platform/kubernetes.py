@@ -17,6 +17,9 @@ How the rules of ``platform/base.py`` are kept:
 - ``ProcessState.GONE``: the pod does not exist (the API removes a pod only after
   its containers stopped, and a recreated pod starts with ``--hold-primary``), or
   its agent reports ``stale``/``demoted`` with PostgreSQL not running.
+  ``REPLACED`` when the pod was deleted and created again (another UID than the
+  one its member was last seen alive in) and its agent does not answer yet: the
+  old process is gone, and the new pod starts with ``--hold-primary``.
   ``STOPPING`` when the pod is terminating (deleted, drained: a primary that stops
   answering then is failed over without the detection wait, its Lease still
   honoured); ``UNKNOWN`` when the agent does not answer.
@@ -84,6 +87,7 @@ class PodState:
 
     pod: str
     exists: bool
+    uid: str | None = None
     terminating: bool = False
     ip: str | None = None
     agent: Mapping[str, Any] | None = None
@@ -97,19 +101,22 @@ def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] 
     return PodState(
         pod,
         exists=True,
+        uid=meta.get("uid"),
         terminating=meta.get("deletionTimestamp") is not None,
         ip=(obj.get("status") or {}).get("podIP"),
         agent=agent,
     )
 
 
-def process_state(p: PodState) -> state.ProcessState:
+def process_state(p: PodState, served_in: str | None = None) -> state.ProcessState:
+    """``served_in``: the UID of the pod the member was last seen alive in."""
     if not p.exists:
         return state.ProcessState.GONE
     if p.terminating:
         return state.ProcessState.STOPPING
     if p.agent is None:
-        return state.ProcessState.UNKNOWN
+        replaced = served_in is not None and p.uid != served_in
+        return state.ProcessState.REPLACED if replaced else state.ProcessState.UNKNOWN
     if p.agent.get("role") in _WAITING_ROLES and not p.agent.get("pgRunning"):
         return state.ProcessState.GONE
     return state.ProcessState.ALIVE
@@ -129,9 +136,11 @@ def members(
     pods: Sequence[PodState],
     record: topology.Shard,
     creds: Credentials,
+    served_in: Mapping[str, str] | None = None,
 ) -> tuple[state.MemberInfo, ...]:
     """The manager's members, in ordinal order; addresses of pods without an IP are the
-    last published ones (so a stopped member is not taken for moved)."""
+    last published ones (so a stopped member is not taken for moved). ``served_in``:
+    pod name -> UID of the pod its member was last seen alive in."""
     known = {m.name: m.address for m in (record.primary, *record.followers) if m is not None}
     out = []
     for p in pods:
@@ -146,7 +155,7 @@ def members(
                 name=name,
                 address=address,
                 dsn=creds.superuser_dsn(address),
-                process=process_state(p),
+                process=process_state(p, (served_in or {}).get(p.pod)),
                 bootstrapping=p.agent is not None
                 and p.agent.get("role") in ("bootstrapping", "rejoining"),
             )
@@ -311,6 +320,8 @@ class KubernetesPlatform:
             api, ref.namespace, naming.shard_lease(ref.cluster, ref.index)
         )
         self._ips: dict[str, str] = {}
+        self._served_in: dict[str, str] = {}
+        """Pod name -> UID of the pod its member was last seen alive in."""
         """Pod IP per member as last read (actions go to the agent there)."""
 
     # -- reading -----------------------------------------------------------------------
@@ -388,8 +399,17 @@ class KubernetesPlatform:
             with contextlib.suppress(base.PlatformConflict):
                 await self.publish_topology(record, record_version(record))
         infos = members(
-            self.ref.cluster, self.ref.namespace, self.ref.index, pods, record, self.creds
+            self.ref.cluster,
+            self.ref.namespace,
+            self.ref.index,
+            pods,
+            record,
+            self.creds,
+            self._served_in,
         )
+        for p, info in zip(pods, infos, strict=True):
+            if info.process is state.ProcessState.ALIVE and p.uid:
+                self._served_in[p.pod] = p.uid
         self._ips = {member_name(p.pod): p.ip for p in pods if p.ip}
         return state.ShardSnapshot(
             members=infos, shard=record, version=record_version(record), lease=held

@@ -220,7 +220,7 @@ def _primary_down(
 ) -> Decision:
     primary = snapshot.member(snapshot.primary or "")
     p_obs = observations.get(primary.name)
-    gone = primary.process is state.ProcessState.GONE
+    gone = primary.process in (state.ProcessState.GONE, state.ProcessState.REPLACED)
     if p_obs is None:
         what = "was not observed"
     elif p_obs.ok:
@@ -228,7 +228,8 @@ def _primary_down(
     else:
         what = f"does not answer ({p_obs.error})"
     if gone:
-        what = "process is gone"
+        replaced = primary.process is state.ProcessState.REPLACED
+        what = "was replaced by a new pod" if replaced else "process is gone"
     stopping = primary.process is state.ProcessState.STOPPING
     if stopping:
         what += " and is being stopped"

@@ -31,6 +31,10 @@ class ProcessState(enum.Enum):
     write, so it is failed over at once, without waiting for its lease."""
     UNKNOWN = "unknown"
     """The platform cannot tell (treated like ALIVE: wait for the lease)."""
+    REPLACED = "replaced"
+    """Its pod was deleted and created again, and the new one does not answer yet: the
+    process that ran is gone (like GONE, a primary is failed over at once), and the new
+    one starts held (never primary on its own). A follower is left to come back."""
     STOPPING = "stopping"
     """Being stopped on purpose (its pod is terminating). Not a passing fault, so a
     primary in this state that stops answering is failed over without waiting
