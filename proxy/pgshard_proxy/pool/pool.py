@@ -57,6 +57,8 @@ class Pool:
         self._size = 0
         self._freed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connecting: set[asyncio.Future[BackendConnection]] = set()
+        """Connects under way: a retired pool stops them (its member may never answer)."""
 
     @property
     def size(self) -> int:
@@ -77,18 +79,34 @@ class Pool:
                 async with self._freed:
                     await self._freed.wait()
         self._size += 1
-        try:
-            return await BackendConnection.connect(
+        connect = asyncio.ensure_future(
+            BackendConnection.connect(
                 member_name=self.key.member_name,
                 address=self.key.address,
                 database=self.key.database,
                 credentials=self.credentials,
                 timeout=self.connect_timeout,
             )
+        )
+        self._connecting.add(connect)
+        try:
+            return await connect
+        except asyncio.CancelledError:
+            self._size -= 1
+            self._notify()
+            current = asyncio.current_task()
+            if self.retired and not (current and current.cancelling()):
+                # retire() stopped it: a new epoch named another primary meanwhile.
+                raise BackendError(
+                    f"{self.key.member_name} left its role while the proxy was connecting"
+                ) from None
+            raise
         except BaseException:
             self._size -= 1
             self._notify()
             raise
+        finally:
+            self._connecting.discard(connect)
 
     def release(self, conn: BackendConnection) -> None:
         """Take a connection back; reset it in the background before reuse."""
@@ -128,8 +146,11 @@ class Pool:
         task.add_done_callback(self._tasks.discard)
 
     def retire(self) -> None:
-        """Never lend again; close idle connections now, borrowed ones on return."""
+        """Never lend again; close idle connections now, borrowed ones on return, and
+        stop connects under way."""
         self.retired = True
+        for connect in self._connecting:
+            connect.cancel()
         while self._idle:
             self._idle.popleft().close()
             self._size -= 1

@@ -95,6 +95,8 @@ _FUNCTION_CALL = Classified(Kind.WRITE)
 # An extended batch with nothing but Describe/Execute/Sync: any server will do.
 _SYNC_ONLY = Classified(Kind.OTHER)
 PROXY_PREFIX = "pgshard."
+STARTUP_ATTEMPTS = 3
+"""Connects to the primary a new session makes while topologies keep changing under it."""
 
 # Startup parameters that are not server settings to replay.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
@@ -391,11 +393,7 @@ class Session(asyncio.Protocol):
 
     async def _connect_first(self) -> None:
         try:
-            b = await self._acquire(router.route(
-                classify("BEGIN"), mode=Mode.STRONG, in_transaction=None, pinned=True,
-                shard=self.ctx.shard(), tokens=self.consistency.tokens, replayed={},
-                max_wait_ms=0,
-            ))  # fmt: skip
+            b = await self._acquire_primary_at_startup()
             if self._set_log:
                 error = await b.run_hidden(
                     "; ".join(self._set_log), self.ctx.settings.connect_timeout
@@ -416,6 +414,25 @@ class Session(asyncio.Protocol):
         self._transport.write(b"".join(out))
         self.state = State.READY
         self._process()
+
+    async def _acquire_primary_at_startup(self) -> BackendConnection:
+        """The current primary; tried again (a few times) when a new topology came while
+        connecting: the primary it named may have gone away without a word."""
+        for _ in range(STARTUP_ATTEMPTS - 1):
+            topo = self.ctx.topology
+            try:
+                return await self._acquire(self._primary_route())
+            except (BackendError, TimeoutError):
+                if self.ctx.topology is topo:
+                    raise
+        return await self._acquire(self._primary_route())
+
+    def _primary_route(self) -> Route:
+        return router.route(
+            classify("BEGIN"), mode=Mode.STRONG, in_transaction=None, pinned=True,
+            shard=self.ctx.shard(), tokens=self.consistency.tokens, replayed={},
+            max_wait_ms=0,
+        )  # fmt: skip
 
     # --- borrowing servers
 
@@ -474,10 +491,14 @@ class Session(asyncio.Protocol):
             self._transport.resume_reading()
 
     async def _acquire_then_resume(self, route: Route) -> None:
+        topo = self.ctx.topology
         try:
             await self._acquire(route)
         except (BackendError, TimeoutError, NoPrimary) as e:
             self._decided = None
+            if self.ctx.topology is not topo:  # a new topology already: route again now
+                self._unblock()
+                return
             await self._wait_for_topology(
                 f"pgshard-proxy cannot reach {route.role.value} {route.member.name}: {e}"
             )
