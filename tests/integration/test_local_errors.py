@@ -109,6 +109,13 @@ def test_up_after_a_refusal_creates_the_cluster_in_the_same_dir(pg_tmp: Path) ->
     assert processes_naming(c.dir) == []
 
 
+def refused_up(c: localcluster.LocalCluster) -> str:
+    """Run ``local up`` for a one-shard, one-follower cluster that must fail: its stderr."""
+    failed = c.cli("local", "up", f"--dir={c.dir}", *c.create_args(1, 1), check=False)
+    assert failed.returncode != 0
+    return failed.stderr
+
+
 def test_up_refuses_a_follower_that_does_not_fit_and_resumes_once_there_is_room(
     pg_tmp: Path,
 ) -> None:
@@ -117,9 +124,7 @@ def test_up_refuses_a_follower_that_does_not_fit_and_resumes_once_there_is_room(
     with mountns.private_tmpfs(pg_tmp / "cluster", size_mb=100) as disk:
         c = localcluster.new(pg_tmp, shards=1, replicas=1, disk=disk)
         try:
-            failed = c.cli("local", "up", f"--dir={c.dir}", *c.create_args(1, 1), check=False)
-            assert failed.returncode != 0
-            err = failed.stderr
+            err = refused_up(c)
             assert "s0m1 could not be created: not enough disk space for member s0m1 " in err
             assert f"in {c.dir}/members/s0m1: a snapshot of primary {c.host}:{c.base_port} " in err
             assert re.search(
@@ -153,9 +158,7 @@ def test_a_disk_filling_during_the_copy_loses_only_the_partial_copy(pg_tmp: Path
     with mountns.private_tmpfs(pg_tmp / "cluster", size_mb=400, nr_inodes=2000) as disk:
         c = localcluster.new(pg_tmp, shards=1, replicas=1, disk=disk)
         try:
-            failed = c.cli("local", "up", f"--dir={c.dir}", *c.create_args(1, 1), check=False)
-            assert failed.returncode != 0
-            err = failed.stderr
+            err = refused_up(c)
             assert "s0m1 could not be created: disk full while snapshot of primary " in err
             assert f"for member s0m1 in {c.dir}/members/s0m1 (" in err
             assert re.search(r"\d+ MB free of 400 MB, \d+ inodes free now\)", err), err
