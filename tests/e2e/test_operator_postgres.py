@@ -54,21 +54,31 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
 
     wait_for("a Ready cluster with each shard's primary and followers in the status", ready,
              300, every=2)  # fmt: skip
-    items = get(kube, "pods", "-n", ns, "-l", "app.kubernetes.io/component=instance")["items"]
-    pods = {p["metadata"]["name"]: p for p in items}
-    assert len(pods) == 6
+
+    def labelled() -> dict[str, dict[str, Any]] | None:
+        """The pods, once all of them carry their role labels (set at the next refresh)."""
+        items = get(kube, "pods", "-n", ns, "-l", "app.kubernetes.io/component=instance")
+        pods = {p["metadata"]["name"]: p for p in items["items"]}
+        roles = [
+            [pods[f"{name}-shard-{i}-{n}"]["metadata"]["labels"].get("pgshard.io/role")
+             for n in range(3)]
+            for i in range(2)
+        ]  # fmt: skip
+        return pods if len(pods) == 6 and roles == [["primary", "replica", "replica"]] * 2 else None
+
+    pods = wait_for("every pod labelled with its role", labelled, 30, every=1)
+
+    def endpoints(service: str) -> list[str]:
+        ep = get(kube, "endpoints", "-n", ns, service)
+        return sorted(a["ip"] for s in ep.get("subsets") or () for a in s.get("addresses") or ())
+
     for i in range(2):
-        roles = [pods[f"{name}-shard-{i}-{n}"]["metadata"]["labels"]["pgshard.io/role"]
-                 for n in range(3)]  # fmt: skip
-        assert roles == ["primary", "replica", "replica"], (i, roles)
-        rw = get(kube, "endpoints", "-n", ns, f"{name}-shard-{i}-rw")
-        assert [a["ip"] for s in rw["subsets"] for a in s["addresses"]] == [
-            pods[f"{name}-shard-{i}-0"]["status"]["podIP"]
-        ]
-        ro = get(kube, "endpoints", "-n", ns, f"{name}-shard-{i}-ro")
-        assert sorted(a["ip"] for s in ro["subsets"] for a in s["addresses"]) == sorted(
-            pods[f"{name}-shard-{i}-{n}"]["status"]["podIP"] for n in (1, 2)
-        )
+        ips = [pods[f"{name}-shard-{i}-{n}"]["status"]["podIP"] for n in range(3)]
+        # The endpoints controller follows the labels.
+        wait_for(f"shard {i}'s -rw/-ro endpoints", lambda i=i, ips=ips: (
+            endpoints(f"{name}-shard-{i}-rw") == ips[:1]
+            and endpoints(f"{name}-shard-{i}-ro") == sorted(ips[1:])
+        ), 30, every=1)  # fmt: skip
 
     secret = get(kube, "secret", "-n", ns, f"{name}-app")["data"]
     uri = urlsplit(base64.b64decode(secret["uri"]).decode())
@@ -130,8 +140,13 @@ def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
         f"{name}-shard-0-1",
         f"{name}-shard-0-2",
     ]
-    new = get(kube, "pod", "-n", ns, f"{name}-shard-0-2")
-    assert new["metadata"]["labels"]["pgshard.io/role"] == "replica"
+
+    def labelled_replica() -> dict[str, Any] | None:
+        pod: dict[str, Any] = get(kube, "pod", "-n", ns, f"{name}-shard-0-2")
+        return pod if pod["metadata"]["labels"].get("pgshard.io/role") == "replica" else None
+
+    # The label follows the agent's role at the operator's next refresh.
+    new = wait_for("the new follower labelled replica", labelled_replica, 30, every=1)
     direct = f"postgresql://app:{uri.password}@{new['status']['podIP']}:5432/app"
 
     def on_new_follower() -> str:
