@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import asyncpg
@@ -145,29 +144,12 @@ async def drop_slot(up: Upstream, creds: Credentials, slot: str, timeout: float 
 
     Best effort: a slot left behind is logged, the caller's error is the one that matters.
     """
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            row = await sql.fetchrow(
-                up.host,
-                up.port,
-                creds,
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                slot,
-            )
-            if row is None:
-                return
-            if not row["active"]:
-                try:
-                    await sql.fetchrow(
-                        up.host, up.port, creds, "SELECT pg_drop_replication_slot($1)", slot
-                    )
-                    return
-                except asyncpg.ObjectInUseError:
-                    pass  # a sender came back between the two statements
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"still in use after {timeout:.0f}s")
-            await asyncio.sleep(0.1)
+        conn = await sql.connect(up.host, up.port, creds)
+        try:
+            await sql.drop_slot_when_idle(conn, slot, timeout)
+        finally:
+            await conn.close()
     except (OSError, TimeoutError, asyncpg.PostgresError) as e:
         log.warning("replication slot %s on %s left in place: %s", slot, up.address, e)
 

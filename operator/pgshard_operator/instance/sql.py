@@ -54,3 +54,24 @@ async def wait_ready(
         await conn.close()
         return
     raise TimeoutError(f"postgres on {host}:{port} not ready after {timeout:.0f}s: {last}")
+
+
+async def drop_slot_when_idle(conn: Any, slot: str, timeout: float) -> None:
+    """Drop the replication slot ``slot`` over ``conn`` once no sender uses it (one may
+    still be leaving); gone already is fine. TimeoutError if it stays in use."""
+    deadline = time.monotonic() + timeout
+    while True:
+        active = await conn.fetchval(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot
+        )
+        if active is None:
+            return
+        if not active:
+            try:
+                await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+                return
+            except asyncpg.ObjectInUseError:
+                pass  # a sender came back between the two statements
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replication slot {slot} still in use after {timeout:.0f}s")
+        await asyncio.sleep(0.1)

@@ -20,6 +20,7 @@ from collections.abc import Collection, Mapping
 
 import asyncpg
 
+from ..instance import sql
 from .layout import ClusterConfig, LayoutError, MemberSpec, ReplicationMode, validate
 
 
@@ -108,22 +109,9 @@ async def drop_slot(primary_dsn: str, slot: str, timeout: float) -> None:
     """Drop the replication slot ``slot`` on the primary once its sender is gone."""
     conn = await _connect(primary_dsn)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            active = await conn.fetchval(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot
-            )
-            if active is None:
-                return
-            if not active:
-                try:
-                    await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
-                    return
-                except asyncpg.ObjectInUseError:
-                    pass  # its sender came back between the two statements
-            if time.monotonic() > deadline:
-                raise ScaleRefused(f"replication slot {slot} is still in use after {timeout:.0f}s")
-            await asyncio.sleep(0.1)
+        await sql.drop_slot_when_idle(conn, slot, timeout)
+    except TimeoutError as e:
+        raise ScaleRefused(str(e)) from None
     finally:
         await conn.close()
 
