@@ -8,7 +8,9 @@ proxy. The primary is frozen mid-run; the supervisor fails over. Expected
 (DESIGN §5, issue 3 item 5): every statement ends within a bound, either
 acknowledged or with a clear error (08007 outcome unknown, or cannot reach);
 asyncpg never sees a message sequence it does not expect (``InternalClientError``);
-afterwards every writer writes through the new primary.
+afterwards every writer writes through the new primary, every acknowledged write is
+on it (sync mode loses none), and no write acknowledged after the proxy saw the new
+epoch came from the old primary (each acknowledgement records ``inet_server_port()``).
 """
 
 from __future__ import annotations
