@@ -122,8 +122,7 @@ def test_up_refuses_a_follower_that_does_not_fit_and_resumes_once_there_is_room(
     # The primary takes ~46 MB (initdb, one WAL segment), ~62 MB once a snapshot
     # started (a WAL switch); a follower's snapshot needs ~62 MB plus 32 MB headroom.
     with mountns.private_tmpfs(pg_tmp / "cluster", size_mb=100) as disk:
-        c = localcluster.new(pg_tmp, shards=1, replicas=1, disk=disk)
-        try:
+        with localcluster.cleaned_up(localcluster.new(pg_tmp, 1, 1, disk)) as c:
             err = refused_up(c)
             assert "s0m1 could not be created: not enough disk space for member s0m1 " in err
             assert f"in {c.dir}/members/s0m1: a snapshot of primary {c.host}:{c.base_port} " in err
@@ -143,12 +142,6 @@ def test_up_refuses_a_follower_that_does_not_fit_and_resumes_once_there_is_room(
             shard = c.shard(0)
             assert shard["primary"]["name"] == "s0m0"
             assert [(f["name"], f["state"]) for f in shard["followers"]] == [("s0m1", "streaming")]
-        except BaseException:
-            c.print_logs()
-            raise
-        finally:
-            c.down()
-            c.kill_leftovers()
         assert disk.pids() == []
 
 
@@ -156,8 +149,7 @@ def test_a_disk_filling_during_the_copy_loses_only_the_partial_copy(pg_tmp: Path
     # Bytes are plenty, files are not: the primary's PGDATA has ~1300, and so does its
     # snapshot, which fails half-way with "No space left on device".
     with mountns.private_tmpfs(pg_tmp / "cluster", size_mb=400, nr_inodes=2000) as disk:
-        c = localcluster.new(pg_tmp, shards=1, replicas=1, disk=disk)
-        try:
+        with localcluster.cleaned_up(localcluster.new(pg_tmp, 1, 1, disk)) as c:
             err = refused_up(c)
             assert "s0m1 could not be created: disk full while snapshot of primary " in err
             assert f"for member s0m1 in {c.dir}/members/s0m1 (" in err
@@ -167,12 +159,6 @@ def test_a_disk_filling_during_the_copy_loses_only_the_partial_copy(pg_tmp: Path
             assert sorted(p.name for p in (c.files / "members" / "s0m1").iterdir()) == []
             # The slot made for the copy is gone: the primary keeps no WAL for it.
             assert slots_on_disk(c, "s0m0") == []
-        except BaseException:
-            c.print_logs()
-            raise
-        finally:
-            c.down()
-            c.kill_leftovers()
         assert disk.pids() == []
 
 

@@ -156,9 +156,16 @@ def new(
 def running(
     base: Path, *up_args: str, shards: int = 1, replicas: int = 2
 ) -> Iterator[LocalCluster]:
-    cluster = new(base, shards, replicas)
-    try:
+    with cleaned_up(new(base, shards, replicas)) as cluster:
         cluster.up(*cluster.create_args(shards, replicas), *up_args)
+        yield cluster
+
+
+@contextlib.contextmanager
+def cleaned_up(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """``cluster``, stopped and with no process left afterwards; its logs are printed
+    when the block fails."""
+    try:
         yield cluster
     except BaseException:
         cluster.print_logs()  # pytest shows it with the failure
