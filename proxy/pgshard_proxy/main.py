@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import metrics, workers
 from .server.listener import ProxyServer
 from .settings import ProxySettings, SettingsError, from_sources
 from .topology.file import FileTopologySource
@@ -42,14 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-method", choices=["scram-sha-256", "md5", "trust"])
     p.add_argument("--tls-cert", type=Path, help="PEM certificate enabling TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-required",
+        action="store_true",
+        default=None,
+        help="refuse clients that do not use TLS (needs --tls-cert/--tls-key)",
+    )
     p.add_argument("--consistency", choices=["session", "eventual", "strong"])
     p.add_argument("--max-wait-ms", type=int, help="wait for a lagging follower at most this")
+    p.add_argument(
+        "--zone", help="this proxy's zone: reads prefer followers in it (PGSHARD_PROXY_ZONE)"
+    )
     p.add_argument("--pool-size", type=int, help="most connections per member and database")
+    p.add_argument(
+        "--buffer-window-ms",
+        type=int,
+        help="hold a switching shard's new requests at most this long (0: off) [5000]",
+    )
+    p.add_argument(
+        "--buffer-max-requests",
+        type=int,
+        help="most requests held per shard during a switchover; more fail at once [1000]",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at GET /metrics on this port"
+    )
     p.add_argument(
         "--follower-read-timeout",
         type=float,
         metavar="SECONDS",
         help="retry on the primary a read its follower left unanswered this long [5]",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own pools [1]",
     )
     p.add_argument(
         "--exit-with-parent",
@@ -68,10 +96,16 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         "auth_method": args.auth_method,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
+        "tls_required": args.tls_required,
         "consistency": args.consistency,
         "max_wait_ms": args.max_wait_ms,
+        "zone": args.zone,
         "pool_size": args.pool_size,
+        "metrics_port": args.metrics_port,
         "follower_read_timeout": args.follower_read_timeout,
+        "workers": args.workers,
+        "buffer_window_ms": args.buffer_window_ms,
+        "buffer_max_requests": args.buffer_max_requests,
     }
     if args.user:
         flags["users"] = ",".join(args.user)
@@ -108,9 +142,27 @@ async def _watch_parent(stop: asyncio.Event, interval: float = 1.0) -> None:
     stop.set()
 
 
-async def serve(settings: ProxySettings, exit_with_parent: bool = False) -> None:
-    server = ProxyServer(settings, topology_source(settings))
-    await server.start()
+async def serve(
+    settings: ProxySettings,
+    exit_with_parent: bool = False,
+    worker: int = 0,
+    cancel_dir: Path | None = None,
+) -> None:
+    server = ProxyServer(settings, topology_source(settings), worker=worker, cancel_dir=cancel_dir)
+    # Metrics first: once clients are served, so is /metrics.
+    exporter = None
+    if settings.metrics_port is not None:
+        port = settings.metrics_port + worker  # each worker process has its own metrics
+        try:
+            exporter = await metrics.serve(server.ctx.metrics, settings.host, port)
+        except OSError as e:
+            raise ValueError(f"cannot serve metrics on {settings.host}:{port}: {e}") from None
+    try:
+        await server.start()
+    except BaseException:
+        if exporter is not None:
+            await exporter.cleanup()
+        raise
     print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,6 +174,8 @@ async def serve(settings: ProxySettings, exit_with_parent: bool = False) -> None
     finally:
         if watcher is not None:
             watcher.cancel()
+        if exporter is not None:
+            await exporter.cleanup()
         await server.close()
 
 
@@ -140,6 +194,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"pgshard-proxy: error: {e}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        # Workers stop when the supervising parent is gone (exit_with_parent).
+        return workers.supervise(
+            settings.workers,
+            lambda index, cancel_dir: run(settings, True, index, cancel_dir),
+            args.exit_with_parent,
+        )
+    return run(settings, args.exit_with_parent)
+
+
+def run(
+    settings: ProxySettings,
+    exit_with_parent: bool,
+    worker: int = 0,
+    cancel_dir: Path | None = None,
+) -> int:
+    """One proxy process (the only one, or worker ``worker``) until signalled."""
     try:
         import uvloop
 
@@ -148,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.Runner()
     try:
         with runner:
-            runner.run(serve(settings, args.exit_with_parent))
-    except (SettingsError, ValueError, TimeoutError) as e:
+            runner.run(serve(settings, exit_with_parent, worker, cancel_dir))
+    except (SettingsError, ValueError, TimeoutError, OSError) as e:
         print(f"pgshard-proxy: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -51,6 +51,10 @@ class User:
         return None
 
 
+MAX_WORKERS = 64
+"""Most worker processes (their index is part of every cancel key)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ProxySettings:
     host: str = "127.0.0.1"
@@ -67,9 +71,16 @@ class ProxySettings:
     tls_cert: Path | None = None
     """PEM certificate; with ``tls_key`` clients may use TLS (else SSLRequest gets 'N')."""
     tls_key: Path | None = None
+    tls_required: bool = False
+    """Refuse clients that do not use TLS (FATAL 28000 at their startup packet, as
+    PostgreSQL's ``hostssl``); needs ``tls_cert``. Cancel requests are still accepted."""
     consistency: Consistency = Consistency.SESSION
     max_wait_ms: int = 1000
     """How long a read may wait for a lagging follower before going to the primary."""
+    zone: str | None = None
+    """``proxy.zone``: the failure zone this proxy runs in. Reads prefer followers whose
+    topology ``zone`` is this one (when they have the session's position), then any
+    follower, then the primary. ``None``: no preference."""
     pool_size: int = 100
     """Most connections the proxy opens to one member for one database."""
     connect_timeout: float = 5.0
@@ -83,9 +94,31 @@ class ProxySettings:
     failover_wait: float = 30.0
     """Seconds a statement waits for its server to become reachable again (a failover
     in progress: the topology changes) before it fails with SQLSTATE 57P03."""
+    buffer_window_ms: int = 5000
+    """``proxy.bufferWindowMs``: while the topology shows a shard ``switching`` (a planned
+    switchover), a request that needs its primary and is not part of an open transaction
+    waits up to this long for the new primary instead of failing; then it fails with
+    SQLSTATE 57P03. 0 turns holding off (requests run into the switchover's errors)."""
+    buffer_max_requests: int = 1000
+    """``proxy.bufferMaxRequests``: most requests held per shard at once (per worker);
+    one more fails at once with SQLSTATE 57P03."""
     max_clients: int = 1000
+    """Most authenticated client sessions; clients still logging in are not counted."""
+    max_pending_logins: int = 100
+    """Most connections still logging in (before AuthenticationOk). One more closes the
+    one that has been logging in longest: real clients log in within milliseconds, so
+    idle or slow connects cannot lock them out."""
+    authentication_timeout: float = 60.0
+    """Seconds a connection may take to log in (PostgreSQL's authentication_timeout)."""
     max_message_bytes: int = (1 << 30) - 1
     """Largest Query/Bind/CopyData message accepted from a client."""
+    workers: int = 1
+    """Worker processes sharing the listening port (``SO_REUSEPORT``), each with its own
+    sessions, pools (``pool_size`` each) and position monitor; at most 64."""
+    metrics_port: int | None = None
+    """Port of the Prometheus endpoint ``GET /metrics`` on ``host`` (9187 in pods);
+    ``None``: no endpoint. With ``workers`` > 1, worker *i* serves its own on the port
+    plus *i*."""
 
 
 def parse_users(text: str) -> dict[str, User]:
@@ -126,6 +159,15 @@ def _int(value: object, what: str, minimum: int = 0) -> int:
     return n
 
 
+def _bool(value: object, what: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise SettingsError(f"{what} must be true or false, not {value!r}")
+
+
 def from_sources(
     file: Path | None, env: Mapping[str, str], flags: Mapping[str, object]
 ) -> ProxySettings:
@@ -140,8 +182,9 @@ def from_sources(
             raise SettingsError(f"config file {file} must hold a mapping of settings")
         raw.update(doc)
     for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
-                "tls_key", "consistency", "max_wait_ms", "pool_size", "follower_read_timeout",
-                "users"):  # fmt: skip
+                "tls_key", "tls_required", "consistency", "max_wait_ms", "pool_size",
+                "follower_read_timeout", "authentication_timeout", "workers", "metrics_port",
+                "users", "buffer_window_ms", "buffer_max_requests", "zone"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env
@@ -162,15 +205,23 @@ def from_sources(
     s = ProxySettings(users=users)
     changes: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("port", "max_wait_ms", "pool_size", "max_clients", "max_message_bytes"):
-            changes[key] = _int(value, key, 1 if key != "max_wait_ms" else 0)
+        if key in (
+            "port", "max_wait_ms", "pool_size", "max_clients", "max_pending_logins",
+            "max_message_bytes", "workers", "metrics_port", "buffer_window_ms",
+            "buffer_max_requests",
+        ):  # fmt: skip
+            changes[key] = _int(value, key, 0 if key in ("max_wait_ms", "buffer_window_ms") else 1)
         elif key in ("topology_file", "tls_cert", "tls_key"):
             changes[key] = Path(str(value))
+        elif key == "tls_required":
+            changes[key] = _bool(value, key)
         elif key == "auth_method":
             changes[key] = _enum(auth.AuthMethod, value, key)
         elif key == "consistency":
             changes[key] = _enum(Consistency, value, key)
-        elif key in ("connect_timeout", "failover_wait", "follower_read_timeout"):
+        elif key in (
+            "connect_timeout", "failover_wait", "follower_read_timeout", "authentication_timeout"
+        ):  # fmt: skip
             try:
                 changes[key] = float(str(value))
             except ValueError:
@@ -180,13 +231,21 @@ def from_sources(
         else:
             changes[key] = str(value)
     s = dataclasses.replace(s, **changes)
+    if s.workers > MAX_WORKERS:
+        raise SettingsError(f"workers must be at most {MAX_WORKERS}, not {s.workers}")
     if s.topology_cluster is not None and s.topology_cluster.count("/") != 1:
         raise SettingsError(
             f"topology_cluster must be NAMESPACE/NAME of a ShardedCluster, "
             f"not {s.topology_cluster!r}"
         )
+    if s.zone is not None and not s.zone.strip():
+        raise SettingsError("zone must be a zone name (e.g. eu-west-1a), not empty")
     if (s.tls_cert is None) != (s.tls_key is None):
         raise SettingsError("tls_cert and tls_key must be given together")
+    if s.tls_required and s.tls_cert is None:
+        raise SettingsError(
+            "tls_required needs a certificate: give tls_cert and tls_key (--tls-cert/--tls-key)"
+        )
     if s.auth_method is not auth.AuthMethod.TRUST and not s.users:
         raise SettingsError(
             f"auth_method {s.auth_method.value} needs at least one user "

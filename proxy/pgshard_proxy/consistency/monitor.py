@@ -18,8 +18,9 @@ first answer after a reconnect. A primary's task runs one
 with ``synchronous_commit = off`` the write position may still be behind a
 commit record that is already visible). Every wait is bounded by a setting.
 
-Positions are WAL LSNs (``wal`` replication); ``statement`` mode will read the
-statement log's sequence number instead.
+Positions are WAL LSNs (``wal`` replication), or in ``statement`` mode the highest
+sequence number in the member's statement log (a follower's applier copies each entry
+it applies into its own log, so that is its applied position).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 import asyncpg
 
-from pgshard_proxy.contract import positions
+from pgshard_proxy.contract import positions, statement_log
 from pgshard_proxy.contract.positions import Position
 from pgshard_proxy.contract.topology import Member, Topology
 
@@ -80,6 +81,8 @@ class _Target:
     member: Member
     shard: int
     primary: bool
+    method: str = "wal"
+    """``statement``: positions are the statement log's sequence numbers."""
 
 
 class _Watch:
@@ -171,6 +174,11 @@ class _Watch:
         # Our own bound as well as the driver's: the probe must end even if the
         # driver's timeout handling waits on the (frozen) server.
         async with asyncio.timeout(self._settings.query_timeout):
+            if self.target.method == "statement":
+                seq = await conn.fetchval(
+                    statement_log.POSITION_SQL, timeout=self._settings.query_timeout
+                )
+                return None if seq is None else Position(int(seq))
             text = await conn.fetchval(POSITION_SQL, timeout=self._settings.query_timeout)
         return None if text is None else positions.parse_lsn(text)
 
@@ -262,6 +270,18 @@ class PositionMonitor:
         """Follower name -> latest replayed position; live, read-only (pass to the router)."""
         self._watches: dict[str, _Watch] = {}
         self._primaries: dict[int, str] = {}
+        self._capture_problem: str | None = None
+
+    def capture_result(self, problem: str | None) -> None:
+        """A session's position capture failed (``problem``) or worked (None): logged once
+        per change, not for every write of every session."""
+        if problem == self._capture_problem:
+            return
+        if problem is None:
+            log.info("position captures work again")
+        else:
+            log.warning("session position capture failed, reading from the primary: %s", problem)
+        self._capture_problem = problem
 
     async def start(self, topology: Topology) -> None:
         await self.update(topology)
@@ -272,16 +292,19 @@ class PositionMonitor:
         primaries: dict[int, str] = {}
         for shard in topology.shards:
             if shard.primary is not None:
-                wanted[shard.primary.name] = _Target(shard.primary, shard.index, True)
+                wanted[shard.primary.name] = _Target(
+                    shard.primary, shard.index, True, topology.method
+                )
                 primaries[shard.index] = shard.primary.name
             for f in shard.followers:
-                wanted[f.name] = _Target(f, shard.index, False)
-        stale = [n for n, w in self._watches.items() if wanted.get(n) != w.target]
-        await self._stop([self._watches.pop(n) for n in stale])
+                wanted[f.name] = _Target(f, shard.index, False, topology.method)
+        stale = [self._watches.pop(n) for n, w in list(self._watches.items())
+                 if wanted.get(n) != w.target]  # fmt: skip
         for name, target in wanted.items():
             if name not in self._watches:
                 self._watches[name] = _Watch(target, self.settings, self._connect, self._replayed)
         self._primaries = primaries
+        await self._stop(stale)
 
     async def close(self) -> None:
         watches = list(self._watches.values())
@@ -321,9 +344,16 @@ class PositionMonitor:
             ) from None
 
     @staticmethod
-    async def _stop(watches: list[_Watch]) -> None:
-        for w in watches:
-            w.task.cancel()
-        for w in watches:
-            with contextlib.suppress(asyncio.CancelledError):
-                await w.task
+    async def _stop(watches: list[_Watch], attempts: int = 5, wait: float = 0.5) -> None:
+        """Cancel the watches' tasks and wait (bounded) for them to end. The proxy's
+        topology loop awaits this: a task that shrugs off a cancellation (Python 3.11's
+        ``asyncio.wait_for`` can) is cancelled again, and at worst left behind."""
+        tasks = {w.task for w in watches}
+        for _ in range(attempts):
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=wait)
+        names = ", ".join(sorted(t.get_name() for t in tasks))
+        log.error("position monitor: %s did not stop when cancelled; left behind", names)

@@ -1,6 +1,6 @@
 """One client session's consistency state: the async glue between router, tokens and monitor.
 
-Owned by the client session (``server/session.py``, one instance per client
+Owned by the client session (``server/session/client.py``, one instance per client
 connection). The session asks :meth:`SessionConsistency.route_now` for the
 member of each request — a plain call that answers on the hot path — and only
 when that returns None awaits :meth:`SessionConsistency.route` (a position
@@ -14,7 +14,6 @@ startup option are answered with :meth:`apply` and :meth:`show`.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from pgshard_proxy.contract.topology import Shard
 from pgshard_proxy.routing import router
@@ -25,14 +24,20 @@ from . import tracker
 from .monitor import PositionMonitor, PositionUnavailable
 from .tracker import Mode, SessionTokens
 
-log = logging.getLogger(__name__)
-
 
 class SessionConsistency:
     def __init__(
-        self, monitor: PositionMonitor, *, mode: Mode, max_wait_ms: int, seed: int = 0
+        self,
+        monitor: PositionMonitor,
+        *,
+        mode: Mode,
+        max_wait_ms: int,
+        seed: int = 0,
+        zone: str | None = None,
     ) -> None:
         self.monitor = monitor
+        self.zone = zone
+        """The proxy's zone: its followers are preferred (``proxy.zone``)."""
         self.default_mode = mode
         self.mode = mode
         self.max_wait_ms = max_wait_ms
@@ -141,13 +146,15 @@ class SessionConsistency:
             replayed=self.monitor.replayed_map,
             max_wait_ms=self.max_wait_ms,
             seed=self.seed,
+            zone=self.zone,
         )
 
     async def _capture(self, shard: int) -> None:
         try:
             pos = await self.monitor.primary_position(shard)
         except PositionUnavailable as e:
-            log.warning("session position capture failed, reading from the primary: %s", e)
+            self.monitor.capture_result(str(e))
             self.tokens.capture_failed(shard)
         else:
+            self.monitor.capture_result(None)
             self.tokens.after_write(shard, pos)

@@ -1,6 +1,6 @@
 """Per-session consistency tokens: what a follower must have replayed to serve a read.
 
-Pure bookkeeping, owned by one client session (``server/session.py``) and read
+Pure bookkeeping, owned by one client session (``server/session/client.py``) and read
 by :func:`pgshard_proxy.routing.router.route`. No I/O and no clock.
 
 Per shard the session keeps a *token*: a position such that everything the

@@ -19,8 +19,16 @@ from typing import Any, Literal
 
 from . import positions
 
-MemberState = Literal["bootstrapping", "catching-up", "streaming", "down"]
-MEMBER_STATES: tuple[str, ...] = ("bootstrapping", "catching-up", "streaming", "down")
+MemberState = Literal["bootstrapping", "catching-up", "streaming", "down", "diverged"]
+MEMBER_STATES: tuple[str, ...] = ("bootstrapping", "catching-up", "streaming", "down", "diverged")
+"""``diverged``: a statement-mode follower whose applier stopped at an entry it could not
+apply (its data no longer matches the primary's); never read from."""
+
+EPOCH_SETTING = "pgshard.epoch"
+"""The server setting in which a member's agent records the epoch it was promoted in
+(``ALTER SYSTEM``, before the promotion). The proxy refuses a primary connection to a
+member whose epoch is older than the topology's; a member without it (never promoted,
+or a plain server) is not checked."""
 
 HASH_SPACE = 1 << 32
 """Shard keys hash into [0, 2**32); each shard owns one contiguous range."""
@@ -43,6 +51,11 @@ class Member:
     """Primary: current write position. Follower: replayed position."""
     lag_bytes: int | None = None
     state: str = "streaming"
+    metrics_url: str | None = None
+    """Where the member's agent serves Prometheus metrics (``metricsUrl``), when known."""
+    zone: str | None = None
+    """The failure zone it runs in (JSON ``zone``; on Kubernetes its node's
+    ``topology.kubernetes.io/zone``); proxies prefer followers in their own zone."""
 
     @property
     def host(self) -> str:
@@ -54,6 +67,20 @@ class Member:
 
 
 @dataclasses.dataclass(frozen=True)
+class Switching:
+    """A planned switchover under way (JSON ``switching``): the control plane publishes it
+    before it fences the primary and drops it when it publishes the new one. Proxies hold
+    new requests for the shard meanwhile instead of failing them (``proxy.bufferWindowMs``)."""
+
+    target: str
+    """The member being promoted (JSON ``to``)."""
+    since: float
+    """Unix time the switchover started."""
+    until: float
+    """Unix time after which nobody should wait for it any more (it failed or stalled)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Shard:
     index: int
     epoch: int
@@ -62,12 +89,37 @@ class Shard:
     hash_range: tuple[int, int] = (0, HASH_SPACE)
     """Half-open range ``[lo, hi)`` of shard-key hashes this shard owns."""
     last_failover: Mapping[str, Any] | None = None
+    sync_standbys: tuple[str, ...] | None = None
+    """Sync/quorum mode: the followers that may hold commits acknowledged at ``epoch``
+    (published before they are listed in ``synchronous_standby_names``); ``None`` in
+    async mode and in records written before it was kept (then: every follower)."""
+    switching: Switching | None = None
+    """Set while a planned switchover of the shard is under way."""
+    failover_history: tuple[Mapping[str, Any], ...] = ()
+    """The last changes of primary, oldest first, each as ``lastFailover`` (JSON
+    ``failoverHistory``; the control plane keeps the last 10)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedTable:
+    """A table whose rows are spread over the shards by the hash of its ``key`` column.
+
+    Every table not listed is a home table: its rows live on shard 0.
+    """
+
+    name: str
+    """As declared: ``table`` or ``schema.table``."""
+    key: str
+    """The shard key column."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Proxy:
     address: str
     dsn: str
+    metrics_url: str | None = None
+    zone: str | None = None
+    """The zone the proxy prefers followers in (its ``--zone``), when it has one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +130,8 @@ class Topology:
     version: int = 0
     """Grows with every write of the topology; lets readers skip unchanged documents."""
     proxy: Proxy | None = None
+    tables: tuple[DistributedTable, ...] = ()
+    """Distributed tables (``sharding.tables`` in JSON)."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Top-level fields this version does not interpret, kept on round-trips."""
 
@@ -112,6 +166,10 @@ def _member_to_dict(m: Member, method: str, follower: bool) -> dict[str, Any]:
     if follower:
         d["lagBytes"] = m.lag_bytes
         d["state"] = m.state
+    if m.metrics_url is not None:
+        d["metricsUrl"] = m.metrics_url
+    if m.zone is not None:
+        d["zone"] = m.zone
     return d
 
 
@@ -132,14 +190,56 @@ def to_dict(topo: Topology) -> dict[str, Any]:
                     else None,
                     "followers": [_member_to_dict(f, topo.method, True) for f in s.followers],
                     "lastFailover": dict(s.last_failover) if s.last_failover else None,
+                    **(
+                        {"syncStandbys": list(s.sync_standbys)}
+                        if s.sync_standbys is not None
+                        else {}
+                    ),
+                    **({"switching": switching_to_dict(s.switching)} if s.switching else {}),
+                    **(
+                        {"failoverHistory": [dict(h) for h in s.failover_history]}
+                        if s.failover_history
+                        else {}
+                    ),
                 }
                 for s in topo.shards
             ],
         }
     )
+    doc["sharding"] = {"tables": [{"name": t.name, "key": t.key} for t in topo.tables]}
     if topo.proxy is not None:
         doc["proxy"] = {"address": topo.proxy.address, "dsn": topo.proxy.dsn}
+        if topo.proxy.metrics_url is not None:
+            doc["proxy"]["metricsUrl"] = topo.proxy.metrics_url
+        if topo.proxy.zone is not None:
+            doc["proxy"]["zone"] = topo.proxy.zone
     return doc
+
+
+def switching_to_dict(sw: Switching) -> dict[str, Any]:
+    return {"to": sw.target, "since": sw.since, "until": sw.until}
+
+
+def _switching_from_dict(d: object, where: str) -> Switching | None:
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise BadTopology(f"{where}: expected an object {{to, since, until}}")
+    target, since, until = (_req(d, k, where) for k in ("to", "since", "until"))
+    try:
+        return Switching(target=str(target), since=float(since), until=float(until))
+    except (TypeError, ValueError):
+        raise BadTopology(f"{where}: since and until must be Unix times (numbers)") from None
+
+
+def _history_from(raw: object, where: str) -> tuple[Mapping[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Sequence) or isinstance(raw, str | bytes):
+        raise BadTopology(f"{where}: expected a list of failover records")
+    if not all(isinstance(h, Mapping) for h in raw):
+        raise BadTopology(f"{where}: every entry must be an object like lastFailover")
+    return tuple(raw)
 
 
 def to_json(topo: Topology) -> str:
@@ -167,6 +267,9 @@ def _member_from_dict(d: Mapping[str, Any], where: str) -> Member:
     except positions.BadPosition as e:
         raise BadTopology(f"{where}: {e}") from None
     lag = d.get("lagBytes")
+    zone = d.get("zone")
+    if zone is not None and not isinstance(zone, str):
+        raise BadTopology(f"{where}.zone: expected a string, got {type(zone).__name__}")
     return Member(
         name=str(_req(d, "name", where)),
         address=address,
@@ -174,7 +277,24 @@ def _member_from_dict(d: Mapping[str, Any], where: str) -> Member:
         position=pos,
         lag_bytes=int(lag) if lag is not None else None,
         state=state,
+        metrics_url=str(d["metricsUrl"]) if d.get("metricsUrl") else None,
+        zone=zone or None,
     )
+
+
+def _tables_from(doc: Mapping[str, Any]) -> tuple[DistributedTable, ...]:
+    sharding = doc.get("sharding") or {}
+    if not isinstance(sharding, Mapping):
+        raise BadTopology("sharding: expected an object")
+    raw = sharding.get("tables") or []
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise BadTopology("sharding.tables: expected a list of {name, key}")
+    tables = []
+    for i, t in enumerate(raw):
+        if not (isinstance(t, Mapping) and all(isinstance(t.get(f), str) for f in ("name", "key"))):
+            raise BadTopology(f"sharding.tables[{i}]: needs a name and a key (strings)")
+        tables.append(DistributedTable(name=t["name"], key=t["key"]))
+    return tuple(tables)
 
 
 def from_dict(doc: Mapping[str, Any]) -> Topology:
@@ -191,6 +311,9 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
             raise BadTopology(f"{where}: expected an object")
         primary = s.get("primary")
         hr = s.get("hashRange", [0, HASH_SPACE])
+        sync = s.get("syncStandbys")
+        if sync is not None and (isinstance(sync, str | bytes) or not isinstance(sync, Sequence)):
+            raise BadTopology(f"{where}.syncStandbys: expected a list of member names")
         shards.append(
             Shard(
                 index=int(_req(s, "index", where)),
@@ -202,17 +325,28 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
                 ),
                 hash_range=(int(hr[0]), int(hr[1])),
                 last_failover=s.get("lastFailover"),
+                sync_standbys=tuple(str(n) for n in sync) if sync is not None else None,
+                switching=_switching_from_dict(s.get("switching"), f"{where}.switching"),
+                failover_history=_history_from(
+                    s.get("failoverHistory"), f"{where}.failoverHistory"
+                ),
             )
         )
     proxy = doc.get("proxy")
-    known = {"version", "method", "shards", "proxy"}
+    known = {"version", "method", "shards", "proxy", "sharding"}
     return Topology(
         shards=tuple(shards),
         method=str(doc.get("method", "wal")),
         version=int(doc.get("version", 0)),
-        proxy=Proxy(address=str(proxy["address"]), dsn=str(proxy.get("dsn", "")))
+        proxy=Proxy(
+            address=str(proxy["address"]),
+            dsn=str(proxy.get("dsn", "")),
+            metrics_url=str(proxy["metricsUrl"]) if proxy.get("metricsUrl") else None,
+            zone=str(proxy["zone"]) if proxy.get("zone") else None,
+        )
         if proxy
         else None,
+        tables=_tables_from(doc),
         extra={k: v for k, v in doc.items() if k not in known},
     )
 

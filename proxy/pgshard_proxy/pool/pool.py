@@ -4,11 +4,24 @@ A session borrows at most one connection per role (primary, follower) for as
 long as it needs it and gives it back when it ends or moves away from that
 member. A returned connection is reset with ``DISCARD ALL`` (prepared
 statements, temporary tables, advisory locks, LISTEN, SETs all go) before
-anyone else gets it; one that is mid-transaction or broken is closed instead.
+anyone else gets it; one that is mid-transaction, broken or was sent a cancel
+(``BackendConnection.cancel``) is closed instead: its backend ends with the
+session, as a PostgreSQL backend ends with its client.
 
 On a topology change the server calls :meth:`Pools.retire` for members that
 left their role: their idle connections close at once and borrowed ones close
 when returned, so nothing new is ever sent to them from this pool.
+
+A primary's pool lends only connections to a writable server: each one, new or
+idle, is checked against the parameters the server reports
+(:func:`.backend.not_writable`; no round trip). A standby at the primary's
+address (a stale topology: the old primary's pod came back on the same IP as a
+follower) is refused with :class:`NotPrimary`, and the pools' ``on_not_primary``
+callback lets the proxy read its topology again at once. A new connection to a
+primary is also asked, in one hidden round trip, for the epoch its agent recorded
+when promoting it (``topology.EPOCH_SETTING``): a member of an older epoch than the
+topology's is refused the same way (it is not the primary the topology names, e.g.
+an old primary not yet fenced, answering on its successor's address).
 """
 
 from __future__ import annotations
@@ -17,8 +30,10 @@ import asyncio
 import collections
 import dataclasses
 import logging
+from collections.abc import Callable
 
-from .backend import BackendConnection, BackendError, Credentials
+from ..contract import topology
+from .backend import BackendConnection, BackendError, Credentials, not_writable
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +53,39 @@ class PoolKey:
     """The shard's epoch for a primary's pool (a new epoch means a new pool), else -1."""
 
 
+def epoch_check_sql(epoch: int) -> str:
+    """Fails (SQLSTATE P0001) on a member whose recorded epoch is older than ``epoch``."""
+    value = f"current_setting('{topology.EPOCH_SETTING}', true)"
+    return (
+        f"DO $$BEGIN IF (CASE WHEN {value} <> '' AND translate({value}, '0123456789', '') = '' "
+        f"THEN {value}::bigint < {int(epoch)} "
+        f"ELSE false END) THEN RAISE EXCEPTION 'it was promoted at epoch %', {value}; "
+        "END IF; END$$"
+    )
+
+
 class PoolExhausted(BackendError):
     """No connection became free within the connect timeout."""
+
+
+class NotPrimary(BackendError):
+    """The member named primary cannot take writes (a standby, or read-only)."""
 
 
 class Pool:
     """Connections to one member for one database, at most ``max_size`` of them."""
 
     def __init__(
-        self, key: PoolKey, credentials: Credentials, *, max_size: int, connect_timeout: float
+        self,
+        key: PoolKey,
+        credentials: Credentials,
+        *,
+        max_size: int,
+        connect_timeout: float,
+        on_not_primary: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.key = key
+        self.on_not_primary = on_not_primary
         self.credentials = credentials
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -64,6 +101,10 @@ class Pool:
     def size(self) -> int:
         return self._size
 
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
     async def acquire(self) -> BackendConnection:
         if self.retired:
             raise BackendError(f"{self.key.member_name} is no longer in this role")
@@ -71,9 +112,15 @@ class Pool:
             while True:
                 while self._idle:
                     conn = self._idle.popleft()
-                    if not conn.broken:
-                        return conn
-                    self._size -= 1
+                    if conn.broken:
+                        self._size -= 1
+                        continue
+                    try:
+                        return self._checked(conn)
+                    except NotPrimary:
+                        self._size -= 1
+                        self._notify()
+                        raise
                 if self._size < self.max_size:
                     break
                 async with self._freed:
@@ -86,11 +133,17 @@ class Pool:
                 database=self.key.database,
                 credentials=self.credentials,
                 timeout=self.connect_timeout,
+                # A client's session default: SHOW, RESET and DISCARD ALL give '' as in
+                # PostgreSQL when the client sent none (issue 17); its own is replayed.
+                application_name="",
             )
         )
         self._connecting.add(connect)
         try:
-            return await connect
+            conn = self._checked(await connect)
+            if self.key.epoch != FOLLOWER_EPOCH:
+                await self._check_epoch(conn)
+            return conn
         except asyncio.CancelledError:
             self._size -= 1
             self._notify()
@@ -108,10 +161,39 @@ class Pool:
         finally:
             self._connecting.discard(connect)
 
+    def _checked(self, conn: BackendConnection) -> BackendConnection:
+        """``conn`` if this pool's member may have it for its role; else it is closed and
+        :class:`NotPrimary` raised (the caller counts the connection gone)."""
+        if self.key.epoch == FOLLOWER_EPOCH:
+            return conn
+        why = not_writable(conn.params)
+        if why is None:
+            return conn
+        conn.close()
+        reason = (
+            f"{self.key.member_name} ({self.key.address}) is named primary at epoch "
+            f"{self.key.epoch} but {why}"
+        )
+        self.on_not_primary(reason)
+        raise NotPrimary(reason)
+
+    async def _check_epoch(self, conn: BackendConnection) -> None:
+        """A new primary connection: the member's own epoch must not be older than the
+        topology's (a member keeps its epoch while it runs, so once per connection)."""
+        error = await conn.run_hidden(epoch_check_sql(self.key.epoch), self.connect_timeout)
+        if error is not None:
+            conn.close()
+            reason = (
+                f"{self.key.member_name} ({self.key.address}) is named primary at epoch "
+                f"{self.key.epoch} but {error}"
+            )
+            self.on_not_primary(reason)
+            raise NotPrimary(reason)
+
     def release(self, conn: BackendConnection) -> None:
         """Take a connection back; reset it in the background before reuse."""
         conn.attach(None)
-        if conn.broken or self.retired or not conn.idle:
+        if conn.broken or self.retired or not conn.idle or conn.cancelled:
             conn.close()
             self._size -= 1
             self._notify()
@@ -165,19 +247,39 @@ class Pool:
 class Pools:
     """Every pool of the proxy, created on first use."""
 
-    def __init__(self, *, max_size: int, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        connect_timeout: float,
+        on_not_primary: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.on_not_primary = on_not_primary
+        """Called with the reason when a primary's pool refuses a connection."""
         self._pools: dict[PoolKey, Pool] = {}
 
     def get(self, key: PoolKey, credentials: Credentials) -> Pool:
         pool = self._pools.get(key)
         if pool is None or pool.retired:
             pool = Pool(
-                key, credentials, max_size=self.max_size, connect_timeout=self.connect_timeout
+                key,
+                credentials,
+                max_size=self.max_size,
+                connect_timeout=self.connect_timeout,
+                on_not_primary=self.on_not_primary,
             )
             self._pools[key] = pool
         return pool
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Connections by (member, ``idle`` | ``in-use``), for metrics."""
+        out: dict[tuple[str, str], int] = {}
+        for key, pool in self._pools.items():
+            for state, n in (("idle", pool.idle), ("in-use", pool.size - pool.idle)):
+                out[(key.member_name, state)] = out.get((key.member_name, state), 0) + n
+        return out
 
     def retire(self, keep: set[tuple[str, str, int]]) -> None:
         """Retire every pool whose ``(member name, address, epoch)`` is not in ``keep``."""

@@ -10,7 +10,7 @@ formula on the standard library's ``hmac``/``hashlib``: no home-made primitives.
 Client side (the proxy logging in to PostgreSQL): ``scramp.ScramClient`` for
 SCRAM, md5 and cleartext as PostgreSQL asks.
 
-Called by ``server.session`` (clients) and ``server.backend`` (servers).
+Called by ``server.session.startup`` (clients) and ``pool.backend`` (servers).
 """
 
 from __future__ import annotations

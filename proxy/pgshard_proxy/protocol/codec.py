@@ -9,7 +9,7 @@ type, an oversized or malformed startup packet.
 
 Frames are returned as the message's own bytes (header included) so the session
 can forward them unchanged; only the few messages the proxy must understand are
-decoded further (see :mod:`.messages`). Used by ``server.session`` (client side)
+decoded further (see :mod:`.messages`). Used by ``server.session.client`` (client side)
 and ``server.backend`` (which scans backend headers with :func:`backend_header`).
 """
 
@@ -131,6 +131,28 @@ class FrontendDecoder:
         packet = bytes(buf[:length])
         del buf[:length]
         return decode_initial(packet)
+
+    def auth_frame(self) -> Frame | None:
+        """The next password message, or None if it is not complete yet.
+
+        Before authentication only password messages (``p``, at most
+        ``MAX_AUTH_MESSAGE`` bytes) are accepted, and anything else is refused at its
+        header, as PostgreSQL does: an unauthenticated client cannot make the proxy
+        buffer a large message. One frame at a time: what follows the last password
+        message is read by :meth:`frames` once the session is authenticated."""
+        buf = self._buf
+        if len(buf) < 5:
+            return None
+        t = buf[0]
+        (length,) = _INT32.unpack_from(buf, 1)
+        if t not in _AUTH_TYPES:
+            raise ProtocolViolation(f"expected a password response, got message type {chr(t)!r}")
+        check_frontend(t, length)
+        if len(buf) < 1 + length:
+            return None
+        frame = Frame(t, bytes(buf[: 1 + length]))
+        del buf[: 1 + length]
+        return frame
 
     def frames(self) -> list[Frame]:
         """Every complete regular frame received so far (possibly none)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -64,6 +64,11 @@ class TxStatus(enum.Enum):
     IDLE = ord("I")
     IN_TRANSACTION = ord("T")
     FAILED = ord("E")
+
+
+TX_STATUS = {s.value: s for s in TxStatus}
+"""Status byte -> :class:`TxStatus` (a dict lookup; the Enum constructor costs ~10x more
+and runs once per request)."""
 
 
 def _cstr(body: bytes, pos: int) -> tuple[str, int]:
@@ -235,6 +240,22 @@ def text_row_description(column: str, format_code: int = 0) -> bytes:
     )
 
 
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[str | None]], tag: str) -> bytes:
+    """RowDescription (text columns), the DataRows and CommandComplete of a small table."""
+    fields = b"".join(_z(c) + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0) for c in columns)
+    out = [_msg(b"T", _INT16.pack(len(columns)) + fields)]
+    for row in rows:
+        cells = [_INT16.pack(len(row))]
+        for v in row:
+            data = None if v is None else v.encode()
+            cells.append(
+                struct.pack("!i", -1) if data is None else struct.pack("!i", len(data)) + data
+            )
+        out.append(_msg(b"D", b"".join(cells)))
+    out.append(command_complete(tag))
+    return b"".join(out)
+
+
 def text_data_row(value: str) -> bytes:
     raw = value.encode()
     return _msg(b"D", _INT16.pack(1) + _INT32.pack(len(raw)) + raw)
@@ -247,6 +268,10 @@ def text_result(column: str, value: str, tag: str) -> bytes:
 
 def query(sql: str) -> bytes:
     return _msg(b"Q", _z(sql))
+
+
+def sync() -> bytes:
+    return b"S\0\0\0\4"
 
 
 def password(secret: str) -> bytes:

@@ -23,6 +23,7 @@ class SqlState(enum.Enum):
     CANNOT_CONNECT_NOW = "57P03"
     TOO_MANY_CONNECTIONS = "53300"
     INVALID_PARAMETER_VALUE = "22023"
+    QUERY_CANCELED = "57014"
 
 
 class Severity(enum.Enum):

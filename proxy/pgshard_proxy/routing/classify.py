@@ -1,6 +1,6 @@
 """What a SQL string does, as far as routing cares: read, write, transaction control, session state.
 
-Called by the client session (``server/session.py``) for every simple Query and
+Called by the client session (``server/session/client.py``) for every simple Query and
 every Parse; the result is cached by the exact text, so a repeated statement
 never lexes or parses again (:func:`classify`, :func:`classify_bytes`).
 
@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import functools
 import itertools
+import re
 from collections.abc import Callable, Sequence
 
 import sqlglot
@@ -89,6 +90,18 @@ class Classified:
     the session's other backends (for :attr:`Kind.SESSION_SET` the whole string)."""
     refusal: Refusal | None = None
     """Set when the proxy must answer with an error (bad ``pgshard.*`` setting)."""
+    forgets_statements: bool = False
+    """``DISCARD ALL`` / ``DEALLOCATE [PREPARE] ALL``: every prepared statement is gone."""
+    server_local: bool = False
+    """Reads the state of the server it runs on (``pg_is_in_recovery()``,
+    ``pg_backend_pid()``, ``SHOW transaction_read_only``…, see
+    :data:`.functions.SERVER_LOCAL`): a session asks the server that holds its writes."""
+    deallocates: str | None = None
+    """``DEALLOCATE [PREPARE] name``: the statement it removes (a driver's cache eviction,
+    psycopg's ``_pg3_N``), which the session may have prepared on another server."""
+    probe: bool = False
+    """With ``server_local``: reads no table (``SHOW x``, ``SELECT pg_is_in_recovery()``), so
+    running it on the primary shows the session no data it must not lose sight of."""
 
 
 PROXY_PREFIX = "pgshard."
@@ -97,6 +110,8 @@ PROXY_SETTINGS: dict[str, tuple[str, ...]] = {
     "consistency": tuple(m.value for m in tracker.Mode),
 }
 """Settings the proxy answers itself, with their valid values (``default`` always allowed)."""
+PROXY_VIEWS = frozenset(("shards",))
+"""``SHOW pgshard.<name>`` views of the proxy's state; they cannot be SET."""
 
 READ = Classified(Kind.READ)
 WRITE = Classified(Kind.WRITE)
@@ -125,6 +140,31 @@ def classify_bytes(sql: bytes) -> Classified:
     return classify_uncached(sql.decode("utf-8", "replace"))
 
 
+_learned: set[str] = set()
+"""Texts a follower refused (they read an unlogged or temporary relation): primary."""
+LEARNED_MAX = 4096
+LEARNED = Classified(Kind.WRITE)
+
+
+def learn_primary_only(sql: str) -> None:
+    """A follower refused ``sql`` ("cannot access temporary or unlogged relations during
+    recovery"): from now on it is classified for the primary. Empties the caches (their
+    entries for it, or for its literal shape, said READ); rare: once per such text, at
+    most :data:`LEARNED_MAX` texts."""
+    if sql in _learned or len(_learned) >= LEARNED_MAX:
+        return
+    _learned.add(sql)
+    _cached.cache_clear()
+    _cached_bytes.cache_clear()
+    _by_shape.clear()
+
+
+def cache_stats() -> tuple[int, int]:
+    """(hits, misses) of the classification caches: each cached lookup counts once."""
+    by_bytes, by_text = _cached_bytes.cache_info(), _cached.cache_info()
+    return by_bytes.hits + by_text.hits, by_text.misses
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _cached(sql: str) -> Classified:
     return classify_uncached(sql)
@@ -132,11 +172,56 @@ def _cached(sql: str) -> Classified:
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _cached_bytes(sql: bytes) -> Classified:
-    return _cached(sql.decode("utf-8", "replace"))
+    shape = literal_shape(sql)
+    if shape is None:
+        return _cached(sql.decode("utf-8", "replace"))
+    found = _by_shape.get(shape)
+    if found is not None:
+        return found
+    c = _cached(sql.decode("utf-8", "replace"))
+    if (
+        c.session_sql is None
+        and c.proxy_setting is None
+        and c.refusal is None
+        and c.deallocates is None
+    ):
+        if len(_by_shape) >= CACHE_SIZE:
+            _by_shape.clear()  # rarely: a workload with more shapes than that
+        _by_shape[shape] = c
+    return c
+
+
+_by_shape: dict[bytes, Classified] = {}
+"""Classifications by :func:`literal_shape`: only results that carry none of the
+statement's text (no ``session_sql``, ``proxy_setting`` or ``refusal``)."""
+
+_LITERALS = re.compile(rb"'(?:[^']|'')*'|\b[0-9]+(?:\.[0-9]+)?\b")
+_NOT_PLAIN = re.compile(rb'["$\\]|--|/\*|(?i:current_setting|set_config)')
+"""Texts a shape cannot stand for: quoting a regular expression cannot follow, and calls
+whose string argument decides their class (``set_config('synchronous_commit', …)`` is
+refused, ``current_setting('transaction_read_only')`` is server-local)."""
+
+
+def literal_shape(sql: bytes) -> bytes | None:
+    """``sql`` with its numbers and plain string literals replaced by ``?``, the key under
+    which statements that differ only in constants share one classification (pgbench
+    ``-M simple``: ``... WHERE aid = 123``). None when the text has quoted identifiers,
+    dollar quotes, backslashes or comments (a regular expression cannot tell literals
+    from the rest there) or calls whose literal argument matters (``set_config``,
+    ``current_setting``): such texts are cached by their exact text only.
+
+    >>> literal_shape(b"SELECT a FROM t WHERE id = 42 AND s = 'it''s'")
+    b'SELECT a FROM t WHERE id = ? AND s = ?'
+    """
+    if _NOT_PLAIN.search(sql):
+        return None
+    return _LITERALS.sub(b"?", sql)
 
 
 def classify_uncached(sql: str) -> Classified:
     """The classification itself (benchmarks and tests call it to skip the cache)."""
+    if _learned and sql in _learned:
+        return LEARNED
     if len(sql) > LONG:
         quick = _long(sql)
         if quick is not None:
@@ -185,14 +270,102 @@ def _words(tokens: Sequence[Token], limit: int = 8) -> list[str]:
     return [t.text if t.kind is Tok.WORD else "" for t in tokens[:limit]]
 
 
+DURABLE_COMMIT = frozenset({"on", "remote_apply", "true", "yes", "1", "default"})
+"""``synchronous_commit`` values a session may choose: none weaker than pgshard's ``on``
+(which, in sync/quorum mode, waits for the synchronous followers to flush)."""
+
+
+def weakens_commit(value: str) -> bool:
+    return value.strip().strip("'").lower() not in DURABLE_COMMIT
+
+
+def _commit_refusal(what: str) -> Classified:
+    return Classified(
+        Kind.OTHER,
+        refusal=Refusal(
+            "42501",
+            f"{what}: synchronous_commit may not be weakened through pgshard-proxy",
+            "pgshard manages durability (in sync and quorum mode an acknowledged commit is "
+            "on the synchronous followers); allowed: on, remote_apply",
+        ),
+    )
+
+
+def _durability(tokens: Sequence[Token]) -> Classified | None:
+    """A refusal when the statement would weaken ``synchronous_commit``: ``SET``,
+    ``ALTER ROLE/DATABASE/FUNCTION … SET`` to a weaker value, or any ``set_config()`` of
+    it (its value may be computed)."""
+    for k, t in enumerate(tokens):
+        if (
+            t.kind is Tok.STRING
+            and t.text.lower() == "synchronous_commit"
+            and any(u.kind is Tok.WORD and u.text == "SET_CONFIG" for u in tokens)
+        ):
+            return _commit_refusal("set_config('synchronous_commit', …)")
+        if t.kind is not Tok.WORD or t.text != "SYNCHRONOUS_COMMIT":
+            continue
+        if k == 0 or tokens[k - 1].kind is not Tok.WORD or tokens[k - 1].text not in (
+            "SET", "SESSION", "LOCAL"
+        ):  # fmt: skip
+            continue
+        rest = list(tokens[k + 1 :])
+        if rest and rest[0].text in ("=", "TO"):
+            rest = rest[1:]
+        value = rest[0].text if rest else ""
+        if len(rest) > 1 and not (rest[1].kind is Tok.PUNCT and rest[1].text == ";"):
+            value = "(an expression)"
+        if weakens_commit(value):
+            return _commit_refusal(f"SET synchronous_commit = {value}")
+    return None
+
+
 def _statement(text: str, tokens: Sequence[Token]) -> Classified:
+    if "SYNCHRONOUS_COMMIT" in text.upper():
+        refused = _durability(tokens)
+        if refused is not None:
+            return refused
     first = tokens[0]
     if first.kind is Tok.PUNCT and first.text == "(":
-        return _query(text, tokens)
-    if first.kind is not Tok.WORD:
+        found = _query(text, tokens)
+    elif first.kind is not Tok.WORD:
         return OTHER
-    rule = _RULES.get(first.text)
-    return rule(text, tokens) if rule else OTHER
+    else:
+        rule = _RULES.get(first.text)
+        found = rule(text, tokens) if rule else OTHER
+    if found.kind is Kind.READ and not found.server_local and _reads_server_state(tokens):
+        probe = not any(t.kind is Tok.WORD and t.text == "FROM" for t in tokens)
+        return dataclasses.replace(found, server_local=True, probe=probe)
+    return found
+
+
+def _reads_server_state(tokens: Sequence[Token]) -> bool:
+    """A name of :data:`.functions.SERVER_LOCAL` anywhere (a column or alias of that
+    name only costs a read on the primary), ``current_setting('transaction_read_only')``,
+    or ``current_setting(x)`` of a name not written as a literal (``$1``: it may be one)."""
+    for k, t in enumerate(tokens):
+        if t.kind is Tok.WORD or t.kind is Tok.IDENT:
+            if t.text.lower() in functions.SERVER_LOCAL:
+                return True
+            if t.text == "CURRENT_SETTING" and not _literal_argument(tokens, k + 1):
+                return True
+        elif (
+            t.kind is Tok.STRING
+            and t.text.lower() in functions.SERVER_LOCAL_SETTINGS
+            and k >= 2
+            and tokens[k - 2].text == "CURRENT_SETTING"
+        ):
+            return True
+    return False
+
+
+def _literal_argument(tokens: Sequence[Token], k: int) -> bool:
+    """At ``tokens[k]``: ``(`` and a first argument that is one string literal."""
+    return (
+        len(tokens) > k + 2
+        and tokens[k].text == "("
+        and tokens[k + 1].kind is Tok.STRING
+        and tokens[k + 2].text in (")", ",")
+    )
 
 
 def _simple(result: Classified) -> Callable[[str, Sequence[Token]], Classified]:
@@ -422,6 +595,13 @@ def _setting_name(tokens: Sequence[Token], start: int) -> tuple[str, int]:
 def _proxy(kind: Kind, name: str, value: str) -> Classified:
     """A ``pgshard.*`` statement, validated here so the session only has to answer it."""
     key = name[len(PROXY_PREFIX) :]
+    if key in PROXY_VIEWS:
+        if kind is Kind.PROXY_SHOW:
+            return Classified(kind, proxy_setting=(key, value))
+        return Classified(
+            Kind.OTHER,
+            refusal=Refusal("55P02", f'parameter "{name}" cannot be changed', "it only shows"),
+        )
     valid = PROXY_SETTINGS.get(key)
     if valid is None:
         known = ", ".join(PROXY_PREFIX + k for k in PROXY_SETTINGS)
@@ -486,11 +666,29 @@ def _show(text: str, tokens: Sequence[Token]) -> Classified:
     name, _ = _setting_name(tokens, 1)
     if name.startswith(PROXY_PREFIX):
         return _proxy(Kind.PROXY_SHOW, name, "")
-    return READ
+    return _SERVER_LOCAL_READ if name in functions.SERVER_LOCAL_SETTINGS else READ
 
 
 def _session(text: str, tokens: Sequence[Token]) -> Classified:
     return Classified(Kind.SESSION_SET, session_sql=text)
+
+
+def _discard(text: str, tokens: Sequence[Token]) -> Classified:
+    forgets = _words(tokens, 3)[1:] == ["ALL"]
+    return Classified(Kind.SESSION_SET, session_sql=text, forgets_statements=forgets)
+
+
+def _deallocate(text: str, tokens: Sequence[Token]) -> Classified:
+    """``DEALLOCATE ALL`` is replayed on the session's other servers like a SET, so the
+    statements go there too; ``DEALLOCATE name`` goes to the primary, naming the
+    statement (the session prepares it there first if it was a protocol-level one)."""
+    if _words(tokens, 4)[1:] in (["ALL"], ["PREPARE", "ALL"]):
+        return Classified(Kind.SESSION_SET, session_sql=text, forgets_statements=True)
+    at = 2 if _words(tokens, 2)[1:] == ["PREPARE"] else 1
+    if len(tokens) == at + 1 and tokens[at].kind in (Tok.WORD, Tok.IDENT):
+        name = tokens[at].text.lower() if tokens[at].kind is Tok.WORD else tokens[at].text
+        return Classified(Kind.OTHER, deallocates=name)
+    return OTHER
 
 
 def _close(text: str, tokens: Sequence[Token]) -> Classified:
@@ -498,6 +696,7 @@ def _close(text: str, tokens: Sequence[Token]) -> Classified:
 
 
 _PIN = Classified(Kind.PIN, pins_session=True)
+_SERVER_LOCAL_READ = Classified(Kind.READ, server_local=True, probe=True)
 
 _RULES: dict[str, Callable[[str, Sequence[Token]], Classified]] = {
     "SELECT": _query,
@@ -553,14 +752,15 @@ _RULES: dict[str, Callable[[str, Sequence[Token]], Classified]] = {
     "SET": _set,
     "RESET": _reset,
     "SHOW": _show,
-    "DISCARD": _session,
+    "DISCARD": _discard,
+    "DEALLOCATE": _deallocate,
     "UNLISTEN": _session,
     "CLOSE": _close,
     "LISTEN": _simple(_PIN),
     "PREPARE": _simple(_PIN),
     "LOAD": _simple(_PIN),
 }
-"""First word -> rule. Words not listed (EXECUTE, DEALLOCATE, FETCH, MOVE, …) are OTHER."""
+"""First word -> rule. Words not listed (EXECUTE, FETCH, MOVE, …) are OTHER."""
 
 
 # --- several statements in one string ----------------------------------------------------
@@ -617,4 +817,8 @@ def _combine(parts: Sequence[Classified], texts: Sequence[str]) -> Classified:
         read_only_tx=kind is Kind.BEGIN and any(p.read_only_tx for p in parts),
         pins_session=any(p.pins_session for p in parts),
         session_sql=";\n".join(session_sql) if session_sql else None,
+        forgets_statements=any(p.forgets_statements for p in parts),
+        server_local=any(p.server_local for p in parts),
+        probe=any(p.server_local for p in parts)
+        and all(p.probe or p.kind is not Kind.READ for p in parts),
     )

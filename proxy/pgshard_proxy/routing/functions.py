@@ -94,3 +94,26 @@ PINNING: frozenset[str] = frozenset(
 RELEASE_ALL: str = "pg_advisory_unlock_all"
 """Harmless on any backend: a statement that only calls it is replayed like ``RESET ALL``
 (asyncpg sends it when a pooled connection is released)."""
+
+SERVER_LOCAL: frozenset[str] = frozenset(
+    {
+        # functions
+        "pg_is_in_recovery", "pg_backend_pid", "inet_server_addr", "inet_server_port",
+        "txid_current_if_assigned", "pg_current_xact_id_if_assigned", "pg_stat_get_activity",
+        "pg_postmaster_start_time", "pg_conf_load_time", "pg_my_temp_schema",
+        "pg_blocking_pids", "pg_safe_snapshot_blocking_pids",
+        # views
+        "pg_stat_activity", "pg_locks", "pg_stat_ssl", "pg_stat_gssapi", "pg_cursors",
+        "pg_prepared_statements", "pg_backend_memory_contexts", "pg_stat_xact_user_tables",
+        "pg_stat_xact_all_tables", "pg_stat_xact_user_functions",
+    }
+)  # fmt: skip
+"""Functions and views (lower case) that answer about the server they run on or the
+session's own backend there. A session reads them on the server that holds its writes
+(the primary), as if it were connected to it (``session`` consistency; ``eventual``
+sessions may ask a follower)."""
+
+SERVER_LOCAL_SETTINGS: frozenset[str] = frozenset({"transaction_read_only", "in_hot_standby"})
+"""Settings (``SHOW x``, ``current_setting('x')``) a follower answers differently from the
+primary although the session did not change them: drivers and pools ask them to find a
+writable server (pgjdbc's ``targetServerType=primary``)."""

@@ -1,6 +1,6 @@
 """Which member of a shard runs a statement: the pure routing decision.
 
-Called by the client session (``server/session.py``) once per statement (per
+Called by the client session (``server/session/client.py``) once per statement (per
 Query, or per Sync-terminated batch of the extended protocol) with the
 statement's :class:`~.classify.Classified`, the session's state and the latest
 follower positions from ``consistency/monitor.PositionMonitor.replayed``. No I/O,
@@ -20,7 +20,13 @@ for (``consistency/session.SessionConsistency`` does all of it for a session):
    ``tokens.after_read(shard, route.observed, route.member.name)``.
 
 Inside a transaction every statement goes where the transaction started (pass
-that route as ``in_transaction``); ``pinned`` sessions use only the primary.
+that route as ``in_transaction``); ``pinned`` sessions use only the primary, and so
+do ``session``-mode reads of server-local state (``Classified.server_local``).
+
+Zones: among the followers that may serve a read (caught up enough for the session),
+those in the proxy's own ``zone`` are chosen first, then any other, then the primary.
+A session reading from a follower stays on it until its next write (monotonic reads),
+whatever its zone.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class Reason(enum.Enum):
     NO_WAIT = "follower behind and maxWaitMs is 0"
     EVENTUAL = "eventual mode: any streaming follower"
     FOLLOWER_SILENT = "retry of reads whose follower stopped answering"
+    SERVER_LOCAL = "reads the state of the server the session writes to"
 
 
 class NoPrimary(RuntimeError):
@@ -98,9 +105,11 @@ def route(
     replayed: Mapping[str, Position],
     max_wait_ms: int,
     seed: int = 0,
+    zone: str | None = None,
 ) -> Route:
     """Decide where ``c`` runs. ``seed`` spreads sessions over equally good followers
-    (pass something stable per session, e.g. its backend key); raises :class:`NoPrimary`
+    (pass something stable per session, e.g. its backend key); ``zone``: the proxy's
+    zone, whose followers are preferred (None: no preference); raises :class:`NoPrimary`
     when the primary is needed and the shard has none."""
     if in_transaction is not None:
         # Statements of a transaction follow its first route; nothing waits mid-transaction.
@@ -116,15 +125,20 @@ def route(
         return _primary(shard, Reason.STRONG, tracking)
     if pinned or c.pins_session:
         return _primary(shard, Reason.PINNED, False)
+    if c.server_local and mode is Mode.SESSION:
+        # A session is logically on its primary: pg_is_in_recovery(), pg_backend_pid(),
+        # SHOW transaction_read_only… answer from there (eventual sessions ask followers).
+        # A probe that reads no table shows no data: nothing to capture after it.
+        return _primary(shard, Reason.SERVER_LOCAL, tracking and not c.probe)
     if not (c.kind is Kind.READ or (c.kind is Kind.BEGIN and c.read_only_tx)):
         # Session settings change no data: nothing to capture after them.
         return _primary(shard, Reason.NOT_A_READ, tracking and c.kind not in _NO_DATA)
     if mode is Mode.SESSION:
-        return _session_read(shard, tokens, replayed, max_wait_ms, seed)
+        return _session_read(shard, tokens, replayed, max_wait_ms, seed, zone)
     streaming = _streaming(shard, replayed)
     if not streaming:
         return _primary(shard, Reason.NO_FOLLOWER, False)
-    chosen = _pick(streaming, seed)
+    chosen = _pick(_near(streaming, zone), seed)
     return Route(Role.FOLLOWER, chosen, Reason.EVENTUAL, observed=replayed[chosen.name])
 
 
@@ -134,6 +148,24 @@ def retry_on_primary(shard: Shard, mode: Mode) -> Route:
     In session mode the primary's position is captured afterwards, as for any read
     the primary serves, so the session's next reads stay monotonic."""
     return _primary(shard, Reason.FOLLOWER_SILENT, mode is Mode.SESSION and bool(shard.followers))
+
+
+def stay_on_follower(
+    r: Route, shard: Shard, member_name: str, replayed: Mapping[str, Position]
+) -> Route | None:
+    """Follower route ``r`` moved to follower ``member_name``, or None if it may not serve it.
+
+    The rest of a request begun on a follower (a Parse/Describe/Flush round trip, then
+    the Bind and Execute routed anew) belongs to the server that has its first part; the
+    follower chosen for the rest may differ when the monitor's view changed in between.
+    It may serve the rest while it streams and has the position ``r`` needs."""
+    member = next(
+        (f for f in shard.followers if f.name == member_name and f.state == "streaming"), None
+    )
+    at = replayed.get(member_name)
+    if member is None or at is None or (r.min_position is not None and at < r.min_position):
+        return None
+    return dataclasses.replace(r, member=member, observed=at, wait_ms=0, on_timeout=None)
 
 
 def _streaming(shard: Shard, replayed: Mapping[str, Position]) -> list[Member]:
@@ -157,6 +189,13 @@ def _primary(shard: Shard, reason: Reason, capture: bool) -> Route:
     )
 
 
+def _near(candidates: list[Member], zone: str | None) -> list[Member]:
+    """The candidates in ``zone`` if there are any, else all of them."""
+    if zone is None or len(candidates) == 1:
+        return candidates
+    return [m for m in candidates if m.zone == zone] or candidates
+
+
 def _pick(candidates: list[Member], seed: int) -> Member:
     """The same follower for the same seed while the candidates stay the same."""
     if len(candidates) == 1:
@@ -170,6 +209,7 @@ def _session_read(
     replayed: Mapping[str, Position],
     max_wait_ms: int,
     seed: int,
+    zone: str | None,
 ) -> Route:
     """Read-your-writes and monotonic reads (see ``consistency/tracker.py``)."""
     index = shard.index
@@ -198,7 +238,7 @@ def _session_read(
             return _primary(shard, Reason.NO_FOLLOWER, bool(shard.followers))
         ready = [f for f in streaming if required is None or replayed[f.name] >= required]
         if ready:
-            chosen = _pick(ready, seed)
+            chosen = _pick(_near(ready, zone), seed)
             return Route(
                 Role.FOLLOWER,
                 chosen,
@@ -209,8 +249,9 @@ def _session_read(
             )
     if max_wait_ms <= 0:
         return _primary(shard, Reason.NO_WAIT, True)
-    # Wait for the most advanced follower; the session checks it again when it arrives.
-    chosen = max(streaming, key=lambda f: (replayed[f.name], f.name))
+    # Wait for the most advanced follower (of those equally advanced, one in our zone);
+    # the session checks it again when it arrives.
+    chosen = max(streaming, key=lambda f: (replayed[f.name], f.zone == zone, f.name))
     fallback = _primary(shard, Reason.FOLLOWER_TIMEOUT, True) if shard.primary is not None else None
     return Route(
         Role.FOLLOWER,

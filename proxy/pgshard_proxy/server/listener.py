@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterable
+from pathlib import Path
 
 from ..consistency.monitor import PositionMonitor
-from ..contract import topology
 from ..settings import ProxySettings
+from ..topology.source import TopologySource
 from .context import ServerContext
-from .session import Session
+from .session.client import Session
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,24 @@ class ProxyServer:
     """One proxy: a listener, its sessions' shared context and the topology follower."""
 
     def __init__(
-        self, settings: ProxySettings, topologies: AsyncIterable[topology.Topology]
+        self,
+        settings: ProxySettings,
+        topologies: TopologySource,
+        *,
+        worker: int = 0,
+        cancel_dir: Path | None = None,
     ) -> None:
+        """``worker``/``cancel_dir``: this process's index among ``settings.workers``
+        processes and where they pass cancel requests to each other (``server.cancel``)."""
         self.settings = settings
-        self.ctx = ServerContext(settings, make_ssl_context(settings), PositionMonitor())
+        self.ctx = ServerContext(
+            settings,
+            make_ssl_context(settings),
+            PositionMonitor(),
+            topologies.refresh,
+            worker=worker,
+            cancel_dir=cancel_dir,
+        )
         self._topologies = topologies
         self._server: asyncio.Server | None = None
         self._follow: asyncio.Task[None] | None = None
@@ -58,17 +72,33 @@ class ProxyServer:
         async with asyncio.timeout(first_topology_timeout):
             await asyncio.shield(self._first)
         loop = asyncio.get_running_loop()
+        await self.ctx.cancels.start()
         self._server = await loop.create_server(
-            lambda: Session(self.ctx), self.settings.host, self.settings.port, backlog=1024
+            lambda: Session(self.ctx),
+            self.settings.host,
+            self.settings.port,
+            backlog=1024,
+            # Worker processes share the port; the kernel spreads connections over them.
+            reuse_port=self.settings.workers > 1 or None,
         )
         log.info("pgshard-proxy listening on %s", self.address)
 
     async def _follow_topology(self) -> None:
-        async for topo in self._topologies:
-            self.ctx.set_topology(topo)
-            await self.ctx.monitor.update(topo)
-            if not self._first.done():
-                self._first.set_result(None)
+        """Apply every topology the source yields. A source never ends or raises by
+        contract; if one does anyway, say so and follow it again rather than serve a
+        frozen topology in silence."""
+        while True:
+            try:
+                async for topo in self._topologies:
+                    self.ctx.set_topology(topo)
+                    await self.ctx.monitor.update(topo)
+                    if not self._first.done():
+                        self._first.set_result(None)
+            except Exception:
+                log.exception("the topology source failed; following it again in 1 s")
+            else:
+                log.error("the topology source ended; following it again in 1 s")
+            await asyncio.sleep(1)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -78,6 +108,7 @@ class ProxyServer:
             await asyncio.gather(self._follow, return_exceptions=True)
         for session in list(self.ctx.sessions):
             session.abort()
+        await self.ctx.cancels.close()
         await self.ctx.pools.close()
         await self.ctx.monitor.close()
         await asyncio.gather(*self.ctx.background, return_exceptions=True)

@@ -6,9 +6,12 @@ here). The writer replaces the file atomically (tmp + rename) and bumps
 when someone edits it by hand: the last good topology stays in force and the
 problem is logged once, naming the file and the field.
 
-Polling (``os.stat`` every ``poll_interval`` seconds; the file is read only when
-its mtime/size/inode changed) is simple, works on every filesystem and costs
-nothing next to the proxy's traffic.
+Polling (``os.stat`` every ``poll_interval`` seconds; the file is read when its
+mtime/size/inode changed) is simple, works on every filesystem and costs nothing
+next to the proxy's traffic. A change that leaves all three as they were (coarse
+timestamps, an in-place edit of the same size, a copy keeping the old mtime) is
+still seen: the file is read anyway every ``resync_seconds``, and at once when
+the proxy doubts its view (:meth:`FileTopologySource.refresh`).
 """
 
 from __future__ import annotations
@@ -40,18 +43,32 @@ def read(path: Path) -> Topology:
 class FileTopologySource:
     """A :class:`~.source.TopologySource` over one JSON file."""
 
-    def __init__(self, path: Path | str, poll_interval: float = 0.2) -> None:
+    def __init__(
+        self, path: Path | str, poll_interval: float = 0.2, resync_seconds: float = 2.0
+    ) -> None:
         self.path = Path(path)
         self.poll_interval = poll_interval
+        self.resync_seconds = resync_seconds
+        """Longest time between two reads of the file, changed or not."""
+        self._doubted = False
+
+    def refresh(self) -> None:
+        """Read the file on the next poll, whatever its signature says."""
+        self._doubted = True
 
     async def __aiter__(self) -> AsyncIterator[Topology]:
+        loop = asyncio.get_running_loop()
         last: Topology | None = None
         seen: _Signature | None = (-1, -1, -1)  # matches no file, not even a missing one
+        read_at = loop.time()
         problem: str | None = None
         while True:
             signature = self._signature()
-            if signature != seen:
+            due = self._doubted or loop.time() - read_at >= self.resync_seconds
+            if signature != seen or (due and signature is not None):
                 seen = signature
+                self._doubted = False
+                read_at = loop.time()
                 try:
                     current = await asyncio.to_thread(read, self.path)
                 except (OSError, UnicodeDecodeError, topology.BadTopology) as e:

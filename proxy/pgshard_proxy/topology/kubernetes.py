@@ -11,6 +11,12 @@ given to the pod as ``PGSHARD_APP_USER``/``PGSHARD_APP_PASSWORD``).
 
 A source never raises for a bad document or a lost connection: it keeps the
 last good topology, logs the problem once, and reconnects with a delay.
+
+How stale the view can be is bounded: the watch only speeds changes up. Every
+``resync_seconds`` (and at once when the proxy doubts its view, :meth:`refresh`)
+the source reads the object again and starts a new watch from it, so a lost watch
+event or a stream that hangs without a word (issue 15: a proxy kept writing to a
+re-created pod that came back as a follower) costs at most one resync period.
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import math
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, cast
 from urllib.parse import quote
 
+import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch as k8s_watch
 
 from pgshard_proxy.contract import topology
 from pgshard_proxy.contract.topology import Topology
+from pgshard_proxy.pool.backend import detect_dead_peer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,7 @@ def from_status(status: Mapping[str, Any], creds: Credentials) -> Topology:
         "version": status.get("topologyVersion", 0),
         "method": status.get("method", "wal"),
         "shards": shards,
+        "sharding": status.get("sharding") or {},
     }
     return topology.from_dict(doc)
 
@@ -94,18 +105,38 @@ class KubernetesTopologySource:
         credentials: Credentials,
         *,
         retry_seconds: float = 2.0,
-        watch_seconds: int = 60,
+        resync_seconds: float = 3.0,
+        request_timeout: float = 5.0,
+        refresh_spacing: float = 0.2,
+        connect: Callable[[], Awaitable[k8s_client.ApiClient]] | None = None,
     ) -> None:
         self.namespace = namespace
         self.name = name
         self.credentials = credentials
         self.retry_seconds = retry_seconds
-        self.watch_seconds = watch_seconds
+        self.resync_seconds = resync_seconds
+        """Longest time between two reads of the object, whatever the watch says."""
+        self.request_timeout = request_timeout
+        """Bound on one read of the object."""
+        self.refresh_spacing = refresh_spacing
+        """Shortest time between two reads that :meth:`refresh` asks for."""
+        self._connect = connect or _connect
         self._problem: str | None = None
+        self._doubted = False
+        self._read_at = -math.inf
+        self._watching: asyncio.Timeout | None = None
+
+    def refresh(self) -> None:
+        """Read the object again now (not before ``refresh_spacing`` after the last read):
+        the proxy has reason to doubt its view, e.g. its primary turned out read-only."""
+        self._doubted = True
+        if self._watching is not None and not self._watching.expired():
+            loop = asyncio.get_running_loop()
+            self._watching.reschedule(max(loop.time(), self._read_at + self.refresh_spacing))
 
     async def __aiter__(self) -> AsyncIterator[Topology]:
         last: Topology | None = None
-        api_client = await _connect()
+        api_client = await self._connect()
         try:
             api = k8s_client.CustomObjectsApi(api_client)
             while True:
@@ -115,21 +146,35 @@ class KubernetesTopologySource:
                         if current is not None and current != last:
                             last = current
                             yield current
-                except (k8s_client.ApiException, OSError, TimeoutError, ValueError) as e:
+                except (
+                    k8s_client.ApiException,
+                    aiohttp.ClientError,  # e.g. a watch stream cut mid-event
+                    OSError,
+                    TimeoutError,
+                    ValueError,
+                ) as e:
                     self._report(f"watching ShardedCluster {self.namespace}/{self.name}: {e}", last)
-                await asyncio.sleep(self.retry_seconds)
+                    await asyncio.sleep(self.retry_seconds)
         finally:
             await api_client.close()
 
     async def _objects(self, api: k8s_client.CustomObjectsApi) -> AsyncIterator[Mapping[str, Any]]:
-        """The object now, then every change until the watch times out."""
-        obj = await api.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name
-        )
+        """The object now, then every change the watch reports until the next resync
+        (or a :meth:`refresh`). Nothing is awaited while an object is being yielded, so
+        the deadline never interrupts the consumer."""
+        loop = asyncio.get_running_loop()
+        self._doubted = False
+        self._read_at = loop.time()
+        async with asyncio.timeout(self.request_timeout):
+            obj = await api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name
+            )
         yield obj
+        if self._doubted:
+            return
         version = obj.get("metadata", {}).get("resourceVersion")
         async with k8s_watch.Watch() as w:
-            async for event in w.stream(
+            events = w.stream(
                 api.list_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -137,10 +182,23 @@ class KubernetesTopologySource:
                 PLURAL,
                 field_selector=f"metadata.name={self.name}",
                 resource_version=version,
-                timeout_seconds=self.watch_seconds,
-            ):
+                timeout_seconds=math.ceil(self.resync_seconds) + 1,
+            )
+            while True:
+                try:
+                    async with asyncio.timeout_at(self._read_at + self.resync_seconds) as t:
+                        self._watching = t
+                        event = await anext(events, None)
+                except TimeoutError:
+                    return  # time for a fresh read (a stalled stream ends here too)
+                finally:
+                    self._watching = None
+                if event is None:
+                    return
                 if event.get("type") in ("ADDED", "MODIFIED"):
                     yield event["object"]
+                if self._doubted:
+                    return
 
     def _parse(self, obj: Mapping[str, Any], last: Topology | None) -> Topology | None:
         try:
@@ -166,4 +224,33 @@ async def _connect() -> k8s_client.ApiClient:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
         await k8s_config.load_kube_config()
-    return k8s_client.ApiClient()
+    return api_client()
+
+
+def _dead_peer_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family, type_, proto)
+    detect_dead_peer(sock)
+    return sock
+
+
+def api_client(configuration: k8s_client.Configuration | None = None) -> k8s_client.ApiClient:
+    """An API client whose connections notice an API server host that vanished (no FIN,
+    no RST): TCP keepalive and TCP_USER_TIMEOUT, as on the proxy's server connections.
+    The resync deadline already bounds staleness; this frees a dead watch's connection."""
+    client = k8s_client.ApiClient(configuration)
+    rest = client.rest_client
+    plain = rest.pool_manager
+    built = cast(aiohttp.TCPConnector, plain.connector)
+    # kubernetes_asyncio builds its aiohttp session without a way to set socket options:
+    # the same session again, with a connector whose sockets detect a dead peer.
+    connector = aiohttp.TCPConnector(
+        limit=built.limit,
+        ssl=built._ssl,  # the context it built from the configuration
+        socket_factory=_dead_peer_socket,
+    )
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=plain.trust_env, read_bufsize=2**21
+    )
+    plain.detach()  # nothing was connected through it; its connector is not ours to close
+    return client

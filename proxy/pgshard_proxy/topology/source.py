@@ -1,7 +1,7 @@
 """The TopologySource protocol: how the proxy learns which member is primary, at which epoch.
 
-Implemented by :mod:`.file` (the local cluster's ``DIR/topology.json``) and, with
-the operator issue, by a Kubernetes source watching the ShardedCluster status.
+Implemented by :mod:`.file` (the local cluster's ``DIR/topology.json``) and
+:mod:`.kubernetes` (a ShardedCluster's status).
 Consumed by the proxy's main loop, which feeds each topology to the pools and to
 ``consistency.monitor.PositionMonitor.update``.
 """
@@ -19,5 +19,12 @@ class TopologySource(Protocol):
         """Topologies as they change. The first item is the current topology (the
         iterator waits until there is a valid one); later items only when it changed.
         A source never ends on its own and never raises for a bad document: it keeps
-        the last good topology and logs what is wrong."""
+        the last good topology and logs what is wrong. How long a change may go
+        unseen is bounded (each source re-reads periodically, whatever its change
+        notifications say)."""
+        ...
+
+    def refresh(self) -> None:
+        """Read the topology again now: the proxy doubts its view (a primary turned out
+        to be read-only). The next item comes only if it changed."""
         ...

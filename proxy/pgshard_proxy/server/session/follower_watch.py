@@ -1,6 +1,6 @@
 """Reads in flight on a follower that stopped answering: retry them on the primary, or fail.
 
-Owned by the client session (``server/session.py``), one :class:`FollowerWatch`
+Owned by the client session (``server/session/client.py``), one :class:`FollowerWatch`
 per session. A frozen follower (SIGSTOP, a hung host) keeps its sockets open and
 never answers, and a CancelRequest to it does nothing either, so without this a
 read sent there would wait for ever.
@@ -28,8 +28,8 @@ import asyncio
 import dataclasses
 import enum
 
-from ..pool.backend import BackendConnection
-from ..protocol import codec
+from ...pool.backend import BackendConnection
+from ...protocol import codec
 
 
 class Verdict(enum.Enum):

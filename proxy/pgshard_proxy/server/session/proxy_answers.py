@@ -1,6 +1,6 @@
 """``SHOW pgshard.*`` in the extended protocol, answered by the proxy itself.
 
-Called by the client session (``server/session.py``) for every message of an
+Called by the client session (``server/session/client.py``) for every message of an
 extended-protocol batch (the messages up to a Sync) whose first statement is a
 ``SHOW pgshard.<name>``: such a batch never reaches a server. PostgreSQL knows
 nothing of the proxy's settings (it would answer with an error, or with the
@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from ..protocol import codec, messages
-from ..routing.classify import PROXY_PREFIX, Classified, Kind, classify
+from ...protocol import codec, messages
+from ...routing.classify import PROXY_PREFIX, Classified, Kind, classify
 
 _P, _B, _D, _E, _C, _H = b"PBDECH"
 

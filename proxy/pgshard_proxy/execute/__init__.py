@@ -1,0 +1,1 @@
+"""Carrying out shard plans over server connections: scatter reads and their merge."""

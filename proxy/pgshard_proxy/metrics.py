@@ -1,0 +1,212 @@
+"""The proxy's Prometheus metrics and the ``/metrics`` endpoint (``--metrics-port``).
+
+One :class:`ProxyMetrics` per proxy process (held by the server context, no global
+registry). On the request path only plain integers are added to (routing decisions,
+requests the proxy answers, bytes moved); prometheus_client's counters and histogram
+(which take a lock) are used where it is rarer: waits for a follower, errors sent for a
+failover, logins refused. Everything else is read when scraped: sessions, pooled
+server connections, the classifier's cache statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .protocol.sqlstate import SqlState
+from .routing.router import Reason, Role
+
+FAILOVER_SQLSTATES = frozenset({"08006", "08007", "57P03"})
+REFUSALS = {
+    "53300": "too-many-connections",
+    "28P01": "authentication",
+    "28000": "authentication",
+    "57014": "login-timeout",
+}
+"""SQLSTATEs that end a connection before or at login, and the reason label."""
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Live(Protocol):
+    """What the scrape reads from the running proxy (``ServerContext``)."""
+
+    def client_counts(self) -> dict[str, int]:
+        """Client connections by state: ``logging-in``, ``active`` (a request or
+        transaction under way), ``idle``."""
+        ...
+
+    def server_counts(self) -> dict[tuple[str, str], int]:
+        """Pooled server connections by (member, state ``idle`` | ``in-use``)."""
+        ...
+
+    def bytes_moved(self) -> tuple[int, int]:
+        """Bytes received from clients, bytes sent to them."""
+        ...
+
+
+class Held(Protocol):
+    """The switchover buffer's counts (``server.switch_buffer.Counts``)."""
+
+    buffered: int
+    failed: int
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        # Plain integers on the request path (an add each, no lock): exported as
+        # counters when scraped.
+        self.routed: dict[tuple[Role, Reason], int] = {(ro, re): 0 for ro in Role for re in Reason}
+        """Requests routed, by (role, reason)."""
+        self.answered = 0
+        """Requests the proxy answered itself."""
+        self.follower_wait = Histogram(
+            "pgshard_proxy_follower_wait_seconds",
+            "How long reads waited for a follower to reach the session's position.",
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        errors = Counter(
+            "pgshard_proxy_failover_errors",
+            "Errors sent to clients because a server failed or the primary changed, by "
+            "SQLSTATE (08006 connection failure, 08007 transaction resolution unknown, "
+            "57P03 no primary in time).",
+            ["sqlstate"],
+            registry=r,
+        )
+        self._failover_error = errors.labels
+        self._refused = Counter(
+            "pgshard_proxy_connections_refused",
+            "Client connections refused at login: too many, failed authentication, login timeout.",
+            ["reason"],
+            registry=r,
+        ).labels
+        self._live: Live | None = None
+        self._cache_info: Callable[[], tuple[int, int]] | None = None
+        self._held: Held | None = None
+        r.register(_Scraped(self))
+
+    def error_sent(self, code: SqlState | str) -> None:
+        """An error ended a request or a session: counted if failover-related or a refusal."""
+        sqlstate = code.value if isinstance(code, SqlState) else code
+        if sqlstate in FAILOVER_SQLSTATES:
+            self._failover_error(sqlstate).inc()
+        elif (why := REFUSALS.get(sqlstate)) is not None:
+            self._refused(why).inc()
+
+    def attach(
+        self, live: Live, cache_info: Callable[[], tuple[int, int]], held: Held | None = None
+    ) -> None:
+        """What the scrape reads: the running proxy, the classifier's (hits, misses) and
+        the switchover buffer's counts."""
+        self._live, self._cache_info, self._held = live, cache_info, held
+
+    def count_answered(self) -> None:
+        self.answered += 1
+
+    def collect_live(self) -> Iterator[Metric]:
+        routes = CounterMetricFamily(
+            "pgshard_proxy_routes",
+            "Requests routed, by role (primary, follower) and reason: consistency outcomes "
+            "are reasons follower, follower-wait (waited, then the follower), "
+            "follower-timeout (waited, then the primary), no-wait (follower behind).",
+            labels=["role", "reason"],
+        )
+        for (role, reason), n in self.routed.items():
+            routes.add_metric([role.value, _slug(reason)], n)
+        yield routes
+        answered = CounterMetricFamily(
+            "pgshard_proxy_answered",
+            "Requests the proxy answered itself (SET/SHOW pgshard.*, refusals).",
+        )
+        answered.add_metric([], self.answered)
+        yield answered
+        if self._live is not None:
+            clients = GaugeMetricFamily(
+                "pgshard_proxy_client_connections",
+                "Client connections by state (logging-in, active, idle).",
+                labels=["state"],
+            )
+            for state, n in sorted(self._live.client_counts().items()):
+                clients.add_metric([state], n)
+            yield clients
+            servers = GaugeMetricFamily(
+                "pgshard_proxy_server_connections",
+                "Pooled server connections by member and state (idle, in-use).",
+                labels=["member", "state"],
+            )
+            for (member, state), n in sorted(self._live.server_counts().items()):
+                servers.add_metric([member, state], n)
+            yield servers
+            moved = CounterMetricFamily(
+                "pgshard_proxy_client_bytes",
+                "Bytes received from (in) and sent to (out) clients.",
+                labels=["direction"],
+            )
+            received, sent = self._live.bytes_moved()
+            moved.add_metric(["in"], received)
+            moved.add_metric(["out"], sent)
+            yield moved
+        if self._held is not None:
+            held = CounterMetricFamily(
+                "pgshard_proxy_switchover_requests",
+                "Requests held while their shard's primary was switched over, by outcome: "
+                "buffered (then run on the new primary) or failed (buffer full or window over).",
+                labels=["outcome"],
+            )
+            held.add_metric(["buffered"], self._held.buffered)
+            held.add_metric(["failed"], self._held.failed)
+            yield held
+        if self._cache_info is not None:
+            cache = CounterMetricFamily(
+                "pgshard_proxy_classifier_cache",
+                "Statement classifications answered from the cache (hit) or parsed (miss).",
+                labels=["result"],
+            )
+            hits, misses = self._cache_info()
+            cache.add_metric(["hit"], hits)
+            cache.add_metric(["miss"], misses)
+            yield cache
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Scraped(Collector):
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect_live()
+
+
+def _slug(reason: Reason) -> str:
+    return reason.name.lower().replace("_", "-")
+
+
+async def serve(metrics: ProxyMetrics, host: str, port: int) -> web.AppRunner:
+    """``GET /metrics`` on ``host:port`` (a port of its own: scrapes never meet clients)."""
+
+    async def scrape(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
