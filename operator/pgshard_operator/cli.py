@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, redact
 
 # Modules exposing ``register(subparsers)``; imported lazily so that a command's
 # heavy dependencies load only when it is used.
@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "pgshard_proxy.rewrite.cli",
     "pgshard_operator.local.commands",
     "pgshard_operator.switchover_command",
+    "pgshard_operator.failover_command",
 )
 
 
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact.install()
     try:
         result = args.func(args)
     except CommandError as e:
@@ -110,10 +112,15 @@ def operator_main(argv: Sequence[str] | None = None) -> int:
         settings = dataclasses.replace(
             settings, log_level=operator_settings.LogLevel(args.log_level)
         )
+    from .k8s import apply
+
     try:
         asyncio.run(handlers.run(settings, liveness_endpoint=args.liveness))
     except KeyboardInterrupt:
         return 130
+    except apply.NotConfigured as e:
+        print(f"pgshard-operator: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,10 +29,15 @@ CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 the StatefulSet gets a new revision and the operator rolls the pods."""
 SWITCHOVER_ANNOTATION = f"{GROUP}/switchover"
 """On a ShardedCluster: ``"<shard>"`` or ``"<shard>:<pod>"`` requests a switchover."""
+FAILOVER_ANNOTATION = f"{GROUP}/failover"
+"""On a ShardedCluster: ``"<shard>"`` forces a failover of that shard that a safety check
+refuses (accepting the loss its FailoverBlocked Event names); removed once taken up."""
 
 APP_NAME = "pgshard"
 PG_PORT = 5432
 STATUS_PORT = 8008
+PROXY_METRICS_PORT = 9187
+"""The proxy's Prometheus endpoint in pods (the agents serve theirs on STATUS_PORT)."""
 """The instance agent's health/status HTTP endpoint."""
 
 
@@ -127,8 +132,13 @@ def proxy_service(cluster: str) -> str:
     return cluster
 
 
-def instance_service_account(cluster: str) -> str:
-    return f"{cluster}-instance"
+def instance_service_account(cluster: str, shard: int) -> str:
+    """One per shard: its Role may update only that shard's Lease."""
+    return f"{shard_statefulset(cluster, shard)}-instance"
+
+
+def shard_network_policy(cluster: str, shard: int) -> str:
+    return shard_statefulset(cluster, shard)
 
 
 def proxy_service_account(cluster: str) -> str:

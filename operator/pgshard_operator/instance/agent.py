@@ -18,14 +18,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pgshard_proxy.contract import positions
+from pgshard_proxy.contract import positions, topology
+from pgshard_proxy.contract import statement_log as slog
 
 from .. import proctree
-from . import bootstrap, config, lease, postgres, rejoin, sql
+from . import (
+    applier,
+    bootstrap,
+    config,
+    lease,
+    peers,
+    postgres,
+    rejoin,
+    sql,
+    statement_roles,
+)
 from .credentials import Credentials
 from .supervise import PostgresSupervisor
 
 log = logging.getLogger(__name__)
+
+_FOLLOWERS = """
+SELECT application_name,
+       (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes,
+       extract(epoch FROM replay_lag)::float8 AS lag_seconds
+FROM pg_stat_replication WHERE state = 'streaming'
+"""
 
 
 class Role(enum.Enum):
@@ -61,6 +79,8 @@ class AgentSettings:
     hold_primary: bool = False
     """Do not serve as primary on start (the platform restarted a crashed primary):
     wait for ``rejoin`` even if the lease is still ours."""
+    statement_mode: bool = False
+    """``statement`` replication: followers are copies by dump that run the applier."""
 
 
 _PROBE = """
@@ -80,11 +100,19 @@ SELECT pg_is_in_recovery() AS recovery,
 
 class Agent:
     def __init__(
-        self, settings: AgentSettings, bins: postgres.Binaries, store: lease.LeaseStore
+        self,
+        settings: AgentSettings,
+        bins: postgres.Binaries,
+        store: lease.LeaseStore,
+        members: peers.Peers,
     ) -> None:
         self.s = settings
+        self.peers = members
         self.bins = bins
-        self.creds: Credentials = Credentials.load(settings.credentials)
+        tls = settings.server.tls
+        self.creds: Credentials = Credentials.load(settings.credentials).with_tls(
+            tls.ca_cert if tls is not None else None
+        )
         self.store = store
         self._held = lease.FREE
         """The lease record as last read or written (status reports it without a call)."""
@@ -95,13 +123,31 @@ class Agent:
         self.error: str | None = None
         self._probe_conn: Any = None
         self._probe_lock = asyncio.Lock()
+        self._log_conn: Any = None
+        """Statement mode: kept connection to the application database (positions)."""
+        self.applier: applier.Applier | None = None
+        self._applier_task: asyncio.Task[None] | None = None
         self.valid_until = 0.0
+        """The lease's wall-clock expiry as the store recorded it (reported in status)."""
+        self.deadline = lease.Deadline(
+            settings.lease_ttl, lease.fence_margin(settings.lease_ttl), self._deadline_reached
+        )
+        self._fenced_by_control_plane = False
         self._lock = asyncio.Lock()  # one role change at a time
+        self.progress = bootstrap.Progress()
+        """The snapshot copy of a member bootstrapped as a follower (metrics)."""
 
     # -- life cycle ---------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Kill a server left over by a dead agent, create PGDATA if needed, pick the role."""
+        """Kill a server left over by a dead agent, create PGDATA if needed, pick the role.
+
+        Holds the role lock: the control endpoint already answers (status, metrics) while
+        a bootstrap copy runs, and a role change must not work on the same PGDATA."""
+        async with self._lock:
+            await self._prepare()
+
+    async def _prepare(self) -> None:
         if (pid := postgres.postmaster_pid(self.s.datadir)) is not None:
             log.warning("killing postgres (pid %d) left running by a previous agent", pid)
             proctree.kill_tree(pid)
@@ -110,12 +156,33 @@ class Agent:
             if self.s.bootstrap_primary:
                 log.info("initdb: creating the first primary")
                 await bootstrap.init_primary(
-                    self.bins, self.s.datadir, self.s.server, self.creds, self.s.pg_log
+                    self.bins,
+                    self.s.datadir,
+                    self.s.server,
+                    self.creds,
+                    self.s.pg_log,
+                    statement_log=self.s.statement_mode,
                 )
+            elif self.s.upstream is not None and self.s.statement_mode:
+                log.info("copying primary %s from an exported snapshot", self.s.upstream.address)
+                pos = await bootstrap.copy_follower(
+                    self.bins,
+                    self.s.datadir,
+                    self.s.server,
+                    self.creds,
+                    self.s.upstream,
+                    self.s.pg_log,
+                )
+                log.info("copy done at log position %d", pos)
             elif self.s.upstream is not None:
                 log.info("taking a snapshot of primary %s", self.s.upstream.address)
                 await bootstrap.clone_follower(
-                    self.bins, self.s.datadir, self.s.server, self.creds, self.s.upstream
+                    self.bins,
+                    self.s.datadir,
+                    self.s.server,
+                    self.creds,
+                    self.s.upstream,
+                    self.progress,
                 )
             else:
                 raise bootstrap.BootstrapFailed(
@@ -125,6 +192,16 @@ class Agent:
         if config.is_standby(self.s.datadir):
             self.role = Role.FOLLOWER
             await self.pg.start()
+        elif config.is_statement_follower(self.s.datadir):
+            if self.s.upstream is None:
+                raise bootstrap.BootstrapFailed(
+                    f"{self.s.name} is a statement-mode follower but no primary was given "
+                    "to apply the log of (--upstream)"
+                )
+            statement_roles.pin_upstream(self.bins, self.s.datadir, self.s.upstream)
+            self.role = Role.FOLLOWER
+            await self.pg.start()
+            self._start_applier(self.s.upstream)
         elif not self.s.hold_primary and await self._take_lease():
             self.role = Role.PRIMARY
             await self.pg.start()
@@ -143,8 +220,10 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
-        if self._probe_conn is not None:
-            self._probe_conn.terminate()
+        await self._stop_applier()
+        for conn in (self._probe_conn, self._log_conn):
+            if conn is not None:
+                conn.terminate()
         await self.pg.stop()
         if self.role is Role.PRIMARY:
             try:
@@ -158,9 +237,9 @@ class Agent:
         if self.role is Role.FOLLOWER:
             return True
         if self.role is Role.PRIMARY:
-            # Nobody may take the lease before valid_until; the lease loop keeps renewing
+            # Nobody may take the lease before it runs out; the lease loop keeps renewing
             # it once the restarted server answers, or fences before it runs out.
-            if time.time() < self.valid_until:
+            if not self.deadline.passed():
                 return True
             self._fence("postgres crashed and the lease is no longer ours")
         return False
@@ -175,6 +254,7 @@ class Agent:
         return max(0.05, self.s.lease_ttl / 3)
 
     async def _take_lease(self, epoch: int | None = None) -> bool:
+        sent_at = asyncio.get_running_loop().time()
         try:
             got = await asyncio.wait_for(
                 self.store.take(self.s.name, self.s.lease_ttl, time.time(), epoch),
@@ -186,20 +266,38 @@ class Agent:
         if got is not None:
             self.valid_until = got.expires_at
             self._held = got
+            self.deadline.granted(sent_at)
         return got is not None
 
     async def _lease_loop(self) -> None:
         period = max(0.05, self.s.lease_ttl / 3)
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._renewal_pause(period))
             async with self._lock:
                 if self.role is Role.PRIMARY:
                     await self._renew_or_fence(period)
                 elif self.role is Role.FENCED:
                     await self._maybe_recover()
 
+    def _renewal_pause(self, period: float) -> float:
+        """A primary renews ``period`` after its last granted renewal was *sent*, so a slow
+        store (a loaded API server) does not push the next attempt past the deadline; a
+        failed attempt is retried after a tenth of the period. Others wait a period."""
+        if self.role is not Role.PRIMARY or not self.deadline.until:
+            return period
+        next_at = self.deadline.until - self.s.lease_ttl + period
+        return min(period, max(period / 10, next_at - asyncio.get_running_loop().time()))
+
+    def _deadline_reached(self) -> None:
+        """The lease was not renewed in time: stop before it can run out (a timer, so it
+        fires on time whatever the renewal loop is waiting for)."""
+        if self.role is Role.PRIMARY:
+            self._fence(
+                f"the lease was not renewed within {self.s.lease_ttl - self.deadline.margin:g}s"
+            )
+
     async def _renew_or_fence(self, probe_timeout: float) -> None:
-        if lease.must_fence(self.valid_until, time.time(), margin=0):
+        if self.deadline.passed(margin=0):
             # Woken after a stall (SIGSTOP, a frozen node) past the lease: another member
             # may be primary already, so stop before anything else.
             self._fence("the lease ran out while this agent was stalled")
@@ -211,33 +309,48 @@ class Agent:
         except Exception as e:  # any failure to answer counts as unhealthy
             log.debug("primary probe failed: %s", e)
         if healthy:
+            loop = asyncio.get_running_loop()
+            sent_at = loop.time()
+            # Wait for the store as long as its answer can still keep the lease: the
+            # deadline's timer fences at the fence point whatever this call is doing.
+            budget = max(probe_timeout, self.deadline.until - self.deadline.margin - sent_at)
             try:
                 renewed = await asyncio.wait_for(
-                    self.store.renew(self.s.name, self.s.lease_ttl, time.time()), probe_timeout
+                    self.store.renew(self.s.name, self.s.lease_ttl, time.time()), budget
                 )
             except Exception as e:  # the store is unreachable: fence only near expiry
                 log.warning("could not renew the lease: %s", e)
             else:
-                if renewed is not None:
+                if renewed is not None and self.role is Role.PRIMARY:
                     self.valid_until = renewed.expires_at
                     self._held = renewed
+                    self.deadline.granted(sent_at)
+                    return
+                if renewed is not None:  # fenced by the deadline while renewing
                     return
                 self._fence("the lease was taken by another member")
                 return
-        if lease.must_fence(self.valid_until, time.time(), margin=probe_timeout):
+        if self.deadline.passed():
             why = "server unhealthy" if not healthy else "lease store unreachable"
             self._fence(f"{why}: could not renew the lease before it expires")
 
     async def _maybe_recover(self) -> None:
-        """A fenced primary whose lease nobody took over serves again (e.g. after a stall)."""
+        """A primary that fenced itself serves again only while its lease is still its own
+        and unexpired (``lease.may_recover``): e.g. a store that was unreachable for a
+        moment. Never after the control plane fenced it, nor after the lease ran out."""
         try:
             held = await self._read_lease()
         except Exception as e:
             log.debug("lease store unreachable: %s", e)
             return
-        view = lease.classify(held, self.s.name, time.time())
         if (
-            view in (lease.LeaseView.MINE, lease.LeaseView.MINE_EXPIRED)
+            lease.may_recover(
+                held,
+                self.s.name,
+                time.time(),
+                self.deadline.margin,
+                by_control_plane=self._fenced_by_control_plane,
+            )
             and await self._take_lease()
         ):
             log.warning("lease still ours and untaken: serving as primary again")
@@ -249,19 +362,71 @@ class Agent:
         log.error("fencing: %s; killing postgres so it acknowledges no further write", why)
         self.pg.kill()
         self.role = Role.FENCED
+        self.deadline.cancel()
         self.error = f"fenced: {why}"
+
+    # -- statement mode ---------------------------------------------------------------
+
+    def _app_dsn(self, host: str, port: int) -> str:
+        return self.creds.superuser_dsn(f"{host}:{port}", self.creds.app_database)
+
+    def _applies_log_of(self, up: bootstrap.Upstream) -> bool:
+        a = self.applier
+        return (
+            self.role is Role.FOLLOWER
+            and a is not None
+            and a.source_dsn == self._app_dsn(up.host, up.port)
+            and a.state is not applier.State.DIVERGED
+            and self._applier_task is not None
+            and not self._applier_task.done()
+        )
+
+    def _start_applier(self, up: bootstrap.Upstream) -> None:
+        self.applier = applier.Applier(
+            self.s.name,
+            self._app_dsn(self.s.server.host, self.s.server.port),
+            self._app_dsn(up.host, up.port),
+        )
+        self._applier_task = asyncio.ensure_future(self.applier.run())
+
+    async def _stop_applier(self) -> None:
+        task, self._applier_task = self._applier_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _log_position(self) -> int:
+        """This member's statement log position (the highest ``seq`` in its log)."""
+        async with self._probe_lock:
+            if self._log_conn is None or self._log_conn.is_closed():
+                self._log_conn = await sql.connect(
+                    self.s.server.host,
+                    self.s.server.port,
+                    self.creds,
+                    database=self.creds.app_database,
+                )
+            try:
+                return int(await self._log_conn.fetchval(slog.POSITION_SQL))
+            except BaseException:
+                conn, self._log_conn = self._log_conn, None
+                conn.terminate()
+                raise
 
     # -- observations ---------------------------------------------------------------
 
     async def _probe(self) -> Any:
         """One status query over a kept connection (a SCRAM login per probe costs CPU)."""
+        rows = await self._query(_PROBE)
+        return rows[0] if rows else None
+
+    async def _query(self, query: str) -> list[Any]:
         async with self._probe_lock:
             if self._probe_conn is None or self._probe_conn.is_closed():
                 self._probe_conn = await sql.connect(
                     self.s.server.host, self.s.server.port, self.creds
                 )
             try:
-                return await self._probe_conn.fetchrow(_PROBE)
+                return list(await self._probe_conn.fetch(query))
             except BaseException:  # incl. cancellation by a timeout: the state is unknown
                 conn, self._probe_conn = self._probe_conn, None
                 conn.terminate()
@@ -304,6 +469,16 @@ class Agent:
                 walReceiver=row["receiver"],
                 upstream=row["upstream"],
             )
+            if self.s.statement_mode:
+                doc["method"] = "statement"
+                if self.applier is not None and self.role is Role.FOLLOWER:
+                    doc["applier"] = self.applier.status()
+                    doc["position"] = self.applier.applied
+                else:
+                    try:
+                        doc["position"] = await asyncio.wait_for(self._log_position(), 2.0)
+                    except Exception as e:
+                        doc["error"] = error or f"statement log not readable: {e}"
             if row["received"] and row["replayed"]:
                 # Received but not yet applied (e.g. recovery_min_apply_delay); the lag
                 # behind the primary is computed by whoever also knows the primary's LSN.
@@ -311,6 +486,16 @@ class Agent:
                     0, positions.parse_lsn(row["received"]) - positions.parse_lsn(row["replayed"])
                 )
         return doc
+
+    async def followers(self) -> list[Any]:
+        """On a primary, each streaming follower's lag (pg_stat_replication); else none."""
+        if self.role is not Role.PRIMARY or self.pg.pid is None:
+            return []
+        try:
+            return list(await asyncio.wait_for(self._query(_FOLLOWERS), 2.0))
+        except Exception as e:  # metrics then simply lack the rows
+            log.debug("reading pg_stat_replication failed: %s", e)
+            return []
 
     # -- role changes (called by the control plane) ---------------------------------
 
@@ -323,7 +508,19 @@ class Agent:
                 raise AgentConflict(
                     f"lease held by {held.holder} for {held.expires_at - time.time():.1f}s more"
                 )
+            if epoch is not None:
+                await self._record_epoch(epoch)
+            if self.s.statement_mode:
+                await self._stop_applier()
+                self.role = Role.PRIMARY
+                pos = await statement_roles.make_writer(
+                    self.s.server.host, self.s.server.port, self.creds, self.s.datadir
+                )
+                self.applier = None
+                log.info("promoted to primary at log position %d (epoch %s)", pos, epoch)
+                return {"promoted": True, "lsn": None, "position": pos}
             self.role = Role.PRIMARY
+            self._fenced_by_control_plane = False
             conn = await sql.connect(self.s.server.host, self.s.server.port, self.creds)
             try:
                 ok = await conn.fetchval("SELECT pg_promote(true, 30)")
@@ -335,11 +532,33 @@ class Agent:
             log.info("promoted to primary at %s (epoch %s)", lsn, epoch)
             return {"promoted": True, "lsn": lsn}
 
+    async def _record_epoch(self, epoch: int) -> None:
+        """Record the epoch this member is promoted in, before it takes writes, where the
+        proxy reads it when it opens a primary connection (``topology.EPOCH_SETTING``)."""
+        setting = topology.EPOCH_SETTING
+        conn = await sql.connect(self.s.server.host, self.s.server.port, self.creds)
+        try:
+            # PostgreSQL 15 only ALTERs a custom setting the session knows: SET makes it so.
+            await conn.execute(f"SET {setting} = {config.quote(str(int(epoch)))}")
+            await conn.execute(f"ALTER SYSTEM SET {setting} = {config.quote(str(int(epoch)))}")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
     async def repoint(self, up: bootstrap.Upstream) -> dict[str, Any]:
         """Follow ``up`` from now on: slot there, new primary_conninfo, reload (no restart)."""
         async with self._lock:
             if self.role is not Role.FOLLOWER:
                 raise AgentConflict(f"{self.s.name} is {self.role.value}; rejoin it instead")
+            await peers.check(self.peers, up)
+            if self.s.statement_mode:
+                await statement_roles.set_upstream(
+                    self.s.server.host, self.s.server.port, self.creds, up
+                )
+                if self.applier is not None:
+                    self.applier.repoint(self._app_dsn(up.host, up.port))
+                log.info("now applying the log of %s", up.address)
+                return {"upstream": up.address}
             await bootstrap.ensure_slot(up, self.creds, self.s.name)
             info = bootstrap.replication_conninfo(up, self.creds, self.s.name)
             conn = await sql.connect(self.s.server.host, self.s.server.port, self.creds)
@@ -371,9 +590,19 @@ class Agent:
         async with self._lock:
             if self.role is Role.FOLLOWER:
                 return {"role": self.role.value, "lsn": None}
+            final: int | None = None
             if self.role is Role.PRIMARY:
                 self.role = Role.FENCED
+                self._fenced_by_control_plane = True
+                self.deadline.cancel()
                 self.error = "fenced by the control plane"
+                if self.s.statement_mode:
+                    try:
+                        final = await statement_roles.stop_writes(
+                            self.s.server.host, self.s.server.port, self.creds
+                        )
+                    except Exception as e:  # then the end is unknown: no switchover
+                        log.warning("could not take the write lock before stopping: %s", e)
                 await self.pg.stop()
                 try:
                     await asyncio.wait_for(
@@ -384,6 +613,9 @@ class Agent:
             elif self.pg.pid is not None:
                 self.pg.kill()
                 await self.pg.stop()
+            if self.s.statement_mode:
+                log.info("fenced: server stopped (last log entry %s), lease released", final)
+                return {"role": self.role.value, "lsn": final}
             lsn = None
             state = await asyncio.to_thread(postgres.controldata, self.bins, self.s.datadir)
             if state.get("Database cluster state") == "shut down":
@@ -393,14 +625,37 @@ class Agent:
 
     async def rejoin(self, up: bootstrap.Upstream) -> dict[str, Any]:
         """Become a follower of ``up``: stop, pg_rewind (or re-clone), start as standby."""
+        if self.role is Role.BOOTSTRAPPING:
+            # Its copy is a fresh one already; waiting for the lock would only hold the
+            # manager's request for the length of the copy, then copy again.
+            raise AgentConflict(
+                f"{self.s.name} is still bootstrapping (copying its primary); "
+                "rejoin it once it reports a role"
+            )
         async with self._lock:
             if self.role is Role.PRIMARY:
                 raise AgentConflict(f"{self.s.name} is the lease-holding primary; fence it first")
+            await peers.check(self.peers, up)
+            if self._applies_log_of(up):
+                # A statement-mode follower copied from (or repointed to) ``up`` that has
+                # not diverged: a re-copy would only restart it and take it away.
+                log.info("already applying the log of %s: nothing to rejoin", up.address)
+                return rejoin.RejoinResult(rejoin.Method.RESTART, None, 0).to_dict()
             previous = self.role
             self.role = Role.REJOINING
             try:
+                await self._stop_applier()
                 await self.pg.stop()
-                if config.is_standby(self.s.datadir):
+                if self.s.statement_mode:
+                    result = await statement_roles.recopy(
+                        self.bins,
+                        self.s.datadir,
+                        self.s.server,
+                        self.creds,
+                        up,
+                        self.s.pg_log,
+                    )
+                elif config.is_standby(self.s.datadir):
                     # Already a follower: just point it at the new primary.
                     result = rejoin.RejoinResult(rejoin.Method.RESTART, None, 0)
                     config.make_standby(
@@ -421,5 +676,7 @@ class Agent:
             self.role = Role.FOLLOWER
             self.error = None
             await self.pg.start()
+            if self.s.statement_mode:
+                self._start_applier(up)
             log.info("rejoined as follower of %s: %s", up.address, result.to_dict())
             return result.to_dict()

@@ -20,14 +20,19 @@ copy was removed. Both messages name the member, the directory and the space.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import asyncpg
 
-from . import config, diskspace, postgres, sql
+from pgshard_proxy.contract import statement_log as slog
+
+from . import config, diskspace, dumpcopy, postgres, sql
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,29 @@ class Upstream:
         return f"{self.host}:{self.port}"
 
 
+@dataclasses.dataclass
+class Progress:
+    """How far a follower's snapshot copy has come (read by the agent's metrics)."""
+
+    total: int = 0
+    """Bytes to copy, from the primary's own figures; 0 until known."""
+    directory: Path | None = None
+    """Where the copy is being written; its size is what was copied so far."""
+    finished: bool = False
+
+    def copied(self) -> int:
+        if self.finished:
+            return self.total
+        if self.directory is None:
+            return 0
+        size = 0
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                with contextlib.suppress(OSError):  # files come and go during the copy
+                    size += (Path(root) / name).stat().st_size
+        return size
+
+
 def _partial(datadir: Path) -> Path:
     return datadir.with_name(datadir.name + ".partial")
 
@@ -72,7 +100,12 @@ def _explain(name: str, what: str, datadir: Path, err: Exception) -> BootstrapFa
 
 def replication_conninfo(up: Upstream, creds: Credentials, application_name: str) -> str:
     return config.conninfo(
-        up.host, up.port, creds.replication_user, creds.replication_password, application_name
+        up.host,
+        up.port,
+        creds.replication_user,
+        creds.replication_password,
+        application_name,
+        creds.tls_conninfo(),
     )
 
 
@@ -82,40 +115,17 @@ async def init_primary(
     settings: config.ServerSettings,
     creds: Credentials,
     log: Path,
+    statement_log: bool = False,
 ) -> None:
-    """initdb, our config, then roles: replication user, application user and database."""
+    """initdb, our config, then roles: replication user, application user and database
+    (with ``statement_log``, the log's schema in it: statement replication)."""
     partial = _partial(datadir)
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        await asyncio.to_thread(
-            postgres.initdb, bins, partial, creds.superuser, creds.superuser_password
-        )
-        config.write_server_files(bins, partial, settings)
-        proc = await postgres.spawn(bins, partial, log)
+        proc = await _initdb_and_start(bins, partial, settings, creds, log)
         try:
-            await sql.wait_ready(settings.host, settings.port, creds, 60, proc)
-            conn = await sql.connect(settings.host, settings.port, creds)
-            try:
-                for fmt, user, password in (
-                    (
-                        "CREATE ROLE %I WITH REPLICATION LOGIN PASSWORD %L",
-                        creds.replication_user,
-                        creds.replication_password,
-                    ),
-                    ("CREATE ROLE %I WITH LOGIN PASSWORD %L", creds.app_user, creds.app_password),
-                ):
-                    ddl = await conn.fetchval(
-                        "SELECT format($1::text, $2::text, $3::text)", fmt, user, password
-                    )
-                    await conn.execute(ddl)
-                ddl = await conn.fetchval(
-                    "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
-                    creds.app_database,
-                    creds.app_user,
-                )
-                await conn.execute(ddl)
-            finally:
-                await conn.close()
+            if statement_log:
+                await _create_statement_log(settings, creds)
         finally:
             proc.terminate()  # SIGTERM: smart shutdown, nothing is connected any more
             await proc.wait()
@@ -123,6 +133,111 @@ async def init_primary(
         shutil.rmtree(partial, ignore_errors=True)
         raise _explain(settings.name, "initdb of the first primary", datadir, e) from None
     partial.rename(datadir)
+
+
+async def _initdb_and_start(
+    bins: postgres.Binaries,
+    partial: Path,
+    settings: config.ServerSettings,
+    creds: Credentials,
+    log: Path,
+) -> asyncio.subprocess.Process:
+    """A new server in ``partial``, running, with the cluster's roles and database."""
+    await asyncio.to_thread(
+        postgres.initdb, bins, partial, creds.superuser, creds.superuser_password
+    )
+    config.write_server_files(bins, partial, settings)
+    proc = await postgres.spawn(bins, partial, log)
+    try:
+        await sql.wait_ready(settings.host, settings.port, creds, 60, proc)
+        conn = await sql.connect(settings.host, settings.port, creds)
+        try:
+            for fmt, user, password in (
+                (
+                    "CREATE ROLE %I WITH REPLICATION LOGIN PASSWORD %L",
+                    creds.replication_user,
+                    creds.replication_password,
+                ),
+                ("CREATE ROLE %I WITH LOGIN PASSWORD %L", creds.app_user, creds.app_password),
+            ):
+                ddl = await conn.fetchval(
+                    "SELECT format($1::text, $2::text, $3::text)", fmt, user, password
+                )
+                await conn.execute(ddl)
+            ddl = await conn.fetchval(
+                "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)",
+                creds.app_database,
+                creds.app_user,
+            )
+            await conn.execute(ddl)
+        finally:
+            await conn.close()
+    except BaseException:
+        proc.terminate()
+        await proc.wait()
+        raise
+    return proc
+
+
+async def _create_statement_log(settings: config.ServerSettings, creds: Credentials) -> None:
+    """The log's schema in the application database. The application role (what the
+    proxy logs in as) appends entries and reads positions."""
+    conn = await sql.connect(settings.host, settings.port, creds, database=creds.app_database)
+    try:
+        await conn.execute(slog.SCHEMA_SQL)
+        grant = await conn.fetchval(
+            "SELECT format('GRANT USAGE ON SCHEMA %1$I TO %2$I; "
+            "GRANT SELECT, INSERT ON %3$s TO %2$I; GRANT USAGE ON SEQUENCE %4$s TO %2$I', "
+            "$1::text, $2::text, $3::text, $4::text)",
+            slog.SCHEMA,
+            creds.app_user,
+            slog.TABLE,
+            slog.SEQUENCE,
+        )
+        await conn.execute(grant)
+    finally:
+        await conn.close()
+
+
+async def copy_follower(
+    bins: postgres.Binaries,
+    datadir: Path,
+    settings: config.ServerSettings,
+    creds: Credentials,
+    up: Upstream,
+    log: Path,
+) -> int:
+    """A statement-mode follower: a new server holding a snapshot of ``up``'s application
+    database (dumpcopy.py); the log position it starts applying after."""
+    partial = _partial(datadir)
+    shutil.rmtree(partial, ignore_errors=True)
+    what = f"copy (pg_dump) of primary {up.address}"
+    try:
+        proc = await _initdb_and_start(bins, partial, settings, creds, log)
+        try:
+
+            def endpoint(host: str, port: int) -> dumpcopy.Endpoint:
+                return dumpcopy.Endpoint(
+                    host, port, creds.superuser, creds.app_database, creds.superuser_password
+                )
+
+            position = await dumpcopy.copy_database(
+                bins, endpoint(up.host, up.port), endpoint(settings.host, settings.port)
+            )
+        finally:
+            # Fast shutdown: others (the proxy's position monitor) may have connected to
+            # the member's port meanwhile, and a smart shutdown would wait for them.
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+        config.make_statement_follower(bins, partial, up.address)
+    except (postgres.PostgresCommandFailed, OSError, RuntimeError, TimeoutError) as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _explain(settings.name, what, datadir, e) from None
+    except asyncpg.PostgresError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BootstrapFailed(f"{what} failed: {e}") from None
+    partial.rename(datadir)
+    return position
 
 
 async def ensure_slot(up: Upstream, creds: Credentials, slot: str) -> bool:
@@ -172,8 +287,10 @@ async def clone_follower(
     settings: config.ServerSettings,
     creds: Credentials,
     up: Upstream,
+    progress: Progress | None = None,
 ) -> None:
-    """A snapshot of ``up`` via ``pg_basebackup``, streaming from a slot named after us."""
+    """A snapshot of ``up`` via ``pg_basebackup``, streaming from a slot named after us;
+    ``progress`` (when given) follows the copy."""
     slot = settings.name
     partial = _partial(datadir)
     shutil.rmtree(partial, ignore_errors=True)
@@ -181,6 +298,8 @@ async def clone_follower(
         need = await snapshot_size(up, creds)
     except Exception as e:  # asyncpg/OS errors reaching the primary
         raise BootstrapFailed(f"cannot prepare a snapshot of primary {up.address}: {e}") from None
+    if progress is not None:
+        progress.total, progress.directory = need.copy, partial
     space = diskspace.measure(datadir.parent)
     if missing := diskspace.shortfall(need, space):
         raise DiskFull(
@@ -211,6 +330,7 @@ async def clone_follower(
             "-c",
             "fast",
             "--no-password",
+            *(("-d", tls) if (tls := creds.tls_conninfo()) else ()),
             timeout=3600,
             password=creds.replication_password,
         )
@@ -227,3 +347,5 @@ async def clone_follower(
             await drop_slot(up, creds, slot)
         raise BootstrapFailed(f"cannot prepare a snapshot of primary {up.address}: {e}") from None
     partial.rename(datadir)
+    if progress is not None:
+        progress.finished = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import secrets
+import urllib.parse
 from pathlib import Path
 
 
@@ -26,6 +27,10 @@ class Credentials:
     app_password: str
     app_database: str
     superuser: str = "postgres"
+    root_cert: str | None = None
+    """The cluster CA (``ca.crt``) when members serve TLS: every DSN and conninfo built
+    here then asks for ``sslmode=verify-full`` against it. Not a secret and not stored in
+    the credentials file: set from the cluster's TLS settings (:meth:`with_tls`)."""
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -39,7 +44,26 @@ class Credentials:
         )
 
     def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(self)
+        del doc["root_cert"]
+        return doc
+
+    def with_tls(self, root_cert: Path | None) -> Credentials:
+        return dataclasses.replace(self, root_cert=str(root_cert) if root_cert else None)
+
+    def _query(self) -> str:
+        if self.root_cert is None:
+            return ""
+        return "?" + urllib.parse.urlencode(
+            {"sslmode": "verify-full", "sslrootcert": self.root_cert}, safe="/"
+        )
+
+    def tls_conninfo(self) -> str:
+        """The libpq key/value words that verify members (empty without TLS)."""
+        if self.root_cert is None:
+            return ""
+        root = self.root_cert.replace("\\", "\\\\").replace("'", "\\'")
+        return f"sslmode=verify-full sslrootcert='{root}'"
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -53,7 +77,13 @@ class Credentials:
             raise CredentialsMissing(f"{path} is damaged ({e})") from None
 
     def app_dsn(self, address: str) -> str:
-        return f"postgresql://{self.app_user}:{self.app_password}@{address}/{self.app_database}"
+        return (
+            f"postgresql://{self.app_user}:{self.app_password}@{address}/{self.app_database}"
+            + self._query()
+        )
 
     def superuser_dsn(self, address: str, database: str = "postgres") -> str:
-        return f"postgresql://{self.superuser}:{self.superuser_password}@{address}/{database}"
+        return (
+            f"postgresql://{self.superuser}:{self.superuser_password}@{address}/{database}"
+            + self._query()
+        )

@@ -9,16 +9,21 @@ The agent talks to a :class:`LeaseStore` (async, so a store may call an API).
 Two implementations: :class:`FileLeases` here, a JSON file guarded by an
 ``fcntl`` lock (the local platform; all operations are compare-and-set under
 that lock), and ``k8s.lease.KubeLeases``, a ``coordination.k8s.io/v1`` Lease
-(compare-and-set on its resourceVersion). Expiry is wall-clock time
-(``time.time()``) on a clock all parties share; a process that was paused
-(SIGSTOP) sees the jump when it wakes. ``classify`` is pure so its
-high-consequence branches are unit-tested.
+(compare-and-set on its resourceVersion). Expiry in the store is wall-clock time
+(``time.time()``); the shard manager, on another machine, allows for clock skew
+(``maxClockSkew``) before it treats a lease as expired. The holder does not trust
+wall clocks for itself: it fences a safety margin before ``ttl`` has passed, on the
+monotonic clock, since it *sent* its last successful renewal (:class:`Deadline`). A
+process that was paused (SIGSTOP) sees the jump when it wakes. ``classify`` and
+``may_recover`` are pure so their high-consequence branches are unit-tested.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -64,6 +69,64 @@ def classify(lease: Lease, me: str, now: float) -> LeaseView:
 def may_take(view: LeaseView) -> bool:
     """Whether ``me`` may (re)take the lease: never while another's claim may be valid."""
     return view is not LeaseView.OTHERS
+
+
+FENCE_MARGIN = 0.2
+"""Fraction of the TTL by which the holder fences *before* its lease could expire."""
+
+
+def fence_margin(ttl: float) -> float:
+    return ttl * FENCE_MARGIN
+
+
+def may_recover(held: Lease, me: str, now: float, margin: float, by_control_plane: bool) -> bool:
+    """Whether a fenced primary may take its lease back and serve again.
+
+    Only if it fenced itself (never after the control plane fenced it, even when handing
+    the lease back failed), the lease is still its own, and still unexpired with
+    ``margin`` to spare: an expired lease may already be counted as free by the
+    manager, whatever the store still says."""
+    return (
+        not by_control_plane
+        and classify(held, me, now) is LeaseView.MINE
+        and held.expires_at - now > margin
+    )
+
+
+class Deadline:
+    """The holder's own end of the lease, on the event loop's monotonic clock.
+
+    ``granted(sent_at)`` after each successful take or renewal, with the loop time taken
+    *before* the request was sent (the store computed the expiry from no earlier a
+    moment). ``on_expiry`` runs ``margin`` before ``sent_at + ttl``: a timer, so it fires
+    on time even while the renewal loop waits on a slow store or probe."""
+
+    def __init__(self, ttl: float, margin: float, on_expiry: Callable[[], None]) -> None:
+        self.ttl = ttl
+        self.margin = margin
+        self._on_expiry = on_expiry
+        self.until: float = 0.0
+        """Loop time at which the lease may have run out (0: never granted)."""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def granted(self, sent_at: float) -> None:
+        self.until = max(self.until, sent_at + self.ttl)
+        self.cancel()
+        self._timer = asyncio.get_running_loop().call_at(self.until - self.margin, self._fire)
+
+    def passed(self, margin: float | None = None) -> bool:
+        """Whether the fence point (``margin`` before the end; default this one's) is past."""
+        now = asyncio.get_running_loop().time()
+        return now >= self.until - (self.margin if margin is None else margin)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._on_expiry()
 
 
 def must_fence(valid_until: float, now: float, margin: float) -> bool:

@@ -21,7 +21,8 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from . import bootstrap, config, lease, postgres
+from .. import certs, control_token, redact
+from . import bootstrap, config, lease, peers, postgres
 from .agent import Agent, AgentSettings
 from .credentials import CredentialsMissing
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5432, help="PostgreSQL port")
     p.add_argument("--status-port", type=int, default=8008, help="HTTP status endpoint port")
     p.add_argument("--credentials", required=True, type=Path, help="credentials JSON file")
+    p.add_argument(
+        "--control-token-file",
+        required=True,
+        type=Path,
+        help="file holding the cluster's control token; every POST to the endpoint needs it",
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--lease-file", type=Path, help="the shard's lease file (local)")
     where.add_argument(
@@ -62,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_lease_name,
         metavar="NAMESPACE/NAME",
         help="the shard's coordination.k8s.io Lease (in a pod: the service account's token)",
+    )
+    p.add_argument(
+        "--shard", type=int, required=True, help="the member's shard (whose members are peers)"
+    )
+    p.add_argument(
+        "--topology-file",
+        type=Path,
+        help="with --lease-file: the cluster's topology file, naming the shard's members",
+    )
+    p.add_argument(
+        "--kube-cluster",
+        help="with --kube-lease: the ShardedCluster, whose shard pods are the members",
     )
     p.add_argument("--lease-ttl", type=float, default=3.0, help="primary lease TTL, seconds")
     p.add_argument(
@@ -79,11 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="accept password connections from this network (repeatable) [127.0.0.0/8]",
     )
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="serve TLS only, with server.crt/server.key from this directory, and verify "
+        "other members against its ca.crt (sslmode=verify-full)",
+    )
     p.add_argument("--pg-log", type=Path, default=Path("/dev/null"), help="PostgreSQL log file")
     p.add_argument(
         "--hold-primary",
         action="store_true",
         help="if PGDATA was a primary, do not serve as one: wait for the control plane's rejoin",
+    )
+    p.add_argument(
+        "--replication-method",
+        choices=("wal", "statement"),
+        default="wal",
+        help="how followers get the primary's changes: WAL streaming or the statement log",
     )
     p.add_argument(
         "--exit-with-parent",
@@ -104,6 +135,7 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
             apply_delay_ms=a.apply_delay_ms,
             extra=tuple(a.pg_option),
             hba_networks=tuple(a.hba_network) or (config.LOOPBACK,),
+            tls=certs.TlsFiles(a.tls_dir.resolve()) if a.tls_dir is not None else None,
         ),
         credentials=a.credentials,
         lease_ttl=a.lease_ttl,
@@ -111,6 +143,7 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
         upstream=a.upstream,
         pg_log=a.pg_log,
         hold_primary=a.hold_primary,
+        statement_mode=a.replication_method == "statement",
     )
 
 
@@ -125,21 +158,30 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def lease_store(
-    lease_file: Path | None, kube_lease: tuple[str, str] | None
-) -> AsyncIterator[lease.LeaseStore]:
-    """The store the flags name; a Kubernetes API client lives as long as the agent."""
-    if kube_lease is None:
-        assert lease_file is not None  # argparse requires one of the two
-        yield lease.FileLeases(lease_file)
+async def platform_parts(
+    args: argparse.Namespace,
+) -> AsyncIterator[tuple[lease.LeaseStore, peers.Peers]]:
+    """The lease store and the shard's membership the flags name; a Kubernetes API
+    client lives as long as the agent."""
+    if args.kube_lease is None:
+        assert args.lease_file is not None  # argparse requires one of the two
+        yield (
+            lease.FileLeases(args.lease_file),
+            peers.TopologyFilePeers(args.topology_file, args.shard),
+        )
         return
     from ..k8s import apply
     from ..k8s import lease as kube_lease_store
+    from ..k8s import peers as kube_peers
 
     async with await apply.connect() as api_client:
-        namespace, name = kube_lease
-        store = kube_lease_store.KubeLeaseStore(apply.Api(api_client), namespace, name)
-        yield kube_lease_store.KubeLeases(store)
+        namespace, name = args.kube_lease
+        api = apply.Api(api_client)
+        store = kube_lease_store.KubeLeaseStore(api, namespace, name)
+        yield (
+            kube_lease_store.KubeLeases(store),
+            kube_peers.ShardPods(api, namespace, args.kube_cluster, args.shard),
+        )
 
 
 async def run(
@@ -147,17 +189,19 @@ async def run(
     status_port: int,
     exit_with_parent: bool,
     store: lease.LeaseStore,
+    token: str,
+    members: peers.Peers,
 ) -> int:
     from . import health
 
-    agent = Agent(settings, postgres.Binaries.detect(), store)
+    agent = Agent(settings, postgres.Binaries.detect(), store, members)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.ensure_future(_watch_parent(stop)) if exit_with_parent else None
     try:
-        runner = await health.serve(agent, settings.server.host, status_port)
+        runner = await health.serve(agent, settings.server.host, status_port, token)
     except OSError as e:
         log.error("cannot serve status on %s:%d: %s", settings.server.host, status_port, e)
         return 2
@@ -189,18 +233,33 @@ async def run(
 
 
 async def _main(args: argparse.Namespace) -> int:
-    async with lease_store(args.lease_file, args.kube_lease) as store:
-        return await run(settings_from_args(args), args.status_port, args.exit_with_parent, store)
+    token = control_token.load(args.control_token_file)
+    async with platform_parts(args) as (store, members):
+        return await run(
+            settings_from_args(args), args.status_port, args.exit_with_parent, store, token, members
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lease_file is not None and args.topology_file is None:
+        parser.error("--lease-file needs --topology-file (the shard's members)")
+    if args.kube_lease is not None and not args.kube_cluster:
+        parser.error("--kube-lease needs --kube-cluster (the shard's members)")
+    if args.tls_dir is not None:
+        files = certs.TlsFiles(args.tls_dir)
+        missing = [p.name for p in (files.ca_cert, files.server_cert, files.server_key)
+                   if not p.is_file()]  # fmt: skip
+        if missing:
+            parser.error(f"--tls-dir {args.tls_dir} lacks {', '.join(missing)}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact.install()
     try:
         return asyncio.run(_main(args))
-    except (postgres.PostgresNotInstalled, CredentialsMissing) as e:
+    except (postgres.PostgresNotInstalled, CredentialsMissing, control_token.TokenMissing) as e:
         log.error("%s", e)
         return 2
 

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -249,9 +250,19 @@ def initdb(
         )
 
 
+def open_log(log: Path) -> int:
+    """``log`` opened for appending; a file is made owner-only (also when an older pgshard
+    created it 0644). Anything else (``/dev/null``, the default) keeps its mode: a 0600
+    ``/dev/null`` would break every other user of the machine."""
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if stat.S_ISREG(os.fstat(out).st_mode):
+        os.fchmod(out, 0o600)
+    return out
+
+
 async def spawn(bins: Binaries, datadir: Path, log: Path) -> asyncio.subprocess.Process:
     """Start ``postgres -D datadir`` (settings come from its config files), output to ``log``."""
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    out = open_log(log)
     try:
         return await asyncio.create_subprocess_exec(
             bins.path("postgres"),

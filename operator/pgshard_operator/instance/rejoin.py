@@ -80,8 +80,9 @@ async def rejoin(
     finally:
         await conn.close()
     source = (
-        f"host={up.host} port={up.port} user={creds.superuser} dbname=postgres connect_timeout=5"
-    )
+        f"host={up.host} port={up.port} user={creds.superuser} dbname=postgres connect_timeout=5 "
+        + creds.tls_conninfo()
+    ).rstrip()
     fork: int | None = None
     try:
         out = await bins.run_async(

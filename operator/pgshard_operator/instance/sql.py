@@ -1,12 +1,16 @@
 """The instance agent's SQL connections to its own server and to a primary.
 
 Every control-plane connection is a short asyncpg connection as the superuser over
-loopback TCP with a bounded timeout; called by bootstrap.py and agent.py.
+loopback TCP with a bounded timeout; called by bootstrap.py and agent.py. When the
+cluster serves TLS (``Credentials.root_cert``) the server's certificate is verified
+against the cluster CA and must name ``host`` (verify-full), as every other
+connection between members is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
@@ -15,16 +19,19 @@ import asyncpg
 from .credentials import Credentials
 
 
-async def connect(host: str, port: int, creds: Credentials, timeout: float = 3.0) -> Any:
+async def connect(
+    host: str, port: int, creds: Credentials, timeout: float = 3.0, database: str = "postgres"
+) -> Any:
     return await asyncpg.connect(
         host=host,
         port=port,
         user=creds.superuser,
         password=creds.superuser_password,
-        database="postgres",
+        database=database,
         timeout=timeout,
         command_timeout=timeout * 3,
         server_settings={"application_name": "pgshard-instance"},
+        ssl=ssl.create_default_context(cafile=creds.root_cert) if creds.root_cert else None,
     )
 
 

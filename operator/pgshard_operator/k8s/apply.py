@@ -51,6 +51,7 @@ RESOURCES: dict[str, Resource] = {
     "StatefulSet": Resource("apps/v1", "statefulsets"),
     "Deployment": Resource("apps/v1", "deployments"),
     "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": Resource("networking.k8s.io/v1", "networkpolicies"),
     "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": Resource("coordination.k8s.io/v1", "leases"),
@@ -73,12 +74,23 @@ def _error(e: k8s_client.ApiException, what: str) -> ApiError:
     return ApiError(int(e.status or 0), f"{what}: {message}")
 
 
+class NotConfigured(Exception):
+    """Neither a pod's service account nor a usable kubeconfig says which API to use."""
+
+
 async def connect() -> k8s_client.ApiClient:
     """An API client from the pod's service account, else from ``$KUBECONFIG``."""
     try:
         k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
     except k8s_config.ConfigException:
-        await k8s_config.load_kube_config()
+        try:
+            await k8s_config.load_kube_config()
+        # A malformed file surfaces from the library's parser as TypeError/ValueError.
+        except (k8s_config.ConfigException, OSError, TypeError, ValueError) as e:
+            raise NotConfigured(
+                "no Kubernetes API to connect to: not in a pod with a service account, and "
+                f"no usable kubeconfig ({e}); run in a pod or set KUBECONFIG"
+            ) from None
     return k8s_client.ApiClient()
 
 

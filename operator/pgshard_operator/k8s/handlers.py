@@ -22,7 +22,7 @@ import aiohttp
 import kopf
 
 from .. import naming
-from . import apply, managers, reconcile
+from . import apply, managers, metrics, reconcile
 from . import settings as operator_settings
 from . import status as st
 
@@ -63,8 +63,10 @@ def build_registry(
     api: apply.Api,
     settings: operator_settings.OperatorSettings,
     clock: Clock = _utcnow,
+    fleet: metrics.Fleet | None = None,
 ) -> kopf.OperatorRegistry:
-    """All handlers, registered on a fresh registry (no module-level state)."""
+    """All handlers, registered on a fresh registry (no module-level state); the shard
+    managers are entered in ``fleet`` (the metrics endpoint's view)."""
     registry = kopf.OperatorRegistry()
     resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
 
@@ -114,7 +116,9 @@ def build_registry(
             value = body.metadata.annotations.get(naming.SWITCHOVER_ANNOTATION)
             return None if value is None else str(value)
 
-        await managers.run(api, reconcile.cluster_ref(body), lambda: bool(stopped), requested)
+        await managers.run(
+            api, reconcile.cluster_ref(body), lambda: bool(stopped), requested, fleet
+        )
 
     return registry
 
@@ -149,9 +153,27 @@ async def run(
     if settings.log_level is not operator_settings.LogLevel.DEBUG:
         # One line per handler run and timer tick otherwise; Events carry what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    fleet: metrics.Fleet = {}
+    exporter = None
+    if settings.metrics_port is not None:
+        exporter = await metrics.serve(fleet, settings.metrics_port)
+    try:
+        await _operate(settings, fleet, liveness_endpoint, stop_flag, ready_flag)
+    finally:
+        if exporter is not None:
+            await exporter.cleanup()
+
+
+async def _operate(
+    settings: operator_settings.OperatorSettings,
+    fleet: metrics.Fleet,
+    liveness_endpoint: str | None,
+    stop_flag: asyncio.Event | None,
+    ready_flag: asyncio.Event | None,
+) -> None:
     async with await apply.connect() as api_client:
         await kopf.operator(
-            registry=build_registry(apply.Api(api_client), settings),
+            registry=build_registry(apply.Api(api_client), settings, fleet=fleet),
             settings=kopf_settings(settings),
             standalone=True,
             clusterwide=not settings.namespaces,

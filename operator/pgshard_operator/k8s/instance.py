@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .. import naming
+from .. import atomicfile, naming
 from . import apply, lease
 
 CONNECT_FROM = "0.0.0.0/0"
@@ -48,6 +48,7 @@ class PodEnv:
     app_database: str
     superuser_password: str
     replication_password: str
+    control_token: str
 
     @property
     def ordinal(self) -> int:
@@ -84,6 +85,7 @@ def pod_env(env: Mapping[str, str]) -> PodEnv:
         app_database=need("PGSHARD_APP_DATABASE"),
         superuser_password=need("PGSHARD_SUPERUSER_PASSWORD"),
         replication_password=need("PGSHARD_REPLICATION_PASSWORD"),
+        control_token=need("PGSHARD_CONTROL_TOKEN"),
     )
 
 
@@ -140,7 +142,10 @@ def agent_argv(
         "--port", str(naming.PG_PORT),
         "--status-port", str(naming.STATUS_PORT),
         "--credentials", str(state / "credentials.json"),
+        "--control-token-file", str(state / "control.token"),
         "--kube-lease", f"{p.namespace}/{p.lease_name}",
+        "--kube-cluster", p.cluster,
+        "--shard", str(p.shard),
         "--lease-ttl", p.lease_ttl,
         "--hba-network", CONNECT_FROM,
     ]  # fmt: skip
@@ -196,9 +201,10 @@ async def pod_address(p: PodEnv, name: str, timeout: float = 600) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     p = pod_env(os.environ)
     state = p.data_dir.parent
-    creds = state / "credentials.json"
-    creds.write_text(json.dumps(credentials_doc(p)))
-    creds.chmod(0o600)
+    # Owner-only from the first byte, replaced whole: the agent (or a reader racing
+    # it) never sees a partial file or one readable by others.
+    atomicfile.atomic_write(state / "credentials.json", json.dumps(credentials_doc(p)), 0o600)
+    atomicfile.atomic_write(state / "control.token", p.control_token + "\n", 0o600)
     conf_text = p.pg_config.read_text() if p.pg_config.exists() else ""
     empty = not (p.data_dir / "PG_VERSION").exists()
     plan = start_plan(p, empty, asyncio.run(lease_holder(p)) if empty else None)

@@ -20,6 +20,15 @@ scale-down needs as primary before it may restart or remove the primary's pod. T
 manager switches over to it, and tries again every ``PLANNED_RETRY_SECONDS`` while
 the roll-out still asks for it (a target that is primary already is no news).
 
+Each shard manager's status (state, reason, why members are not ready) goes to
+``status.managers["<shard>"]`` (:class:`StatusWriter`); ``reconcile.py`` turns blocked
+shards into the ``PrimariesAvailable`` condition.
+
+Forced failover on request: the annotation ``pgshard.io/failover`` = ``"<shard>"`` is
+removed and that shard's manager fails over even where a safety check refuses
+(``ShardManager.request_failover``; the lease is still honoured), asked again before
+each cycle for ``FORCE_SECONDS``; a blocked shard's reason names this command.
+
 ``failover.priorities`` are keyed by pod name in the spec; the managers hand them
 to the shard manager keyed by member name (:func:`member_policy`).
 """
@@ -29,13 +38,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
-from .. import naming
+from .. import control_token, naming
 from ..instance.credentials import Credentials
 from ..model import spec as specs
 from ..platform import base
@@ -53,6 +63,12 @@ CHECK_SECONDS = 5.0
 WAKE_SECONDS = 0.25
 """How often the live copy of the cluster is looked at for a new switchover request."""
 
+STATUS_SECONDS = 30.0
+"""A shard manager's unchanged status is written again this often (fresh countdowns)."""
+
+FORCE_SECONDS = 60.0
+"""How long a forced failover request stays armed (e.g. while the lease runs out)."""
+
 PLANNED_RETRY_SECONDS = 30.0
 """How long after a failed planned switchover the same one is tried again."""
 
@@ -66,6 +82,7 @@ class _Running:
     switching: asyncio.Task[None] | None = None
     planned: tuple[str, float] | None = None
     """The last planned switchover started: target pod and its ``time.monotonic()``."""
+    forcing: asyncio.Task[None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +121,17 @@ def member_policy(pol: policy.ShardPolicy) -> policy.ShardPolicy:
     )
 
 
-async def credentials(api: Api, ref: ClusterRef) -> Credentials | None:
-    """The superuser's credentials the managers observe members with (None: not yet)."""
+async def credentials(api: Api, ref: ClusterRef) -> tuple[Credentials, str] | None:
+    """The superuser's credentials the managers observe members with, and the control
+    token their agent calls carry (None: not yet, the reconcile handler makes them)."""
     internal = await api.get("Secret", ref.namespace, naming.internal_secret(ref.name))
     app = await api.get("Secret", ref.namespace, naming.app_secret(ref.name))
     if internal is None or app is None:
         return None
     i, a = secret_data(internal), secret_data(app)
-    return Credentials(
+    if control_token.SECRET_KEY not in i:
+        return None
+    creds = Credentials(
         superuser_password=i["superuser-password"],
         replication_user="replicator",
         replication_password=i["replication-password"],
@@ -119,6 +139,7 @@ async def credentials(api: Api, ref: ClusterRef) -> Credentials | None:
         app_password=a["password"],
         app_database=manifests.APP_DATABASE,
     )
+    return creds, i[control_token.SECRET_KEY]
 
 
 async def run(
@@ -126,12 +147,15 @@ async def run(
     ref: ClusterRef,
     stopping: Callable[[], bool],
     requested: Callable[[], str | None] = lambda: None,
+    fleet: dict[str, dict[int, manager.ShardManager]] | None = None,
 ) -> None:
-    """Keep one manager per shard until ``stopping()`` (or cancellation).
+    """Keep one manager per shard until ``stopping()`` (or cancellation); ``fleet``
+    (the operator's metrics) holds the running managers under ``NAMESPACE/NAME``.
 
     ``requested()`` reads the switchover annotation from a live copy of the cluster
     (kopf's daemon body): a new request is taken up at once, not at the next check."""
     running: dict[int, _Running] = {}
+    key = f"{ref.namespace}/{ref.name}"
     async with aiohttp.ClientSession() as http:
         try:
             while not stopping():
@@ -139,8 +163,12 @@ async def run(
                     await _converge(api, ref, http, running)
                 except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.warning("%s: cannot check the shard managers now: %s", ref.name, e)
+                if fleet is not None:
+                    fleet[key] = {i: r.manager for i, r in running.items()}
                 await _pause(requested, stopping)
         finally:
+            if fleet is not None:
+                fleet.pop(key, None)
             await _stop(running, list(running))
 
 
@@ -158,7 +186,7 @@ async def _pause(requested: Callable[[], str | None], stopping: Callable[[], boo
 async def _stop(running: dict[int, _Running], shards: list[int]) -> None:
     for i in shards:
         entry = running.pop(i)
-        tasks = [t for t in (entry.task, entry.switching) if t is not None]
+        tasks = [t for t in (entry.task, entry.switching, entry.forcing) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -201,6 +229,78 @@ async def _switchover_requested(
     entry.switching = asyncio.create_task(
         _switchover(entry, request), name=f"switchover-{ref.name}-{request.shard}"
     )
+
+
+class StatusWriter:
+    """A shard manager's status into ``status.managers["<shard>"]`` (a merge patch, so the
+    managers of different shards never conflict), whenever its state, reason (countdowns
+    aside) or member notes change, and at least every ``STATUS_SECONDS``."""
+
+    def __init__(self, api: Api, ref: ClusterRef, shard: int) -> None:
+        self.api, self.ref, self.shard = api, ref, shard
+        self._written: tuple[object, float] | None = None
+
+    async def __call__(self, status: manager.ManagerStatus) -> None:
+        doc = status.to_dict()
+        key = (doc["state"], re.sub(r"\d+(\.\d+)?s", "Ns", doc["reason"]), doc["members"])
+        now = time.monotonic()
+        fresh = self._written is not None and now - self._written[1] < STATUS_SECONDS
+        if fresh and self._written is not None and self._written[0] == key:
+            return
+        await self.api.merge_patch(
+            naming.KIND,
+            self.ref.namespace,
+            self.ref.name,
+            {"status": {"managers": {str(self.shard): doc}}},
+            subresource="status",
+        )
+        self._written = (key, now)
+
+
+def force_command(ref: ClusterRef, shard: int) -> str:
+    """The command that forces a failover of ``shard`` (named in blocked reasons)."""
+    return (
+        f"kubectl annotate shardedcluster {ref.name} -n {ref.namespace} "
+        f"{naming.FAILOVER_ANNOTATION}={shard}"
+    )
+
+
+async def _failover_requested(
+    api: Api, ref: ClusterRef, body: dict[str, Any], running: dict[int, _Running]
+) -> None:
+    """Arm the forced failover the annotation asks for (once: the annotation is removed)."""
+    value = ((body.get("metadata") or {}).get("annotations") or {}).get(naming.FAILOVER_ANNOTATION)
+    if value is None:
+        return
+    await api.merge_patch(
+        naming.KIND,
+        ref.namespace,
+        ref.name,
+        {"metadata": {"annotations": {naming.FAILOVER_ANNOTATION: None}}},
+    )
+    text = str(value).strip()
+    entry = running.get(int(text)) if text.isdigit() else None
+    if entry is None:
+        log.warning("%s: %s=%r: no such shard", ref.name, naming.FAILOVER_ANNOTATION, text)
+        return
+    await entry.platform.record_event(
+        base.EventReason.FAILING_OVER,
+        f"forced failover requested ({naming.FAILOVER_ANNOTATION}={text}): acknowledged "
+        f"commits only missing members hold may be lost",
+    )
+    if entry.forcing is not None:
+        entry.forcing.cancel()
+    entry.forcing = asyncio.create_task(_force(entry), name=f"force-{ref.name}-{text}")
+
+
+async def _force(entry: _Running) -> None:
+    """Ask before every cycle until the epoch changes (or ``FORCE_SECONDS`` pass): a cycle
+    that still waits (lease, detection) must not use the request up."""
+    before = entry.manager.status().epoch
+    deadline = time.monotonic() + FORCE_SECONDS
+    while entry.manager.status().epoch == before and time.monotonic() < deadline:
+        entry.manager.request_failover()
+        await asyncio.sleep(0.2)
 
 
 def _start_planned(
@@ -264,25 +364,29 @@ async def _converge(
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]
-    creds = await credentials(api, ref) if missing else None
-    if creds is None:
+    found = await credentials(api, ref) if missing else None
+    if found is None:
         missing = []  # none missing, or no Secrets yet (the reconcile handler makes them)
     for i in missing:
-        assert creds is not None
+        assert found is not None
         platform = kube_platform.KubernetesPlatform(
             api,
             http,
             kube_platform.ShardRef(ref.name, ref.namespace, i),
-            creds,
+            found[0],
             spec.policy.failover.lease_ttl_seconds,
+            token=found[1],
         )
         shard_manager = manager.ShardManager(
             platform,
             shard_policy,
             logger=logging.getLogger(f"pgshard_operator.shard.{ref.name}.{i}"),
+            on_status=StatusWriter(api, ref, i),
+            force_command=force_command(ref, i),
         )
         task = asyncio.create_task(shard_manager.run(), name=f"manager-{ref.name}-{i}")
         running[i] = _Running(shard_policy, task, shard_manager, platform)
         log.info("%s: shard %d: manager started", ref.name, i)
     await _switchover_requested(api, ref, body, spec.shards, running)
+    await _failover_requested(api, ref, body, running)
     _start_planned(ref, body, running, time.monotonic())

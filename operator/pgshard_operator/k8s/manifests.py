@@ -19,9 +19,10 @@ What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``
 - proxy pods: pgshard-proxy's settings ``PGSHARD_PROXY_HOST`` (the pod IP),
   ``PGSHARD_PROXY_PORT`` (5432), ``PGSHARD_PROXY_TOPOLOGY_CLUSTER``
   (``<namespace>/<name>``: follow the cluster's status), ``PGSHARD_PROXY_USERS``
-  (the app user), ``PGSHARD_PROXY_CONSISTENCY``, ``PGSHARD_PROXY_MAX_WAIT_MS`` (when
-  set); ``PGSHARD_SHARDING`` (JSON: ``{"tables": [{"name", "key"}],
-  "referenceTables": [...]}``) and the app credentials as above.
+  (the app user), ``PGSHARD_PROXY_CONSISTENCY``, ``PGSHARD_PROXY_METRICS_PORT`` (9187,
+  container port ``metrics``), ``PGSHARD_PROXY_MAX_WAIT_MS`` and
+  ``PGSHARD_PROXY_WORKERS`` (``proxy.workers``; when set); ``PGSHARD_SHARDING``
+  (JSON: ``{"tables": [{"name", "key"}]}``) and the app credentials as above.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from .. import naming
+from .. import control_token, naming
 from ..model import spec as specs
-from . import rbac
+from . import network, rbac
 from . import settings as operator_settings
 from .objects import ClusterRef, Manifest, meta
 
@@ -53,11 +54,42 @@ class Credentials:
     app_password: str
     superuser_password: str
     replication_password: str
+    control_token: str
+    """Authenticates the operator's calls to the instance agents (``control_token.py``)."""
     app_user: str = APP_USER
 
     @classmethod
     def generate(cls, token: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> Credentials:
-        return cls(app_password=token(), superuser_password=token(), replication_password=token())
+        return cls(
+            app_password=token(),
+            superuser_password=token(),
+            replication_password=token(),
+            control_token=control_token.generate(),
+        )
+
+
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+"""The one writable path besides the data volume (the root filesystem is read-only)."""
+TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
+
+
+def pod_security(settings: operator_settings.OperatorSettings) -> dict[str, Any]:
+    """Pod Security Standard 'restricted' for the image's non-root user; fsGroup makes the
+    data volume writable by it."""
+    ctx: dict[str, Any] = {}
+    if settings.pod_user is not None:
+        uid = settings.pod_user
+        ctx = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid}
+    ctx["seccompProfile"] = {"type": "RuntimeDefault"}
+    return ctx
+
+
+def container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
@@ -128,6 +160,7 @@ def internal_secret(ref: ClusterRef, creds: Credentials) -> Manifest:
         "stringData": {
             "superuser-password": creds.superuser_password,
             "replication-password": creds.replication_password,
+            control_token.SECRET_KEY: creds.control_token,
         },
     }
 
@@ -157,6 +190,7 @@ def _instance_env(
         *_app_credentials_env(ref),
         _secret_env("PGSHARD_SUPERUSER_PASSWORD", internal, "superuser-password"),
         _secret_env("PGSHARD_REPLICATION_PASSWORD", internal, "replication-password"),
+        _secret_env("PGSHARD_CONTROL_TOKEN", internal, control_token.SECRET_KEY),
         *_plain_env(list(extra)),
     ]
 
@@ -189,7 +223,9 @@ def shard_statefulset(
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT},
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            TMP_MOUNT,
         ],
+        "securityContext": container_security(),
     }
     if resources := spec.resources.to_k8s():
         container["resources"] = resources
@@ -221,14 +257,16 @@ def shard_statefulset(
                     "annotations": {naming.CONFIG_HASH_ANNOTATION: config_hash(spec)},
                 },
                 "spec": {
-                    "serviceAccountName": naming.instance_service_account(ref.name),
+                    "serviceAccountName": naming.instance_service_account(ref.name, shard),
                     "terminationGracePeriodSeconds": 30,
+                    "securityContext": pod_security(settings),
                     "containers": [container],
                     "volumes": [
                         {
                             "name": "config",
                             "configMap": {"name": naming.postgres_config(ref.name)},
-                        }
+                        },
+                        TMP_VOLUME,
                     ],
                 },
             },
@@ -304,7 +342,6 @@ def sharding_json(spec: specs.ClusterSpec) -> str:
     return json.dumps(
         {
             "tables": [{"name": t.name, "key": t.key} for t in spec.sharding.tables],
-            "referenceTables": list(spec.sharding.reference_tables),
         },
         separators=(",", ":"),
     )
@@ -325,12 +362,21 @@ def proxy_deployment(
                 ("PGSHARD_PROXY_TOPOLOGY_CLUSTER", f"{ref.namespace}/{ref.name}"),
                 ("PGSHARD_PROXY_USERS", "$(PGSHARD_APP_USER):$(PGSHARD_APP_PASSWORD)"),
                 ("PGSHARD_PROXY_CONSISTENCY", spec.proxy.consistency.value),
+                ("PGSHARD_PROXY_METRICS_PORT", str(naming.PROXY_METRICS_PORT)),
                 ("PGSHARD_SHARDING", sharding_json(spec)),
             ]
         ),
     ]
     if spec.proxy.max_wait_ms is not None:
         env.append({"name": "PGSHARD_PROXY_MAX_WAIT_MS", "value": str(spec.proxy.max_wait_ms)})
+    if spec.proxy.workers is not None:
+        env.append({"name": "PGSHARD_PROXY_WORKERS", "value": str(spec.proxy.workers)})
+    for name, value in (
+        ("PGSHARD_PROXY_BUFFER_WINDOW_MS", spec.proxy.buffer_window_ms),
+        ("PGSHARD_PROXY_BUFFER_MAX_REQUESTS", spec.proxy.buffer_max_requests),
+    ):
+        if value is not None:
+            env.append({"name": name, "value": str(value)})
     env += _plain_env(list(settings.pod_env))
     container: dict[str, Any] = {
         "name": "proxy",
@@ -338,8 +384,13 @@ def proxy_deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(settings.proxy_command),
         "env": env,
-        "ports": [{"name": "postgres", "containerPort": naming.PG_PORT}],
+        "ports": [
+            {"name": "postgres", "containerPort": naming.PG_PORT},
+            {"name": "metrics", "containerPort": naming.PROXY_METRICS_PORT},
+        ],
         "readinessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 2},
+        "volumeMounts": [TMP_MOUNT],
+        "securityContext": container_security(),
     }
     if resources := spec.proxy.resources.to_k8s():
         container["resources"] = resources
@@ -354,7 +405,9 @@ def proxy_deployment(
                 "metadata": {"labels": {**naming.cluster_labels(ref.name), **selector}},
                 "spec": {
                     "serviceAccountName": naming.proxy_service_account(ref.name),
+                    "securityContext": pod_security(settings),
                     "containers": [container],
+                    "volumes": [TMP_VOLUME],
                 },
             },
         },
@@ -375,7 +428,7 @@ def desired_objects(
     """Everything the cluster owns, in an order that lets each object's
     dependencies exist first (accounts and secrets before pods that use them)."""
     out: list[Manifest] = [
-        *rbac.instance_access(ref),
+        *(o for shard in range(spec.shards) for o in rbac.instance_access(ref, shard)),
         *rbac.proxy_access(ref),
         app_secret(ref, creds),
         internal_secret(ref, creds),
@@ -384,6 +437,7 @@ def desired_objects(
     for shard in range(spec.shards):
         out += shard_services(ref, shard)
         out.append(shard_pdb(ref, shard))
+        out.append(network.shard_network_policy(ref, shard, settings.metrics_namespace))
         out.append(shard_statefulset(ref, spec, shard, settings))
     out += [proxy_service(ref), proxy_deployment(ref, spec, settings)]
     return out

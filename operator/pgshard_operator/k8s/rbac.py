@@ -1,7 +1,9 @@
 """Pure builders of the per-cluster ServiceAccounts, Roles and RoleBindings.
 
-Shard pods hold their shard's primary Lease and read pods and their cluster;
-proxy pods watch the cluster's status (the topology). Nothing more. Called by
+Shard pods hold their own shard's primary Lease (one account per shard: a Role
+names that one Lease, so a compromised pod cannot take another shard's) and read
+pods and their cluster; proxy pods watch the cluster's status (the topology).
+Nothing more. Called by
 ``manifests.desired_objects``.
 """
 
@@ -42,17 +44,21 @@ def _objects(ref: ClusterRef, account: str, rules: list[dict[str, Any]]) -> list
     ]
 
 
-def instance_access(ref: ClusterRef) -> list[Manifest]:
-    """Shard pods: hold and renew the shard's primary Lease, read pods and the cluster."""
+def instance_access(ref: ClusterRef, shard: int) -> list[Manifest]:
+    """Pods of ``shard``: hold and renew that shard's primary Lease, read pods and the
+    cluster. ``create`` cannot be limited by name in RBAC; it makes a Lease that does
+    not exist yet, never changes one that does."""
     return _objects(
         ref,
-        naming.instance_service_account(ref.name),
+        naming.instance_service_account(ref.name, shard),
         [
             {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                "resourceNames": [naming.shard_lease(ref.name, shard)],
+                "verbs": ["get", "update", "patch"],
             },
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             _READ_CLUSTERS,
         ],

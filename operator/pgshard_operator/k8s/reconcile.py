@@ -24,7 +24,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import naming
+from .. import control_token, naming
 from ..model import spec as specs
 from . import manifests, roles, rollout
 from . import settings as operator_settings
@@ -96,6 +96,7 @@ async def _credentials(api: Api, ref: ClusterRef) -> manifests.Credentials:
         app_user=app_data.get("username", fresh.app_user),
         superuser_password=internal_data.get("superuser-password", fresh.superuser_password),
         replication_password=internal_data.get("replication-password", fresh.replication_password),
+        control_token=internal_data.get(control_token.SECRET_KEY, fresh.control_token),
     )
 
 
@@ -275,7 +276,11 @@ async def refresh(
         status={
             "phase": phase.value,
             "ready": st.ready_column(ready, desired),
+            # The printer column "Last failover": the latest change of primary, one line.
+            "lastFailover": st.last_failover_column(status.get("shards") or ()),
             "method": spec.method.value,
+            # Distributed tables, in the topology contract's form: the proxy follows them.
+            "sharding": {"tables": [{"name": t.name, "key": t.key} for t in spec.sharding.tables]},
             # Per shard, the roll-out step in progress (absent: nothing to roll).
             "rollout": steps or None,
             # Per shard, the follower the shard manager should switch over to (see
@@ -283,7 +288,7 @@ async def refresh(
             "plannedSwitchovers": switchovers or None,
             "conditions": st.merge_conditions(
                 status.get("conditions") or (),
-                [ready_cond],
+                [ready_cond, st.primaries_condition(status.get("managers") or {})],
                 now,
                 body["metadata"].get("generation", 0),
             ),

@@ -41,7 +41,7 @@ def label_patch(pod: Mapping[str, Any], role: naming.Role | None) -> dict[str, A
 async def observe_all(pods: list[dict[str, Any]]) -> list[naming.Role | None]:
     """The role each pod's agent reports, asked all at once over one HTTP session."""
     async with aiohttp.ClientSession() as http:
-        agents = agent_client.AgentClient(http)
+        agents = agent_client.AgentClient(http, None)
 
         async def one(pod: dict[str, Any]) -> naming.Role | None:
             ip = (pod.get("status") or {}).get("podIP")

@@ -38,6 +38,16 @@ class OperatorSettings:
     """How often each cluster's status is refreshed and its roll-out advanced."""
     reapply_seconds: float = 60.0
     """How often every owned object is applied again (puts back what was deleted by hand)."""
+    metrics_port: int | None = None
+    """Port of the operator's Prometheus endpoint (its shard managers' metrics);
+    ``None``: none (``PGSHARD_OPERATOR_METRICS_PORT``)."""
+    metrics_namespace: str | None = None
+    """Namespace of the Prometheus that scrapes the agents (port 8008): the shards'
+    NetworkPolicy lets its pods in (``PGSHARD_OPERATOR_METRICS_NAMESPACE``)."""
+    pod_user: int | None = 26
+    """UID (and GID, fsGroup) of shard and proxy pods: the image's non-root user.
+    ``None`` (``PGSHARD_OPERATOR_POD_USER=root``) leaves the pods' user to the node: for
+    test nodes that run pods as processes of an interpreter only root can reach."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -63,6 +73,9 @@ class OperatorSettings:
             proxy_command=_words(env.get("PGSHARD_OPERATOR_PROXY_COMMAND")) or d.proxy_command,
             refresh_seconds=_seconds(env, "PGSHARD_OPERATOR_REFRESH_SECONDS", d.refresh_seconds),
             reapply_seconds=_seconds(env, "PGSHARD_OPERATOR_REAPPLY_SECONDS", d.reapply_seconds),
+            metrics_namespace=env.get("PGSHARD_OPERATOR_METRICS_NAMESPACE") or None,
+            metrics_port=_port(env.get("PGSHARD_OPERATOR_METRICS_PORT")),
+            pod_user=_pod_user(env.get("PGSHARD_OPERATOR_POD_USER"), d.pod_user),
             pod_env=tuple(
                 (k.removeprefix("PGSHARD_OPERATOR_POD_ENV_"), v)
                 for k, v in sorted(env.items())
@@ -73,6 +86,27 @@ class OperatorSettings:
 
 def _words(value: str | None) -> tuple[str, ...]:
     return tuple(value.split()) if value else ()
+
+
+def _port(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"PGSHARD_OPERATOR_METRICS_PORT={text!r} must be a TCP port (1-65535)")
+    return int(text)
+
+
+def _pod_user(text: str | None, default: int | None) -> int | None:
+    if text is None:
+        return default
+    if text == "root":
+        return None
+    if not text.isdigit() or int(text) == 0:
+        raise ValueError(
+            f"PGSHARD_OPERATOR_POD_USER={text!r} must be a non-root UID (e.g. 26, the image's "
+            "user) or 'root' (test nodes that run pods as root processes)"
+        )
+    return int(text)
 
 
 def _seconds(env: Mapping[str, str], key: str, default: float) -> float:

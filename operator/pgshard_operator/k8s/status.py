@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import naming
+from ..shard import history
 
 
 class Phase(enum.Enum):
@@ -40,6 +41,8 @@ class Reason(enum.Enum):
     RESTARTING = "RestartingMember"
     SWITCHOVER_NEEDED = "SwitchoverNeeded"
     SCALE_DOWN_BLOCKED = "ScaleDownBlocked"
+    PRIMARIES_AVAILABLE = "PrimariesAvailable"
+    FAILOVER_BLOCKED = "FailoverBlocked"
 
 
 class ConditionType(enum.Enum):
@@ -49,6 +52,9 @@ class ConditionType(enum.Enum):
     """Every owned object matches the spec."""
     READY = "Ready"
     """Every member of every shard and every proxy pod is ready."""
+    PRIMARIES_AVAILABLE = "PrimariesAvailable"
+    """No shard manager refuses to give its shard a primary (False: which, why, and the
+    command that forces a failover; from ``status.managers``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +121,47 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     )
     deleting = meta.get("deletionTimestamp") is not None
     return PodView(str(meta.get("name")), shard, role, status.get("podIP"), ready and not deleting)
+
+
+BLOCKED_STATES = ("blocked", "no-primary")
+"""Shard manager states (``status.managers[i].state``) in which a shard has no primary
+and the manager will not give it one by itself."""
+
+
+def primaries_condition(managers: Mapping[str, Mapping[str, Any]]) -> Condition:
+    """From ``status.managers`` (shard index -> the manager's status, written by the shard
+    managers): False while any shard is blocked, naming each with its reason."""
+    blocked = sorted(
+        (int(i), str(m.get("reason", "")))
+        for i, m in managers.items()
+        if str(i).isdigit() and m.get("state") in BLOCKED_STATES
+    )
+    if not blocked:
+        return Condition(
+            ConditionType.PRIMARIES_AVAILABLE,
+            True,
+            Reason.PRIMARIES_AVAILABLE,
+            "no shard manager refuses to give its shard a primary",
+        )
+    return Condition(
+        ConditionType.PRIMARIES_AVAILABLE,
+        False,
+        Reason.FAILOVER_BLOCKED,
+        "; ".join(f"shard {i}: {why}" for i, why in blocked),
+    )
+
+
+def last_failover_column(shards: Sequence[Mapping[str, Any]]) -> str | None:
+    """The latest ``lastFailover`` of any shard as one line (``history.summary``)."""
+    records = [
+        (float(lf.get("at", 0)), int(s.get("index", 0)), lf)
+        for s in shards
+        if isinstance(lf := s.get("lastFailover"), Mapping)
+    ]
+    if not records:
+        return None
+    _, index, last = max(records, key=lambda r: r[0])
+    return f"shard {index}: {history.summary(last)}"
 
 
 def ready_column(ready: int, desired: int) -> str:

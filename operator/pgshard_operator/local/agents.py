@@ -53,13 +53,19 @@ class AgentProcess:
             f"--port={s.port}",
             f"--status-port={s.status_port}",
             f"--credentials={cd.secrets}",
+            f"--control-token-file={cd.control_token}",
             f"--lease-file={cd.lease(s.shard)}",
+            f"--shard={s.shard}",
+            f"--topology-file={cd.topology}",
             f"--lease-ttl={self.cfg.timings.lease_ttl}",
             f"--pg-log={cd.logs / f'{s.name}.postgres.log'}",
             f"--apply-delay-ms={s.apply_delay_ms}",
             "--exit-with-parent",
+            f"--replication-method={self.cfg.method.value}",
         ]
         argv += [f"--pg-option={o}" for o in self.cfg.pg_options]
+        if self.cfg.tls:
+            argv.append(f"--tls-dir={cd.tls.directory}")
         if upstream:
             argv.append(f"--upstream={upstream}")
         if bootstrap_primary:
@@ -76,8 +82,9 @@ class AgentProcess:
         member_dir.chmod(0o755)
         postgres.RunAs.detect().own(member_dir, 0o755)
         out = os.open(
-            self.cdir.agent_log(self.spec.name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            self.cdir.agent_log(self.spec.name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
         )
+        os.fchmod(out, 0o600)  # logs are the owner's: owner-only, even if created before
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv(

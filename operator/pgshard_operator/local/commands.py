@@ -25,10 +25,11 @@ from typing import Any
 
 from pgshard_proxy.contract import topology
 
-from .. import atomicfile, proctree
+from .. import atomicfile, certs, control_token, placement_check, proctree
 from ..cli import CommandError
 from ..instance import postgres
 from ..instance.credentials import Credentials
+from ..model import spec as specs
 from . import control, status, supervisor
 from .layout import (
     ClusterConfig,
@@ -36,13 +37,16 @@ from .layout import (
     LayoutError,
     ReplicationMode,
     Timings,
+    merge_distributed_tables,
     parse_delays,
+    parse_zones,
     validate,
 )
 
 DEFAULTS: dict[str, int | str] = {
     "shards": 2,
     "replicas": 2,
+    "replication_method": "wal",
     "replication_mode": "async",
     "quorum": 1,
     "host": "127.0.0.1",
@@ -61,11 +65,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--dir", required=True, type=Path)
     up.add_argument("--shards", type=int, help=f"number of shards [{DEFAULTS['shards']}]")
     up.add_argument("--replicas", type=int, help="followers per shard [2]")
+    up.add_argument(
+        "--replication-method",
+        choices=[m.value for m in specs.ReplicationMethod],
+        help="wal (physical streaming) or statement (the statement log) [wal]",
+    )
     up.add_argument("--replication-mode", choices=[m.value for m in ReplicationMode])
     up.add_argument("--quorum", type=int, help="followers that confirm a commit (quorum mode)")
     up.add_argument(
         "--follower-delay-ms",
         help="recovery_min_apply_delay of followers: MS, or MS,MS,… one per follower",
+    )
+    up.add_argument(
+        "--follower-zones",
+        metavar="ZONE,ZONE,…",
+        help="the zone of each follower of every shard, in order (one per follower; the first "
+        "primary has none); published in the topology for the proxy's --proxy-zone; may "
+        "change on resume ('' clears them)",
     )
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
     up.add_argument("--host", help="loopback address members listen on [127.0.0.1]")
@@ -84,12 +100,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for ready")
     up.add_argument("--proxy-host", help="address pgshard-proxy listens on [127.0.0.1]")
     up.add_argument("--proxy-port", type=int, help="port pgshard-proxy listens on [6432]")
+    up.add_argument(
+        "--proxy-zone",
+        help="the proxy's zone: its reads prefer followers in it (see --follower-zones); may "
+        "change on resume ('' clears it)",
+    )
+    up.add_argument(
+        "--proxy-buffer-window-ms",
+        type=int,
+        help="during a switchover the proxy holds a shard's new requests at most this long "
+        "(0: off) [5000]",
+    )
+    up.add_argument(
+        "--proxy-buffer-max-requests",
+        type=int,
+        help="most requests the proxy holds per shard during a switchover; more fail at "
+        "once [1000]",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS everywhere: a cluster CA and server certificate in DIR/tls; members accept "
+        "only TLS and are verified (verify-full) by the proxy, followers and the control "
+        "plane; the proxy requires TLS from clients (kept in DIR; cannot be turned off)",
+    )
+    up.add_argument(
+        "--distributed-table",
+        action="append",
+        default=[],
+        metavar="NAME:KEY",
+        help="a table spread over the shards by its KEY column (repeatable; kept in DIR, "
+        "more may be added on resume, a key never changes)",
+    )
     up.set_defaults(func=cmd_up)
 
     st = lsub.add_parser("status", help="shards, members, positions and lag")
     st.add_argument("--dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="the status structure as JSON")
     st.set_defaults(func=cmd_status)
+
+    cp = lsub.add_parser(
+        "check-placement",
+        help="count rows on the wrong shard (exit 1 if any): distributed tables by key hash, "
+        "home tables on shard 0",
+    )
+    cp.add_argument("--dir", required=True, type=Path)
+    cp.add_argument("--json", action="store_true", help="per table and shard, as JSON")
+    cp.set_defaults(func=cmd_check_placement)
 
     down = lsub.add_parser("down", help="stop every process of the cluster (data is kept)")
     down.add_argument("--dir", required=True, type=Path)
@@ -124,6 +181,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
     shape: dict[str, int | str | None] = {
         "shards": args.shards,
         "replicas": args.replicas,
+        "replication_method": args.replication_method,
         "replication_mode": args.replication_mode,
         "quorum": args.quorum,
         "host": args.host,
@@ -133,6 +191,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         current: dict[str, int | str] = {
             "shards": stored.shards,
             "replicas": stored.replicas,
+            "replication_method": stored.method.value,
             "replication_mode": stored.mode.value,
             "quorum": stored.quorum,
             "host": stored.host,
@@ -156,10 +215,14 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         options = stored.pg_options
         max_lag = stored.max_lag_bytes
         proxy_host, proxy_port = stored.proxy_host, stored.proxy_port
+        window, most = stored.proxy_buffer_window_ms, stored.proxy_buffer_max_requests
+        zones, proxy_zone = stored.follower_zones, stored.proxy_zone
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
         proxy_host, proxy_port = ClusterConfig.proxy_host, ClusterConfig.proxy_port
+        window, most = None, None
+        zones, proxy_zone = (), None
     t = {
         "lease_ttl": args.lease_ttl,
         "detection": args.detection_seconds,
@@ -168,10 +231,15 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
     timings = dataclasses.replace(timings, **{k: v for k, v in t.items() if v is not None})
     if args.follower_delay_ms is not None:
         delays = parse_delays(args.follower_delay_ms)
+    if args.follower_zones is not None:
+        zones = parse_zones(args.follower_zones)
+    if args.proxy_zone is not None:
+        proxy_zone = args.proxy_zone.strip() or None
     cfg = ClusterConfig(
         shards=int(values["shards"]),
         replicas=int(values["replicas"]),
         mode=ReplicationMode(values["replication_mode"]),
+        method=specs.ReplicationMethod(values["replication_method"]),
         quorum=int(values["quorum"]),
         host=str(values["host"]),
         base_port=int(values["base_port"]),
@@ -181,7 +249,19 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         max_lag_bytes=args.max_lag_bytes if args.max_lag_bytes is not None else max_lag,
         proxy_host=args.proxy_host or proxy_host,
         proxy_port=args.proxy_port if args.proxy_port is not None else proxy_port,
+        proxy_buffer_window_ms=window
+        if args.proxy_buffer_window_ms is None
+        else args.proxy_buffer_window_ms,
+        proxy_buffer_max_requests=most
+        if args.proxy_buffer_max_requests is None
+        else args.proxy_buffer_max_requests,
         port_slots=stored.slots if stored is not None else 0,
+        distributed_tables=merge_distributed_tables(
+            stored.distributed_tables if stored is not None else (), args.distributed_table
+        ),
+        tls=args.tls or (stored is not None and stored.tls),
+        follower_zones=zones,
+        proxy_zone=proxy_zone,
     )
     validate(cfg)
     return cfg
@@ -193,6 +273,9 @@ def _check_ports(cfg: ClusterConfig) -> None:
             _check_port(cfg.host, port, f"{what} of member {m.name}")
     _check_port(cfg.host, cfg.control_port, "the supervisor's control endpoint")
     _check_port(cfg.proxy_host, cfg.proxy_port, "pgshard-proxy (choose with --proxy-port)")
+    _check_port(
+        cfg.proxy_host, cfg.proxy_port + 1, "pgshard-proxy's metrics (the port after --proxy-port)"
+    )
 
 
 def _check_port(host: str, port: int, what: str) -> None:
@@ -234,6 +317,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         cdir.create(cfg, Credentials.generate())
     else:
         atomicfile.write_json(cdir.config, cfg.to_dict())
+    if cfg.tls:
+        _, why = certs.ensure(cdir.tls.directory, str(cdir.root), cfg.tls_names)
+        if why is not None:
+            print(f"issued the server certificate in {cdir.tls.directory} ({why})")
     atomicfile.write_json(cdir.supervisor_state, {"state": "launching", "pid": None})
     if args.foreground:
         return _up_foreground(cdir, args.timeout)
@@ -253,7 +340,8 @@ def _up_foreground(cdir: ClusterDir, timeout: float) -> int:
 
 def _up_background(cdir: ClusterDir, timeout: float) -> int:
     log_path = cdir.logs / "supervisor.log"
-    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(out, 0o600)  # logs are the owner's: owner-only, even if created before
     try:
         proc = subprocess.Popen(
             [
@@ -305,6 +393,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         status.render(topo, status.console())
     return 0
+
+
+def cmd_check_placement(args: argparse.Namespace) -> int:
+    try:
+        topo = status.live_topology(_cdir(args))
+        found = asyncio.run(placement_check.check(topo))
+    except (LayoutError, placement_check.CheckFailed) as e:
+        raise CommandError(str(e)) from None
+    report = placement_check.to_json(found)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for t in found:
+            kind = "distributed" if t.distributed else "home"
+            state = "missing" if t.missing else f"{t.rows} rows, {t.misplaced} misplaced"
+            print(f"shard {t.shard}: {t.table} ({kind}): {state}")
+        print(f"{report['misplaced']} rows on the wrong shard")
+    return 1 if report["misplaced"] else 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -380,9 +486,13 @@ def _supervisor_call(
             f"no cluster running in {cdir.root}; start it with 'pgshard local up' "
             "(a stopped cluster keeps the shape it had)"
         )
+    try:
+        token = control_token.load(cdir.control_token)
+    except control_token.TokenMissing as e:
+        raise CommandError(str(e)) from None
     url = f"http://{cfg.host}:{cfg.control_port}{path}"
     try:
-        code, doc = asyncio.run(control.request(url, "POST", body, timeout))
+        code, doc = asyncio.run(control.request(url, "POST", body, timeout, token))
     except (OSError, TimeoutError) as e:
         raise CommandError(f"the supervisor did not answer at {url}: {e!r}") from None
     if code != 200:
@@ -396,6 +506,14 @@ def switchover(args: argparse.Namespace) -> int:
     doc = _supervisor_call(args, "/switchover", body, args.timeout, "switchover")
     lf = doc["lastFailover"]
     print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
+    return 0
+
+
+def failover(args: argparse.Namespace) -> int:
+    """``pgshard failover --dir DIR`` (registered by ``failover_command.py``)."""
+    body: dict[str, object] = {"shard": args.shard, "timeout": args.timeout}
+    doc = _supervisor_call(args, "/failover", body, args.timeout + 30, "failover")
+    print(f"shard {args.shard}: failed over to {doc['primary']} at epoch {doc['epoch']}")
     return 0
 
 

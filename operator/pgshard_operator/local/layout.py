@@ -5,7 +5,9 @@ platform. Layout of DIR (file locations are relied on by users and the proxy)::
 
     DIR/cluster.json          ClusterConfig (format version, shards, members, ports, timings)
     DIR/secrets.json          generated credentials, owner-only (0600)
+    DIR/control.token         the control endpoints' token, owner-only (control_token.py)
     DIR/topology.json         the topology contract (pgshard_proxy.contract.topology)
+    DIR/tls/                  with --tls: ca.crt, ca.key, server.crt, server.key (certs.py)
     DIR/topology.lock         fcntl lock for compare-and-set of topology.json
     DIR/leases/shard-I.json   the primary lease of shard I (+ .lock)
     DIR/supervisor.lock       held by the running supervisor for its whole life
@@ -19,14 +21,24 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .. import atomicfile
+from pgshard_proxy.contract import topology
+
+from .. import atomicfile, certs, control_token
 from ..instance.credentials import Credentials
+from ..model import spec as specs
 
 FORMAT_VERSION = 1
 """Bumped when DIR's layout changes incompatibly; ``up`` refuses other versions."""
+
+MIN_LEASE_TTL = 1.0
+"""Seconds: the primary's agent renews its lease every third of the TTL and fences
+before it runs out; below this, a busy machine would fence a healthy primary."""
 
 MAX_ADDED_PER_SHARD = 32
 """Followers ``local scale`` can add to a shard beyond its shape at creation (see ports)."""
@@ -70,6 +82,8 @@ class MemberSpec:
     status_port: int
     """The instance agent's HTTP status endpoint."""
     apply_delay_ms: int = 0
+    zone: str | None = None
+    """``--follower-zones``: published in the topology; proxies prefer their zone's."""
 
     @property
     def address(self) -> str:
@@ -78,6 +92,18 @@ class MemberSpec:
     @property
     def status_url(self) -> str:
         return f"http://{self.host}:{self.status_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.status_url}/metrics"
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +122,26 @@ class ClusterConfig:
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 6432
     """Where ``local up`` runs pgshard-proxy (``--proxy-host``/``--proxy-port``)."""
+    proxy_buffer_window_ms: int | None = None
+    proxy_buffer_max_requests: int | None = None
+    """``--proxy-buffer-window-ms`` / ``--proxy-buffer-max-requests`` (None: the proxy's
+    defaults): how the proxy holds requests during a switchover."""
+    distributed_tables: tuple[topology.DistributedTable, ...] = ()
+    """``--distributed-table NAME:KEY``: may grow on resume; a table's key never changes."""
+    method: specs.ReplicationMethod = specs.ReplicationMethod.WAL
+    """``--replication-method``: WAL streaming or the statement log; fixed at creation."""
     port_slots: int = 0
     """Members per shard whose ports lie in the block before the control port: the shape
     at creation (0: ``replicas + 1``). Fixed for the cluster's life, so that ``local
     scale`` moves no running member's port; members added beyond it use ports after the
     control port (``MAX_ADDED_PER_SHARD`` pairs per shard)."""
+    tls: bool = False
+    """``--tls``: members and the proxy serve TLS only, with certificates in ``DIR/tls``."""
+    follower_zones: tuple[str, ...] = ()
+    """``--follower-zones``: the zone of followers 1..replicas (member 0, the first
+    primary, has none); may change on resume."""
+    proxy_zone: str | None = None
+    """``--proxy-zone``: the proxy's ``--zone``; may change on resume."""
 
     @property
     def slots(self) -> int:
@@ -112,12 +153,26 @@ class ClusterConfig:
         if len(d) > 1:  # one value per follower: new ones get no delay
             d = (d + (0,) * replicas)[:replicas]
         return dataclasses.replace(
-            self, replicas=replicas, port_slots=self.slots, follower_delays_ms=d
+            self,
+            replicas=replicas,
+            port_slots=self.slots,
+            follower_delays_ms=d,
+            follower_zones=self.follower_zones[:replicas],  # new followers: no zone
         )
+
+    @property
+    def tls_names(self) -> list[str]:
+        """What the server certificate must name: every address clients connect to."""
+        return [self.host, self.proxy_host, "localhost"]
 
     @property
     def proxy_address(self) -> str:
         return f"{self.proxy_host}:{self.proxy_port}"
+
+    @property
+    def proxy_metrics_url(self) -> str:
+        """The proxy serves its Prometheus metrics on the port after its own."""
+        return f"http://{self.proxy_host}:{self.proxy_port + 1}/metrics"
 
     @property
     def control_port(self) -> int:
@@ -138,6 +193,11 @@ class ClusterConfig:
             return d[0]
         return d[follower_index - 1] if follower_index - 1 < len(d) else 0
 
+    def zone_for(self, index: int) -> str | None:
+        """``--follower-zones`` of member ``index`` (0, the first primary: none)."""
+        z = self.follower_zones
+        return z[index - 1] if 0 < index <= len(z) else None
+
     def members(self, shard: int | None = None) -> list[MemberSpec]:
         out = []
         for s in range(self.shards) if shard is None else [shard]:
@@ -151,6 +211,7 @@ class ClusterConfig:
                         port=self._port(s, j),
                         status_port=self._port(s, j) + 1,
                         apply_delay_ms=self.delay_for(j) if j else 0,
+                        zone=self.zone_for(j),
                     )
                 )
         return out
@@ -171,16 +232,26 @@ class ClusterConfig:
             "format": FORMAT_VERSION,
             "shards": self.shards,
             "replicas": self.replicas,
+            "replicationMethod": self.method.value,
             "replicationMode": self.mode.value,
             "quorum": self.quorum,
             "host": self.host,
             "basePort": self.base_port,
             "followerDelayMs": list(self.follower_delays_ms),
+            "followerZones": list(self.follower_zones),
             "pgOptions": list(self.pg_options),
             "maxLagBytes": self.max_lag_bytes,
             "timings": dataclasses.asdict(self.timings),
-            "proxy": {"host": self.proxy_host, "port": self.proxy_port},
+            "proxy": {
+                "host": self.proxy_host,
+                "port": self.proxy_port,
+                "bufferWindowMs": self.proxy_buffer_window_ms,
+                "bufferMaxRequests": self.proxy_buffer_max_requests,
+                "zone": self.proxy_zone,
+            },
             "portSlots": self.slots,
+            "distributedTables": [{"name": t.name, "key": t.key} for t in self.distributed_tables],
+            "tls": self.tls,
         }
 
     @classmethod
@@ -197,16 +268,28 @@ class ClusterConfig:
                 shards=int(d["shards"]),
                 replicas=int(d["replicas"]),
                 mode=ReplicationMode(d["replicationMode"]),
+                method=specs.ReplicationMethod(d.get("replicationMethod", "wal")),
                 quorum=int(d["quorum"]),
                 host=str(d["host"]),
                 base_port=int(d["basePort"]),
                 follower_delays_ms=tuple(int(x) for x in d.get("followerDelayMs", ())),
+                follower_zones=tuple(str(x) for x in d.get("followerZones", ())),
+                proxy_zone=_optional_str(d.get("proxy", {}).get("zone")),
                 pg_options=tuple(str(x) for x in d.get("pgOptions", ())),
                 max_lag_bytes=int(d.get("maxLagBytes", 16 * 1024 * 1024)),
                 timings=Timings(**d.get("timings", {})),
                 proxy_host=str(d.get("proxy", {}).get("host", "127.0.0.1")),
                 proxy_port=int(d.get("proxy", {}).get("port", 6432)),
+                proxy_buffer_window_ms=_optional_int(d.get("proxy", {}).get("bufferWindowMs")),
+                proxy_buffer_max_requests=_optional_int(
+                    d.get("proxy", {}).get("bufferMaxRequests")
+                ),
                 port_slots=int(d.get("portSlots", 0)),
+                distributed_tables=tuple(
+                    topology.DistributedTable(str(t["name"]), str(t["key"]))
+                    for t in d.get("distributedTables", ())
+                ),
+                tls=bool(d.get("tls", False)),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise LayoutError(f"{where} is damaged ({e}); use a new --dir") from None
@@ -225,6 +308,18 @@ def validate(cfg: ClusterConfig) -> None:
         raise LayoutError("--replicas must be 0 or more")
     if cfg.mode is not ReplicationMode.ASYNC and cfg.replicas < 1:
         raise LayoutError(f"--replication-mode {cfg.mode.value} needs --replicas 1 or more")
+    if cfg.method is specs.ReplicationMethod.STATEMENT:
+        if cfg.mode is not ReplicationMode.ASYNC:
+            raise LayoutError(
+                f"--replication-mode {cfg.mode.value} is not available with "
+                "--replication-method statement yet (followers apply the log asynchronously); "
+                "use --replication-mode async"
+            )
+        if any(cfg.follower_delays_ms):
+            raise LayoutError(
+                "--follower-delay-ms delays WAL replay; it has no effect with "
+                "--replication-method statement: omit it"
+            )
     if cfg.mode is ReplicationMode.QUORUM and not 1 <= cfg.quorum <= cfg.replicas:
         raise LayoutError(f"--quorum must be between 1 and --replicas ({cfg.replicas})")
     if len(cfg.follower_delays_ms) > 1 and len(cfg.follower_delays_ms) != cfg.replicas:
@@ -234,6 +329,22 @@ def validate(cfg: ClusterConfig) -> None:
         )
     if any(d < 0 for d in cfg.follower_delays_ms):
         raise LayoutError("--follower-delay-ms values must be >= 0")
+    if cfg.follower_zones and len(cfg.follower_zones) != cfg.replicas:
+        raise LayoutError(
+            f"--follower-zones takes one zone per follower ({cfg.replicas}), "
+            f"got {len(cfg.follower_zones)}"
+        )
+    for flag, z in [*(("--follower-zones", z) for z in cfg.follower_zones),
+                    ("--proxy-zone", cfg.proxy_zone)]:  # fmt: skip
+        if z is not None and not _ZONE.fullmatch(z):
+            raise LayoutError(
+                f"{flag} {z!r}: a zone is 1-63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit (as a Kubernetes label value)"
+            )
+    if cfg.proxy_buffer_window_ms is not None and cfg.proxy_buffer_window_ms < 0:
+        raise LayoutError("--proxy-buffer-window-ms must be >= 0 (0 turns buffering off)")
+    if cfg.proxy_buffer_max_requests is not None and cfg.proxy_buffer_max_requests < 1:
+        raise LayoutError("--proxy-buffer-max-requests must be at least 1")
     if cfg.replicas + 1 > cfg.slots + MAX_ADDED_PER_SHARD:
         raise LayoutError(
             f"--replicas {cfg.replicas}: at most {MAX_ADDED_PER_SHARD} followers can be added "
@@ -242,11 +353,31 @@ def validate(cfg: ClusterConfig) -> None:
     last = max(m.status_port for m in cfg.members())
     if not (cfg.base_port >= 1024 and max(cfg.control_port, last) < 65536):
         raise LayoutError(f"--base-port {cfg.base_port}: ports must lie in 1024..65535")
+    _validate_timings(cfg.timings)
     if not cfg.host.startswith("127."):
         raise LayoutError(f"--host {cfg.host}: the local cluster listens on loopback (127.x.y.z)")
     for opt in cfg.pg_options:
         if "=" not in opt:
             raise LayoutError(f"--pg-option {opt!r}: expected NAME=VALUE")
+        name, _, value = opt.partition("=")
+        if (problem := specs.parameter_problem(name.strip(), value)) is not None:
+            raise LayoutError(f"--pg-option {opt!r}: {problem}")
+
+
+def _validate_timings(t: Timings) -> None:
+    for flag, value, zero_ok in (
+        ("--lease-ttl", t.lease_ttl, False),
+        ("--detection-seconds", t.detection, False),
+        ("--cooldown-seconds", t.cooldown, True),
+    ):
+        if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise LayoutError(f"{flag} {value:g}: must be a number of seconds {bound}")
+    if t.lease_ttl < MIN_LEASE_TTL:
+        raise LayoutError(
+            f"--lease-ttl {t.lease_ttl:g}: must be at least {MIN_LEASE_TTL:g} s (the primary "
+            "renews its lease every third of it and fences itself before it runs out)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +393,10 @@ class ClusterDir:
     @property
     def secrets(self) -> Path:
         return self.root / "secrets.json"
+
+    @property
+    def control_token(self) -> Path:
+        return self.root / "control.token"
 
     @property
     def topology(self) -> Path:
@@ -304,6 +439,15 @@ class ClusterDir:
     def agent_log(self, name: str) -> Path:
         return self.logs / f"{name}.agent.log"
 
+    @property
+    def tls(self) -> certs.TlsFiles:
+        return certs.TlsFiles(self.root / "tls")
+
+    def load_credentials(self, cfg: ClusterConfig) -> Credentials:
+        """The generated credentials; with ``cfg.tls`` their DSNs verify members (CA)."""
+        creds = Credentials.load(self.secrets)
+        return creds.with_tls(self.tls.ca_cert if cfg.tls else None)
+
     def load_config(self) -> ClusterConfig:
         doc = atomicfile.read_json(self.config)
         if doc is None:
@@ -319,7 +463,53 @@ class ClusterDir:
             d.mkdir(exist_ok=True)
             d.chmod(0o755)
         atomicfile.write_json(self.secrets, creds.to_dict(), mode=0o600)
+        control_token.ensure(self.control_token)
         atomicfile.write_json(self.config, cfg.to_dict())
+
+
+_ZONE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_$]*"
+_DISTRIBUTED = re.compile(rf"({_IDENT}(?:\.{_IDENT})?):({_IDENT})")
+
+
+def parse_distributed_table(text: str) -> topology.DistributedTable:
+    """``orders:customer_id`` -> the table; names fold to lower case, as PostgreSQL
+    folds unquoted identifiers."""
+    m = _DISTRIBUTED.fullmatch(text.strip())
+    if m is None:
+        raise LayoutError(
+            f"--distributed-table {text!r}: expected NAME:KEY, e.g. orders:customer_id "
+            "(NAME may be schema.table; plain identifiers, as in unquoted SQL)"
+        )
+    return topology.DistributedTable(m.group(1).lower(), m.group(2).lower())
+
+
+def merge_distributed_tables(
+    stored: tuple[topology.DistributedTable, ...], given: Iterable[str]
+) -> tuple[topology.DistributedTable, ...]:
+    """The stored tables plus the ``--distributed-table`` flags; a key never changes
+    (the table's rows are already placed by it)."""
+    tables = list(stored)
+    seen: dict[str, str] = {}
+    for text in given:
+        new = parse_distributed_table(text)
+        if seen.setdefault(new.name, new.key) != new.key:
+            raise LayoutError(f"--distributed-table: table {new.name!r} is given twice")
+        old = next((t for t in tables if t.name == new.name), None)
+        if old is None:
+            tables.append(new)
+        elif old.key != new.key:
+            raise LayoutError(
+                f"--distributed-table {new.name}:{new.key}: table {new.name!r} is distributed "
+                f"by {old.key!r} and cannot change its key (its rows are placed by it); "
+                f"omit the flag, or give {new.name}:{old.key}"
+            )
+    return tuple(tables)
+
+
+def parse_zones(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``; ``""`` -> no zones (checked by :func:`validate`)."""
+    return tuple(z.strip() for z in text.split(",")) if text.strip() else ()
 
 
 def parse_delays(text: str | None) -> tuple[int, ...]:

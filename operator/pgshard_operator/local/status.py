@@ -17,8 +17,8 @@ from rich.table import Table
 
 from pgshard_proxy.contract import positions, topology
 
-from .. import atomicfile
-from ..instance.credentials import Credentials
+from .. import atomicfile, redact
+from ..shard import history
 from . import control, proxyproc, topofile, view
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
@@ -62,23 +62,34 @@ def supervisor_info(cdir: ClusterDir) -> dict[str, Any]:
 
 def live_topology(cdir: ClusterDir) -> topology.Topology:
     cfg = cdir.load_config()
-    creds = Credentials.load(cdir.secrets)
+    creds = cdir.load_credentials(cfg)
     topo = topofile.read(cdir)
     if topo is None:
         raise LayoutError(f"{cdir.root} has no topology yet: run 'pgshard local up --dir …'")
     statuses = asyncio.run(fetch_statuses(cfg))
-    shards = tuple(view.build_shard(s, cfg.members(s.index), statuses, creds) for s in topo.shards)
+    shards = tuple(
+        view.build_shard(s, cfg.members(s.index), statuses, creds, topo.method) for s in topo.shards
+    )
     extra = dict(topo.extra)
     extra["supervisor"] = info = supervisor_info(cdir)
+    info["metricsUrl"] = f"http://{cfg.host}:{cfg.control_port}/metrics"
     if info["running"]:
         extra["managers"] = asyncio.run(fetch_managers(cfg))
     extra["replicationMode"] = cfg.mode.value
-    proxy = topology.Proxy(address=cfg.proxy_address, dsn=proxyproc.proxy_dsn(cfg, creds))
+    proxy = topology.Proxy(
+        address=cfg.proxy_address,
+        dsn=proxyproc.proxy_dsn(cfg, creds),
+        metrics_url=cfg.proxy_metrics_url,
+        zone=cfg.proxy_zone,
+    )
     return dataclasses.replace(topo, shards=shards, extra=extra, proxy=proxy)
 
 
-def _pos(p: int | None) -> str:
-    return positions.format_lsn(p) if p is not None else "-"
+def _pos(p: int | None, method: str) -> str:
+    """An LSN (``wal``) or a statement log sequence number (``statement``)."""
+    if p is None:
+        return "-"
+    return positions.format_lsn(p) if method == "wal" else str(p)
 
 
 def console() -> Console:
@@ -91,7 +102,7 @@ def render(topo: topology.Topology, console: Console) -> None:
     sup = topo.extra.get("supervisor", {})
     table = Table(
         title=f"pgshard local cluster — supervisor {sup.get('state', '?')}"
-        f" — mode {topo.extra.get('replicationMode', '?')}"
+        f" — {topo.method} replication, mode {topo.extra.get('replicationMode', '?')}"
     )
     for col in ("shard", "epoch", "member", "role", "address", "state", "position", "lag (bytes)"):
         table.add_column(col)
@@ -99,28 +110,39 @@ def render(topo: topology.Topology, console: Console) -> None:
         if s.primary is not None:
             table.add_row(
                 str(s.index), str(s.epoch), s.primary.name, "primary", s.primary.address,
-                "", _pos(s.primary.position), "",
+                "", _pos(s.primary.position, topo.method), "",
             )  # fmt: skip
         for f in s.followers:
             table.add_row(
                 str(s.index), str(s.epoch), f.name, "follower", f.address, f.state,
-                _pos(f.position), "-" if f.lag_bytes is None else str(f.lag_bytes),
+                _pos(f.position, topo.method), "-" if f.lag_bytes is None else str(f.lag_bytes),
             )  # fmt: skip
     console.print(table)
+    zoned = [f"{m.name} {m.zone}" for s in topo.shards for m in (s.primary, *s.followers)
+             if m is not None and m.zone is not None]  # fmt: skip
+    if zoned or (topo.proxy is not None and topo.proxy.zone is not None):
+        proxy_zone = topo.proxy.zone if topo.proxy is not None else None
+        console.print(f"zones: proxy {proxy_zone or '-'}; " + (", ".join(zoned) or "no member"))
     for m in topo.extra.get("managers", []):
         cooldown = m.get("cooldownRemainingSeconds") or 0
         console.print(
             f"shard {m.get('index')}: manager {m.get('state')}: {m.get('reason')}"
             + (f" (cooldown {cooldown:.0f}s left)" if cooldown else "")
         )
+        for name, why in sorted((m.get("members") or {}).items()):
+            console.print(f"  {name}: {why}")
     for s in topo.shards:
         if s.last_failover:
-            lf = s.last_failover
-            console.print(
-                f"shard {s.index}: last {lf.get('kind', 'failover')} {lf.get('from')} → "
-                f"{lf.get('to')} (epoch {lf.get('epoch')}): {lf.get('reason', '')}"
-            )
+            console.print(f"shard {s.index}: last {history.summary(s.last_failover)}")
+    # Passwords are masked here (and in logs); `status --json` and DIR/secrets.json
+    # (both for the cluster's owner) have them.
+    urls = [(m.name, m.metrics_url) for s in topo.shards for m in (s.primary, *s.followers) if m]
     if topo.proxy is not None:
-        console.print(f"connect through the proxy: psql '{topo.proxy.dsn}'")
+        urls.append(("proxy", topo.proxy.metrics_url))
+    urls.append(("managers", sup.get("metricsUrl")))
+    console.print("metrics (Prometheus): " + ", ".join(f"{n} {u}" for n, u in urls if u))
+    if topo.proxy is not None:
+        console.print(f"connect through the proxy: psql '{redact.dsn(topo.proxy.dsn)}'")
     if topo.shards and topo.shards[0].primary is not None:
-        console.print(f"connect (shard 0 primary): psql '{topo.shards[0].primary.dsn}'")
+        console.print(f"connect (shard 0 primary): psql '{redact.dsn(topo.shards[0].primary.dsn)}'")
+    console.print("passwords: DIR/secrets.json, or the DSNs of 'pgshard local status --json'")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -31,12 +32,12 @@ import aiohttp
 
 from pgshard_proxy.contract import topology
 
-from .. import atomicfile
+from .. import atomicfile, control_token, redact
 from ..instance import main as instance_main
-from ..instance.credentials import Credentials
+from ..model import spec as specs
 from ..platform.local import LocalPlatform
-from ..shard import manager, policy, replication
-from . import control, topofile, view
+from ..shard import manager, observe, policy, replication
+from . import control, proxy_counts, topofile, view
 from . import scale as scaling
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_ATTEMPTS = 3
 """Failed bootstraps of a member before ``up`` (or ``scale``) gives up; a full disk: 1."""
+RESUME_GRACE_SECONDS = 60
+"""How long a resumed cluster's managers wait for the recorded primaries to start."""
 
 
 class StartupFailed(Exception):
@@ -62,7 +65,8 @@ class Supervisor:
         self.cdir = cdir
         self._on_ready = on_ready
         self.cfg: ClusterConfig = cdir.load_config()
-        self.creds = Credentials.load(cdir.secrets)
+        self.creds = cdir.load_credentials(self.cfg)
+        self.token = control_token.ensure(cdir.control_token)
         self.ready_timeout = ready_timeout
         self.agents = {m.name: AgentProcess(cdir, self.cfg, m) for m in self.cfg.members()}
         self.proxy = ProxyProcess(cdir, self.cfg, self.creds)
@@ -159,6 +163,25 @@ class Supervisor:
                 await agent.start(upstream=first.spec.address)
                 self._supervise(agent)
 
+    async def _primaries_started(self) -> None:
+        """On resume: give each shard's recorded primary time to start (its agent takes
+        the lease, then starts PostgreSQL) before the managers look. On a loaded machine
+        that took over 10 s, and a manager started at once failed over every shard whose
+        primary had not answered yet. Bounded: a primary that does not come back is
+        failed over by its manager afterwards."""
+        names = [p for i in range(self.cfg.shards) if (p := self.primary_of(i)) is not None]
+        deadline = time.monotonic() + RESUME_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            if all(self._role(n) not in (None, "bootstrapping") for n in names):
+                return
+            await asyncio.sleep(0.1)
+        slow = [n for n in names if self._role(n) in (None, "bootstrapping")]
+        log.warning(
+            "%s not started after %ds; the shard managers take over",
+            ", ".join(slow),
+            RESUME_GRACE_SECONDS,
+        )
+
     def _supervise(self, agent: AgentProcess, *, tracked: bool = True) -> None:
         """Watch ``agent``; a ``tracked`` watcher's failure ends the supervisor (during
         startup: ``up`` fails). ``scale`` watches members it adds untracked until they
@@ -204,7 +227,9 @@ class Supervisor:
         def change(topo: topology.Topology) -> topology.Topology | None:
             new = topo
             for s in topo.shards:
-                live = view.build_shard(s, self.cfg.members(s.index), self.statuses, self.creds)
+                live = view.build_shard(
+                    s, self.cfg.members(s.index), self.statuses, self.creds, topo.method
+                )
                 if view.shape(live) != view.shape(s):
                     new = topofile.replace_shard(new, live)
             return new if new is not topo else None
@@ -215,11 +240,17 @@ class Supervisor:
             assert topo is not None
             self.ready = all(
                 view.shard_ready(
-                    view.build_shard(s, self.cfg.members(s.index), self.statuses, self.creds),
+                    view.build_shard(
+                        s, self.cfg.members(s.index), self.statuses, self.creds, topo.method
+                    ),
                     self.statuses.get(s.primary.name) if s.primary else None,
                 )
                 for s in topo.shards
             )
+
+    def _with_tables(self, topo: topology.Topology) -> topology.Topology | None:
+        tables = self.cfg.distributed_tables
+        return None if topo.tables == tables else dataclasses.replace(topo, tables=tables)
 
     async def _observe_loop(self) -> None:
         while True:
@@ -235,13 +266,17 @@ class Supervisor:
         t = self.cfg.timings
         return policy.ShardPolicy(
             replication=policy.ReplicationSettings(
-                mode=policy.ReplicationMode(self.cfg.mode.value), quorum=self.cfg.quorum
+                mode=policy.ReplicationMode(self.cfg.mode.value),
+                quorum=self.cfg.quorum,
+                statement=self.cfg.method is specs.ReplicationMethod.STATEMENT,
             ),
             failover=policy.FailoverSettings(
                 detection_seconds=t.detection,
                 cooldown_seconds=t.cooldown,
                 max_lag_bytes=self.cfg.max_lag_bytes,
                 lease_ttl_seconds=t.lease_ttl,
+                # One machine, one clock: the agents' own margin is all that is needed.
+                max_clock_skew_seconds=0.0,
             ),
             cycle_seconds=t.interval,
             probe_timeout_seconds=max(0.5, min(2.0, t.lease_ttl / 3)),
@@ -250,6 +285,9 @@ class Supervisor:
     def _start_managers(self) -> None:
         assert self._http is not None
         pol = self.shard_policy()
+        observer: manager.Observer = observe.observe
+        if self.cfg.method is specs.ReplicationMethod.STATEMENT:
+            observer = observe.statement_observer(self.creds.app_database)
         for i in range(self.cfg.shards):
             platform = LocalPlatform(
                 self.cdir,
@@ -259,10 +297,16 @@ class Supervisor:
                 self._http,
                 agent_alive=lambda name: self.agents[name].alive,
                 statuses=lambda: self.statuses,
+                token=self.token,
             )
             self.platforms[i] = platform
             self.managers[i] = manager.ShardManager(
-                platform, pol, logger=logging.getLogger(f"pgshard_operator.shard.{i}")
+                platform,
+                pol,
+                observer=observer,
+                logger=logging.getLogger(f"pgshard_operator.shard.{i}"),
+                force_command=f"pgshard failover --dir {self.cdir.root} --shard {i} --accept-loss",
+                proxy_counts=proxy_counts.counter(self._http, self.cfg.proxy_metrics_url),
             )
             self._tasks.append(asyncio.ensure_future(self.managers[i].run()))
 
@@ -273,18 +317,28 @@ class Supervisor:
         fresh = topofile.read(self.cdir) is None
         if fresh:
             topofile.create(self.cdir, topofile.initial(self.cfg))
+        else:  # `up` may have added distributed tables: the proxy follows the file
+            topofile.update(self.cdir, self._with_tables)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         runner = await control.serve(
-            self.managers, self.cfg.host, self.cfg.control_port, scale=self.scale
+            self.managers,
+            self.cfg.host,
+            self.cfg.control_port,
+            self.token,
+            scale=self.scale,
+            cluster=self.cdir.root.name,
         )
         try:
             observer = asyncio.ensure_future(self._observe_loop())
             try:
                 await asyncio.gather(*(self._start_shard(i, fresh) for i in range(self.cfg.shards)))
+                if not fresh:
+                    await self._primaries_started()
                 await self.observe_once()
                 self._start_managers()
                 await self._wait_for(lambda: self.ready)
                 await self.proxy.start()
+                await self.proxy.listening()
                 self._tasks.append(asyncio.ensure_future(self._watch_proxy()))
                 self._report("ready")
                 log.info("cluster ready")
@@ -412,6 +466,12 @@ class Supervisor:
                     f"shard {shard} has no primary outside the members to remove now; retry"
                 )
             remaining = [m.name for m in p.cfg.members(shard) if m.name != primary]
+            # Only followers already in the published sync set may be listed (they are
+            # published first); the manager adds the others once they have caught up.
+            topo = topofile.read(self.cdir)
+            sync = topo.shard(shard).sync_standbys if topo is not None else None
+            if sync is not None:
+                remaining = [n for n in remaining if n in sync]
             platform.set_members(p.cfg)
             try:
                 if settings.required_acks:
@@ -508,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact.install()
     try:
         return asyncio.run(supervise(ClusterDir(args.dir.resolve()), args.ready_timeout))
     except LayoutError as e:

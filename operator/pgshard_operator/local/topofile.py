@@ -41,7 +41,9 @@ def initial(cfg: ClusterConfig) -> topology.Topology:
                 hash_range=hr,
             )
         )
-    return topology.Topology(shards=tuple(shards))
+    return topology.Topology(
+        shards=tuple(shards), method=cfg.method.value, tables=cfg.distributed_tables
+    )
 
 
 def update(

@@ -52,35 +52,80 @@ def follower_state(doc: StatusDoc | None, primary_lsn: int | None) -> str:
     return "streaming"
 
 
+CATCH_UP_ENTRIES = 1000
+"""Statement mode: a follower further behind than this many log entries is catching up."""
+
+
+def statement_follower_state(doc: StatusDoc | None, primary_seq: int | None) -> str:
+    """Statement mode: ``diverged`` (its applier stopped at an entry it could not apply),
+    else as :func:`follower_state` with the applier in place of the WAL receiver."""
+    if doc is None:
+        return "down"
+    role = doc.get("role")
+    if role in ("bootstrapping", "rejoining"):
+        return "bootstrapping"
+    if role in _DOWN_ROLES or role == "primary" or not doc.get("pgRunning"):
+        return "down"
+    applier = doc.get("applier") or {}
+    if applier.get("state") == "diverged":
+        return "diverged"
+    if not doc.get("healthy"):
+        return "down"
+    seq = doc.get("position")
+    if applier.get("state") != "applying" or seq is None:
+        return "catching-up"
+    if primary_seq is not None and primary_seq - int(seq) > CATCH_UP_ENTRIES:
+        return "catching-up"
+    return "streaming"
+
+
+def _seq(doc: StatusDoc | None) -> positions.Position | None:
+    if doc is None or doc.get("position") is None:
+        return None
+    return positions.Position(int(doc["position"]))
+
+
 def build_shard(
     record: topology.Shard,
     members: Sequence[MemberSpec],
     statuses: Mapping[str, StatusDoc | None],
     creds: Credentials,
+    method: str = "wal",
 ) -> topology.Shard:
-    """``record`` (epoch, primary, lastFailover from the manager) with live member data."""
+    """``record`` (epoch, primary, lastFailover from the manager) with live member data.
+
+    Positions are LSNs in ``wal`` mode, statement log sequence numbers in ``statement``
+    mode (where ``lagBytes`` stays empty: the lag is the difference of positions)."""
+    statement = method == "statement"
     primary_name = record.primary.name if record.primary else None
     by_name = {m.name: m for m in members}
     primary: topology.Member | None = None
     primary_lsn: positions.Position | None = None
     if primary_name is not None and primary_name in by_name:
         spec = by_name[primary_name]
-        primary_lsn = _lsn(statuses.get(primary_name), "currentLsn")
+        primary_doc = statuses.get(primary_name)
+        primary_lsn = _seq(primary_doc) if statement else _lsn(primary_doc, "currentLsn")
         primary = topology.Member(
             name=spec.name,
             address=spec.address,
             dsn=creds.app_dsn(spec.address),
             position=primary_lsn,
+            metrics_url=spec.metrics_url,
+            zone=spec.zone,
         )
     followers = []
     for spec in members:
         if spec.name == primary_name:
             continue
         doc = statuses.get(spec.name)
-        replayed = _lsn(doc, "replayedLsn")
-        state = follower_state(doc, primary_lsn)
+        if statement:
+            replayed = _seq(doc)
+            state = statement_follower_state(doc, primary_lsn)
+        else:
+            replayed = _lsn(doc, "replayedLsn")
+            state = follower_state(doc, primary_lsn)
         lag = None
-        if primary_lsn is not None and replayed is not None and state != "down":
+        if not statement and primary_lsn is not None and replayed is not None and state != "down":
             lag = max(0, primary_lsn - replayed)
         followers.append(
             topology.Member(
@@ -90,6 +135,8 @@ def build_shard(
                 position=replayed,
                 lag_bytes=lag,
                 state=state,
+                metrics_url=spec.metrics_url,
+                zone=spec.zone,
             )
         )
     return topology.Shard(
@@ -99,6 +146,9 @@ def build_shard(
         followers=tuple(followers),
         hash_range=record.hash_range,
         last_failover=record.last_failover,
+        sync_standbys=record.sync_standbys,
+        switching=record.switching,
+        failover_history=record.failover_history,
     )
 
 
@@ -106,9 +156,13 @@ def shape(shard: topology.Shard) -> tuple[object, ...]:
     """What must change for the topology file to be rewritten (positions do not count)."""
     return (
         shard.epoch,
-        (shard.primary.name, shard.primary.address, shard.primary.dsn) if shard.primary else None,
-        tuple((f.name, f.state) for f in shard.followers),
+        (shard.primary.name, shard.primary.address, shard.primary.dsn, shard.primary.zone)
+        if shard.primary
+        else None,
+        tuple((f.name, f.state, f.zone) for f in shard.followers),
         repr(shard.last_failover),
+        shard.sync_standbys,
+        shard.switching,
     )
 
 

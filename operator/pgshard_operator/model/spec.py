@@ -45,9 +45,32 @@ MANAGED_PARAMETERS = frozenset(
         "restore_command",
         "recovery_target_timeline",
         "promote_trigger_file",
+        # Durability: the replication mode decides it (sync/quorum pin it on).
+        "synchronous_commit",
+        # Would run commands or load code as the server, next to the agent's credentials.
+        "archive_command",
+        "archive_library",
+        "shared_preload_libraries",
     }
 )
-"""postgresql.conf settings the instance agent and shard manager own."""
+"""postgresql.conf settings the instance agent and shard manager own (lower case: names
+are matched case-insensitively, as PostgreSQL does)."""
+
+_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+
+
+def parameter_problem(name: str, value: str) -> str | None:
+    """Why ``name = value`` may not go into a member's configuration (None: it may).
+
+    Shared by ``spec.postgres.parameters`` and ``pgshard local up --pg-option``."""
+    if not _PARAMETER_NAME.match(name):
+        return f"{name!r} is not a PostgreSQL parameter name"
+    if name.lower() in MANAGED_PARAMETERS:
+        return f"{name} may not be set: pgshard manages it"
+    if any(c in value for c in "\r\n\0"):
+        return f"the value of {name} must be one line (a line break would start another setting)"
+    return None
+
 
 _QUANTITY = re.compile(
     r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$"
@@ -116,7 +139,7 @@ class ShardedTable:
 @dataclasses.dataclass(frozen=True)
 class ShardingSpec:
     tables: tuple[ShardedTable, ...] = ()
-    reference_tables: tuple[str, ...] = ()
+    """Distributed tables; every other table is a home table (its rows on shard 0)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +149,13 @@ class ProxySpec:
     max_wait_ms: int | None = None
     """None: the proxy's own default."""
     resources: Resources = Resources()
+    workers: int | None = None
+    """Worker processes per proxy pod (``--workers``); None: the proxy's default (1)."""
+    buffer_window_ms: int | None = None
+    """``bufferWindowMs``: how long the proxy holds a switching shard's new requests (0:
+    off); None: the proxy's default (5000)."""
+    buffer_max_requests: int | None = None
+    """``bufferMaxRequests``: most requests held per shard; None: the proxy's (1000)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,14 +275,20 @@ def _postgres(r: _Reader) -> PostgresSpec:
         r.bad("version", f"{version!r} is not supported; use {POSTGRES_VERSIONS[-1]}")
         version = POSTGRES_VERSIONS[-1]
     parameters = r.pairs("parameters")
-    managed = sorted(k for k, _ in parameters if k in MANAGED_PARAMETERS)
+    managed = sorted(k for k, _ in parameters if k.lower() in MANAGED_PARAMETERS)
     if managed:
         r.bad(
             "parameters",
             f"{', '.join(managed)} may not be set: pgshard manages them; remove them from the spec",
         )
-        parameters = tuple(p for p in parameters if p[0] not in MANAGED_PARAMETERS)
-    return PostgresSpec(version=int(version), parameters=parameters)
+    kept = []
+    for key, value in parameters:
+        problem = parameter_problem(key, value)
+        if problem is None:
+            kept.append((key, value))
+        elif key not in managed:
+            r.bad(f"parameters.{key}" if _PARAMETER_NAME.match(key) else "parameters", problem)
+    return PostgresSpec(version=int(version), parameters=tuple(kept))
 
 
 def _check_replication(r: _Reader) -> ReplicationMethod:
@@ -263,7 +299,15 @@ def _check_replication(r: _Reader) -> ReplicationMethod:
         r.bad("quorum", "is required when mode is quorum (how many followers confirm a commit)")
     if mode != quorum_mode and "quorum" in r.raw:
         r.bad("quorum", "is only used with mode quorum; remove it or set mode: quorum")
-    return r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
+    method = r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
+    if method is ReplicationMethod.STATEMENT:
+        r.bad(
+            "method",
+            "statement is not available on Kubernetes yet (pods would still stream WAL "
+            "while the proxy treated the cluster as statement-replicated); use wal, or "
+            "'pgshard local up --replication-method statement' on one machine",
+        )
+    return method
 
 
 def _policy(raw: Mapping[str, Any], problems: list[str]) -> shard_policy.ShardPolicy:
@@ -290,14 +334,15 @@ def _sharding(r: _Reader) -> ShardingSpec:
             r.problems.append(f"{t.path}: table {name!r} is listed twice")
             continue
         tables.append(ShardedTable(name=name, key=key))
-    refs = r.raw.get("referenceTables") or []
-    if not isinstance(refs, list) or not all(isinstance(x, str) and x for x in refs):
-        r.bad("referenceTables", "must be a list of table names")
-        refs = []
-    both = sorted({t.name for t in tables} & set(refs))
-    if both:
-        r.bad("referenceTables", f"{', '.join(both)} cannot be both distributed and reference")
-    return ShardingSpec(tables=tuple(tables), reference_tables=tuple(dict.fromkeys(refs)))
+    if r.raw.get("referenceTables"):
+        r.bad(
+            "referenceTables",
+            "reference tables are not supported yet (a table copied to every shard needs "
+            "atomic writes to all shards); remove it, and either list the table in "
+            "sharding.tables with its shard key or leave it out to keep it a home table "
+            "(all rows on shard 0)",
+        )
+    return ShardingSpec(tables=tuple(tables))
 
 
 def parse_spec(raw: object) -> ClusterSpec:
@@ -327,6 +372,9 @@ def parse_spec(raw: object) -> ClusterSpec:
             consistency=proxy.choice("consistency", Consistency, Consistency.SESSION),
             max_wait_ms=proxy.optional_integer("maxWaitMs", 0, 60000),
             resources=_resources(proxy.child("resources")),
+            workers=proxy.optional_integer("workers", 1, 64),
+            buffer_window_ms=proxy.optional_integer("bufferWindowMs", 0, 600000),
+            buffer_max_requests=proxy.optional_integer("bufferMaxRequests", 1, 1000000),
         ),
     )
     if problems:

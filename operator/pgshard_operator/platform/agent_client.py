@@ -8,10 +8,12 @@ own concerns: where a member's agent is (:class:`AgentRef`: the member's spec
 locally, its pod IP on Kubernetes), the lease, and what to do when a request
 fails (kill by pid locally, rely on the Lease on Kubernetes).
 
-Every request is bounded (the timeouts below). An answer of 409 (the request does
-not fit the member's role) raises :class:`base.PlatformConflict`; any other error
-answer, a refused or timed-out connection, or an answer that is not JSON raises
-:class:`base.PlatformError` naming the member and the route.
+Every POST carries the cluster's control token (``control_token.py``); an agent
+answers 401 without it. Every request is bounded (the timeouts below). An answer of
+409 (the request does not fit the member's role) raises
+:class:`base.PlatformConflict`; any other error answer, a refused or timed-out
+connection, or an answer that is not JSON raises :class:`base.PlatformError` naming
+the member and the route.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import aiohttp
 
 from pgshard_proxy.contract import positions
 
+from .. import control_token
 from ..shard import state
 from . import base
 
@@ -57,8 +60,10 @@ def upstream(address: str) -> dict[str, Any]:
 class AgentClient:
     """The control API of the instance agents, over one shared HTTP session."""
 
-    def __init__(self, http: aiohttp.ClientSession) -> None:
+    def __init__(self, http: aiohttp.ClientSession, token: str | None) -> None:
+        """``token`` None: status reads only (a POST without the token is refused)."""
         self.http = http
+        self.headers = control_token.headers(token) if token is not None else {}
 
     async def status(self, agent: AgentRef) -> dict[str, Any] | None:
         """The agent's ``/status`` document; None when it does not answer in time."""
@@ -75,10 +80,11 @@ class AgentClient:
         await self._post(agent, "/promote", {"epoch": epoch}, ACTION_TIMEOUT)
 
     async def fence(self, agent: AgentRef) -> positions.Position | None:
-        """Ask for a clean stop; the member's end of WAL, if the agent knows it."""
+        """Ask for a clean stop; the member's end of WAL (statement mode: its last log
+        entry), if the agent knows it."""
         doc = await self._post(agent, "/fence", None, FENCE_TIMEOUT)
         lsn = doc.get("lsn")
-        return positions.parse_lsn(lsn) if lsn else None
+        return positions.parse(lsn) if lsn is not None else None
 
     async def repoint(self, agent: AgentRef, primary_address: str) -> None:
         await self._post(agent, "/repoint", upstream(primary_address), ACTION_TIMEOUT)
@@ -95,7 +101,10 @@ class AgentClient:
     ) -> dict[str, Any]:
         try:
             async with self.http.post(
-                agent.url + path, json=body or {}, timeout=aiohttp.ClientTimeout(total=timeout)
+                agent.url + path,
+                json=body or {},
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as r:
                 doc: dict[str, Any] = await r.json()
                 if r.status == 409:

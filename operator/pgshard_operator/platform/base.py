@@ -46,13 +46,16 @@ from ..shard import state
 
 def record_version(shard: topology.Shard) -> str:
     """A compare-and-set version of a shard record: a digest of the fields the manager
-    owns (epoch, primary, lastFailover), so refreshed positions or follower states
-    written by others never make a manager's compare-and-set fail."""
-    doc = {
+    owns (epoch, primary, lastFailover, syncStandbys, switching), so refreshed positions or
+    follower states written by others never make a manager's compare-and-set fail."""
+    doc: dict[str, object] = {
         "epoch": shard.epoch,
         "primary": shard.primary.name if shard.primary else None,
         "lastFailover": shard.last_failover,
+        "syncStandbys": shard.sync_standbys,
     }
+    if shard.switching is not None:
+        doc["switching"] = topology.switching_to_dict(shard.switching)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -138,8 +141,8 @@ class Platform(Protocol):
         were discarded (0 when nothing diverged). May take long (re-clone); bounded by
         the implementation. The manager asks for the old primary's rejoin right after a
         failover, even if it is hung (SIGSTOP) or gone: the implementation may wait for it
-        within its bound, or raise :class:`PlatformError`; the manager retries every few
-        seconds until it succeeds."""
+        within its bound, or raise :class:`PlatformError`; the manager retries (5 s, doubling
+        to 60 s; at once under a new primary) until it succeeds."""
         ...
 
     async def set_sync_standbys(self, member: str, value: str) -> None:

@@ -14,12 +14,13 @@ object's ``resourceVersion`` (compare-and-set; the manager is the only writer of
 
 How the rules of ``platform/base.py`` are kept:
 
-- ``ProcessState.GONE``: the pod does not exist (the API removes a pod only after
-  its containers stopped, and a recreated pod starts with ``--hold-primary``), or
-  its agent reports ``stale``/``demoted`` with PostgreSQL not running.
-  ``REPLACED`` when the pod was deleted and created again (another UID than the
-  one its member was last seen alive in) and its agent does not answer yet: the
-  old process is gone, and the new pod starts with ``--hold-primary``.
+- ``ProcessState.GONE``: its agent reports ``stale``/``demoted`` with PostgreSQL not
+  running (a proof: the only one Kubernetes gives). ``REPLACED`` when the pod does not
+  exist, or was deleted and created again (another UID than the one its member was
+  last seen alive in) and its agent does not answer yet: a primary is failed over
+  without the detection wait, but only once its Lease expired (plus
+  ``maxClockSkewSeconds``), because a pod deleted by force or lost with its node may
+  still be running; the new pod starts with ``--hold-primary``.
   ``STOPPING`` when the pod is terminating (deleted, drained: a primary that stops
   answering then is failed over without the detection wait, its Lease still
   honoured); ``UNKNOWN`` when the agent does not answer.
@@ -109,9 +110,13 @@ def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] 
 
 
 def process_state(p: PodState, served_in: str | None = None) -> state.ProcessState:
-    """``served_in``: the UID of the pod the member was last seen alive in."""
+    """``served_in``: the UID of the pod the member was last seen alive in.
+
+    A missing pod is REPLACED, never GONE: the API also drops pods that were deleted by
+    force or lived on a lost node, whose processes may still run; only the member's own
+    agent reporting PostgreSQL stopped proves it (GONE)."""
     if not p.exists:
-        return state.ProcessState.GONE
+        return state.ProcessState.REPLACED
     if p.terminating:
         return state.ProcessState.STOPPING
     if p.agent is None:
@@ -150,14 +155,21 @@ def members(
             if p.ip
             else known.get(name, placeholder_address(cluster, namespace, shard, p.pod))
         )
+        process = process_state(p, (served_in or {}).get(p.pod))
+        # A re-created pod's IP is the new pod's (the old process, if it still runs,
+        # is not there); its PostgreSQL is started by its agent, which does not answer.
+        recreated = process is state.ProcessState.REPLACED and p.exists and bool(p.ip)
         out.append(
             state.MemberInfo(
                 name=name,
                 address=address,
                 dsn=creds.superuser_dsn(address),
-                process=process_state(p, (served_in or {}).get(p.pod)),
+                process=process,
                 bootstrapping=p.agent is not None
                 and p.agent.get("role") in ("bootstrapping", "rejoining"),
+                unprobed="its pod was re-created and the new pod's agent does not answer yet"
+                if recreated
+                else None,
             )
         )
     return tuple(out)
@@ -202,10 +214,15 @@ def stored_record(
             return None
         return _rename(m, member_name(m.name), creds.superuser_dsn(m.address))
 
+    sync = parsed.sync_standbys
     return dataclasses.replace(
         parsed,
         primary=manager_form(parsed.primary),
         followers=tuple(f for f in map(manager_form, parsed.followers) if f is not None),
+        sync_standbys=tuple(map(member_name, sync)) if sync is not None else None,
+        switching=dataclasses.replace(parsed.switching, target=member_name(parsed.switching.target))
+        if parsed.switching is not None
+        else None,
     )
 
 
@@ -244,6 +261,15 @@ def status_entry(shard: topology.Shard, method: str) -> dict[str, Any]:
         entry["primary"] = _published_member(shard.primary, method, False)
     if shard.last_failover:
         entry["lastFailover"] = _no_nulls(shard.last_failover)
+    if shard.sync_standbys is not None:
+        entry["syncStandbys"] = [member_pod_name(n) for n in shard.sync_standbys]
+    if shard.failover_history:
+        entry["failoverHistory"] = [_no_nulls(h) for h in shard.failover_history]
+    if shard.switching is not None:
+        pod = member_pod_name(shard.switching.target)
+        entry["switching"] = topology.switching_to_dict(
+            dataclasses.replace(shard.switching, target=pod)
+        )
     return entry
 
 
@@ -310,9 +336,10 @@ class KubernetesPlatform:
         ref: ShardRef,
         creds: Credentials,
         lease_ttl: float,
+        token: str,
     ) -> None:
         self.api = api
-        self.agents = AgentClient(http)
+        self.agents = AgentClient(http, token)
         self.ref = ref
         self.creds = creds
         self.lease_ttl = lease_ttl

@@ -58,12 +58,13 @@ class LocalPlatform:
         http: aiohttp.ClientSession,
         agent_alive: Callable[[str], bool],
         statuses: Callable[[], dict[str, dict[str, Any] | None]],
+        token: str,
     ) -> None:
         self.cdir = cdir
         self.cfg = cfg
         self.creds = creds
         self.index = shard
-        self.agents = AgentClient(http)
+        self.agents = AgentClient(http, token)
         self._agent_alive = agent_alive
         self._statuses = statuses
         self.members = {m.name: m for m in cfg.members(shard)}
@@ -191,7 +192,7 @@ class LocalPlatform:
                     f"shard {self.index}'s record changed since it was read"
                 )
             merged = view.build_shard(
-                shard, list(self.members.values()), self._statuses(), self.creds
+                shard, list(self.members.values()), self._statuses(), self.creds, topo.method
             )
             written.append(merged)
             if view.shape(merged) == view.shape(current):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
 
 from pgshard_proxy.contract import positions
+from pgshard_proxy.contract import statement_log as slog
 
 from . import state
 
@@ -102,6 +103,62 @@ def from_row(
         upstream=conninfo_address(row["primary_conninfo"]) if in_recovery else None,
         sync_standby_names=None if in_recovery else str(row["sync_standby_names"]),
         replicas=replicas,
+    )
+
+
+STATEMENT_PROBE_SQL = f"""
+SELECT current_setting('default_transaction_read_only')::bool AS in_recovery,
+       ({slog.POSITION_SQL}) AS seq,
+       current_setting('{slog.UPSTREAM_SETTING}', true) AS upstream
+"""
+"""Statement mode: followers are ordinary servers, read-only by default; positions are
+log sequence numbers (in the application database)."""
+
+
+def statement_observer(database: str) -> Callable[..., Awaitable[state.MemberObservation]]:
+    """``observe`` for ``statement`` replication, probing ``database`` (the log's)."""
+
+    async def observe_statement(
+        name: str,
+        dsn: str,
+        timeout: float,
+        process: state.ProcessState = state.ProcessState.UNKNOWN,
+    ) -> state.MemberObservation:
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await asyncpg.connect(dsn, timeout=timeout, database=database)
+                try:
+                    row = await conn.fetchrow(STATEMENT_PROBE_SQL)
+                finally:
+                    conn.terminate()
+        except TimeoutError:
+            return state.MemberObservation.unreachable(
+                name, process, f"no answer within {timeout}s"
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            return state.MemberObservation.unreachable(name, process, f"{type(e).__name__}: {e}")
+        assert row is not None
+        return from_statement_row(name, process, dict(row.items()))
+
+    return observe_statement
+
+
+def from_statement_row(
+    name: str, process: state.ProcessState, row: Mapping[str, Any]
+) -> state.MemberObservation:
+    """Turn :data:`STATEMENT_PROBE_SQL`'s row into an observation (pure)."""
+    follower = bool(row["in_recovery"])
+    seq = positions.Position(int(row["seq"]))
+    return state.MemberObservation(
+        name=name,
+        process=process,
+        reachable=True,
+        in_recovery=follower,
+        timeline=1,
+        received_lsn=seq if follower else None,
+        replayed_lsn=seq if follower else None,
+        current_lsn=None if follower else seq,
+        upstream=(row["upstream"] or None) if follower else None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,9 @@ class ReplicationSettings:
     mode: ReplicationMode = ReplicationMode.ASYNC
     quorum: int = 1
     """k, the number of follower confirmations per commit in ``quorum`` mode."""
+    statement: bool = False
+    """``statement`` replication: positions are log sequence numbers (a fenced primary
+    reports its last entry, which a caught-up follower has applied: ``>=``, not ``>``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, ReplicationMode):
@@ -78,6 +82,11 @@ class FailoverSettings:
     lease_ttl_seconds: float = 10.0
     """Lifetime of the primary's lease; the agent renews it well before, the manager never
     promotes while it may still be valid."""
+    max_clock_skew_seconds: float = 1.0
+    """How far the clocks of the manager and of the lease holder may disagree: a lease
+    counts as valid until this long after the expiry written in it (the holder, for its
+    part, fences a margin before expiry on its own monotonic clock). 0 when all parties
+    share one clock (the local platform)."""
     priorities: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType({})
     )
@@ -87,6 +96,7 @@ class FailoverSettings:
         for name in ("detection_seconds", "lease_ttl_seconds"):
             _positive(f"failover.{_camel(name)}", getattr(self, name), allow_zero=False)
         _positive("failover.cooldownSeconds", self.cooldown_seconds, allow_zero=True)
+        _positive("failover.maxClockSkewSeconds", self.max_clock_skew_seconds, allow_zero=True)
         if self.max_lag_bytes is not None and (
             isinstance(self.max_lag_bytes, bool)
             or not isinstance(self.max_lag_bytes, int)
@@ -122,12 +132,17 @@ class ShardPolicy:
     """How long a switchover waits for the target to replay the old primary's last WAL."""
     status_refresh_seconds: float = 5.0
     """How often positions and lag are re-published while nothing else changes."""
+    switchover_drain_seconds: float = 0.5
+    """How long a switchover waits between publishing the shard as ``switching`` and
+    fencing its primary: proxies see the announcement (the local proxy polls its file
+    every 0.2 s) and hold new requests, and statements already sent finish."""
 
     def __post_init__(self) -> None:
         _positive("probeTimeoutSeconds", self.probe_timeout_seconds, allow_zero=False)
         _positive("cycleSeconds", self.cycle_seconds, allow_zero=False)
         _positive("switchoverTimeoutSeconds", self.switchover_timeout_seconds, allow_zero=False)
         _positive("statusRefreshSeconds", self.status_refresh_seconds, allow_zero=False)
+        _positive("switchoverDrainSeconds", self.switchover_drain_seconds, allow_zero=True)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ShardPolicy:
@@ -144,6 +159,7 @@ class ShardPolicy:
                 "cooldownSeconds",
                 "maxLagBytes",
                 "leaseTtlSeconds",
+                "maxClockSkewSeconds",
                 "priorities",
             },
         )
@@ -173,6 +189,9 @@ class ShardPolicy:
                 cooldown_seconds=fo.get("cooldownSeconds", defaults.cooldown_seconds),
                 max_lag_bytes=fo.get("maxLagBytes"),
                 lease_ttl_seconds=fo.get("leaseTtlSeconds", defaults.lease_ttl_seconds),
+                max_clock_skew_seconds=fo.get(
+                    "maxClockSkewSeconds", defaults.max_clock_skew_seconds
+                ),
                 priorities={str(k): v for k, v in priorities.items()},
             ),
         )
@@ -187,6 +206,7 @@ def _positive(field: str, value: object, *, allow_zero: bool) -> None:
     ok = (
         isinstance(value, int | float)
         and not isinstance(value, bool)
+        and math.isfinite(value)
         and (value >= 0 if allow_zero else value > 0)
     )
     if not ok:

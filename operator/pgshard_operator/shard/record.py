@@ -8,7 +8,7 @@ those of the contract: ``bootstrapping``, ``catching-up``, ``streaming``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pgshard_proxy.contract import topology
 
@@ -45,8 +45,10 @@ def shard_record(
     primary: str | None,
     epoch: int,
     last_failover: state.LastFailover | None,
+    sync_standbys: Iterable[str] | None,
 ) -> topology.Shard:
-    """The record to publish with ``primary`` at ``epoch``; other members are followers."""
+    """The record to publish with ``primary`` at ``epoch``; other members are followers.
+    ``sync_standbys``: the sync set (``replication`` module; ``None`` in async mode)."""
     primary_obs = observations.get(primary) if primary else None
     primary_pos = (
         primary_obs.current_lsn
@@ -85,6 +87,8 @@ def shard_record(
         followers=tuple(followers),
         hash_range=snapshot.shard.hash_range,
         last_failover=last_failover.to_dict() if last_failover else None,
+        sync_standbys=tuple(sorted(set(sync_standbys))) if sync_standbys is not None else None,
+        failover_history=snapshot.shard.failover_history,
     )
 
 
@@ -101,6 +105,7 @@ def _shape(shard: topology.Shard) -> object:
         tuple(sorted((member(f, True) for f in shard.followers), key=repr)),
         shard.hash_range,
         dict(shard.last_failover) if shard.last_failover else None,
+        shard.sync_standbys,
     )
 
 

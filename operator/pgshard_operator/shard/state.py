@@ -32,9 +32,11 @@ class ProcessState(enum.Enum):
     UNKNOWN = "unknown"
     """The platform cannot tell (treated like ALIVE: wait for the lease)."""
     REPLACED = "replaced"
-    """Its pod was deleted and created again, and the new one does not answer yet: the
-    process that ran is gone (like GONE, a primary is failed over at once), and the new
-    one starts held (never primary on its own). A follower is left to come back."""
+    """Its pod was deleted (and maybe created again; the new one does not answer yet). A
+    forced deletion or a lost node removes the pod object with its processes possibly
+    still running, so nothing is proven: a primary is failed over without the detection
+    wait, but only after its lease expired. A new pod starts held (never primary on its
+    own). A follower is left to come back."""
     STOPPING = "stopping"
     """Being stopped on purpose (its pod is terminating). Not a passing fault, so a
     primary in this state that stops answering is failed over without waiting
@@ -91,6 +93,11 @@ class MemberInfo:
     bootstrapping: bool = False
     """The platform is creating its data (initdb, pg_basebackup, re-clone); published as
     state ``bootstrapping`` and not observed."""
+    unprobed: str | None = None
+    """Why nothing can answer at ``address`` now, so the manager counts it unreachable
+    without probing (a probe there would only wait out its timeout and delay the cycle):
+    e.g. its pod was re-created and the new pod's agent, which starts PostgreSQL, does
+    not answer yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +133,8 @@ class LastFailover:
 
     kind: FailoverKind
     at: float
-    """Unix time of the promotion; the cooldown counts from here."""
+    """Unix time the manager decided to promote (JSON ``at``); the cooldown counts from
+    here."""
     old_primary: str | None
     new_primary: str
     epoch: int
@@ -135,6 +143,20 @@ class LastFailover:
     """How the old primary came back; ``None`` while it has not (yet)."""
     fork_lsn: positions.Position | None = None
     discarded_bytes: int | None = None
+    detected_at: float | None = None
+    """Failover: when the old primary's probes first failed; switchover: when it was
+    requested. Filled in when the new primary is published (``shard.history``)."""
+    promoted_at: float | None = None
+    """When the new primary accepted writes."""
+    published_at: float | None = None
+    """When the topology named the new primary (proxies route writes there from then)."""
+    write_unavailable_seconds: float | None = None
+    """Failover: from the first failed probe to the publication; switchover: from the
+    announcement (proxies hold writes) to the publication."""
+    requests_failed: int | None = None
+    requests_buffered: int | None = None
+    """Client requests the proxies failed / held and then ran, from the start of the
+    change until the old primary rejoined (None: the proxies' counts were not read)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +169,12 @@ class LastFailover:
             "rejoin": self.rejoin.value if self.rejoin else None,
             "forkLsn": positions.format_lsn(self.fork_lsn) if self.fork_lsn is not None else None,
             "discardedBytes": self.discarded_bytes,
+            "detectedAt": self.detected_at,
+            "promotedAt": self.promoted_at,
+            "publishedAt": self.published_at,
+            "writeUnavailableSeconds": self.write_unavailable_seconds,
+            "requestsFailed": self.requests_failed,
+            "requestsBuffered": self.requests_buffered,
         }
 
     @classmethod
@@ -163,7 +191,21 @@ class LastFailover:
             rejoin=RejoinMethod(rejoin) if rejoin else None,
             fork_lsn=positions.parse(d.get("forkLsn")),
             discarded_bytes=int(discarded) if discarded is not None else None,
+            detected_at=_float(d.get("detectedAt")),
+            promoted_at=_float(d.get("promotedAt")),
+            published_at=_float(d.get("publishedAt")),
+            write_unavailable_seconds=_float(d.get("writeUnavailableSeconds")),
+            requests_failed=_int(d.get("requestsFailed")),
+            requests_buffered=_int(d.get("requestsBuffered")),
         )
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(str(value))
+
+
+def _int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,15 +90,18 @@ def plan(
 
 
 def caught_up(
-    target_obs: state.MemberObservation, fence_position: positions.Position | None
+    target_obs: state.MemberObservation,
+    fence_position: positions.Position | None,
+    statement: bool = False,
 ) -> bool:
-    """Whether the target holds everything the fenced primary wrote (see Platform.fence)."""
-    return (
-        fence_position is not None
-        and target_obs.ok
-        and target_obs.replayed_lsn is not None
-        and target_obs.replayed_lsn > fence_position
-    )
+    """Whether the target holds everything the fenced primary wrote (see Platform.fence).
+    WAL: past the end of WAL (the shutdown checkpoint record); ``statement``: the last
+    log entry applied."""
+    if fence_position is None or not target_obs.ok or target_obs.replayed_lsn is None:
+        return False
+    if statement:
+        return target_obs.replayed_lsn >= fence_position
+    return target_obs.replayed_lsn > fence_position
 
 
 def finish_actions(

@@ -1,0 +1,240 @@
+"""The statement-mode applier: a follower replays its primary's statement log, in order.
+
+Run by the instance agent of a follower in ``statement`` mode (DESIGN §4; the log's
+schema and ordering rules are in ``pgshard_proxy.contract.statement_log``). It pulls
+the entries after its position from the primary in bounded batches (LISTEN wakes it;
+a slow poll covers notifications lost while reconnecting) and applies each entry in
+one local transaction that also inserts the entry into the follower's own log, so
+data and position commit together and a crash loses neither. The primary learns
+how far it got (``pgshard.followers``), which is what it keeps entries for.
+
+An entry that fails to apply is never skipped: the applier stops with the entry and
+the error (``DIVERGED``) and the agent reports the follower as diverged. Lost
+connections (to either side) are retried with a back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+from typing import Any
+
+import asyncpg
+
+from pgshard_proxy.contract import statement_log as slog
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+"""Entries per pull: bounds memory and the time between two position reports."""
+POLL_SECONDS = 1.0
+"""Pull at least this often even without a notification."""
+RETRY_SECONDS = (0.2, 5.0)
+"""Back-off after a lost connection: first and longest wait."""
+
+# Errors that say "the connection or the server went away", not "this entry is wrong".
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TransactionRollbackError,
+)
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    APPLYING = "applying"
+    DIVERGED = "diverged"
+    """An entry failed to apply: stopped for good (the follower needs a re-bootstrap)."""
+    STOPPED = "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    seq: int
+    error: str
+
+
+class ApplyFailed(Exception):
+    """An entry could not be applied (the follower's data no longer matches)."""
+
+    def __init__(self, seq: int, error: str) -> None:
+        super().__init__(f"entry {seq} could not be applied: {error}")
+        self.seq = seq
+        self.error = error
+
+
+class Applier:
+    """Replays the log of the primary at ``source_dsn`` into ``local_dsn``.
+
+    Both DSNs name the application database with a role that may write the
+    ``pgshard`` schema and ``SET ROLE`` to every writer (the superuser).
+    """
+
+    def __init__(self, name: str, local_dsn: str, source_dsn: str, batch: int = BATCH) -> None:
+        self.name = name
+        self.local_dsn = local_dsn
+        self.source_dsn = source_dsn
+        self.batch = batch
+        self.state = State.CONNECTING
+        self.applied = 0
+        """The highest ``seq`` applied here (this follower's position)."""
+        self.source_position: int | None = None
+        """The primary's position as last seen (for lag)."""
+        self.divergence: Divergence | None = None
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._repointed = asyncio.Event()
+
+    def repoint(self, source_dsn: str) -> None:
+        """Pull from another primary from now on (after a failover); keeps the position."""
+        self.source_dsn = source_dsn
+        self._repointed.set()
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "appliedSeq": self.applied,
+            "sourceSeq": self.source_position,
+            "divergedAt": self.divergence.seq if self.divergence else None,
+            "error": self.divergence.error if self.divergence else self.last_error,
+        }
+
+    async def run(self) -> None:
+        """Apply until cancelled or diverged (then returns, state ``DIVERGED``)."""
+        delay = RETRY_SECONDS[0]
+        try:
+            while True:
+                try:
+                    await self._session()
+                except ApplyFailed as e:
+                    self.divergence = Divergence(e.seq, e.error)
+                    self.state = State.DIVERGED
+                    log.error("applier stopped, follower diverged: %s", e)
+                    return
+                except _TRANSIENT as e:
+                    self.state = State.CONNECTING
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.warning("applier: %s; retrying in %.1fs", self.last_error, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._repointed.wait(), delay)
+                    delay = min(RETRY_SECONDS[1], delay * 2)
+                else:
+                    delay = RETRY_SECONDS[0]
+        finally:
+            if self.state is not State.DIVERGED:
+                self.state = State.STOPPED
+
+    async def _session(self) -> None:
+        """One pair of connections; returns when repointed (to reconnect)."""
+        self._repointed.clear()
+        local = await asyncpg.connect(
+            self.local_dsn,
+            timeout=5,
+            server_settings={
+                "application_name": "pgshard-applier",
+                "default_transaction_read_only": "off",
+            },
+        )
+        try:
+            source = await asyncpg.connect(
+                self.source_dsn,
+                timeout=5,
+                server_settings={"application_name": f"pgshard-applier-{self.name}"},
+            )
+            try:
+                await source.add_listener(slog.CHANNEL, self._notified)
+                self.applied = int(await local.fetchval(slog.POSITION_SQL))
+                await source.execute(slog.BOOKMARK_SQL, self.name, self.applied)
+                self.state = State.APPLYING
+                self.last_error = None
+                while not self._repointed.is_set():
+                    self._wake.clear()
+                    if not await self._pull(local, source):
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            finally:
+                source.terminate()
+        finally:
+            local.terminate()
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _pull(self, local: Any, source: Any) -> bool:
+        """Apply the next batch; whether there was anything to apply."""
+        rows = await source.fetch(slog.READ_SQL, self.applied, self.batch)
+        if not rows:
+            self.source_position = self.applied
+            return False
+        for row in rows:
+            try:
+                entry = slog.Entry.from_row(row)
+            except slog.BadEntry as e:
+                raise ApplyFailed(int(row["seq"]), str(e)) from None
+            await apply_entry(local, entry, row)
+            self.applied = entry.seq
+        self.source_position = max(self.applied, self.source_position or 0)
+        await source.execute(slog.BOOKMARK_SQL, self.name, self.applied)
+        return True
+
+
+async def apply_entry(conn: Any, entry: slog.Entry, row: Any) -> None:
+    """Run ``entry`` as its writer did, and record it, in one transaction on ``conn``.
+
+    Raises :class:`ApplyFailed` for an error of the entry's own statements (the
+    transaction is rolled back); connection errors pass through unchanged.
+    """
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('role', $1, true)", entry.role)
+            pinned: dict[str, str] = {}
+            for stmt in entry.statements:
+                for name, value in stmt.settings.items():
+                    if pinned.get(name) != value:
+                        await conn.execute("SELECT set_config($1, $2, true)", name, value)
+                        pinned[name] = value
+                await _run(conn, stmt)
+                if stmt.sql.lstrip()[:8].upper() == "ROLLBACK":
+                    # ROLLBACK TO SAVEPOINT also undid the settings pinned after it.
+                    pinned.clear()
+            for sequence, last in entry.sequences.items():
+                await conn.execute("SELECT setval($1::regclass, $2)", sequence, last)
+            await conn.execute("RESET ROLE")
+            await conn.execute(
+                slog.COPY_SQL,
+                entry.seq,
+                entry.role,
+                row["statements"],
+                row["sequences"],
+                row["committed_at"],
+            )
+    except _TRANSIENT:
+        raise
+    except asyncpg.PostgresError as e:
+        raise ApplyFailed(entry.seq, f"{type(e).__name__}: {e}") from None
+
+
+async def _run(conn: Any, stmt: slog.Statement) -> None:
+    if not stmt.params and not stmt.types:
+        await conn.execute(stmt.sql)  # simple protocol: as the client sent it
+        return
+    # Text-form parameters of unknown types: let the server type them as it did for the
+    # writer (PREPARE infers the types, EXECUTE casts the quoted literals to them).
+    types = f"({', '.join(stmt.types)})" if stmt.types else ""
+    await conn.execute(f"PREPARE pgshard_apply{types} AS {stmt.sql}")
+    call = await conn.fetchval(
+        "SELECT 'EXECUTE pgshard_apply(' || string_agg(quote_nullable(p), ', ' ORDER BY i) || ')'"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS t(p, i)",
+        list(stmt.params),
+    )
+    await conn.execute(call or "EXECUTE pgshard_apply")
+    await conn.execute("DEALLOCATE pgshard_apply")

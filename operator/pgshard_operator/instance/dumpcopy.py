@@ -1,0 +1,91 @@
+"""Copy a primary's application database into a new statement-mode follower.
+
+Called by bootstrap.py for a follower in ``statement`` mode (which cannot start from
+a physical copy: it may run another PostgreSQL major version). On the primary, a
+REPEATABLE READ transaction exports its snapshot (``pg_export_snapshot()``) and
+reads the statement log's position in it; ``pg_dump --snapshot`` dumps exactly that
+state while writes go on, and ``pg_restore`` loads it into the follower in one
+transaction. The dump carries the log itself, so the restored follower's position
+is the snapshot's, and its applier continues with the next entry.
+The follower's own ``pg_dump``/``pg_restore`` are used: a newer pg_dump reads an
+older server, which is what a follower on a newer major version needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from pgshard_proxy.contract import statement_log as slog
+
+from . import postgres
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One database on one server, as client tools reach it."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str | None = None
+
+    def connect_args(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+            "database": self.database,
+        }
+
+    def tool_args(self) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user, "--no-password"]
+
+
+async def copy_database(
+    bins: postgres.Binaries, source: Endpoint, target: Endpoint, timeout: float = 3600
+) -> int:
+    """Dump ``source`` at one snapshot into ``target``; the log position in that snapshot."""
+    conn = await asyncpg.connect(**source.connect_args(), timeout=10)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            has_log = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", slog.TABLE)
+            position = int(await conn.fetchval(slog.POSITION_SQL)) if has_log else 0
+            with tempfile.TemporaryDirectory(prefix="pgshard-dump-") as tmp:
+                bins.run_as.own(Path(tmp))
+                dump = str(Path(tmp) / "dump")
+                # The snapshot can be imported only while this transaction is open.
+                await bins.run_async(
+                    "pg_dump",
+                    *source.tool_args(),
+                    "--dbname",
+                    source.database,
+                    "--snapshot",
+                    snapshot,
+                    "--format=custom",
+                    "--file",
+                    dump,
+                    timeout=timeout,
+                    password=source.password,
+                )
+                await bins.run_async(
+                    "pg_restore",
+                    *target.tool_args(),
+                    "--dbname",
+                    target.database,
+                    "--single-transaction",
+                    "--exit-on-error",
+                    dump,
+                    timeout=timeout,
+                    password=target.password,
+                )
+    finally:
+        await conn.close()
+    return position

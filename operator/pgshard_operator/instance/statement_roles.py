@@ -1,0 +1,91 @@
+"""Role changes of a member in ``statement`` replication (called by agent.py).
+
+A statement-mode follower is an ordinary server, read-only by default, whose
+applier pulls from the primary named by the ``pgshard.upstream`` setting (what
+``primary_conninfo`` is in wal mode; the shard manager reads it to see whom a
+follower follows). Promotion makes it writable and continues the log's sequence
+after the last entry it applied; an old primary rejoins by a fresh copy (its
+entries that no follower applied are discarded with its data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+
+from pgshard_proxy.contract import statement_log as slog
+
+from . import bootstrap, config, postgres, rejoin, sql
+from .credentials import Credentials
+
+
+def pin_upstream(bins: postgres.Binaries, datadir: Path, up: bootstrap.Upstream) -> None:
+    """While PG is stopped: record whom this follower applies the log of."""
+    config.set_auto_conf(bins, datadir, {slog.UPSTREAM_SETTING: up.address})
+
+
+async def set_upstream(host: str, port: int, creds: Credentials, up: bootstrap.Upstream) -> None:
+    conn = await sql.connect(host, port, creds)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET {slog.UPSTREAM_SETTING} = {config.quote(up.address)}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+async def make_writer(host: str, port: int, creds: Credentials, datadir: Path) -> int:
+    """A follower becomes its shard's log writer: writable, the sequence continued; its
+    position. The caller has stopped the applier and holds the lease."""
+    conn = await sql.connect(host, port, creds, database=creds.app_database)
+    try:
+        # The reload reaches open sessions only at their next command: set it here too.
+        await conn.execute("SET default_transaction_read_only = off")
+        await conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await conn.execute(f"ALTER SYSTEM RESET {slog.UPSTREAM_SETTING}")
+        await conn.execute("SELECT pg_reload_conf()")
+        await conn.execute(slog.CONTINUE_SQL)
+        position = int(await conn.fetchval(slog.POSITION_SQL))
+    finally:
+        await conn.close()
+    (datadir / config.STATEMENT_FOLLOWER).unlink(missing_ok=True)
+    return position
+
+
+async def stop_writes(host: str, port: int, creds: Credentials) -> int:
+    """Before a switchover stops this primary: take the shard's write lock for good (no
+    logged transaction can commit after it) and return the last entry's ``seq``, the
+    position the new primary must have applied. A writer holding the lock longer than a
+    few seconds has its session terminated (its transaction never committed)."""
+    conn = await sql.connect(host, port, creds, database=creds.app_database)
+    await conn.execute("SET lock_timeout = '3s'")
+    try:
+        await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
+    except asyncpg.LockNotAvailableError:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
+    # Kept open (holding the lock) until the server stops.
+    return int(await conn.fetchval(slog.POSITION_SQL))
+
+
+async def recopy(
+    bins: postgres.Binaries,
+    datadir: Path,
+    settings: config.ServerSettings,
+    creds: Credentials,
+    up: bootstrap.Upstream,
+    pg_log: Path,
+) -> rejoin.RejoinResult:
+    """Replace this (stopped) member's data by a fresh copy of ``up``'s, as a follower."""
+    await _remove(datadir)
+    await bootstrap.copy_follower(bins, datadir, settings, creds, up, pg_log)
+    return rejoin.RejoinResult(rejoin.Method.RECLONE, None, 0)
+
+
+async def _remove(datadir: Path) -> None:
+    await asyncio.to_thread(shutil.rmtree, datadir, True)

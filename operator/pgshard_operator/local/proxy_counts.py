@@ -1,0 +1,43 @@
+"""What the local cluster's proxy counted, for the failover record (``shard.history``).
+
+The supervisor hands :func:`counter` to each shard manager: it reads the proxy's
+Prometheus endpoint (``ClusterConfig.proxy_metrics_url``) with the supervisor's
+HTTP session and sums the requests the proxy failed because of a failover
+(``pgshard_proxy_failover_errors_total``) and the requests it held during a
+switchover and then ran (``pgshard_proxy_switchover_requests_total{outcome=
+"buffered"}``). The counts cover every shard the proxy serves.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..shard import history
+
+
+def parse(text: str) -> history.RequestCounts:
+    failed = buffered = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pgshard_proxy_failover_errors_total":
+                failed += sample.value
+            elif (
+                sample.name == "pgshard_proxy_switchover_requests_total"
+                and sample.labels.get("outcome") == "buffered"
+            ):
+                buffered += sample.value
+    return history.RequestCounts(failed=int(failed), buffered=int(buffered))
+
+
+def counter(http: aiohttp.ClientSession, url: str) -> history.ProxyCounter:
+    async def read() -> history.RequestCounts | None:
+        try:
+            async with http.get(url) as r:
+                if r.status != 200:
+                    return None
+                return parse(await r.text())
+        except (aiohttp.ClientError, ValueError):
+            return None  # the proxy is restarting, or not up yet
+
+    return read
