@@ -1,4 +1,4 @@
-"""Demo step: write a row on each shard's primary and read it back on a follower.
+"""Demo step: write a row on each shard's primary, read it back on a follower, drop it.
 
 Reads ``pgshard local status --json`` on stdin. Used by scripts/demo.
 """
@@ -37,6 +37,13 @@ async def one(shard: dict[str, Any]) -> None:
         await conn.close()
     if note is None:
         sys.exit(f"shard {shard['index']}: follower {follower['name']} did not get the row")
+    # 'demo' is a home table (its rows belong on shard 0): leave nothing behind on a shard
+    # that 'pgshard local check-placement' would report.
+    conn = await asyncpg.connect(primary["dsn"])
+    try:
+        await conn.execute("DROP TABLE demo")
+    finally:
+        await conn.close()
     print(
         f"shard {shard['index']}: wrote id {row} on primary {primary['name']} "
         f"({primary['address']}), read {note!r} on follower {follower['name']} "
