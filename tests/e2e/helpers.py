@@ -85,6 +85,10 @@ def operator_namespace(
     }
     values: dict[str, Any] = {
         "command": [sys.executable, "-m", "pgshard_operator.k8s"],
+        # Pods here are processes of this machine's interpreter, which only root can run
+        # (the image's user 26 is what test_image.py runs).
+        "podSecurityContext": {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0},
+        "podUser": "root",
         "watchNamespaces": [name],
         "extraEnv": [{"name": k, "value": v} for k, v in operator_env.items()],
     }

@@ -10,11 +10,13 @@ time and remembers which inserts were acknowledged.
 2. Freeze the (new) primary's pod: the promotion happens only after its Lease ran
    out; when thawed, the old primary accepts no write and rejoins as a follower.
 3. Annotate the cluster ``pgshard.io/switchover=0:<follower>``: that follower becomes
-   primary (``lastFailover.kind`` switchover), no acknowledged insert is lost, the
-   annotation is removed and a ``SwitchedOver`` Event posted.
+   primary (``lastFailover.kind`` switchover, with its timings, also in
+   ``failoverHistory`` and the ``Last failover`` column), the writer sees no error (the
+   proxy holds its inserts), no acknowledged insert is lost, the annotation is removed
+   and a ``SwitchedOver`` Event posted.
 4. Change a PostgreSQL parameter: the operator restarts the followers one at a time,
-   switches over by itself, then restarts the old primary; no acknowledged insert is
-   lost and every member runs the new setting.
+   switches over by itself, then restarts the old primary; the writer sees no error, no
+   acknowledged insert is lost and every member runs the new setting.
 5. ``pgshard switchover --kube`` moves the primary to the highest-numbered pod and
    prints the outcome; a request the operator refuses fails with its reason.
 6. Lower ``replicasPerShard`` while the primary is that highest-numbered pod: the
@@ -258,7 +260,22 @@ async def test_switchover_on_request_loses_nothing(
         after = await waited("the switchover", lambda: promoted(kube, ns, before["epoch"]), 90)
         await w.acked_more(10, 60)
     assert after["primary"]["name"] == target
-    assert after["lastFailover"]["kind"] == "switchover"
+    last = after["lastFailover"]
+    assert last["kind"] == "switchover"
+    # What it cost (issue 14): timings in order, and in the history.
+    assert last["detectedAt"] <= last["at"] <= last["promotedAt"] <= last["publishedAt"]
+    assert 0 < last["writeUnavailableSeconds"] < 60
+    assert after["failoverHistory"][-1]["epoch"] == last["epoch"]
+    assert "switching" not in after
+
+    def column() -> str:
+        status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
+        return str(status.get("lastFailover") or "")
+
+    await waited("the Last failover column", lambda: column().startswith("shard 0: switchover"), 60)
+    print(f"status.lastFailover: {column()}")
+    # The proxy held the writer's inserts while the shard was switching: no error.
+    assert not w.errors, w.errors
     missing = set(w.acked) - await rows(dsn)
     assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
     annotations = get(kube, "shardedcluster", "-n", ns, NAME)["metadata"].get("annotations") or {}
@@ -308,6 +325,8 @@ async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
     assert after["epoch"] == before["epoch"] + 1
     assert after["lastFailover"]["kind"] == "switchover"
     assert after["primary"]["name"] != before["primary"]["name"]
+    print(f"roll-out: {after['lastFailover']}")
+    assert not w.errors, w.errors  # the proxy held the inserts during the switchover
     missing = set(w.acked) - await rows(dsn)
     assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
     for member in [after["primary"], *after["followers"]]:

@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgshard_operator.instance import postgres
 from pgshard_operator.k8s import apply
@@ -50,6 +52,7 @@ def ns(kube: Cluster) -> Iterator[str]:
     env = {
         "PGSHARD_OPERATOR_REAPPLY_SECONDS": "3",
         "PGSHARD_OPERATOR_INSTANCE_COMMAND": STAND_IN,
+        "PGSHARD_OPERATOR_METRICS_PORT": "9188",
     }
     with operator_namespace(kube, "op", env, log_level="info") as name:
         yield name
@@ -125,6 +128,26 @@ def owned(kube: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
     )
     items = get(kube, kinds, "-n", ns, "-l", f"app.kubernetes.io/instance={name}")["items"]
     return sorted((i["kind"], i["metadata"]["name"]) for i in items)
+
+
+def test_operator_serves_its_shard_managers_metrics(kube: Cluster, ns: str) -> None:
+    assert apply_cluster(kube, ns, "watched", {"shards": 2, "replicasPerShard": 0}).returncode == 0
+    (pod,) = get(kube, "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator")["items"]
+    url = f"http://{pod['status']['podIP']}:9188/metrics"
+
+    def both_shards() -> set[str] | None:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        shards = {
+            s.labels["shard"]
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "pgshard_shard_state" and s.labels["cluster"] == f"{ns}/watched"
+        }
+        return shards if shards == {"0", "1"} else None
+
+    wait_for("both shards' managers in the operator's metrics", both_shards, 120, every=1)
+    kube.kubectl("delete", "pgsc", "-n", ns, "watched", "--wait=false")
 
 
 def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:

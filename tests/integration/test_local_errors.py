@@ -209,3 +209,30 @@ async def test_scale_on_a_full_disk_is_refused_and_the_cluster_keeps_its_shape(
             await asyncio.to_thread(c.down)
             c.kill_leftovers()
         assert disk.pids() == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "problem"),
+    [
+        ("--lease-ttl=-1", "--lease-ttl -1: must be a number of seconds > 0"),
+        ("--lease-ttl=nan", "--lease-ttl nan: must be a number of seconds > 0"),
+        ("--lease-ttl=inf", "--lease-ttl inf: must be a number of seconds > 0"),
+        ("--lease-ttl=0.3", "--lease-ttl 0.3: must be at least 1 s"),
+        ("--detection-seconds=0", "--detection-seconds 0: must be a number of seconds > 0"),
+        ("--detection-seconds=nan", "--detection-seconds nan: must be a number of seconds > 0"),
+        ("--cooldown-seconds=-5", "--cooldown-seconds -5: must be a number of seconds >= 0"),
+        ("--cooldown-seconds=inf", "--cooldown-seconds inf: must be a number of seconds >= 0"),
+    ],
+)
+def test_up_with_bad_timings_is_refused_before_anything_starts(
+    pg_tmp: Path, flag: str, problem: str
+) -> None:
+    with localcluster.cleaned_up(localcluster.new(pg_tmp, shards=1, replicas=1)) as c:
+        c.dir.mkdir()
+        refused = c.cli(
+            "local", "up", f"--dir={c.dir}", *c.create_args(1, 1), flag, check=False, timeout=120
+        )
+        assert refused.returncode != 0, refused.stdout
+        assert problem in refused.stderr
+        assert list(c.dir.iterdir()) == []
+        assert processes_naming(c.dir) == []

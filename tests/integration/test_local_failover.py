@@ -11,7 +11,6 @@ import asyncio
 import json
 import shutil
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
+from pgshard_proxy.contract import topology
 from tests.support import localcluster, writer
 
 # Short enough for a quick test, long enough not to fence a healthy primary on a busy machine.
@@ -36,14 +36,6 @@ async def eventually(probe: Callable[[], T | None], timeout: float = 60, what: s
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.2)
-
-
-def agent_status(c: localcluster.LocalCluster, name: str) -> dict[str, Any]:
-    k = int(name[name.index("m") + 1 :]) + 3 * int(name[1 : name.index("m")])
-    url = f"http://{c.host}:{c.base_port + 2 * k + 1}/status"
-    with urllib.request.urlopen(url, timeout=3) as r:
-        doc: dict[str, Any] = json.load(r)
-        return doc
 
 
 def new_primary(c: localcluster.LocalCluster, old: str) -> Callable[[], dict[str, Any] | None]:
@@ -74,16 +66,23 @@ async def test_kill9_of_the_primary_in_sync_mode_loses_no_acknowledged_row(
             promoted = await eventually(new_primary(c, old), what="a new primary")
             assert promoted["epoch"] == 2
             await w.wait_acked(50)  # the new primary accepts writes
+            # Its agent recorded the epoch for the proxy's check of primary connections.
+            conn = await asyncpg.connect(promoted["primary"]["dsn"])
+            try:
+                setting = f"current_setting('{topology.EPOCH_SETTING}', true)"
+                assert await conn.fetchval(f"SELECT {setting}") == "2"
+            finally:
+                await conn.close()
         shard = await eventually(streaming(c, old), what=f"{old} back as a follower")
         on_primary = await writer.ids_on(shard["primary"]["dsn"])
         missing = set(w.acked) - on_primary
         assert not missing, f"acknowledged rows lost: {sorted(missing)[:10]}"
         assert shard["lastFailover"]["from"] == old
         # The old primary follows the new timeline.
-        new_tli = agent_status(c, shard["primary"]["name"])["timeline"]
+        new_tli = c.agent_status(shard["primary"]["name"])["timeline"]
         assert new_tli >= 2
         await eventually(
-            lambda: agent_status(c, old)["timeline"] == new_tli,
+            lambda: c.agent_status(old)["timeline"] == new_tli,
             what=f"{old} streaming on timeline {new_tli}",
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from pgshard_proxy.consistency.monitor import (
     PositionMonitor,
     PositionUnavailable,
 )
-from pgshard_proxy.contract import positions
+from pgshard_proxy.contract import positions, statement_log
 from pgshard_proxy.contract.topology import Member, Shard, Topology
 from tests.support import net
 from tests.support.pgserver import PgServer
@@ -215,3 +216,18 @@ async def test_a_follower_that_stops_answering_drops_out_until_it_answers_again(
         answering.set()  # it wakes up
         await until(lambda: monitor.replayed("f") is not None, "the follower to come back")
         assert len(conns) >= 2  # a fresh connection after the silent one
+
+
+async def test_statement_mode_positions_are_log_sequence_numbers(pg_server: PgServer) -> None:
+    conn = await asyncpg.connect(pg_server.dsn)
+    try:
+        await conn.execute(statement_log.SCHEMA_SQL)
+        topo = dataclasses.replace(topology_of(pg_server), method="statement")
+        async with watching(topo) as monitor:
+            await until(lambda: monitor.replayed("f") == 0, "position 0 of an empty log")
+            for _ in range(3):
+                await conn.fetchval(statement_log.APPEND_SQL, "[]", "{}")
+            await until(lambda: monitor.replayed("f") == 3, "position 3")
+            assert await monitor.primary_position(0) == 3
+    finally:
+        await conn.close()

@@ -27,6 +27,10 @@ import pytest
 
 from tests.support import localcluster
 
+PORT = "current_setting('port')::int"
+"""Which member answered a read (``inet_server_port()`` is answered by the session's
+primary: it reads server-local state)."""
+
 BOUND = 60.0
 """Far beyond the follower read timeout (5 s) plus the monitor's probe bound: a read
 still unanswered after this is hung."""
@@ -45,7 +49,7 @@ async def _on_follower(
         conn = await asyncpg.connect(dsn)
         if begin is not None:
             await conn.execute(begin)
-        port = await conn.fetchval("select inet_server_port()")
+        port = await conn.fetchval(f"select {PORT}")
         if port == follower or (follower is None and port in followers):
             return conn, port
         conn.terminate()
@@ -76,7 +80,7 @@ class Readers:
             while not self.stop.is_set():
                 port = await self._bounded(
                     "asyncpg read",
-                    conn.fetchval("select inet_server_port() from kv where id = $1", 1),
+                    conn.fetchval(f"select {PORT} from kv where id = $1", 1),
                 )
                 self.ports.append(port)
                 await asyncio.sleep(0.01)
@@ -90,7 +94,7 @@ class Readers:
             async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
                 while not self.stop.is_set():
                     cur = await self._bounded(
-                        "psycopg read", conn.execute("select inet_server_port(), count(*) from kv")
+                        "psycopg read", conn.execute(f"select {PORT}, count(*) from kv")
                     )
                     row = await cur.fetchone()
                     assert row is not None
@@ -126,7 +130,7 @@ async def _scenario(c: localcluster.LocalCluster, dsn: str, shard: dict[str, Any
     readers = Readers(dsn)
     try:
         # In flight on the follower when it freezes: answered by the primary instead.
-        slow = asyncio.ensure_future(reader.fetchval("select inet_server_port() from pg_sleep(5)"))
+        slow = asyncio.ensure_future(reader.fetchval(f"select {PORT} from pg_sleep(5)"))
         await asyncio.sleep(0.5)
         await asyncio.to_thread(c.kill, 0, names[frozen], "STOP")
         assert not slow.done(), "the read ended before the follower froze: sleep longer"
@@ -157,7 +161,7 @@ async def _scenario(c: localcluster.LocalCluster, dsn: str, shard: dict[str, Any
             assert not readers.errors and not readers.hung, (readers.errors, readers.hung)
             await asyncio.sleep(0.5)
             fresh = await asyncpg.connect(dsn)
-            readers.ports.append(await fresh.fetchval("select inet_server_port()"))
+            readers.ports.append(await fresh.fetchval(f"select {PORT}"))
             await fresh.close()
         readers.stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), BOUND)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,3 +147,113 @@ async def test_prepared_statements_move_between_servers(
             await conn.execute("set pgshard.consistency = 'sometimes'")
     finally:
         await conn.close()
+
+
+def _reads_reach_the_follower(c: psycopg.Connection) -> None:
+    """Wait (bounded) until the proxy's position monitor lets reads go to the follower."""
+    deadline = time.monotonic() + 15
+    while c.execute("select pg_is_in_recovery()").fetchone() != (True,):
+        assert time.monotonic() < deadline, "reads never reached the follower"
+        time.sleep(0.1)
+
+
+def _pipeline_results(pg: psycopg.pq.abc.PGconn) -> list[psycopg.pq.abc.PGresult]:
+    """Results of a libpq pipeline up to its sync (blocking connection)."""
+    out = []
+    while True:
+        r = pg.get_result()
+        if r is None:
+            continue
+        out.append(r)
+        if r.status == psycopg.pq.ExecStatus.PIPELINE_SYNC:
+            return out
+
+
+def test_a_write_arriving_later_in_a_pipelined_batch_takes_the_batch_to_the_primary(
+    lagging: Setup,
+) -> None:
+    """Issue 12: a batch is routed as a whole, whatever TCP reads it arrives in."""
+    p = lagging[0]
+    with psycopg.connect(p.dsn, autocommit=True, options="-c pgshard.consistency=eventual") as c:
+        c.execute("create table if not exists late_write(i int)")
+        _reads_reach_the_follower(c)
+        pg = c.pgconn
+        pg.enter_pipeline_mode()
+        pg.send_query_params(b"select pg_is_in_recovery()", None)
+        assert pg.flush() == 0  # the read's Parse/Bind/Execute leave without a Sync
+        time.sleep(0.3)  # ... and reach the proxy in a read of their own
+        pg.send_query_params(b"insert into late_write values (1)", None)
+        pg.pipeline_sync()
+        assert pg.flush() == 0
+        results = _pipeline_results(pg)
+        pg.exit_pipeline_mode()
+    errors = [r.error_message.decode() for r in results if r.error_message]
+    assert errors == []
+    assert results[0].get_value(0, 0) == b"f"  # the batch ran on the primary
+
+
+async def test_only_discard_all_and_deallocate_all_forget_prepared_statements(
+    lagging: Setup,
+) -> None:
+    """Issue 12: a SET whose text contains "discard" forgot them; DEALLOCATE ALL did not."""
+    p = lagging[0]
+    conn = await asyncpg.connect(p.dsn, server_settings={"pgshard.consistency": "eventual"})
+    try:
+        stmt = await conn.prepare("select pg_is_in_recovery()")
+        assert await stmt.fetchval() is True  # prepared on the follower
+        await conn.execute("set application_name = 'discard_me'")  # runs on the primary
+        await conn.execute("set pgshard.consistency = 'strong'")
+        assert await stmt.fetchval() is False  # prepared again, transparently, on the primary
+        await conn.execute("set pgshard.consistency = 'eventual'")
+        await conn.execute("deallocate all")  # runs on the primary: gone everywhere
+        with pytest.raises(asyncpg.InvalidSQLStatementNameError):
+            await stmt.fetchval()  # a read: the follower, as PostgreSQL would answer
+        again = await conn.prepare("select pg_is_in_recovery(), 1")
+        assert tuple(await again.fetchrow()) == (True, 1)
+    finally:
+        await conn.close()
+
+
+def test_a_write_after_a_flushed_read_in_one_pipeline_runs_on_the_primary(
+    lagging: Setup,
+) -> None:
+    """psycopg fetches a pipelined read with a Flush, then pipelines a write before Sync."""
+    p = lagging[0]
+    with psycopg.connect(p.dsn, autocommit=True, options="-c pgshard.consistency=eventual") as c:
+        c.execute("create table if not exists flushed_then_write(i int)")
+        _reads_reach_the_follower(c)
+        with c.pipeline():
+            first = c.execute("select pg_is_in_recovery()").fetchone()
+            c.execute("insert into flushed_then_write values (1)")
+    assert first is not None
+    with psycopg.connect(lagging[1].dsn) as direct:
+        row = direct.execute("select count(*) from flushed_then_write").fetchone()
+        assert row == (1,)
+
+
+def test_after_a_failed_flushed_read_the_rest_of_the_pipeline_is_skipped(
+    lagging: Setup,
+) -> None:
+    """As PostgreSQL skips a batch's messages after an error up to the Sync, the write
+    that would move the batch to the primary is skipped, never run."""
+    p, primary = lagging[0], lagging[1]
+    with psycopg.connect(p.dsn, autocommit=True, options="-c pgshard.consistency=eventual") as c:
+        c.execute("create table if not exists skipped_write(i int)")
+        _reads_reach_the_follower(c)
+        pg = c.pgconn
+        pg.enter_pipeline_mode()
+        pg.send_query_params(b"select 1 / (pg_is_in_recovery()::int - 1)", None)
+        pg.send_flush_request()
+        assert pg.flush() == 0
+        failed = pg.get_result()
+        assert failed is not None and failed.status == psycopg.pq.ExecStatus.FATAL_ERROR
+        assert b"division by zero" in (failed.error_message or b"")  # it ran on the follower
+        time.sleep(0.5)  # the table reached the follower too: only routing matters below
+        pg.send_query_params(b"insert into skipped_write values (1)", None)
+        pg.pipeline_sync()
+        assert pg.flush() == 0
+        statuses = [r.status for r in _pipeline_results(pg)]
+        pg.exit_pipeline_mode()
+    assert psycopg.pq.ExecStatus.PIPELINE_ABORTED in statuses
+    with psycopg.connect(primary.dsn) as direct:
+        assert direct.execute("select count(*) from skipped_write").fetchone() == (0,)

@@ -5,10 +5,10 @@ Used by ``tests/integration/test_consistency.py``. Several sessions — asyncpg
 sequence of operations on a shared table ``kv(k, v)``:
 
 * write: ``UPDATE kv SET v = v + 1 WHERE k = $1 RETURNING v`` (acknowledged value);
-* read:  ``SELECT v, pg_is_in_recovery() FROM kv WHERE k = $1`` — the second
-  column tells which kind of member served it, so a test can show that reads
-  really went to followers (a checker that only ever sees the primary proves
-  nothing).
+* read:  ``SELECT v, pg_last_wal_replay_lsn() IS NOT NULL FROM kv WHERE k = $1`` —
+  the second column tells which kind of member served it, so a test can show that
+  reads really went to followers (a checker that only ever sees the primary proves
+  nothing). Not ``pg_is_in_recovery()``: a session reads that on its primary.
 
 Reads mostly follow the session's own last write (read-your-writes pressure) or
 pick any key, which other sessions write too (monotonic reads pressure). The
@@ -30,7 +30,7 @@ import psycopg
 from .history import Op, OpKind
 
 WRITE_SQL = "UPDATE kv SET v = v + 1 WHERE k = $1 RETURNING v"
-READ_SQL = "SELECT v, pg_is_in_recovery() FROM kv WHERE k = $1"
+READ_SQL = "SELECT v, pg_last_wal_replay_lsn() IS NOT NULL FROM kv WHERE k = $1"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,11 +21,13 @@ import random
 import signal
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pgshard_operator.instance import postgres
+from pgshard_operator.local import layout
 
 from . import mountns, net, procs
 
@@ -99,6 +101,13 @@ class LocalCluster:
     def shard(self, index: int = 0) -> dict[str, Any]:
         shard: dict[str, Any] = self.status()["shards"][index]
         return shard
+
+    def agent_status(self, member: str) -> dict[str, Any]:
+        """The member's instance agent's ``GET /status`` document."""
+        url = layout.ClusterDir(self.dir).load_config().member(member).status_url + "/status"
+        with urllib.request.urlopen(url, timeout=3) as r:
+            doc: dict[str, Any] = json.load(r)
+            return doc
 
     def kill(self, shard: int, member: str, sig: str = "KILL") -> None:
         self.cli(

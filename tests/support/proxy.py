@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -44,6 +45,18 @@ class ProxyProc:
         return self.log.read_text(errors="replace")
 
 
+def rewrite_unnoticed(path: Path, text: str) -> None:
+    """Replace a topology file's content in place, padded to its old size, and put its old
+    mtime back: a change whose notification is lost (coarse timestamps, an in-place
+    edit, a copy keeping the mtime). ``text`` must not be longer than the file."""
+    st = os.stat(path)
+    data = text.encode()
+    assert len(data) <= st.st_size, "pad the first version (JSON allows trailing spaces)"
+    with open(path, "r+b") as f:
+        f.write(data.ljust(st.st_size))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def single_primary_topology(name: str, host: str, port: int, dsn: str) -> topology.Topology:
     member = topology.Member(name=name, address=f"{host}:{port}", dsn=dsn)
     return topology.Topology(shards=(topology.Shard(index=0, epoch=1, primary=member),))
@@ -57,13 +70,15 @@ def start_proxy(
     user: str = "app",
     password: str = "app-secret",
     timeout: float = 30,
+    host: str | None = None,
 ) -> ProxyProc:
-    """Start the proxy on a random loopback address; returns once it accepts connections."""
+    """Start the proxy on ``host`` (default: a random loopback address); returns once it
+    accepts connections."""
     if topology_file is None:
         assert topo is not None
         topology_file = workdir / "topology.json"
         topology_file.write_text(topology.to_json(topo))
-    host = net.random_loopback()
+    host = host or net.random_loopback()
     port = net.free_port(host)
     log = workdir / f"proxy-{port}.log"
     with open(log, "wb") as out:

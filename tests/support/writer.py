@@ -158,7 +158,13 @@ async def running(
     target: Path | str, shard: int = 0, timeout: float = 5.0
 ) -> AsyncIterator[Writer]:
     """A writer whose inserts and connects are both bounded by ``timeout``."""
-    w = Writer(target, shard, timeout, connect_timeout=timeout)
+    async with running_writer(Writer(target, shard, timeout, connect_timeout=timeout)) as w:
+        yield w
+
+
+@contextlib.asynccontextmanager
+async def running_writer(w: Writer) -> AsyncIterator[Writer]:
+    """``w`` set up and writing until the block ends."""
     await w.setup()
     task = asyncio.create_task(w.run())
     try:

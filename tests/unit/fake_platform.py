@@ -37,6 +37,8 @@ class FakePlatform:
         self.calls: list[tuple[float, str, str]] = []
         self.events: list[tuple[base.EventReason, str]] = []
         self.fail_snapshots = 0
+        self.switching_seen: list[tuple[float, topology.Switching | None]] = []
+        """(loop time, the published record's ``switching``) of every publish."""
 
     @staticmethod
     def now() -> float:
@@ -123,6 +125,7 @@ class FakePlatform:
             raise base.PlatformConflict("version changed")
         self.version += 1
         self.shard = shard
+        self.switching_seen.append((asyncio.get_running_loop().time(), shard.switching))
         return str(self.version)
 
     async def record_event(self, reason: base.EventReason, message: str) -> None:

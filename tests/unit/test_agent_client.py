@@ -27,11 +27,13 @@ class StandIn:
 
     def __init__(self) -> None:
         self.bodies: dict[str, Any] = {}
+        self.auth: dict[str, str | None] = {}
         self.answers: dict[str, tuple[int, Any]] = {}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":
             self.bodies[request.path] = await request.json()
+            self.auth[request.path] = request.headers.get("Authorization")
         status, doc = self.answers.get(request.path, (200, {}))
         if isinstance(doc, str):
             return web.Response(status=status, text=doc)
@@ -57,7 +59,7 @@ async def agent() -> AsyncIterator[tuple[StandIn, AgentRef]]:
 @pytest.fixture
 async def client() -> AsyncIterator[AgentClient]:
     async with aiohttp.ClientSession() as http:
-        yield AgentClient(http)
+        yield AgentClient(http, "tok")
 
 
 async def test_requests_carry_the_agents_bodies(
@@ -72,6 +74,7 @@ async def test_requests_carry_the_agents_bodies(
         "/repoint": {"host": "127.1.2.3", "port": 5433},
         "/parameter": {"name": "synchronous_standby_names", "value": "ANY 1 (a)"},
     }
+    assert set(stand_in.auth.values()) == {"Bearer tok"}  # the cluster's control token
 
 
 async def test_answers_are_parsed(agent: tuple[StandIn, AgentRef], client: AgentClient) -> None:
@@ -106,6 +109,9 @@ async def test_error_answers_become_platform_errors(
     stand_in.answers["/repoint"] = (400, 'expected {"host": "…", "port": N}')
     with pytest.raises(base.PlatformError, match=r"^m_1/repoint: agent did not answer"):
         await client.repoint(ref, "127.1.2.3:5433")
+    stand_in.answers["/promote"] = (401, {"error": "missing or wrong control token"})
+    with pytest.raises(base.PlatformError, match=r"^m_1/promote: missing or wrong control token"):
+        await client.promote(ref, 3)
     stand_in.answers["/status"] = (200, "not json")
     assert await client.status(ref) is None
 

@@ -3,6 +3,7 @@ when the helm binary built by ``scripts/kube-build`` is present."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +95,73 @@ def test_helm_template_renders_least_privilege_rbac(helm: str) -> None:
     }
     assert env["PGSHARD_OPERATOR_NAMESPACES"] == "a,b"
     assert env["PGSHARD_OPERATOR_IMAGE"] == "pgshard:0.1.0"
+
+
+def _render(helm: str, *sets: str) -> list[dict[str, Any]]:
+    argv = [helm, "template", "rel", str(CHART), "--namespace", "ops", "--kube-version", "1.33.0"]
+    for s in sets:
+        argv += ["--set", s]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_operator_pod_is_restricted_and_names_the_pods_user(helm: str) -> None:
+    (dep,) = [d for d in _render(helm) if d["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 26,
+        "runAsGroup": 26,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PGSHARD_OPERATOR_POD_USER"] == "26"
+    (dep,) = [d for d in _render(helm, "podUser=root") if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PGSHARD_OPERATOR_POD_USER"] == "root"
+
+
+def test_monitoring_objects_are_off_by_default_and_render_when_on(helm: str) -> None:
+    kinds = {d["kind"] for d in _render(helm)}
+    assert not kinds & {"PodMonitor", "PrometheusRule"}
+    docs = _render(
+        helm,
+        "monitoring.enabled=true",
+        "monitoring.podMonitor.labels.release=kp",
+        "monitoring.prometheusNamespace=mon",
+    )
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PGSHARD_OPERATOR_METRICS_NAMESPACE"] == "mon"
+    assert env["PGSHARD_OPERATOR_METRICS_PORT"] == "9188"
+    ports = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": 9188} in ports
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kp"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    ports = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
+    assert ports == ["status", "metrics"]
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"PgshardPrimaryMissing", "PgshardFollowerLagBytes", "PgshardFailoverHappened",
+            "PgshardReplicationBroken", "PgshardProxyRefusingConnections",
+            "PgshardLeaseExpiring"} <= alerts  # fmt: skip
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["pgshard.json"])["uid"] == "pgshard"
+    lint = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), "--set", "monitoring.enabled=true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -315,3 +315,180 @@ def test_long_statements_are_classified_from_their_first_words_and_not_cached() 
     size = c._cached.cache_info().currsize
     c.classify(insert)
     assert c._cached.cache_info().currsize == size
+
+
+@pytest.mark.parametrize(
+    ("sql", "forgets"),
+    [
+        ("DISCARD ALL", True),
+        ("discard all", True),
+        ("DEALLOCATE ALL", True),
+        ("DEALLOCATE PREPARE ALL", True),
+        ("SET x.y = 1; DISCARD ALL", True),
+        ("DISCARD PLANS", False),
+        ("DEALLOCATE s1", False),
+        ("SET search_path = discard_all", False),
+        ("SET application_name = 'DISCARD ALL'", False),
+    ],
+)
+def test_only_discard_all_and_deallocate_all_forget_prepared_statements(
+    sql: str, forgets: bool
+) -> None:
+    assert c.classify(sql).forgets_statements is forgets
+
+
+def test_statements_differing_only_in_constants_share_one_classification() -> None:
+    a = c.classify_bytes(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5150")
+    b = c.classify_bytes(b"SELECT abalance FROM pgbench_accounts WHERE aid = 4711")
+    assert a is b and a.kind is Kind.READ
+    w = c.classify_bytes(b"UPDATE pgbench_accounts SET abalance = abalance + -17 WHERE aid = 3")
+    assert w.kind is Kind.WRITE
+    assert c.literal_shape(b"SELECT 'it''s', 1.5, t1.x2") == b"SELECT ?, ?, t1.x2"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SELECT $$x$$",  # dollar quotes
+        b'SELECT "weird ""name"" 1"',  # quoted identifiers
+        b"SELECT E'\\x41'",  # backslash escapes
+        b"SELECT 1 -- comment with a ' quote",
+        b"SELECT /* ' */ 1",
+    ],
+)
+def test_texts_a_regular_expression_cannot_read_are_cached_by_exact_text_only(
+    sql: bytes,
+) -> None:
+    assert c.literal_shape(sql) is None
+
+
+def test_results_carrying_the_statements_text_are_never_shared_by_shape() -> None:
+    a = c.classify_bytes(b"SET application_name = 'first'")
+    b = c.classify_bytes(b"SET application_name = 'second'")
+    assert (a.session_sql, b.session_sql) == (
+        "SET application_name = 'first'",
+        "SET application_name = 'second'",
+    )
+    strong = c.classify_bytes(b"SET pgshard.consistency = 'strong'")
+    eventual = c.classify_bytes(b"SET pgshard.consistency = 'eventual'")
+    assert strong.proxy_setting == ("consistency", "strong")
+    assert eventual.proxy_setting == ("consistency", "eventual")
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("SET synchronous_commit = off", True),
+        ("set synchronous_commit to 'local'", True),
+        ("SET LOCAL synchronous_commit TO remote_write", True),
+        ("select set_config('synchronous_commit', 'on', false)", True),  # computed: refused
+        ("ALTER ROLE app SET synchronous_commit = off", True),
+        ("begin; set local synchronous_commit = off; insert into t values (1); commit", True),
+        ("SET SESSION synchronous_commit = on", False),
+        ("SET synchronous_commit TO DEFAULT", False),
+        ("SET synchronous_commit = remote_apply", False),
+        ("RESET synchronous_commit", False),
+        ("SHOW synchronous_commit", False),
+        ("select current_setting('synchronous_commit')", False),
+        ("ALTER DATABASE app SET synchronous_commit TO on", False),
+    ],
+)
+def test_synchronous_commit_may_not_be_weakened(sql: str, refused: bool) -> None:
+    got = c.classify_uncached(sql)
+    assert (got.refusal is not None) is refused
+    if refused:
+        assert got.refusal is not None and got.refusal.sqlstate == "42501"
+
+
+def test_show_pgshard_shards_is_a_view_that_cannot_be_set() -> None:
+    from pgshard_proxy.routing import classify as cl
+
+    shown = cl.classify("SHOW pgshard.shards")
+    assert shown.kind is cl.Kind.PROXY_SHOW and shown.proxy_setting == ("shards", "")
+    refused = cl.classify("SET pgshard.shards = 'x'")
+    assert refused.refusal is not None and refused.refusal.sqlstate == "55P02"
+
+
+@pytest.mark.parametrize(
+    ("sql", "probe"),
+    [
+        ("SHOW transaction_read_only", True),
+        ("show in_hot_standby", True),
+        ("SELECT current_setting('transaction_read_only')", True),
+        ("select pg_catalog.current_setting('transaction_read_only', true)", True),
+        # the setting's name is a parameter (psycopg's own tests): it may be one of them
+        ("select current_setting($1), current_setting($2)", True),
+        ("select current_setting(lower('TRANSACTION_READ_ONLY'))", True),
+        ("SELECT pg_is_in_recovery()", True),
+        ("select pg_catalog.pg_is_in_recovery()", True),
+        ("SELECT pg_backend_pid(), inet_server_addr(), inet_server_port()", True),
+        ("SELECT count(*) FROM pg_stat_activity WHERE pid = pg_backend_pid()", False),
+        ('SELECT * FROM "pg_locks"', False),
+        ("SELECT v, pg_is_in_recovery() FROM kv WHERE k = $1", False),
+        ("SET application_name = 'a'; SELECT pg_is_in_recovery()", True),
+        ("SELECT 1; SELECT pg_backend_pid()", False),  # "SELECT 1" may read: capture
+        ("SELECT * FROM t; SELECT pg_backend_pid()", False),
+    ],
+)
+def test_server_local_reads(sql: str, probe: bool) -> None:
+    """Issue 17: reads of the answering server's own state go to the session's primary."""
+    got = c.classify_uncached(sql)
+    assert (got.kind, got.server_local, got.probe) == (Kind.READ, True, probe)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT current_setting('application_name')",
+        "SHOW search_path",
+        "SELECT pg_last_wal_replay_lsn() IS NOT NULL",
+        "SELECT v FROM kv",
+    ],
+)
+def test_other_reads_are_not_server_local(sql: str) -> None:
+    got = c.classify_uncached(sql)
+    assert (got.kind, got.server_local) == (Kind.READ, False)
+
+
+def test_a_literal_argument_that_decides_the_class_is_not_shared_by_shape() -> None:
+    """``set_config('synchronous_commit', …)`` is refused and ``current_setting(
+    'transaction_read_only')`` is server-local, even right after a call of the same
+    shape with another setting name was cached."""
+    other = c.classify_bytes(b"select set_config('application_name', 'x', false)")
+    assert other.refusal is None
+    refused = c.classify_bytes(b"select set_config('synchronous_commit', 'off', false)")
+    assert refused.refusal is not None and refused.refusal.sqlstate == "42501"
+    assert not c.classify_bytes(b"select current_setting('application_name')").server_local
+    assert c.classify_bytes(b"select current_setting('transaction_read_only')").server_local
+
+
+@pytest.mark.parametrize(
+    ("sql", "name"),
+    [
+        ("DEALLOCATE _pg3_0", "_pg3_0"),
+        ("deallocate prepare S1", "s1"),
+        ('DEALLOCATE "Mixed"', "Mixed"),
+        ("DEALLOCATE ALL", None),
+        ("DEALLOCATE PREPARE ALL", None),
+    ],
+)
+def test_deallocate_names_its_statement(sql: str, name: str | None) -> None:
+    """Issue 17: the session may have prepared it on another server than the one running
+    the DEALLOCATE (psycopg's cache eviction after reads on a follower)."""
+    assert c.classify_uncached(sql).deallocates == name
+    assert c.classify_bytes(sql.encode()).deallocates == name
+
+
+def test_a_text_a_follower_refused_goes_to_the_primary_from_then_on() -> None:
+    """Issue 17: reads of unlogged tables (the follower answers 0A000) are learned by text."""
+    sql = "select sum(i) from learned_unlogged_probe"
+    assert c.classify_bytes(sql.encode()).kind is Kind.READ  # cached, by text and shape
+    try:
+        c.learn_primary_only(sql)
+        assert c.classify_bytes(sql.encode()).kind is Kind.WRITE
+        assert c.classify(sql).kind is Kind.WRITE
+    finally:
+        c._learned.discard(sql)
+        c._cached.cache_clear()
+        c._cached_bytes.cache_clear()
+        c._by_shape.clear()

@@ -134,3 +134,20 @@ def test_fuzz_valid_frames_round_trip(items: list[tuple[int, bytes]]) -> None:
     frames = dec.frames()
     assert [(f.type, f.body) for f in frames] == items
     assert b"".join(f.data for f in frames) == stream
+
+
+def test_before_authentication_only_small_password_messages_are_read() -> None:
+    d = codec.FrontendDecoder()
+    d.expect_initial = False
+    d.feed(b"Q" + struct.pack("!I", 1 << 29))  # only the header: refused before any body
+    with pytest.raises(codec.ProtocolViolation, match="expected a password response"):
+        d.auth_frame()
+    d = codec.FrontendDecoder()
+    d.feed(b"p" + struct.pack("!I", 70_000))
+    with pytest.raises(codec.ProtocolViolation, match="exceeds the limit of 65535"):
+        d.auth_frame()
+    d = codec.FrontendDecoder()
+    first, then = b"p\0\0\0\x08abcd", b"Q\0\0\0\x0dselect 1\0"
+    d.feed(first + then)
+    assert d.auth_frame() == codec.Frame(ord("p"), first)  # one at a time:
+    assert [f.data for f in d.frames()] == [then]  # the rest is read once authenticated

@@ -102,11 +102,8 @@ VALID: list[dict[str, Any]] = [
         "postgres": {"version": 15, "parameters": {"max_connections": 200, "work_mem": "8MB"}},
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 2}},
         "storage": {"size": "20Gi", "storageClass": "fast"},
-        "replication": {"method": "statement", "mode": "quorum", "quorum": 2},
-        "sharding": {
-            "tables": [{"name": "orders", "key": "customer_id"}],
-            "referenceTables": ["countries"],
-        },
+        "replication": {"method": "wal", "mode": "quorum", "quorum": 2},
+        "sharding": {"tables": [{"name": "orders", "key": "customer_id"}], "referenceTables": []},
         "failover": {
             "enabled": False,
             "detectionSeconds": 5,
@@ -114,7 +111,7 @@ VALID: list[dict[str, Any]] = [
             "leaseTtlSeconds": 4,
             "priorities": {"demo-shard-0-1": 10},
         },
-        "proxy": {"replicas": 1, "consistency": "strong", "maxWaitMs": 50},
+        "proxy": {"replicas": 1, "consistency": "strong", "maxWaitMs": 50, "workers": 2},
     },
     # Impossible but not invalid: the operator reports it (condition + Event), so a
     # user can first raise the quorum and then the followers, or the other way round.
@@ -138,6 +135,11 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
         "spec.postgres.parameters",
         "pgshard manages them",
     ),
+    (
+        {"postgres": {"parameters": {"synchronous_commit": "off"}}},
+        "spec.postgres.parameters",
+        "pgshard manages them",
+    ),
     ({"storage": {"size": "lots"}}, "spec.storage.size", "does not match"),
     ({"replication": {"method": "logical"}}, "spec.replication.method", "is not one of"),
     ({"replication": {"mode": "semi"}}, "spec.replication.mode", "is not one of"),
@@ -146,9 +148,9 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"replication": {"mode": "quorum", "quorum": 0}}, "spec.replication.quorum", "minimum"),
     ({"sharding": {"tables": [{"name": "orders"}]}}, "spec.sharding.tables.0", "'key'"),
     (
-        {"sharding": {"tables": [{"name": "t", "key": "k"}], "referenceTables": ["t"]}},
-        "spec",
-        "both distributed",
+        {"sharding": {"referenceTables": ["countries"]}},
+        "spec.sharding",
+        "referenceTables is not supported yet",
     ),
     ({"failover": {"detectionSeconds": 0}}, "spec.failover.detectionSeconds", "minimum"),
     ({"failover": {"enabled": "yes"}}, "spec.failover.enabled", "not of type 'boolean'"),
@@ -177,6 +179,16 @@ def test_shards_and_method_are_fixed_after_creation() -> None:
     assert [p.path for p in crd.problems(crd.cluster({"shards": 3}), old=old)] == ["spec"]
     changed = crd.cluster({"replication": {"method": "statement"}})
     assert any("method cannot be changed" in p.message for p in crd.problems(changed, old=old))
+
+
+def test_a_distributed_table_keeps_its_key_and_stays_distributed() -> None:
+    old = crd.cluster({"sharding": {"tables": [{"name": "orders", "key": "customer_id"}]}})
+    added = {"tables": [{"name": "orders", "key": "customer_id"}, {"name": "items", "key": "id"}]}
+    assert crd.problems(crd.cluster({"sharding": added}), old=old) == []
+    for new in ({"tables": [{"name": "orders", "key": "id"}]}, {"tables": []}, {}):
+        found = crd.problems(crd.cluster({"sharding": new}), old=old)
+        assert [p.path for p in found] == ["spec"], new
+        assert "keeps its shard key" in found[0].message
 
 
 def test_storage_is_fixed_after_creation() -> None:

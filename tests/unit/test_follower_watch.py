@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from pgshard_proxy.protocol import codec
-from pgshard_proxy.server.follower_watch import Decision, Verdict, answered_round_trip, judge
+from pgshard_proxy.server.session.follower_watch import (
+    Decision,
+    Verdict,
+    answered_round_trip,
+    judge,
+)
 
 
 def decide(**change: Any) -> Decision:

@@ -20,6 +20,7 @@ ENV = {
     "PGSHARD_APP_DATABASE": "app",
     "PGSHARD_SUPERUSER_PASSWORD": "s",
     "PGSHARD_REPLICATION_PASSWORD": "r",
+    "PGSHARD_CONTROL_TOKEN": "t",
 }
 
 
@@ -31,6 +32,7 @@ def test_agent_flags_for_a_follower_pod() -> None:
     assert flags["--host"] == "10.1.2.3"
     assert flags["--datadir"] == "/var/lib/pgshard/data"
     assert flags["--credentials"] == "/var/lib/pgshard/credentials.json"
+    assert flags["--control-token-file"] == "/var/lib/pgshard/control.token"
     assert flags["--upstream"] == "10.1.2.9:5432"
     assert flags["--pg-option"] == "work_mem='8MB'"
     assert flags["--kube-lease"] == "shop/demo-shard-1"

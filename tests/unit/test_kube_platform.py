@@ -26,7 +26,10 @@ def _pod(name: str, ip: str | None, role: str | None = None, **extra: object) ->
 
 
 def test_process_state() -> None:
-    assert kp.process_state(kp.pod_state("c-shard-1-0", None, None)) is state.ProcessState.GONE
+    # No pod object: deleted, maybe forcibly or on a lost node: its processes may still
+    # run, so its Lease is honoured (REPLACED), never skipped (GONE).
+    absent = kp.pod_state("c-shard-1-0", None, None)
+    assert kp.process_state(absent) is state.ProcessState.REPLACED
     assert kp.process_state(_pod("p", "10.0.0.1")) is state.ProcessState.UNKNOWN
     assert kp.process_state(_pod("p", "10.0.0.1", "primary")) is state.ProcessState.ALIVE
     held = _pod("p", "10.0.0.1", "stale", pgRunning=False)
@@ -68,7 +71,7 @@ def test_members_keep_ordinals_and_last_known_addresses() -> None:
     ]
     assert infos[1].dsn == "postgresql://postgres:su@10.0.0.8:5432/postgres"
     assert [m.bootstrapping for m in infos] == [False, False, False, True]
-    assert infos[0].process is state.ProcessState.GONE
+    assert infos[0].process is state.ProcessState.REPLACED
 
 
 def _manager_record() -> topology.Shard:
@@ -202,3 +205,50 @@ def test_priorities_by_pod_name_reach_the_manager_by_member_name() -> None:
     assert dict(pol.failover.priorities) == {"c_shard_0_2": 5, "c_shard_0_1": 1}
     assert pol.failover.priority("c_shard_0_2") == 5
     assert pol.replication == spec.policy.replication
+
+
+def test_the_sync_set_round_trips_through_the_status_by_pod_name() -> None:
+    record = topology.Shard(
+        index=0,
+        epoch=3,
+        primary=topology.Member("c_shard_0_0", "10.0.0.1:5432", ""),
+        sync_standbys=("c_shard_0_1",),
+    )
+    entry = kp.status_entry(record, "wal")
+    assert entry["syncStandbys"] == ["c-shard-0-1"]
+    again = kp.stored_record(entry, 0, 1, "wal", CREDS, None, "x:1")
+    assert again.sync_standbys == ("c_shard_0_1",)
+    assert kp.record_version(again) == kp.record_version(record)
+
+
+def test_a_blocked_shard_names_the_annotation_that_forces_a_failover() -> None:
+    from pgshard_operator.k8s import managers
+    from pgshard_operator.k8s.objects import ClusterRef
+
+    assert managers.force_command(ClusterRef("c", "ns", "u"), 1) == (
+        "kubectl annotate shardedcluster c -n ns pgshard.io/failover=1"
+    )
+
+
+def test_a_re_created_pod_is_not_probed_until_its_agent_answers() -> None:
+    # Issue 15: the re-created primary pod came back on the old IP, where connects hung
+    # for the whole probe timeout until its agent started; with the agent-status wait
+    # that made the manager's next cycle ~5 s late, and the new primary (whose sync set
+    # starts empty when a follower is a few bytes behind) kept every commit waiting.
+    record = topology.Shard(
+        index=0,
+        epoch=3,
+        primary=topology.Member("c_shard_0_0", "10.0.0.7:5432", ""),
+        hash_range=RANGE,
+    )
+    new = {"metadata": {"name": "c-shard-0-0", "uid": "u2"}, "status": {"podIP": "10.0.0.7"}}
+    pods = [kp.pod_state("c-shard-0-0", new, None), kp.pod_state("c-shard-0-1", None, None)]
+    infos = kp.members("c", "ns", 0, pods, record, CREDS, {"c-shard-0-0": "u1"})
+    assert [m.process for m in infos] == [state.ProcessState.REPLACED] * 2
+    # Its PostgreSQL is started by its agent, which does not answer yet: nothing there.
+    assert infos[0].unprobed is not None and "agent" in infos[0].unprobed
+    # A pod that is missing may still run (forced deletion, lost node): probed where it was.
+    assert infos[1].unprobed is None
+    # Unknown (its agent does not answer, same pod): probed.
+    same = kp.members("c", "ns", 0, pods[:1], record, CREDS, {"c-shard-0-0": "u2"})
+    assert same[0].unprobed is None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from pgshard_operator import cli
 from pgshard_operator.instance import config, lease, supervise
 from pgshard_operator.instance.credentials import Credentials
-from pgshard_operator.local import layout, view
+from pgshard_operator.local import commands, layout, proxyproc, view
 from pgshard_proxy.contract import topology
 
 CREDS = Credentials("su", "replicator", "rp", "app", "secret", "app")
@@ -93,6 +95,12 @@ def test_member_ports_and_delays() -> None:
         ({"follower_delays_ms": (1, 2, 3)}, "one per follower"),
         ({"host": "10.0.0.1"}, "loopback"),
         ({"base_port": 80}, "--base-port"),
+        ({"pg_options": ("PORT=1",)}, "PORT may not be set: pgshard manages it"),
+        ({"pg_options": ("synchronous_commit=off",)}, "synchronous_commit may not be set"),
+        ({"pg_options": ("work_mem='1MB'\narchive_command='x'",)}, "must be one line"),
+        ({"timings": layout.Timings(lease_ttl=float("nan"))}, "--lease-ttl nan"),
+        ({"timings": layout.Timings(lease_ttl=0.5)}, "at least 1 s"),
+        ({"timings": layout.Timings(cooldown=-1)}, "--cooldown-seconds -1"),
     ],
 )
 def test_invalid_configs_are_refused(kw: dict[str, object], message: str) -> None:
@@ -140,3 +148,83 @@ def test_far_behind_follower_is_catching_up() -> None:
         "catching-up"
     )
     assert view.follower_state(doc, primary_lsn=0x1000000) == "streaming"
+
+
+def test_distributed_tables_are_added_on_resume_and_keep_their_key() -> None:
+    orders = topology.DistributedTable("orders", "customer_id")
+    items = topology.DistributedTable("shop.items", "order_id")
+    assert layout.parse_distributed_table("Shop.Items:Order_ID") == items
+    assert layout.merge_distributed_tables((), ["orders:customer_id"]) == (orders,)
+    assert layout.merge_distributed_tables((orders,), ["shop.items:order_id"]) == (orders, items)
+    assert layout.merge_distributed_tables((orders,), ["orders:customer_id"]) == (orders,)
+    with pytest.raises(layout.LayoutError, match="cannot change its key"):
+        layout.merge_distributed_tables((orders,), ["orders:id"])
+    with pytest.raises(layout.LayoutError, match="twice"):
+        layout.merge_distributed_tables((), ["t:a", "t:b"])
+    for bad in ("orders", "orders:", ":id", "a.b.c:id", "or ders:id", "t:k.x"):
+        with pytest.raises(layout.LayoutError, match="NAME:KEY"):
+            layout.parse_distributed_table(bad)
+
+
+def test_distributed_tables_are_stored_in_cluster_json(tmp_path: Path) -> None:
+    cfg = _cfg(distributed_tables=(topology.DistributedTable("orders", "customer_id"),))
+    doc = cfg.to_dict()
+    assert doc["distributedTables"] == [{"name": "orders", "key": "customer_id"}]
+    assert (
+        layout.ClusterConfig.from_dict(doc, tmp_path).distributed_tables == cfg.distributed_tables
+    )
+
+
+def test_follower_zones_are_stored_published_and_passed_to_the_proxy(tmp_path: Path) -> None:
+    cfg = _cfg(shards=1, follower_zones=("a", "b"), proxy_zone="a", port_slots=3)
+    layout.validate(cfg)
+    assert [m.zone for m in cfg.members()] == [None, "a", "b"]  # the first primary: none
+    assert layout.ClusterConfig.from_dict(cfg.to_dict(), tmp_path) == cfg
+    assert cfg.with_replicas(1).follower_zones == ("a",)
+    assert cfg.with_replicas(3).members()[3].zone is None  # added by `local scale`
+    record = topology.Shard(index=0, epoch=1, primary=topology.Member("s0m1", "h:1", ""))
+    shard = view.build_shard(record, cfg.members(0), {}, CREDS)
+    assert shard.primary is not None and shard.primary.zone == "a"
+    assert [(f.name, f.zone) for f in shard.followers] == [("s0m0", None), ("s0m2", "b")]
+    # A zone changed on resume rewrites topology.json.
+    moved = view.build_shard(
+        record, dataclasses.replace(cfg, follower_zones=("a", "c")).members(0), {}, CREDS
+    )
+    assert view.shape(moved) != view.shape(shard)
+    argv = proxyproc.ProxyProcess(layout.ClusterDir(tmp_path), cfg, CREDS).argv()
+    assert "--zone=a" in argv
+    assert not any(a.startswith("--zone") for a in proxyproc.ProxyProcess(
+        layout.ClusterDir(tmp_path), _cfg(), CREDS).argv())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"follower_zones": ("a",)}, r"--follower-zones takes one zone per follower \(2\), got 1"),
+        ({"follower_zones": ("a", "")}, "--follower-zones '': a zone is 1-63 letters"),
+        ({"follower_zones": ("a", "b c")}, "--follower-zones 'b c'"),
+        ({"proxy_zone": "-a"}, "--proxy-zone '-a'"),
+    ],
+)
+def test_bad_zones_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(layout.LayoutError, match=message):
+        layout.validate(_cfg(**kw))
+
+
+def test_zones_change_on_resume_and_an_empty_flag_clears_them(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+
+    def up(*flags: str, stored: layout.ClusterConfig | None) -> layout.ClusterConfig:
+        args = parser.parse_args(["local", "up", f"--dir={tmp_path}", *flags])
+        return commands._config_from_args(args, stored)
+
+    created = up("--follower-zones=a,b", "--proxy-zone=b", stored=None)
+    assert (created.follower_zones, created.proxy_zone) == (("a", "b"), "b")
+    resumed = up(stored=created)
+    assert (resumed.follower_zones, resumed.proxy_zone) == (("a", "b"), "b")
+    moved = up("--follower-zones", "b, a", "--proxy-zone=a", stored=created)
+    assert (moved.follower_zones, moved.proxy_zone) == (("b", "a"), "a")
+    cleared = up("--follower-zones=", "--proxy-zone=", stored=moved)
+    assert (cleared.follower_zones, cleared.proxy_zone) == ((), None)
+    with pytest.raises(layout.LayoutError, match="one zone per follower"):
+        up("--follower-zones=a", stored=created)

@@ -17,7 +17,10 @@ from pgshard_operator.model import spec as specs
 REF = ClusterRef(name="demo", namespace="shop", uid="0b4e-uid")
 SETTINGS = OperatorSettings(image="pgshard:test")
 CREDS = manifests.Credentials(
-    app_password="p@ss/w:rd", superuser_password="su", replication_password="repl"
+    app_password="p@ss/w:rd",
+    superuser_password="su",
+    replication_password="repl",
+    control_token="tok",
 )
 
 
@@ -35,9 +38,12 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 def test_the_cluster_owns_exactly_these_objects() -> None:
     assert sorted(build({"shards": 2})) == sorted(
         [
-            ("ServiceAccount", "demo-instance"),
-            ("Role", "demo-instance"),
-            ("RoleBinding", "demo-instance"),
+            ("ServiceAccount", "demo-shard-0-instance"),
+            ("Role", "demo-shard-0-instance"),
+            ("RoleBinding", "demo-shard-0-instance"),
+            ("ServiceAccount", "demo-shard-1-instance"),
+            ("Role", "demo-shard-1-instance"),
+            ("RoleBinding", "demo-shard-1-instance"),
             ("ServiceAccount", "demo-proxy"),
             ("Role", "demo-proxy"),
             ("RoleBinding", "demo-proxy"),
@@ -52,6 +58,7 @@ def test_the_cluster_owns_exactly_these_objects() -> None:
                     ("Service", "-rw"),
                     ("Service", "-ro"),
                     ("PodDisruptionBudget", ""),
+                    ("NetworkPolicy", ""),
                     ("StatefulSet", ""),
                 ]
             ],
@@ -114,7 +121,10 @@ def test_shard_statefulset() -> None:
     assert env["PGSHARD_REPLICATION_PASSWORD"] == {
         "secretKeyRef": {"name": "demo-internal", "key": "replication-password"}
     }
-    assert template["spec"]["serviceAccountName"] == "demo-instance"
+    assert env["PGSHARD_CONTROL_TOKEN"] == {
+        "secretKeyRef": {"name": "demo-internal", "key": "control-token"}
+    }
+    assert template["spec"]["serviceAccountName"] == "demo-shard-1-instance"
     (claim,) = s["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"] == {"requests": {"storage": "5Gi"}}
@@ -152,7 +162,7 @@ def test_shard_services_select_by_role() -> None:
 
 
 def test_proxy_service_and_deployment() -> None:
-    objs = build({"proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 25}})
+    objs = build({"proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 25, "workers": 2}})
     assert objs[("Service", "demo")]["spec"] == {
         "selector": {
             "app.kubernetes.io/name": "pgshard",
@@ -165,10 +175,15 @@ def test_proxy_service_and_deployment() -> None:
     assert dep["replicas"] == 3
     (container,) = dep["template"]["spec"]["containers"]
     assert container["command"] == ["pgshard-proxy"]
-    assert container["ports"] == [{"name": "postgres", "containerPort": 5432}]
+    assert container["ports"] == [
+        {"name": "postgres", "containerPort": 5432},
+        {"name": "metrics", "containerPort": 9187},
+    ]
     env = env_of(container)
+    assert env["PGSHARD_PROXY_METRICS_PORT"] == "9187"
     assert env["PGSHARD_PROXY_CONSISTENCY"] == "strong"
     assert env["PGSHARD_PROXY_MAX_WAIT_MS"] == "25"
+    assert env["PGSHARD_PROXY_WORKERS"] == "2"
     assert env["PGSHARD_PROXY_HOST"] == "$(PGSHARD_POD_IP)"
     assert env["PGSHARD_PROXY_PORT"] == "5432"
     assert env["PGSHARD_PROXY_TOPOLOGY_CLUSTER"] == "shop/demo"
@@ -227,12 +242,22 @@ def test_pdb_and_rbac() -> None:
     pdb = objs[("PodDisruptionBudget", "demo-shard-0")]["spec"]
     assert pdb["maxUnavailable"] == 1
     assert pdb["selector"]["matchLabels"]["pgshard.io/shard"] == "0"
-    binding = objs[("RoleBinding", "demo-instance")]
+    binding = objs[("RoleBinding", "demo-shard-1-instance")]
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "demo-instance", "namespace": "shop"}
+        {"kind": "ServiceAccount", "name": "demo-shard-1-instance", "namespace": "shop"}
     ]
-    rules = objs[("Role", "demo-instance")]["rules"]
-    assert any(r["resources"] == ["leases"] and "update" in r["verbs"] for r in rules)
+    rules = objs[("Role", "demo-shard-1-instance")]["rules"]
+    # A shard's pods may change only their own shard's Lease (create cannot be named).
+    lease_rules = [r for r in rules if r["resources"] == ["leases"]]
+    assert lease_rules == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["demo-shard-1-primary"],
+            "verbs": ["get", "update", "patch"],
+        },
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
     proxy_rules = objs[("Role", "demo-proxy")]["rules"]
     assert proxy_rules == [
         {
@@ -259,3 +284,85 @@ def test_names_stay_valid_for_the_longest_cluster_name(name: str) -> None:
             assert len(obj_name) + 11 <= 63
             last_pod = naming.member_pod(name, specs.MAX_SHARDS - 1, specs.MAX_FOLLOWERS)
             assert len(last_pod) <= 63
+
+
+def test_network_policy_lets_only_peers_operator_and_proxy_reach_a_shard() -> None:
+    policy = build()[("NetworkPolicy", "demo-shard-1")]["spec"]
+    shard = {
+        "app.kubernetes.io/name": "pgshard",
+        "app.kubernetes.io/instance": "demo",
+        "app.kubernetes.io/component": "instance",
+        "pgshard.io/shard": "1",
+    }
+    assert policy["podSelector"] == {"matchLabels": shard}
+    assert policy["policyTypes"] == ["Ingress"]
+    both = [{"protocol": "TCP", "port": 5432}, {"protocol": "TCP", "port": 8008}]
+    operator = {"app.kubernetes.io/name": "pgshard", "app.kubernetes.io/component": "operator"}
+    proxy = {**shard, "app.kubernetes.io/component": "proxy"}
+    del proxy["pgshard.io/shard"]
+    assert policy["ingress"] == [
+        {
+            "from": [
+                {"podSelector": {"matchLabels": shard}},
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": operator}},
+            ],
+            "ports": both,
+        },
+        {"from": [{"podSelector": {"matchLabels": proxy}}], "ports": both[:1]},
+    ]
+    # The proxy's pods carry the labels the policy lets in.
+    deployment = build()[("Deployment", "demo-proxy")]["spec"]["template"]["metadata"]["labels"]
+    assert proxy.items() <= deployment.items()
+
+
+def test_prometheus_namespace_may_scrape_the_agents() -> None:
+    settings = OperatorSettings(image="pgshard:test", metrics_namespace="monitoring")
+    objs = manifests.desired_objects(REF, specs.parse_spec({}), settings, CREDS)
+    policy = next(o for o in objs if o["kind"] == "NetworkPolicy")["spec"]
+    scrape = {"kubernetes.io/metadata.name": "monitoring"}
+    assert policy["ingress"][-1] == {
+        "from": [{"namespaceSelector": {"matchLabels": scrape}}],
+        "ports": [{"protocol": "TCP", "port": 8008}],
+    }
+    assert (
+        OperatorSettings.from_env(
+            {"PGSHARD_OPERATOR_METRICS_NAMESPACE": "monitoring"}
+        ).metrics_namespace
+        == "monitoring"
+    )
+
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@pytest.mark.parametrize(
+    "kind,name", [("StatefulSet", "demo-shard-0"), ("Deployment", "demo-proxy")]
+)
+def test_pods_run_restricted_as_the_image_user(kind: str, name: str) -> None:
+    """Pod Security 'restricted': non-root UID 26, RuntimeDefault seccomp, no capability,
+    no privilege escalation, read-only root with /tmp (and the data volume) writable."""
+    pod = build()[(kind, name)]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 26,
+        "runAsGroup": 26,
+        "fsGroup": 26,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["securityContext"] == RESTRICTED_CONTAINER
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+
+
+def test_pods_of_a_root_only_test_node_keep_the_rest_of_the_restrictions() -> None:
+    settings = OperatorSettings(image="pgshard:test", pod_user=None)
+    objs = manifests.desired_objects(REF, specs.parse_spec({}), settings, CREDS)
+    sts = next(o for o in objs if o["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER

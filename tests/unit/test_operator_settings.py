@@ -54,3 +54,12 @@ def test_bad_refresh_interval_names_the_variable() -> None:
     for bad in ("soon", "0", "-1"):
         with pytest.raises(ValueError, match="PGSHARD_OPERATOR_REFRESH_SECONDS"):
             OperatorSettings.from_env({"PGSHARD_OPERATOR_REFRESH_SECONDS": bad})
+
+
+def test_pod_user_is_a_uid_or_root() -> None:
+    assert OperatorSettings().pod_user == 26
+    assert OperatorSettings.from_env({"PGSHARD_OPERATOR_POD_USER": "999"}).pod_user == 999
+    assert OperatorSettings.from_env({"PGSHARD_OPERATOR_POD_USER": "root"}).pod_user is None
+    for bad in ("0", "-1", "postgres"):
+        with pytest.raises(ValueError, match=f"PGSHARD_OPERATOR_POD_USER={bad!r} must be"):
+            OperatorSettings.from_env({"PGSHARD_OPERATOR_POD_USER": bad})

@@ -6,7 +6,7 @@ import struct
 
 from pgshard_proxy.protocol import codec, messages
 from pgshard_proxy.routing.classify import Classified, classify
-from pgshard_proxy.server.proxy_answers import Mixed, Parsed, ProxyPortals
+from pgshard_proxy.server.session.proxy_answers import Mixed, Parsed, ProxyPortals
 
 
 def _frame(t: bytes, body: bytes) -> codec.Frame:

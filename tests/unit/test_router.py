@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import pytest
@@ -37,6 +38,7 @@ def go(
     pinned: bool = False,
     max_wait_ms: int = 100,
     seed: int = 0,
+    zone: str | None = None,
 ) -> Route:
     return router.route(
         c,
@@ -48,6 +50,7 @@ def go(
         replayed={"f1": P(100), "f2": P(100)} if replayed is None else replayed,
         max_wait_ms=max_wait_ms,
         seed=seed,
+        zone=zone,
     )
 
 
@@ -213,3 +216,102 @@ def test_a_failed_capture_sends_reads_to_the_primary_until_the_next_one() -> Non
     )
     tokens.after_write(0, P(50))
     assert go(tokens=tokens).role is Role.FOLLOWER
+
+
+def test_the_rest_of_a_request_stays_on_the_follower_it_began_on_while_it_may_serve_it() -> None:
+    # A Parse/Describe/Flush went to f2; the Bind is routed anew and the router now
+    # picks f1 (the monitor's view changed): the rest goes to f2, with f2's position.
+    to_f1 = go(tokens=None, replayed={"f1": P(100), "f2": P(90)}, seed=0)
+    assert to_f1.member is F1
+    stay = router.stay_on_follower(to_f1, SHARD, "f2", {"f1": P(100), "f2": P(90)})
+    assert stay is not None and stay.member is F2 and stay.observed == 90
+    assert stay.role is Role.FOLLOWER and stay.wait_ms == 0
+
+
+def test_the_follower_a_request_began_on_is_left_when_it_may_not_serve_the_rest() -> None:
+    needs_95 = Route(Role.FOLLOWER, F1, Reason.FOLLOWER, min_position=P(95), observed=P(100))
+    # Behind the session's read-your-writes position, unknown to the monitor, not a member.
+    assert router.stay_on_follower(needs_95, SHARD, "f2", {"f1": P(100), "f2": P(90)}) is None
+    assert router.stay_on_follower(needs_95, SHARD, "f2", {"f1": P(100)}) is None
+    assert router.stay_on_follower(needs_95, SHARD, "f9", {"f9": P(200)}) is None
+    assert router.stay_on_follower(needs_95, SHARD, "f2", {"f2": P(95)}) is not None
+
+
+def test_server_local_reads_go_to_the_primary_in_session_mode_only() -> None:
+    """Issue 17: ``SHOW transaction_read_only`` and friends answer as the session's primary;
+    a probe reading no table captures nothing, one reading a view does; an eventual
+    session still asks a follower."""
+    probe = classify("SELECT pg_is_in_recovery()")
+    r = go(probe)
+    assert (r.role, r.reason, r.track) == (Role.PRIMARY, Reason.SERVER_LOCAL, Track.NOTHING)
+    view = classify("SELECT * FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    assert go(view).track is Track.CAPTURE_PRIMARY
+    assert go(probe, mode=Mode.EVENTUAL).role is Role.FOLLOWER
+    assert go(probe, mode=Mode.STRONG).reason is Reason.STRONG
+
+
+ZONED = Shard(
+    index=0,
+    epoch=1,
+    primary=PRIMARY,
+    followers=(
+        Member("f1", "127.0.0.2:5432", "", zone="a"),
+        Member("f2", "127.0.0.3:5432", "", zone="b"),
+        Member("f3", "127.0.0.4:5432", "", zone="b"),
+    ),
+)
+ALL_AT_100 = {"f1": P(100), "f2": P(100), "f3": P(100)}
+
+
+@pytest.mark.parametrize("mode", [Mode.SESSION, Mode.EVENTUAL])
+def test_followers_in_the_proxys_zone_come_first_whatever_the_seed(mode: Mode) -> None:
+    for seed in range(6):
+        assert (
+            go(shard=ZONED, replayed=ALL_AT_100, seed=seed, zone="a", mode=mode).member.name == "f1"
+        )
+    # Several in the zone: the seed spreads sessions over them only.
+    chosen = {go(shard=ZONED, replayed=ALL_AT_100, seed=s, zone="b", mode=mode).member.name
+              for s in range(6)}  # fmt: skip
+    assert chosen == {"f2", "f3"}
+    # No follower in the zone (or no zone): every follower is a candidate.
+    chosen = {go(shard=ZONED, replayed=ALL_AT_100, seed=s, zone="c", mode=mode).member.name
+              for s in range(6)}  # fmt: skip
+    assert chosen == {"f1", "f2", "f3"}
+
+
+def test_a_same_zone_follower_behind_the_session_gives_way_to_another_zone_then_the_primary() -> (
+    None
+):
+    tokens = SessionTokens()
+    tokens.after_write(0, P(150))
+    behind = {"f1": P(100), "f2": P(200), "f3": P(90)}
+    r = go(shard=ZONED, tokens=tokens, replayed=behind, zone="a")
+    assert (r.role, r.member.name, r.reason) == (Role.FOLLOWER, "f2", Reason.FOLLOWER)
+    # Same-zone follower down: the other zone's.
+    down = dataclasses.replace(ZONED, followers=(
+        dataclasses.replace(ZONED.followers[0], state="down"), *ZONED.followers[1:]))  # fmt: skip
+    assert go(shard=down, replayed=ALL_AT_100, zone="a").member.name in ("f2", "f3")
+    # Every follower behind and no waiting: the primary.
+    r = go(shard=ZONED, tokens=tokens, replayed=ALL_AT_100, zone="a", max_wait_ms=0)
+    assert (r.role, r.reason) == (Role.PRIMARY, Reason.NO_WAIT)
+    # Waiting: for the most advanced one, the same-zone one among equals.
+    r = go(shard=ZONED, tokens=tokens, replayed={"f1": P(120), "f2": P(120), "f3": P(90)},
+           zone="a")  # fmt: skip
+    assert (r.member.name, r.reason, r.on_timeout and r.on_timeout.member.name) == (
+        "f1", Reason.FOLLOWER_WAIT, "p")  # fmt: skip
+
+
+def test_a_session_stays_on_its_follower_until_it_writes_then_prefers_its_zone_again() -> None:
+    tokens = SessionTokens()
+    tokens.after_write(0, P(150))
+    first = go(shard=ZONED, tokens=tokens, replayed={"f1": P(100), "f2": P(200), "f3": P(90)},
+               zone="a")  # fmt: skip
+    tokens.after_read(0, first.observed or P(0), first.member.name)
+    caught_up = {"f1": P(300), "f2": P(300), "f3": P(300)}
+    assert go(shard=ZONED, tokens=tokens, replayed=caught_up, zone="a").member.name == "f2"
+    tokens.after_write(0, P(250))
+    for seed in range(3):
+        assert (
+            go(shard=ZONED, tokens=tokens, replayed=caught_up, zone="a", seed=seed).member.name
+            == "f1"
+        )

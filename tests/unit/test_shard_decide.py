@@ -30,6 +30,8 @@ def run(
     last_position: int | None = None,
     force: bool = False,
     now: float = NOW,
+    epoch_start: int | None = None,
+    rejoin_failed: frozenset[str] = frozenset(),
 ) -> decide.Decision:
     memory = decide.Memory(
         epoch=snap.epoch,
@@ -37,8 +39,19 @@ def run(
         last_primary_position=state.positions.Position(last_position)
         if last_position is not None
         else None,
+        epoch_start_position=state.positions.Position(epoch_start)
+        if epoch_start is not None
+        else None,
+        rejoin_failed=rejoin_failed,
     )
     return decide.decide(snap, obs, now, pol, memory, force=force)
+
+
+def with_sync(snap: state.ShardSnapshot, *names: str) -> state.ShardSnapshot:
+    """``snap`` whose record publishes the sync set ``names``."""
+    return dataclasses.replace(
+        snap, shard=dataclasses.replace(snap.shard, sync_standbys=tuple(names))
+    )
 
 
 def of_type(decision: decide.Decision, kind: type) -> list[object]:
@@ -57,7 +70,12 @@ def published(
 ) -> state.ShardSnapshot:
     """The same snapshot with the record already matching what the manager would publish."""
     shard = record.shard_record(
-        snap, obs, primary=snap.primary, epoch=snap.epoch, last_failover=snap.last_failover
+        snap,
+        obs,
+        primary=snap.primary,
+        epoch=snap.epoch,
+        last_failover=snap.last_failover,
+        sync_standbys=snap.shard.sync_standbys,
     )
     return state.ShardSnapshot(snap.members, shard, snap.version, snap.lease)
 
@@ -109,13 +127,46 @@ def test_follower_streaming_from_elsewhere_is_repointed() -> None:
 )
 def test_sync_standby_names_are_kept_right(pol: policy.ShardPolicy, have: str, want: str) -> None:
     obs = by_name(primary_obs(sync=have), follower_obs("a"), follower_obs("b"))
-    d = run(published(snapshot(), obs), obs, pol=pol)
+    snap = snapshot() if pol is ASYNC else with_sync(snapshot(), "a", "b")
+    d = run(published(snap, obs), obs, pol=pol)
     assert d.actions == (actions.SetSyncStandbys("p", want),)
 
 
 def test_correct_sync_standby_names_are_left_alone() -> None:
     obs = by_name(primary_obs(sync='ANY 1 ("a", "b")'), follower_obs("a"), follower_obs("b"))
-    assert run(published(snapshot(), obs), obs, pol=SYNC).actions == ()
+    snap = with_sync(snapshot(), "a", "b")
+    assert run(published(snap, obs), obs, pol=SYNC).actions == ()
+
+
+def test_a_caught_up_follower_is_published_before_it_is_listed() -> None:
+    obs = by_name(primary_obs(sync='ANY 1 ("a")'), follower_obs("a"), follower_obs("b"))
+    snap = published(with_sync(snapshot(), "a"), obs)
+    d = run(snap, obs, pol=SYNC, epoch_start=1000)
+    pub, setting = d.actions
+    assert isinstance(pub, actions.PublishTopology) and pub.shard.sync_standbys == ("a", "b")
+    assert setting == actions.SetSyncStandbys("p", 'ANY 1 ("a", "b")')
+    assert "b caught up" in d.reason
+
+
+def test_a_follower_behind_the_epoch_start_is_not_listed_yet() -> None:
+    obs = by_name(primary_obs(sync='ANY 1 ("a")'), follower_obs("a"), follower_obs("b"))
+    snap = published(with_sync(snapshot(), "a"), obs)
+    # pg_stat_replication shows both streaming at 1000; the epoch started at 1001.
+    assert run(snap, obs, pol=SYNC, epoch_start=1001).actions == ()
+
+
+def test_an_older_record_takes_the_primarys_setting_as_its_sync_set() -> None:
+    obs = by_name(primary_obs(sync='ANY 1 ("a", "b")', streaming=()), down("a"), down("b"))
+    d = run(published(snapshot(), obs), obs, pol=SYNC, epoch_start=1000)
+    (pub,) = of_type(d, actions.PublishTopology)
+    assert isinstance(pub, actions.PublishTopology) and pub.shard.sync_standbys == ("a", "b")
+    assert of_type(d, actions.SetSyncStandbys) == []
+
+
+def test_with_nobody_caught_up_commits_wait_for_a_follower() -> None:
+    obs = by_name(primary_obs(sync="", streaming=()), follower_obs("a"), follower_obs("b"))
+    d = run(published(with_sync(snapshot()), obs), obs, pol=SYNC, epoch_start=1000)
+    assert d.actions == (actions.SetSyncStandbys("p", 'ANY 1 ("pgshard_no_follower")'),)
 
 
 def test_a_second_writable_member_is_fenced_and_rejoined() -> None:
@@ -205,13 +256,34 @@ def test_a_primary_being_stopped_skips_the_detection_wait_but_not_its_lease() ->
     assert run(held, DOWN_OBS, down_since=NOW).kind is K.WAITING_LEASE
 
 
-def test_a_replaced_primary_pod_is_failed_over_at_once_despite_its_lease() -> None:
+def test_a_replaced_primary_pod_skips_the_detection_wait_but_not_its_lease() -> None:
+    # Its pod object was deleted (and maybe created again): a force-deleted pod or one on
+    # a lost node can still run, so nothing proves its PostgreSQL stopped.
     snap = snapshot(lease=lease(expires_at=NOW + 4.5))
     replaced = dataclasses.replace(snap.members[0], process=state.ProcessState.REPLACED)
     snap = dataclasses.replace(snap, members=(replaced, *snap.members[1:]))
     d = run(snap, DOWN_OBS, down_since=NOW)
-    assert d.kind is K.FAILING_OVER
+    assert d.kind is K.WAITING_LEASE
     assert "primary p was replaced by a new pod" in d.reason
+    expired = dataclasses.replace(snap, lease=lease(expires_at=NOW - 2))
+    assert run(expired, DOWN_OBS, down_since=NOW).kind is K.FAILING_OVER
+
+
+def test_a_gone_primary_whose_exit_is_proven_is_failed_over_despite_its_lease() -> None:
+    snap = snapshot(lease=lease(expires_at=NOW + 4.5))
+    gone = dataclasses.replace(snap.members[0], process=state.ProcessState.GONE)
+    snap = dataclasses.replace(snap, members=(gone, *snap.members[1:]))
+    assert run(snap, DOWN_OBS, down_since=NOW).kind is K.FAILING_OVER
+
+
+def test_the_lease_counts_as_valid_for_max_clock_skew_after_its_expiry() -> None:
+    skewed = policy.ShardPolicy(failover=policy.FailoverSettings(max_clock_skew_seconds=1.0))
+    snap = snapshot(lease=lease(expires_at=NOW - 0.5))  # expired by the manager's clock
+    d = run(snap, DOWN_OBS, down_since=NOW - 10, pol=skewed)
+    assert d.kind is K.WAITING_LEASE
+    assert "0.5s left" in d.reason and "clock skew" in d.reason
+    later = dataclasses.replace(snap, lease=lease(expires_at=NOW - 1.0))
+    assert run(later, DOWN_OBS, down_since=NOW - 10, pol=skewed).kind is K.FAILING_OVER
 
 
 def test_read_only_primary_counts_as_down() -> None:
@@ -224,7 +296,7 @@ def test_read_only_primary_counts_as_down() -> None:
 def test_after_detection_wait_for_the_lease() -> None:
     d = run(snapshot(lease=lease(expires_at=NOW + 4.5)), DOWN_OBS, down_since=NOW - 10)
     assert d.kind is K.WAITING_LEASE
-    assert "waiting for lease expiry, 4.5s left" in d.reason
+    assert "waiting for lease expiry, 5.5s left (held by p; 1s allowed for clock skew)" in d.reason
     assert d.actions == ()
 
 
@@ -235,7 +307,8 @@ def test_a_lease_held_by_another_member_also_blocks_promotion() -> None:
 
 
 def test_expired_lease_fails_over_to_the_most_advanced_follower() -> None:
-    snap = snapshot(lease=lease(expires_at=NOW))  # expiry is exclusive: now == expiry is expired
+    # Expiry (plus the default 1 s for clock skew) is exclusive: now == that is expired.
+    snap = snapshot(lease=lease(expires_at=NOW - 1))
     d = run(snap, DOWN_OBS, down_since=NOW - 10)
     assert d.kind is K.FAILING_OVER
     assert of_type(d, actions.Promote) == [actions.Promote("b", 2, snap.lease)]
@@ -271,7 +344,7 @@ def test_cooldown_is_reported_before_the_lease_wait_and_mentions_it() -> None:
     snap = snapshot(last_failover=last, lease=lease(expires_at=NOW + 2))
     d = run(snap, DOWN_OBS, down_since=NOW - 10)
     assert d.kind is K.COOLDOWN
-    assert "the lease also has 2.0s left" in d.reason
+    assert "the lease also has 3.0s left" in d.reason  # 2 s + 1 s for clock skew
     # Forcing skips the cooldown but still waits for the lease.
     assert run(snap, DOWN_OBS, down_since=NOW - 10, force=True).kind is K.WAITING_LEASE
 
@@ -320,9 +393,70 @@ def test_sync_and_quorum_promote_only_when_every_ack_is_certain(
 
 
 def test_sync_failover_sets_the_candidates_standbys_before_promoting() -> None:
-    d = run(snapshot(), DOWN_OBS, pol=SYNC, down_since=NOW - 10)
-    assert d.actions[0] == actions.SetSyncStandbys("b", 'ANY 1 ("a", "p")')
-    assert isinstance(d.actions[1], actions.Promote)
+    obs = by_name(down("p"), follower_obs("a", 950), follower_obs("b", 950), follower_obs("c", 9))
+    snap = with_sync(snapshot(names=("p", "a", "b", "c")), "a", "b")
+    d = run(snap, obs, pol=SYNC, down_since=NOW - 10)
+    # a and b tie (a wins by name); only b holds as much as a: c (behind) and p (the
+    # failed primary) join once they have caught up under a.
+    assert d.actions[0] == actions.SetSyncStandbys("a", 'ANY 1 ("b")')
+    assert d.actions[1] == actions.Promote("a", 2, None)
+    pub = d.actions[2]
+    assert isinstance(pub, actions.PublishTopology) and pub.shard.sync_standbys == ("b",)
+
+
+def test_sync_failover_with_no_follower_level_starts_with_an_empty_sync_set() -> None:
+    d = run(with_sync(snapshot(), "a", "b"), DOWN_OBS, pol=SYNC, down_since=NOW - 10)
+    assert d.actions[0] == actions.SetSyncStandbys("b", 'ANY 1 ("pgshard_no_follower")')
+
+
+def test_a_follower_that_never_streamed_at_this_epoch_does_not_block() -> None:
+    """Issue 16: the old primary a was still rejoining (never streamed from p) when p's
+    pod was replaced; b, the only follower in the sync set, is promoted."""
+    obs = by_name(down("p", state.ProcessState.REPLACED), down("a"), follower_obs("b", 950))
+    snap = with_sync(snapshot(gone=("p",)), "b")
+    d = run(snap, obs, pol=SYNC, down_since=NOW)
+    assert d.kind is K.FAILING_OVER, d.reason
+    assert of_type(d, actions.Promote)[0] == actions.Promote("b", 2, None)
+
+
+@pytest.mark.parametrize("pol", [SYNC, quorum(1)])
+def test_a_missing_follower_that_streamed_at_this_epoch_still_blocks(
+    pol: policy.ShardPolicy,
+) -> None:
+    obs = by_name(down("p", state.ProcessState.REPLACED), down("a"), follower_obs("b", 950))
+    d = run(with_sync(snapshot(gone=("p",)), "a", "b"), obs, pol=pol, down_since=NOW)
+    assert d.kind is K.BLOCKED
+    assert "missing: a" in d.reason and not d.actions
+
+
+def test_an_empty_sync_set_blocks_a_failover() -> None:
+    obs = by_name(down("p", state.ProcessState.REPLACED), follower_obs("a"), follower_obs("b"))
+    d = run(with_sync(snapshot(gone=("p",))), obs, pol=SYNC, down_since=NOW)
+    assert d.kind is K.BLOCKED and "no follower has caught up" in d.reason
+
+
+def test_only_members_of_the_sync_set_are_candidates() -> None:
+    # a holds more WAL but never caught up at this epoch (e.g. diverged); b is promoted.
+    obs = by_name(down("p", state.ProcessState.GONE), follower_obs("a", 5000), follower_obs("b"))
+    d = run(with_sync(snapshot(gone=("p",)), "b"), obs, pol=SYNC)
+    assert of_type(d, actions.Promote) == [actions.Promote("b", 2, None)]
+
+
+def test_a_member_whose_rejoin_failed_is_rejoined_under_the_current_primary() -> None:
+    """Issue 16: its rejoin failed because the primary it was rejoining went away."""
+    obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), down("b"))
+    snap = published(snapshot(), obs)
+    assert run(snap, obs).actions == ()
+    d = run(snap, obs, rejoin_failed=frozenset({"b"}))
+    assert d.actions == (actions.Rejoin("b", "p"),)
+    assert "b's last rejoin failed" in d.reason
+
+
+def test_a_completed_promotion_publishes_what_its_setting_lists() -> None:
+    obs = by_name(down("p"), primary_obs("a", sync='ANY 1 ("b")'), follower_obs("b"))
+    d = run(snapshot(lease=lease("a", epoch=2)), obs, pol=SYNC, down_since=NOW - 1)
+    (pub,) = d.actions
+    assert isinstance(pub, actions.PublishTopology) and pub.shard.sync_standbys == ("b",)
 
 
 def test_unpublished_promotion_is_completed() -> None:
@@ -340,11 +474,48 @@ def test_unpublished_promotion_is_completed() -> None:
 def test_remember_tracks_the_outage_and_the_last_position() -> None:
     snap = snapshot()
     m = decide.remember(decide.Memory(), snap, HEALTHY_OBS, NOW)
-    assert m == decide.Memory(1, None, state.positions.Position(1000))
+    assert m == decide.Memory(
+        1,
+        None,
+        state.positions.Position(1000),
+        epoch_start_position=state.positions.Position(1000),
+        answered=frozenset({"p", "a", "b"}),
+    )
     m = decide.remember(m, snap, DOWN_OBS, NOW + 1)
     assert m.primary_unreachable_since == NOW + 1
     m = decide.remember(m, snap, DOWN_OBS, NOW + 5)
     assert m.primary_unreachable_since == NOW + 1
     assert m.last_primary_position == 1000
     fresh = decide.remember(m, snapshot(epoch=2), DOWN_OBS, NOW + 6)
-    assert fresh == decide.Memory(2, NOW + 6, None)
+    assert (fresh.epoch, fresh.primary_unreachable_since, fresh.last_primary_position) == (
+        2,
+        NOW + 6,
+        None,
+    )
+
+
+def test_a_follower_that_stops_answering_is_rejoined_after_a_while() -> None:
+    """It rejoined under a primary that failed before it was consistent: not open for
+    connections, it cannot be repointed."""
+    obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), down("b"))
+    snap = published(snapshot(), obs)
+    m = decide.remember(decide.Memory(), snap, HEALTHY_OBS, NOW - 100)
+    m = decide.remember(m, snapshot(epoch=1), obs, NOW - 29)
+    assert decide.decide(snap, obs, NOW, ASYNC, m).actions == ()
+    m = decide.remember(m, snapshot(epoch=2), obs, NOW)
+    d = decide.decide(published(snapshot(epoch=2), obs), obs, NOW + 1, ASYNC, m)
+    assert d.actions == (actions.Rejoin("b", "p"),)
+    assert "b has not answered for 30s" in d.reason
+
+
+def test_a_member_never_seen_answering_is_left_to_come_up() -> None:
+    obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), down("b"))
+    snap = published(snapshot(), obs)
+    m = decide.remember(decide.Memory(), snap, obs, NOW - 100)
+    assert decide.decide(snap, obs, NOW, ASYNC, decide.remember(m, snap, obs, NOW)).actions == ()
+
+
+def test_remember_keeps_failed_rejoins_across_epochs() -> None:
+    m = decide.Memory(epoch=1, rejoin_failed=frozenset({"b"}))
+    m = decide.remember(m, snapshot(epoch=2), HEALTHY_OBS, NOW)
+    assert m.epoch == 2 and m.rejoin_failed == {"b"}

@@ -84,3 +84,17 @@ def test_follower_row() -> None:
 )
 def test_conninfo_address(conninfo: str | None, address: str | None) -> None:
     assert observe.conninfo_address(conninfo) == address
+
+
+def test_statement_mode_rows_give_log_positions_and_the_upstream_setting() -> None:
+    follower = observe.from_statement_row(
+        "f", state.ProcessState.ALIVE, {"in_recovery": True, "seq": 41, "upstream": "h:1"}
+    )
+    assert follower.in_recovery is True
+    assert follower.replayed_lsn == follower.received_lsn == follower.position == 41
+    assert follower.upstream == "h:1" and follower.current_lsn is None
+    primary = observe.from_statement_row(
+        "p", state.ProcessState.ALIVE, {"in_recovery": False, "seq": 42, "upstream": None}
+    )
+    assert primary.in_recovery is False and primary.current_lsn == primary.position == 42
+    assert primary.sync_standby_names is None  # no synchronous_standby_names to manage

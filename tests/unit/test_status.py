@@ -85,3 +85,16 @@ def test_check_spec_turns_problems_into_conditions() -> None:
     assert isinstance(impossible, st.Condition)
     assert impossible.reason is st.Reason.SPEC_IMPOSSIBLE
     assert not isinstance(reconcile.check_spec({}, "c"), st.Condition)
+
+
+def test_a_blocked_shard_makes_primaries_unavailable() -> None:
+    ok = st.primaries_condition({"0": {"state": "healthy", "reason": "fine"}})
+    assert ok.status is True and ok.type is st.ConditionType.PRIMARIES_AVAILABLE
+    bad = st.primaries_condition(
+        {
+            "0": {"state": "healthy", "reason": "fine"},
+            "1": {"state": "blocked", "reason": "missing: c_shard_1_0; to force it: kubectl …"},
+        }
+    )
+    assert bad.status is False and bad.reason is st.Reason.FAILOVER_BLOCKED
+    assert bad.message == "shard 1: missing: c_shard_1_0; to force it: kubectl …"

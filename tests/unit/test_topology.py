@@ -14,12 +14,16 @@ def sample() -> topology.Topology:
                 epoch=2,
                 primary=topology.Member("s0-0", "127.0.0.1:5432", "postgresql://a@x/y", 0x3000060),
                 followers=(
-                    topology.Member("s0-1", "127.0.0.2:5432", "", 0x3000000, 96, "catching-up"),
+                    topology.Member(
+                        "s0-1", "127.0.0.2:5432", "", 0x3000000, 96, "catching-up", zone="eu-1b"
+                    ),
                 ),
                 hash_range=(0, 1 << 31),
+                switching=topology.Switching("s0-1", 1700000000.5, 1700000040.5),
             ),
         ),
-        proxy=topology.Proxy("127.0.0.1:6432", "postgresql://app@127.0.0.1:6432/app"),
+        proxy=topology.Proxy("127.0.0.1:6432", "postgresql://app@127.0.0.1:6432/app", zone="eu-1a"),
+        tables=(topology.DistributedTable("orders", "customer_id"),),
         extra={"cluster": "demo"},
     )
 
@@ -29,7 +33,15 @@ def test_json_round_trip_keeps_every_field() -> None:
     doc = topology.to_dict(topo)
     assert doc["shards"][0]["primary"]["position"] == "0/3000060"
     assert doc["shards"][0]["followers"][0]["lagBytes"] == 96
+    assert doc["shards"][0]["followers"][0]["zone"] == "eu-1b"
+    assert "zone" not in doc["shards"][0]["primary"]  # optional: absent when unknown
     assert doc["cluster"] == "demo"
+    assert doc["shards"][0]["switching"] == {
+        "to": "s0-1",
+        "since": 1700000000.5,
+        "until": 1700000040.5,
+    }
+    assert doc["sharding"] == {"tables": [{"name": "orders", "key": "customer_id"}]}
     assert topology.from_json(topology.to_json(topo)) == topo
 
 
@@ -61,9 +73,41 @@ def test_hash_ranges_cover_the_space_without_gaps() -> None:
             },
             "state 'odd'",
         ),
+        ({"shards": [], "sharding": {"tables": [{"name": "t"}]}}, "sharding.tables[0]: needs"),
+        ({"shards": [], "sharding": {"tables": "t:k"}}, "sharding.tables: expected a list"),
+        (
+            {"shards": [{"index": 0, "epoch": 1, "switching": {"to": "a", "since": 1}}]},
+            "shards[0].switching: missing field 'until'",
+        ),
+        (
+            {
+                "shards": [
+                    {"index": 0, "epoch": 1, "switching": {"to": "a", "since": 1, "until": "x"}}
+                ]
+            },
+            "since and until must be Unix times",
+        ),
+        (
+            {
+                "shards": [
+                    {"index": 0, "epoch": 1, "primary": {"name": "a", "address": "h:1", "zone": 3}}
+                ]
+            },
+            "shards[0].primary.zone: expected a string",
+        ),
     ],
 )
 def test_bad_documents_name_the_field(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(topology.BadTopology) as e:
         topology.from_dict(doc)
     assert needle in str(e.value)
+
+
+def test_switching_holds_only_within_its_deadline_and_when_buffering_is_on() -> None:
+    from pgshard_proxy.server import switch_buffer
+
+    shard = topology.Shard(0, 1, None, switching=topology.Switching("b", 100.0, 110.0))
+    assert switch_buffer.holds(shard, 105.0, 5000)
+    assert not switch_buffer.holds(shard, 110.0, 5000)  # a stale announcement
+    assert not switch_buffer.holds(shard, 105.0, 0)  # buffering off
+    assert not switch_buffer.holds(topology.Shard(0, 1, None), 105.0, 5000)

@@ -14,6 +14,7 @@ import pytest
 from pgshard_proxy.contract import topology
 from pgshard_proxy.topology.file import FileTopologySource
 from pgshard_proxy.topology.source import TopologySource
+from tests.support.proxy import rewrite_unnoticed
 
 
 def sample(version: int, epoch: int = 1) -> topology.Topology:
@@ -97,5 +98,37 @@ async def test_waits_for_the_file_to_appear(
             write_atomically(path, topology.to_json(sample(7)))
             assert (await pending).version == 7
         assert sum("waiting for a valid one" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_converges_on_a_change_its_polling_missed(tmp_path: Path) -> None:
+    path = tmp_path / "topology.json"
+    write_atomically(path, topology.to_json(sample(1)))
+    source = FileTopologySource(path, poll_interval=0.01)
+    it = aiter(source)
+    try:
+        assert await next_item(it) == sample(1)
+        rewrite_unnoticed(path, topology.to_json(sample(2, epoch=2)))
+        got = await asyncio.wait_for(anext(it), timeout=source.resync_seconds + 1)
+        assert (got.version, got.shards[0].epoch) == (2, 2)
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_refresh_rereads_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "topology.json"
+    write_atomically(path, topology.to_json(sample(1)))
+    source = FileTopologySource(path, poll_interval=0.01, resync_seconds=600)
+    it = aiter(source)
+    try:
+        assert await next_item(it) == sample(1)
+        rewrite_unnoticed(path, topology.to_json(sample(2, epoch=2)))
+        pending = asyncio.ensure_future(next_item(it))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # no sign of a change, no re-read due
+        source.refresh()
+        got = await asyncio.wait_for(pending, timeout=1)
+        assert got.shards[0].epoch == 2
     finally:
         await it.aclose()  # type: ignore[attr-defined]

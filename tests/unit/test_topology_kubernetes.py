@@ -27,6 +27,7 @@ STATUS = {
         },
         {"index": 1, "epoch": 0, "hashRange": [2147483648, 4294967296], "followers": []},
     ],
+    "sharding": {"tables": [{"name": "orders", "key": "customer_id"}]},
 }
 
 
@@ -43,6 +44,7 @@ def test_status_becomes_a_topology_with_dsns_from_the_credentials() -> None:
     assert shard.followers[0].dsn.startswith("postgresql://app:")
     assert topo.shard(1).primary is None
     assert shard.last_failover == {"from": "c-shard-0-0"}
+    assert topo.tables == (topology.DistributedTable("orders", "customer_id"),)
 
 
 def test_a_status_without_shards_is_not_a_topology() -> None:

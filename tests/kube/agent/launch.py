@@ -4,9 +4,10 @@ Run by the node agent as ``python3 -I -S launch.py SPEC_JSON`` (standard library
 it starts fast) with the container's environment already set. It joins the pod's network
 namespace, unshares a private mount and UTS namespace, bind-mounts every volume at its
 mountPath (creating an empty mount point on the host file system if the path is missing;
-the host's own files are otherwise visible, as in a privileged container), sets the pod's
-hostname, drops to the container's uid/gid, changes to workingDir and execs the command,
-so its pid is the container's pid.
+the host's own files are otherwise visible, as in a privileged container; the paths that
+stand for the image, this checkout and the interpreter, stay visible under any volume),
+sets the pod's hostname, drops to the container's uid/gid, changes to workingDir and execs
+the command, so its pid is the container's pid.
 """
 
 import ctypes
@@ -60,16 +61,29 @@ def main() -> None:
     mount(None, "/", MS_REC | MS_PRIVATE)
     hostname = spec["hostname"].encode()
     check(libc.sethostname(hostname, len(hostname)), "sethostname")
-    for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
-        source, target = m["source"], m["target"]
-        if os.path.isdir(source):
+    mounts = sorted(spec["mounts"], key=lambda m: m["target"].count("/"))
+    # Every source is opened before the first mount: a volume on /tmp (an emptyDir) would
+    # otherwise hide the sources of later volumes that live under the host's /tmp.
+    sources = [os.open(m["source"], os.O_PATH) for m in mounts]
+    image = [(p, os.open(p, os.O_PATH)) for p in spec.get("image", ()) if os.path.isdir(p)]
+    for m, fd in zip(mounts, sources, strict=True):
+        target = m["target"]
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(target, exist_ok=True)
         elif not os.path.exists(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             open(target, "a").close()
-        mount(source, target, MS_BIND | MS_REC)
+        mount(f"/proc/self/fd/{fd}", target, MS_BIND | MS_REC)
+        os.close(fd)
         if m.get("readOnly"):
             mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    # The "image" (this checkout, the interpreter) stays visible under any volume.
+    targets = [m["target"].rstrip("/") + "/" for m in mounts]
+    for path, fd in image:
+        if any(path.startswith(t) or path + "/" == t for t in targets):
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
+        os.close(fd)
     argv = spec["argv"]
     # Found while still root: after dropping to the container's user this interpreter may
     # no longer read its own standard library (root's home), which execvp needs.

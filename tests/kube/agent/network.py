@@ -149,6 +149,20 @@ def setup_pod(index: int, name: str, address: str) -> None:
     ip("-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
     ip("-n", name, "link", "set", "eth0", "up")
     ip("-n", name, "route", "add", "198.18.0.0/15", "via", gateway_ip(index))
+    forget_neighbour(index, address)
+
+
+def forget_neighbour(index: int, address: str) -> None:
+    """Drop what the node and the cluster's pods cached as ``address``'s MAC. A re-created
+    pod often gets its predecessor's address; peers still holding the old MAC would lose
+    every packet to it (connects hang) until their entry ages out, seconds later. A CNI
+    plugin announces the new MAC (gratuitous ARP) for the same reason."""
+    prefix = netns_prefix(index)
+    spaces = [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
+    ip("neigh", "flush", "to", address, check=False)
+    for space in spaces:
+        if space.startswith(prefix):
+            ip("-n", space, "neigh", "flush", "to", address, check=False)
 
 
 def teardown_pod(name: str) -> None:

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
+# What stands for a container image here: this checkout's sources and the interpreter with
+# its packages (e.g. a virtualenv). A pod's volume must not hide them, as a volume on /tmp
+# would when the checkout or the virtualenv lives under the host's /tmp.
+_CHECKOUT = Path(__file__).resolve().parents[3]
+IMAGE_PATHS = tuple(dict.fromkeys(str(p) for p in (_CHECKOUT, sys.prefix, sys.base_prefix)))
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 
@@ -218,6 +223,7 @@ class ContainerRunner:
             "netns": network.netns_path(self.worker.netns),
             "hostname": self.worker.hostname,
             "mounts": self._mounts(),
+            "image": IMAGE_PATHS,
             "uid": uid,
             "gid": gid,
             "groups": groups,

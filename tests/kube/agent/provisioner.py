@@ -3,9 +3,12 @@
 Installs the default StorageClass ``pgshard-local`` (provisioner ``pgshard.io/local-dir``,
 binding Immediate, reclaim Delete) and, for every pending claim of that class, creates a
 hostPath PersistentVolume pre-bound to the claim, backed by the directory
-``<state>/volumes/<namespace>/<claim>``: keyed by claim, so a StatefulSet pod that is
-deleted and recreated finds its data again. When a claim is deleted the PV controller
-releases its PV; this provisioner then deletes the PV and its directory.
+``<state>/volumes/<namespace>/<claim>-<claim uid>``. A StatefulSet pod that is deleted
+and recreated keeps its claim, so it finds its data again. When a claim is deleted the
+PV controller releases its PV; this provisioner then deletes the PV and its directory.
+The uid keeps that directory the old claim's own: a StatefulSet scaled down and
+straight back up makes a claim of the same name, often before the old volume's release
+arrives, and that release must not delete the new claim's data.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class Provisioner:
             return
         meta = pvc["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        path = self.root / ns / name
+        path = self.root / ns / f"{name}-{meta['uid']}"
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o777)
         size = pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "1Gi")

@@ -1,0 +1,70 @@
+"""The test node's pod network: a pod re-created on its predecessor's address is
+reachable from the other pods at once (issue 15: connects to it hung for seconds while
+peers still cached the old pod's MAC, delaying the failover's repoint and probes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube.agent import network
+
+PROBE = """
+import socket, sys
+s = socket.socket()
+s.settimeout(float(sys.argv[2]))
+try:
+    s.connect((sys.argv[1], 9))
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
+
+@pytest.fixture
+def node() -> Iterator[int]:
+    if os.geteuid() != 0:
+        pytest.skip("pod networking needs root (network namespaces, a bridge)")
+    with tempfile.TemporaryDirectory(prefix="pgshard-net-") as d:
+        owner = Path(d)
+        index = network.claim_index(owner)
+        try:
+            network.setup_node(index)
+            yield index
+        finally:
+            network.teardown_node(index)
+            network.release_index(index, owner)
+
+
+def connect_from(space: str, address: str, timeout: float) -> str:
+    """What a TCP connect from namespace ``space`` to ``address`` (a closed port) gets."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", space, sys.executable, "-c", PROBE, address, str(timeout)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_a_pod_re_created_on_the_same_address_answers_its_peers_at_once(node: int) -> None:
+    prefix = network.netns_prefix(node)
+    client, server = f"{prefix}{uuid.uuid4().hex[:8]}", f"{prefix}{uuid.uuid4().hex[:8]}"
+    pool = network.AddressPool(node)
+    a, b = pool.take(), pool.take()
+    try:
+        network.setup_pod(node, client, a)
+        network.setup_pod(node, server, b)
+        assert connect_from(client, b, 3) == "refused"  # the peer caches b's MAC now
+        network.teardown_pod(server)
+        network.setup_pod(node, server, b)  # a new veth: another MAC, the same address
+        assert connect_from(client, b, 2) == "refused"
+    finally:
+        for space in (client, server):
+            network.teardown_pod(space)

@@ -1,0 +1,110 @@
+"""A client that goes away mid-query leaves no busy server behind (issue 17).
+
+With PostgreSQL a session's backend ends with its client. Through the proxy the
+server connection is pooled, so two cases need care, each run against the server
+directly and through the proxy in front of it:
+
+- a client interrupted (Ctrl-C: psycopg cancels, waits for the error, rolls back,
+  closes): the backend its cancel reached ends with the session, as PostgreSQL's
+  does, instead of serving the next session (a cancel still in flight would hit that
+  session's query);
+- a client killed mid-query (no cancel, no Terminate): through the proxy its query is
+  cancelled and the backend ends at once. PostgreSQL itself keeps running the query
+  until it next talks to the client (``client_connection_check_interval``); the proxy
+  does not leave a pooled server slot working for nobody (a difference the README
+  lists).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from tests.support import pgserver
+from tests.support import proxy as proxy_support
+
+APPNAME = "compat_client_gone"
+SLEEPER = f"""\
+import psycopg, sys
+with psycopg.connect(sys.argv[1], application_name={APPNAME!r}) as conn:
+    print("connected", flush=True)
+    conn.execute("select pg_sleep(60)")
+"""
+
+
+def _backend_of_sleeper(admin: str, timeout: float = 10) -> int:
+    """The pid of the server backend running the sleeper's query (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(admin, autocommit=True) as a:
+        while True:
+            row = a.execute(
+                "select pid from pg_stat_activity where application_name = %s"
+                " and query like 'select pg_sleep%%' and state = 'active'",
+                (APPNAME,),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            assert time.monotonic() < deadline, "the sleeper's query never started"
+            time.sleep(0.05)
+
+
+def _seconds_until_gone(admin: str, pid: int, timeout: float = 10) -> float:
+    """How long until the backend ``pid`` has left pg_stat_activity (bounded)."""
+    started = time.monotonic()
+    with psycopg.connect(admin, autocommit=True) as a:
+        while a.execute("select 1 from pg_stat_activity where pid = %s", (pid,)).fetchone():
+            assert time.monotonic() - started < timeout, f"backend {pid} still there"
+            time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _sleeper(dsn: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPER, dsn], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+    return proc
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _interrupted(dsn: str, admin: str) -> float:
+    proc = _sleeper(dsn)
+    try:
+        pid = _backend_of_sleeper(admin)
+        proc.send_signal(signal.SIGINT)  # psycopg cancels, then the session ends
+        assert proc.wait(10) != 0
+        return _seconds_until_gone(admin, pid)
+    finally:
+        _reap(proc)
+
+
+def test_ctrl_c_ends_the_backend_as_postgresql_does(
+    pg_server: pgserver.PgServer, proxy: proxy_support.ProxyProc
+) -> None:
+    assert _interrupted(pg_server.dsn, pg_server.dsn) < 5  # PostgreSQL itself
+    assert _interrupted(proxy.dsn, pg_server.dsn) < 5
+    with psycopg.connect(proxy.dsn) as c:  # the proxy serves new sessions as before
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_a_killed_client_has_its_query_cancelled(
+    pg_server: pgserver.PgServer, proxy: proxy_support.ProxyProc
+) -> None:
+    proc = _sleeper(proxy.dsn)
+    try:
+        pid = _backend_of_sleeper(pg_server.dsn)
+        proc.kill()  # no cancel, no Terminate: the socket just closes
+        proc.wait(10)
+        assert _seconds_until_gone(pg_server.dsn, pid) < 5
+    finally:
+        _reap(proc)
+    with psycopg.connect(proxy.dsn) as c:
+        assert c.execute("select 1").fetchone() == (1,)

@@ -1,0 +1,170 @@
+"""``pgshard local up --replication-method statement``: followers copied by dump, applying
+the primary's statement log; positions are log sequence numbers; a follower whose data
+was changed by hand is reported ``diverged``.
+
+Writes follow the log writer's protocol on a direct connection to the primary
+(tests/support/statement_writer.py), as the application role the proxy uses; writes
+through the proxy are tested in test_proxy_statement_log.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.support import localcluster
+from tests.support.statement_writer import Write, table_contents, write
+
+
+async def _settled(c: localcluster.LocalCluster, timeout: float = 60) -> dict[str, Any]:
+    """The shard once every follower is at the primary's position (or diverged)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            shard = await asyncio.to_thread(c.shard, 0)
+            target = shard["primary"]["position"]
+            if all(
+                f["state"] == "diverged" or (f["state"] == "streaming" and f["position"] == target)
+                for f in shard["followers"]
+            ):
+                return shard
+            await asyncio.sleep(0.2)
+
+
+async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
+    pg_tmp: Path,
+) -> None:
+    with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=2) as c:
+        doc = c.status()
+        assert doc["method"] == "statement"
+        shard = doc["shards"][0]
+        assert shard["primary"]["position"] == 0
+        assert [f["state"] for f in shard["followers"]] == ["streaming", "streaming"]
+        assert "statement replication" in c.cli("local", "status", f"--dir={c.dir}").stdout
+
+        conn = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v text)")])
+            for i in range(20):
+                await write(
+                    conn, [Write("INSERT INTO t VALUES ($1::int, md5($1::int::text))", (i,))]
+                )
+            await write(conn, [Write("UPDATE t SET v = upper(v) WHERE id % 3 = 0")])
+        finally:
+            await conn.close()
+        shard = await _settled(c)
+        assert shard["primary"]["position"] == 22
+        assert [f["position"] for f in shard["followers"]] == [22, 22]
+        expected = await table_contents(shard["primary"]["dsn"], ["t"])
+        for f in shard["followers"]:
+            assert await table_contents(f["dsn"], ["t"]) == expected
+
+        # Through the proxy: reads are answered (writes: test_proxy_statement_log.py).
+        via_proxy = await asyncpg.connect(doc["proxy"]["dsn"])
+        try:
+            assert await via_proxy.fetchval("SELECT count(*) FROM t") == 20
+        finally:
+            await via_proxy.close()
+
+        # Resuming keeps the method; another one is refused.
+        c.down()
+        refused = c.cli("local", "up", f"--dir={c.dir}", "--replication-method=wal", check=False)
+        assert refused.returncode != 0
+        assert "--replication-method wal contradicts" in refused.stderr
+        c.up()
+
+        # Someone writes on follower s0m1 by hand: the next entry touching it fails there.
+        shard = c.shard(0)
+        hand = await asyncpg.connect(
+            shard["followers"][0]["dsn"], server_settings={"default_transaction_read_only": "off"}
+        )
+        try:
+            await hand.execute("INSERT INTO t VALUES (100, 'by hand')")
+        finally:
+            await hand.close()
+        conn = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            await write(conn, [Write("INSERT INTO t VALUES (100, 'logged')")])
+        finally:
+            await conn.close()
+        shard = await _settled(c)
+        assert [f["state"] for f in shard["followers"]] == ["diverged", "streaming"]
+        assert shard["followers"][0]["position"] == 22
+        assert shard["followers"][1]["position"] == shard["primary"]["position"] == 23
+
+
+async def test_statement_failover_promotes_the_most_applied_follower_and_rejoins(
+    pg_tmp: Path,
+) -> None:
+    """kill -9 of the primary: the follower with the highest applied seq is promoted and
+    continues the sequence, the other follows it, the old primary rejoins by a fresh copy;
+    every acknowledged entry is on all three afterwards. Then a switchover back."""
+    with localcluster.running(
+        pg_tmp,
+        "--replication-method=statement",
+        "--lease-ttl=2",
+        "--detection-seconds=1",
+        "--cooldown-seconds=0",
+        shards=1,
+        replicas=2,
+    ) as c:
+        shard = c.shard(0)
+        conn = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
+            for i in range(30):
+                await write(conn, [Write("INSERT INTO t VALUES ($1::int, $1::int)", (i,))])
+        finally:
+            await conn.close()
+        await _settled(c)
+        c.kill(0, "s0m0")
+        async with asyncio.timeout(90):
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                if shard["epoch"] >= 2 and shard["primary"]["name"] != "s0m0":
+                    break
+                await asyncio.sleep(0.3)
+        new_primary = shard["primary"]
+        conn = await asyncpg.connect(new_primary["dsn"])
+        try:
+            seq = await write(conn, [Write("UPDATE t SET v = v + 1 WHERE id < 10")])
+            assert seq == 32  # continues after the 31 entries every follower applied
+        finally:
+            await conn.close()
+        async with asyncio.timeout(180):
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                states = {f["name"]: (f["state"], f["position"]) for f in shard["followers"]}
+                if len(states) == 2 and all(st == ("streaming", 32) for st in states.values()):
+                    break
+                await asyncio.sleep(0.5)
+        assert "s0m0" in states  # the old primary is a follower again
+        expected = await table_contents(new_primary["dsn"], ["t"])
+        assert len(expected["t"]) == 30
+        for f in shard["followers"]:
+            assert await table_contents(f["dsn"], ["t"]) == expected
+        assert shard["lastFailover"]["to"] == new_primary["name"]
+
+        # A switchover back to the old primary: the target applies every entry first.
+        done = c.cli("switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m0", timeout=300)
+        assert "s0m0" in done.stdout
+        async with asyncio.timeout(180):
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                states = [(f["state"], f["position"]) for f in shard["followers"]]
+                if shard["primary"]["name"] == "s0m0" and states == [("streaming", 32)] * 2:
+                    break
+                await asyncio.sleep(0.5)
+        conn = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            assert await write(conn, [Write("DELETE FROM t WHERE id = 0")]) == 33
+        finally:
+            await conn.close()
+        shard = await _settled(c)
+        expected = await table_contents(shard["primary"]["dsn"], ["t"])
+        assert len(expected["t"]) == 29
+        for f in shard["followers"]:
+            assert f["position"] == 33
+            assert await table_contents(f["dsn"], ["t"]) == expected

@@ -1,0 +1,206 @@
+"""Prometheus metrics of a real ``pgshard local`` cluster, scraped over HTTP.
+
+The URLs come from ``pgshard local status --json`` (``metricsUrl``, a contract); the
+text is parsed with prometheus_client's parser. Metrics must exist and move: lag
+appears under ``--follower-delay-ms``, a failover increments the failover counter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import localcluster, procs
+
+T = TypeVar("T")
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=")
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def names(url: str) -> set[str]:
+    """Every series name a scrape of ``url`` offers, also for families with no sample yet
+    (a counter nothing incremented: its ``_total`` is what rules name)."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        out.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        out.update(family.name + s for s in suffixes.get(family.type, ()))
+        out.update(s.name for s in family.samples)
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    want = tuple(sorted(labels.items()))
+    for (n, got), v in samples.items():
+        if n == name and all(item in got for item in want):
+            return v
+    return None
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of ``name`` with ``labels`` (others free)."""
+    want = tuple(sorted(labels.items()))
+    return sum(v for (n, got), v in samples.items() if n == name and all(i in got for i in want))
+
+
+def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.3)
+
+
+def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, "--follower-delay-ms=1500", replicas=1) as c:
+        shard = c.shard(0)
+        primary_url = shard["primary"]["metricsUrl"]
+        (follower,) = shard["followers"]
+        m = scrape(primary_url)
+        primary = shard["primary"]["name"]
+        assert value(m, "pgshard_instance_role", member=primary, role="primary") == 1
+        assert value(m, "pgshard_instance_role", member=primary, role="follower") == 0
+        assert value(m, "pgshard_instance_pg_up", member=primary) == 1
+        assert value(m, "pgshard_instance_lease_held", member=primary) == 1
+        assert (value(m, "pgshard_instance_lease_remaining_seconds") or 0) > 0
+        assert value(m, "pgshard_instance_lease_epoch") is not None
+        assert value(m, "pgshard_instance_followers_connected") == 1
+        table = c.cli("local", "status", f"--dir={c.dir}").stdout
+        assert f"{primary} {primary_url}" in table.replace("\n", "")
+        f = scrape(follower["metricsUrl"])
+        assert value(f, "pgshard_instance_role", member=follower["name"], role="follower") == 1
+        assert value(f, "pgshard_instance_lease_held") == 0
+        assert value(f, "pgshard_instance_wal_position_bytes", position="replayed")
+
+        # Writes the delayed follower has received but not replayed: lag in bytes and
+        # seconds on the primary, replay delay on the follower.
+        with psycopg.connect(shard["primary"]["dsn"], autocommit=True) as conn:
+            conn.execute("CREATE TABLE lagged (v text)")
+
+            def lagging() -> Samples | None:
+                conn.execute(
+                    "INSERT INTO lagged SELECT repeat('x', 1000) FROM generate_series(1, 200)"
+                )
+                s = scrape(primary_url)
+                lag = value(s, "pgshard_instance_follower_lag_bytes", follower=follower["name"])
+                return s if lag and lag > 0 else None
+
+            lagged = eventually("follower lag on the primary", lagging)
+        assert value(lagged, "pgshard_instance_follower_lag_bytes", follower=follower["name"])
+        eventually(
+            "replay delay on the follower",
+            lambda: (
+                (value(scrape(follower["metricsUrl"]), "pgshard_instance_replay_delay_bytes") or 0)
+                > 0
+            ),
+        )
+        eventually(
+            "lag in seconds on the primary",
+            lambda: (
+                (value(scrape(primary_url), "pgshard_instance_follower_lag_seconds") or 0) > 0.5
+            ),
+        )
+
+
+def test_manager_metrics_count_a_failover(pg_tmp: Path) -> None:
+    fast = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
+    with localcluster.running(pg_tmp, *fast, replicas=1) as c:
+        status = c.status()
+        url = status["supervisor"]["metricsUrl"]
+        old = status["shards"][0]["primary"]["name"]
+        m = eventually(
+            "a probe of every member",
+            lambda: (
+                (s := scrape(url))
+                and value(s, "pgshard_shard_member_last_probe_age_seconds", member="s0m1")
+                is not None
+                and s
+            ),
+        )
+        assert value(m, "pgshard_shard_state", shard="0", state="healthy") == 1
+        assert value(m, "pgshard_shard_failovers_total", kind="failover") is None
+        assert (value(m, "pgshard_shard_member_last_probe_age_seconds", member=old) or 99) < 10
+
+        c.kill(0, old)
+
+        def failed_over() -> Samples | None:
+            s = scrape(url)
+            counted = value(s, "pgshard_shard_failovers_total", shard="0", kind="failover")
+            return s if counted == 1 and value(s, "pgshard_shard_epoch", shard="0") == 2 else None
+
+        m = eventually("the failover counted", failed_over, 90)
+        assert (value(m, "pgshard_shard_last_failover_duration_seconds", shard="0") or 0) > 0
+        assert value(m, "pgshard_shard_last_failover_timestamp_seconds", shard="0")
+        # The killed primary's agent is gone: its last good probe only grows older.
+        assert value(m, "pgshard_shard_member_last_probe_age_seconds", member=old) is not None
+
+
+def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, replicas=1) as c:
+        status = c.status()
+        url = status["proxy"]["metricsUrl"]
+        before = scrape(url)
+        assert value(before, "pgshard_proxy_routes_total", role="follower", reason="follower") == 0
+        with psycopg.connect(status["proxy"]["dsn"], autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (v int)")
+            for _ in range(3):
+                conn.execute("SELECT count(*) FROM t").fetchone()
+            conn.execute("SHOW pgshard.consistency").fetchone()
+            during = scrape(url)
+        assert value(during, "pgshard_proxy_client_connections", state="idle") == 1
+        assert total(during, "pgshard_proxy_routes_total", role="primary") >= 1
+        assert total(during, "pgshard_proxy_routes_total", role="follower") >= 1, during
+        assert (value(during, "pgshard_proxy_answered_total") or 0) >= 1
+        assert (value(during, "pgshard_proxy_classifier_cache_total", result="hit") or 0) >= 2
+        assert (value(during, "pgshard_proxy_client_bytes_total", direction="in") or 0) > 0
+        assert (value(during, "pgshard_proxy_client_bytes_total", direction="out") or 0) > 0
+        servers = [k for k in during if k[0] == "pgshard_proxy_server_connections"]
+        assert servers, during
+        after = eventually(
+            "the client gone",
+            lambda: (
+                (s := scrape(url))
+                and value(s, "pgshard_proxy_client_connections", state="idle") == 0
+                and s
+            ),
+        )
+        assert value(after, "pgshard_proxy_failover_errors_total", sqlstate="08006") is None
+
+        # Every metric the chart's alert rules and dashboard panels name is in a real
+        # scrape of the agents, the managers or the proxy.
+        offered = names(url) | names(status["supervisor"]["metricsUrl"])
+        for shard in status["shards"]:
+            for member in (shard["primary"], *shard["followers"]):
+                offered |= names(member["metricsUrl"])
+        files = procs.ROOT / "charts" / "pgshard" / "files"
+        rules = yaml.safe_load((files / "alerts.yaml").read_text())
+        exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+        panels = json.loads((files / "dashboard.json").read_text())["panels"]
+        exprs += [t["expr"] for p in panels for t in p["targets"]]
+        named = {n for e in exprs for n in re.findall(r"\bpgshard_[a-z0-9_]+", e)}
+        assert len(named) > 15
+        assert named <= offered, f"named by the chart but never scraped: {sorted(named - offered)}"

@@ -1,0 +1,345 @@
+"""The proxy writes the statement log: writes through it reach statement-mode followers.
+
+A local cluster replicating by statement (one shard, two followers); clients write
+through the real proxy only (asyncpg and psycopg, simple query protocol), with
+values PostgreSQL would choose differently on every server (serial and identity
+keys, ``now()``, ``random()``, ``gen_random_uuid()`` defaults and values). Afterwards
+each follower's tables and sequences equal the primary's, row by row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support import localcluster
+from tests.support.statement_writer import table_contents
+
+SCHEMA = [
+    "CREATE TABLE items (id serial PRIMARY KEY, u uuid NOT NULL DEFAULT gen_random_uuid(), "
+    "at timestamptz NOT NULL DEFAULT now(), rnd float8, k int NOT NULL, v int NOT NULL)",
+    "CREATE TABLE ident (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v int, "
+    "at timestamptz)",
+    "CREATE TABLE acc (k int PRIMARY KEY, v bigint NOT NULL)",
+    "CREATE TABLE snap (k int, n int, total bigint, at timestamptz, PRIMARY KEY (k, n))",
+]
+TABLES = ["items", "ident", "acc", "snap"]
+SEQUENCES = ["items_id_seq", "ident_id_seq"]
+
+
+async def settled(c: localcluster.LocalCluster, timeout: float = 90) -> dict[str, Any]:
+    """The shard once every follower applied everything the primary logged."""
+    async with asyncio.timeout(timeout):
+        while True:
+            shard = await asyncio.to_thread(c.shard, 0)
+            target = shard["primary"]["position"]
+            states = [(f["state"], f["position"]) for f in shard["followers"]]
+            assert all(st != "diverged" for st, _ in states), shard
+            if all(st == ("streaming", target) for st in states):
+                return shard
+            await asyncio.sleep(0.3)
+
+
+async def snapshot(dsn: str) -> dict[str, Any]:
+    rows = await table_contents(dsn, TABLES)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for s in SEQUENCES:
+            rows[s] = await conn.fetchval("SELECT pg_sequence_last_value($1::regclass)", s)
+    finally:
+        await conn.close()
+    return rows
+
+
+def statements(rnd: random.Random, i: int, n: int) -> list[str]:
+    """One random write (or a few, for a transaction) of session ``i``."""
+    k = rnd.randrange(20)
+    choice = rnd.randrange(9)
+    if choice == 0:
+        return [f"INSERT INTO items (rnd, k, v) VALUES (random(), {i}, {n}), (0.5, {k}, {n})"]
+    if choice == 1:
+        return [f"INSERT INTO ident (v, at) VALUES ({n}, now()) RETURNING id"]
+    if choice == 2:
+        return [
+            f"INSERT INTO acc VALUES ({k}, {n}) ON CONFLICT (k) DO UPDATE "
+            "SET v = acc.v + excluded.v"
+        ]
+    if choice == 3:
+        return [f"UPDATE items SET v = v + 1, at = now() WHERE k = {k}"]
+    if choice == 4:
+        lo = rnd.randrange(200)
+        return [f"UPDATE items SET v = v * 2 WHERE id BETWEEN {lo} AND {lo + 15}"]
+    if choice == 5:
+        return [f"DELETE FROM items WHERE k = {k} AND id % 3 = {n % 3}"]
+    if choice == 6:
+        return [f"INSERT INTO snap SELECT {i}, {n}, coalesce(sum(v), 0), now() FROM acc"]
+    if choice == 7:
+        return [f"UPDATE items SET u = gen_random_uuid() WHERE id = {rnd.randrange(200)}"]
+    return [f"INSERT INTO items (k, v) VALUES ({k}, (SELECT count(*) FROM items))"]
+
+
+def with_parameters(rnd: random.Random, i: int, n: int) -> tuple[str, tuple[Any, ...]]:
+    """A write of the extended protocol: its values as parameters ($n)."""
+    k = rnd.randrange(20)
+    return rnd.choice(
+        [
+            ("INSERT INTO items (rnd, k, v) VALUES (random(), $1, $2)", (k, n)),
+            ("INSERT INTO ident (v, at) VALUES ($1, now())", (n,)),
+            ("UPDATE items SET v = v + $1 WHERE k = $2", (i, k)),
+            ("INSERT INTO acc VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = acc.v + $2",
+             (k, n)),
+            ("DELETE FROM items WHERE id = $1", (rnd.randrange(200),)),
+        ]
+    )  # fmt: skip
+
+
+async def asyncpg_session(dsn: str, rnd: random.Random, i: int, rounds: int) -> int:
+    """Writes by asyncpg: ``execute`` without arguments (simple protocol) and with them
+    (extended protocol, prepared statements)."""
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
+    committed = 0
+    try:
+        for n in range(rounds):
+            kind = rnd.random()
+            if kind < 0.3:
+                for sql in statements(rnd, i, n):
+                    await conn.execute(sql)
+                committed += 1
+                continue
+            if kind < 0.5:
+                sql, args = with_parameters(rnd, i, n)
+                await conn.execute(sql, *args)
+                committed += 1
+                continue
+            await conn.execute("BEGIN")
+            for sql in statements(rnd, i, n) + statements(rnd, i, n + 1000):
+                await conn.execute(sql)
+            sql, args = with_parameters(rnd, i, n + 3000)
+            await conn.execute(sql, *args)
+            if rnd.random() < 0.4:
+                await conn.execute("SAVEPOINT s1")
+                await conn.execute(statements(rnd, i, n + 2000)[0])
+                await conn.execute("ROLLBACK TO SAVEPOINT s1" if rnd.random() < 0.5 else
+                                   "RELEASE SAVEPOINT s1")  # fmt: skip
+            if kind < 0.6:
+                await conn.execute("ROLLBACK")
+            else:
+                await conn.execute("COMMIT")
+                committed += 1
+            await asyncio.sleep(rnd.random() * 0.005)
+    finally:
+        await conn.close()
+    return committed
+
+
+async def psycopg_session(dsn: str, rnd: random.Random, i: int, rounds: int) -> int:
+    """Writes by psycopg: without parameters (the simple protocol) and with them (the
+    extended protocol, also pipelined by executemany)."""
+    committed = 0
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for n in range(rounds):
+            kind = rnd.random()
+            if kind < 0.3:
+                await conn.execute(statements(rnd, i, n)[0])
+                committed += 1
+                continue
+            if kind < 0.4:
+                sql, args = with_parameters(rnd, i, n)
+                await conn.execute(sql.replace("$1", "%(a)s").replace("$2", "%(b)s"),
+                                   dict(zip("ab", args, strict=False)))  # fmt: skip
+                committed += 1
+                continue
+            if kind < 0.5:
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO items (k, v) VALUES (%s, %s)", [(i, n), (i, n + 1)]
+                    )
+                committed += 1
+                continue
+            await conn.execute("BEGIN")
+            for sql in statements(rnd, i, n) + statements(rnd, i, n + 1000):
+                await conn.execute(sql)
+            if rnd.random() < 0.2:
+                # An error aborts the transaction; its COMMIT rolls back.
+                with pytest.raises(psycopg.errors.FeatureNotSupported, match="nowhere"):
+                    await conn.execute("INSERT INTO nowhere VALUES (1)")
+                await conn.execute("COMMIT")
+            else:
+                await conn.execute("COMMIT")
+                committed += 1
+    return committed
+
+
+@pytest.mark.parametrize("seed", [random.randrange(1 << 30)])
+async def test_random_concurrent_writes_through_the_proxy_replay_identically(
+    pg_tmp: Path, seed: int
+) -> None:
+    with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=2) as c:
+        dsn = c.status()["proxy"]["dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            for sql in SCHEMA:
+                await conn.execute(sql)
+            # Refused, with the construct named and nothing run.
+            await conn.execute("INSERT INTO items (k, v) VALUES (0, 0)")
+            with pytest.raises(asyncpg.FeatureNotSupportedError, match="random"):
+                await conn.execute("UPDATE items SET rnd = random()")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO acc VALUES (-1, 0)")
+            with pytest.raises(asyncpg.FeatureNotSupportedError, match="random"):
+                await conn.execute("UPDATE items SET rnd = random()")
+            # The refusal aborted the transaction, as a PostgreSQL error does.
+            with pytest.raises(asyncpg.InFailedSQLTransactionError):
+                await conn.execute("SELECT 1")
+            await conn.execute("COMMIT")
+        finally:
+            await conn.close()
+
+        rounds = 25
+        done = await asyncio.gather(
+            *(asyncpg_session(dsn, random.Random(seed + i), i, rounds) for i in range(3)),
+            *(psycopg_session(dsn, random.Random(seed + i), i, rounds) for i in range(3, 5)),
+        )
+        assert sum(done) > 0
+        conn = await asyncpg.connect(dsn)
+        try:
+            # Last writes of each sequence (a rolled-back nextval is not logged).
+            await conn.execute("INSERT INTO items (k, v) VALUES (99, 99)")
+            await conn.execute("INSERT INTO ident (v) VALUES (99)")
+            assert await conn.fetchval("SELECT count(*) FROM acc WHERE k = -1") == 0
+        finally:
+            await conn.close()
+        shard = await settled(c)
+        print(f"seed {seed}: {sum(done)} committed client transactions, "
+              f"{shard['primary']['position']} log entries")  # fmt: skip
+        expected = await snapshot(shard["primary"]["dsn"])
+        assert len(expected["items"]) > 10
+        for f in shard["followers"]:
+            got = await snapshot(f["dsn"])
+            for name, rows in expected.items():
+                if isinstance(rows, list):
+                    missing = sorted(set(rows) - set(got[name]))[:5]
+                    extra = sorted(set(got[name]) - set(rows))[:5]
+                    assert got[name] == rows, (
+                        f"{name} differs on {f['name']} (seed {seed}): "
+                        f"missing there {missing}, extra there {extra}"
+                    )
+                else:
+                    assert got[name] == rows, f"sequence {name} on {f['name']} (seed {seed})"
+
+
+async def test_dependent_transactions_through_the_proxy_replay_in_commit_order(
+    pg_tmp: Path,
+) -> None:
+    """T2's UPDATE (open transaction) matches rows by range; T1, autocommit, inserts a row
+    in that range meanwhile. T1 must wait for T2 (the shard's write lock, taken before
+    T2's first write), so the log holds T2 before T1, as they took effect: replaying T1
+    first would also update T1's row (tests/integration/test_statement_log.py shows that
+    divergence with the lock taken only at COMMIT)."""
+    with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=1) as c:
+        dsn = c.status()["proxy"]["dsn"]
+        c1 = await asyncpg.connect(dsn)
+        c2 = await asyncpg.connect(dsn)
+        try:
+            await c1.execute("CREATE TABLE acc (id int PRIMARY KEY, v int)")
+            await c1.execute("INSERT INTO acc VALUES (1, 10)")
+            await c2.execute("BEGIN")
+            await c2.execute("UPDATE acc SET v = v + 1 WHERE id > 0")
+            t1 = asyncio.ensure_future(c1.execute("INSERT INTO acc VALUES ($1, 20)", 2))
+            await asyncio.sleep(1.0)
+            assert not t1.done(), "T1 committed while T2 held the shard's write lock"
+            await c2.execute("COMMIT")
+            await asyncio.wait_for(t1, 30)
+            assert await c1.fetch("SELECT * FROM acc ORDER BY id") == [(1, 11), (2, 20)]
+        finally:
+            await c1.close()
+            await c2.close()
+        shard = await settled(c)
+        expected = await table_contents(shard["primary"]["dsn"], ["acc"])
+        assert expected["acc"] == [(1, 11), (2, 20)]
+        for f in shard["followers"]:
+            assert await table_contents(f["dsn"], ["acc"]) == expected
+
+
+async def test_kill_9_of_the_primary_under_writes_through_the_proxy(pg_tmp: Path) -> None:
+    """Writers through the proxy while the primary is killed (kill -9): the follower with
+    the highest applied seq is promoted and continues the log, the writers reconnect and
+    go on, the old primary rejoins; every member ends identical. Async mode: acknowledged
+    writes the follower had not applied are lost, and counted (printed)."""
+    with localcluster.running(
+        pg_tmp,
+        "--replication-method=statement",
+        "--lease-ttl=2",
+        "--detection-seconds=1",
+        "--cooldown-seconds=0",
+        shards=1,
+        replicas=2,
+    ) as c:
+        dsn = c.status()["proxy"]["dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(SCHEMA[0])
+        finally:
+            await conn.close()
+        acked: list[int] = []
+        stop = asyncio.Event()
+
+        async def writer(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                try:
+                    w = await asyncpg.connect(dsn, timeout=5)
+                except (OSError, asyncpg.PostgresError, TimeoutError):
+                    await asyncio.sleep(0.2)
+                    continue
+                try:
+                    while not stop.is_set():
+                        n += 1
+                        key = i * 100000 + n
+                        await w.execute(f"INSERT INTO items (k, v) VALUES ({key}, {n})")
+                        acked.append(key)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await asyncio.sleep(0.2)
+                finally:
+                    w.terminate()
+
+        tasks = [asyncio.ensure_future(writer(i)) for i in range(3)]
+        async with asyncio.timeout(60):  # the writers are under way before the kill
+            while len(acked) < 30:  # noqa: ASYNC110 - the writers append
+                await asyncio.sleep(0.1)
+        old = c.shard(0)["primary"]["name"]
+        c.kill(0, old)
+        async with asyncio.timeout(90):
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                if shard["epoch"] >= 2 and shard["primary"]["name"] != old:
+                    break
+                await asyncio.sleep(0.3)
+        before = len(acked)
+        async with asyncio.timeout(60):
+            while len(acked) < before + 20:  # noqa: ASYNC110 - the writers append
+                await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*tasks)
+        async with asyncio.timeout(180):
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                target = shard["primary"]["position"]
+                states = {f["name"]: (f["state"], f["position"]) for f in shard["followers"]}
+                if len(states) == 2 and all(s == ("streaming", target) for s in states.values()):
+                    break
+                await asyncio.sleep(0.5)
+        assert old in states  # rejoined
+        expected = await table_contents(shard["primary"]["dsn"], ["items"])
+        for f in shard["followers"]:
+            assert await table_contents(f["dsn"], ["items"]) == expected
+        present = {row[4] for row in expected["items"]}
+        lost = [k for k in acked if k not in present]
+        print(f"{len(acked)} acknowledged writes, {len(lost)} lost in the failover (async)")
+        assert len(acked) > before

@@ -1,0 +1,55 @@
+"""A shard without a primary is logged once per change, not for every request (issue 15)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pgshard_proxy import settings
+from pgshard_proxy.consistency.monitor import PositionMonitor
+from pgshard_proxy.contract.topology import Member, Shard, Topology
+from pgshard_proxy.server.context import ServerContext
+
+PRIMARY = Member("s0m0", "198.18.0.3:5432", "postgresql://app@198.18.0.3:5432/app")
+
+
+def topo(version: int, epoch: int, primary: Member | None) -> Topology:
+    return Topology(shards=(Shard(0, epoch, primary),), version=version)
+
+
+async def test_no_primary_is_logged_when_it_starts(caplog: pytest.LogCaptureFixture) -> None:
+    ctx = ServerContext(
+        settings.from_sources(None, {"PGSHARD_PROXY_USERS": "app:pw"}, {}),
+        None,
+        PositionMonitor(),
+    )
+    with caplog.at_level(logging.WARNING, logger="pgshard_proxy.server.context"):
+        ctx.set_topology(topo(1, 0, PRIMARY))
+        for version in (2, 3, 4):  # the failover in progress: status rewritten meanwhile
+            ctx.set_topology(topo(version, 0, None))
+        ctx.set_topology(topo(5, 1, PRIMARY))
+        ctx.set_topology(topo(6, 1, None))
+    said = [r.getMessage() for r in caplog.records if "has no primary" in r.getMessage()]
+    assert len(said) == 2, said
+    assert "shard 0 has no primary right now (epoch 0)" in said[0]
+    assert "57P03" in said[0]
+
+
+async def test_doubts_ask_the_source_once_each_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    asked: list[int] = []
+    ctx = ServerContext(
+        settings.from_sources(None, {"PGSHARD_PROXY_USERS": "app:pw"}, {}),
+        None,
+        PositionMonitor(),
+        lambda: asked.append(1),
+    )
+    with caplog.at_level(logging.WARNING, logger="pgshard_proxy.server.context"):
+        for _ in range(5):
+            ctx.doubt_topology("s0m0 is a standby")
+        ctx.set_topology(topo(1, 0, PRIMARY))
+        ctx.doubt_topology("s0m0 is a standby")
+    assert len(asked) == 6  # every doubt asks for a re-read (the source spaces them)
+    assert sum("s0m0 is a standby" in r.getMessage() for r in caplog.records) == 2
