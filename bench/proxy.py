@@ -4,10 +4,12 @@ Run: ``python3 -m bench.proxy [--seconds 10] [--scale 10] [--clients 1,16]`` fro
 repository root (as root, PostgreSQL and PgBouncer run as ``postgres``). Starts a
 throwaway PostgreSQL 15 server, ``pgbench -i``, then for each workload (``-S``
 select-only and the default TPC-B-like script) and each client count, runs
-pgbench straight at the server, through ``pgshard-proxy`` (routing and session
-consistency on: every statement classified and routed) and through PgBouncer in
-transaction pooling. With ``--follower`` the shard also gets a streaming
-follower, so the proxy's reads really go to it. Prints numbers; asserts nothing.
+pgbench straight at the server, through ``pgshard-proxy`` (one process, and
+``--workers 2``; routing and session consistency on: every statement classified
+and routed) and through PgBouncer in transaction pooling; the load average is
+printed before and after (other work on the machine skews the numbers). With
+``--follower`` the shard also gets a streaming follower, so the proxy's reads
+really go to it. Prints numbers; asserts nothing.
 Everything it starts is stopped by pid.
 """
 
@@ -128,17 +130,25 @@ def main() -> int:
             )
             proxy = proxy_support.start_proxy(base, topo, user="postgres", password="bench")
             stop.append(proxy)
+            (base / "two").mkdir()
+            (base / "two").chmod(0o755)
+            proxy2 = proxy_support.start_proxy(
+                base / "two", topo, "--workers", "2", user="postgres", password="bench"
+            )
+            stop.append(proxy2)
             (base / "bouncer").mkdir()
             bouncer, bouncer_port = start_pgbouncer(base / "bouncer", server)
             targets = {
                 "direct": (server.host, server.port),
                 "pgshard-proxy": (proxy.host, proxy.port),
+                "proxy 2 workers": (proxy2.host, proxy2.port),
                 "pgbouncer": (server.host, bouncer_port),
             }
+            print("load:", os.getloadavg())
             print(f"pgbench -M {args.protocol}, scale {args.scale}, {args.seconds}s per run, "
                   f"{'primary + follower' if args.follower else 'primary only'}; "
                   f"proxy pid {proxy.proc.pid}")  # fmt: skip
-            print(f"{'workload':<10} {'clients':>7} {'target':<14} {'TPS':>10} "
+            print(f"{'workload':<10} {'clients':>7} {'target':<16} {'TPS':>10} "
                   f"{'lat ms':>8} {'vs bouncer':>10} {'vs direct':>9}")  # fmt: skip
             try:
                 for workload, extra in (("-S", ["-S"]), ("tpcb", [])):
@@ -160,11 +170,12 @@ def main() -> int:
                                 spy.wait(60)
                         for name, r in results.items():
                             print(
-                                f"{workload:<10} {n:>7} {name:<14} {r.tps:>10.0f} "
+                                f"{workload:<10} {n:>7} {name:<16} {r.tps:>10.0f} "
                                 f"{r.latency_ms:>8.3f} {r.tps / results['pgbouncer'].tps:>10.2f} "
                                 f"{r.tps / results['direct'].tps:>9.2f}",
                                 flush=True,
                             )
+                print("load:", os.getloadavg())
             finally:
                 bouncer.terminate()
                 bouncer.wait(10)

@@ -1,0 +1,153 @@
+"""Planned switchovers under writers through the proxy, with and without buffering (issue 14).
+
+Run: ``python3 -m bench.switchover [--switchovers 5]`` from the repository root
+(needs PostgreSQL 15; a few minutes). One local cluster (one shard, two
+followers); its proxy holds requests during a switchover (default
+``--buffer-window-ms`` 5000), and a second proxy started here on the same
+topology file does not (``--buffer-window-ms=0``). Each proxy carries the four
+writers of ``tests/support/switch_load.py`` (asyncpg and psycopg, autocommit and
+explicit transactions) at the same time, through the same switchovers.
+
+Printed per switchover and proxy: client requests that failed, requests the
+proxy held (its ``pgshard_proxy_switchover_requests_total{outcome=buffered}``),
+and the longest pause any writer saw between two acknowledgements; then totals
+and the worst case. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tests.support import localcluster, switch_load
+from tests.support import proxy as proxy_support
+
+
+def _held(metrics_url: str | None) -> int | None:
+    """The proxy's count of held requests that then ran (None: no metrics endpoint)."""
+    if not metrics_url:
+        return None
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(
+        r'^pgshard_proxy_switchover_requests_total\{outcome="buffered"\} (\S+)$', text, re.M
+    )
+    return int(float(m.group(1))) if m else 0
+
+
+async def _streaming(c: localcluster.LocalCluster, timeout: float = 180) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        shard = await asyncio.to_thread(c.shard, 0)
+        followers = shard["followers"]
+        if followers and all(f["state"] == "streaming" for f in followers):
+            return shard
+        if time.monotonic() > deadline:
+            raise TimeoutError("followers not streaming")
+        await asyncio.sleep(0.3)
+
+
+def _mark(load: switch_load.Load) -> list[int]:
+    for w in load.writers:
+        w.longest_pause = 0.0
+    return [len(w.failures) for w in load.writers]
+
+
+def _line(
+    name: str, load: switch_load.Load, before: list[int], held: int | None
+) -> tuple[int, float]:
+    failed = sum(len(w.failures) - b for w, b in zip(load.writers, before, strict=True))
+    pause = max(w.longest_pause for w in load.writers)
+    by = ", ".join(
+        f"{w.name} {len(w.failures) - b}" for w, b in zip(load.writers, before, strict=True)
+    )
+    held_text = "-" if held is None else str(held)
+    print(f"  {name}: failed {failed} ({by}), held {held_text}, longest pause {pause:.2f} s")
+    for w, b in zip(load.writers, before, strict=True):
+        for f in w.failures[b:][:3]:
+            print(f"    {w.name} {f.step}: {f.sqlstate} {f.message[:160]}")
+    return failed, pause
+
+
+async def run(switchovers: int, base: Path) -> None:
+    with localcluster.running(base, replicas=2) as c:
+        doc = await asyncio.to_thread(c.status)
+        dsn = doc["proxy"]["dsn"]
+        on_metrics = doc["proxy"].get("metricsUrl")
+        url = urllib.parse.urlsplit(dsn)
+        plain = proxy_support.start_proxy(
+            base, None, "--buffer-window-ms=0",
+            topology_file=c.files / "topology.json",
+            user=urllib.parse.unquote(url.username or ""),
+            password=urllib.parse.unquote(url.password or ""),
+        )  # fmt: skip
+        off_dsn = urllib.parse.urlunsplit(
+            url._replace(netloc=f"{url.username}:{url.password}@{plain.host}:{plain.port}")
+        )
+        totals = {"on": [0, 0.0], "off": [0, 0.0]}
+        try:
+            await switch_load.create_table(dsn)
+            async with (
+                switch_load.running(dsn) as on,
+                switch_load.running(off_dsn, 5_000_000) as off,
+            ):
+                await on.wait_acked(20)
+                await off.wait_acked(20)
+                for i in range(1, switchovers + 1):
+                    shard = await _streaming(c)
+                    old = shard["primary"]["name"]  # type: ignore[index]
+                    before_on, before_off = _mark(on), _mark(off)
+                    held_before = _held(on_metrics)
+                    await asyncio.to_thread(c.cli, "switchover", f"--dir={c.dir}", "--shard=0")
+                    for load in (on, off):
+                        try:
+                            await load.wait_acked(20, timeout=90)
+                        except TimeoutError as e:
+                            print(f"  {e}")
+                    await asyncio.sleep(1.0)
+                    held_after = _held(on_metrics)
+                    new = (await asyncio.to_thread(c.shard, 0))["primary"]["name"]
+                    print(f"switchover {i}: {old} -> {new}")
+                    held = (
+                        None
+                        if held_before is None or held_after is None
+                        else held_after - held_before
+                    )
+                    for key, load, before, h in (
+                        ("on", on, before_on, held),
+                        ("off", off, before_off, None),
+                    ):
+                        failed, pause = _line(f"buffering {key:3}", load, before, h)
+                        totals[key][0] += failed
+                        totals[key][1] = max(totals[key][1], pause)
+        finally:
+            plain.stop()
+    print(
+        f"\nswitchover bench: {switchovers} switchovers, 1 shard, 2 followers, 4 writers per proxy"
+    )
+    for key in ("on", "off"):
+        failed, pause = totals[key]
+        print(f"  buffering {key:3}: {failed} failed requests, worst writer pause {pause:.2f} s")
+
+
+async def main(switchovers: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="pgshard-bench-") as d:
+        os.chmod(d, 0o755)
+        await run(switchovers, Path(d))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--switchovers", type=int, default=5)
+    try:
+        asyncio.run(main(p.parse_args().switchovers))
+    except KeyboardInterrupt:
+        sys.exit(130)
