@@ -60,6 +60,7 @@ class Held(Protocol):
 
     buffered: int
     failed: int
+    waiting: int
 
 
 class ProxyMetrics:
@@ -169,6 +170,12 @@ class ProxyMetrics:
             held.add_metric(["buffered"], self._held.buffered)
             held.add_metric(["failed"], self._held.failed)
             yield held
+            waiting = GaugeMetricFamily(
+                "pgshard_proxy_switchover_requests_waiting",
+                "Requests held right now because their shard's primary is being switched over.",
+            )
+            waiting.add_metric([], self._held.waiting)
+            yield waiting
         if self._cache_info is not None:
             cache = CounterMetricFamily(
                 "pgshard_proxy_classifier_cache",

@@ -78,8 +78,15 @@ def test_one_line_summary_and_the_printer_column() -> None:
 @pytest.mark.looptime
 async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin() -> None:
     world = FakePlatform()
-    # Read at detection, then at the rejoin: 2 failed and 5 held in between.
-    reads = iter([history.RequestCounts(7, 100), history.RequestCounts(9, 105)])
+    # Read at detection, then at the rejoin: first while the proxy still holds 4 requests
+    # (not counted yet), then once it holds none: 2 failed and 5 held in between.
+    reads = iter(
+        [
+            history.RequestCounts(7, 100),
+            history.RequestCounts(8, 101, waiting=4),
+            history.RequestCounts(9, 105),
+        ]
+    )
 
     async def read() -> history.RequestCounts | None:
         return next(reads, None)
@@ -106,5 +113,7 @@ def test_the_local_proxy_counts_are_read_from_its_metrics() -> None:
         "# TYPE pgshard_proxy_switchover_requests counter\n"
         'pgshard_proxy_switchover_requests_total{outcome="buffered"} 11.0\n'
         'pgshard_proxy_switchover_requests_total{outcome="failed"} 2.0\n'
+        "# TYPE pgshard_proxy_switchover_requests_waiting gauge\n"
+        "pgshard_proxy_switchover_requests_waiting 3.0\n"
     )
-    assert proxy_counts.parse(text) == history.RequestCounts(failed=5, buffered=11)
+    assert proxy_counts.parse(text) == history.RequestCounts(failed=5, buffered=11, waiting=3)

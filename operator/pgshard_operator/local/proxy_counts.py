@@ -5,7 +5,9 @@ Prometheus endpoint (``ClusterConfig.proxy_metrics_url``) with the supervisor's
 HTTP session and sums the requests the proxy failed because of a failover
 (``pgshard_proxy_failover_errors_total``) and the requests it held during a
 switchover and then ran (``pgshard_proxy_switchover_requests_total{outcome=
-"buffered"}``). The counts cover every shard the proxy serves.
+"buffered"}``), and how many it holds right now
+(``pgshard_proxy_switchover_requests_waiting``). The counts cover every shard the
+proxy serves.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..shard import history
 
 
 def parse(text: str) -> history.RequestCounts:
-    failed = buffered = 0.0
+    failed = buffered = waiting = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "pgshard_proxy_failover_errors_total":
@@ -27,7 +29,9 @@ def parse(text: str) -> history.RequestCounts:
                 and sample.labels.get("outcome") == "buffered"
             ):
                 buffered += sample.value
-    return history.RequestCounts(failed=int(failed), buffered=int(buffered))
+            elif sample.name == "pgshard_proxy_switchover_requests_waiting":
+                waiting += sample.value
+    return history.RequestCounts(failed=int(failed), buffered=int(buffered), waiting=int(waiting))
 
 
 def counter(http: aiohttp.ClientSession, url: str) -> history.ProxyCounter:

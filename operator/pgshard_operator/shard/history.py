@@ -26,9 +26,13 @@ class RequestCounts:
     """Requests answered with a failover error (08006, 08007, 57P03)."""
     buffered: int
     """Requests held during a switchover, then run on the new primary."""
+    waiting: int = 0
+    """Requests held right now (their outcome is not counted yet)."""
 
     def since(self, before: RequestCounts) -> RequestCounts:
-        return RequestCounts(self.failed - before.failed, self.buffered - before.buffered)
+        return RequestCounts(
+            self.failed - before.failed, self.buffered - before.buffered, self.waiting
+        )
 
 
 ProxyCounter = Callable[[], Awaitable[RequestCounts | None]]

@@ -45,6 +45,9 @@ _REJOIN_RETRY_SECONDS = 5.0
 primary (under a new one: at once); doubled after each further failure, up to
 :data:`_REJOIN_RETRY_MAX_SECONDS`."""
 _REJOIN_RETRY_MAX_SECONDS = 60.0
+_COUNTS_SETTLE_SECONDS = 6.0
+"""How long the failover record waits for the proxies to release the requests they
+hold (their default buffer window is 5 s) before it takes their counts anyway."""
 _BLOCKED_EVENT_SECONDS = 60.0
 """While a shard stays without a primary that the manager refuses to promote, the
 ``FailoverBlocked`` Event is recorded again this often."""
@@ -420,10 +423,26 @@ class ShardManager:
         )
         self._log.info(message)
         await self.platform.record_event(base.EventReason.REJOINED, message)
+        counts = await self._settled_counts()
         async with self._lock:
-            await self._record_rejoin(member, result)
+            await self._record_rejoin(member, result, counts)
 
-    async def _record_rejoin(self, member: str, result: state.RejoinResult) -> None:
+    async def _settled_counts(self) -> history.RequestCounts | None:
+        """The proxies' counts once they hold no request: a fast rejoin can end before a
+        proxy has read the new primary, while the requests it held are not counted yet.
+        Read outside the lock, so that the manager goes on publishing meanwhile."""
+        if self._counts_before is None:
+            return None
+        deadline = self._clock() + _COUNTS_SETTLE_SECONDS
+        while True:
+            counts = await self._read_counts()
+            if counts is None or counts.waiting == 0 or self._clock() >= deadline:
+                return counts
+            await asyncio.sleep(0.1)
+
+    async def _record_rejoin(
+        self, member: str, result: state.RejoinResult, counts: history.RequestCounts | None
+    ) -> None:
         """Put the rejoin's outcome into ``lastFailover`` if ``member`` was the old primary."""
         for _ in range(3):
             snap = await self.platform.read_snapshot()
@@ -431,11 +450,10 @@ class ShardManager:
             if last is None or last.old_primary != member or last.rejoin is not None:
                 return
             failed = buffered = None
-            if self._counts_before is not None and last.at >= self._counts_before[0]:
-                counts = await self._read_counts()
-                if counts is not None:
-                    delta = counts.since(self._counts_before[1])
-                    failed, buffered = delta.failed, delta.buffered
+            before = self._counts_before
+            if counts is not None and before is not None and last.at >= before[0]:
+                delta = counts.since(before[1])
+                failed, buffered = delta.failed, delta.buffered
             done = dataclasses.replace(
                 last,
                 rejoin=result.method,

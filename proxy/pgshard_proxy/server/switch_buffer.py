@@ -40,6 +40,10 @@ class Counts:
     """Requests held and then run on the new primary."""
     failed: int = 0
     """Requests held (or refused a place) that ended with an error instead."""
+    waiting: int = 0
+    """Requests held right now: until it is 0 again, ``buffered`` and ``failed`` may
+    still grow for a switch that is already published (the control plane waits for it
+    before it records a switchover's counts)."""
 
 
 class SwitchBuffer:
@@ -77,6 +81,7 @@ class SwitchBuffer:
                 f"retry it"
             )
         self.waiting[index] = waiting + 1
+        self.counts.waiting += 1
         try:
             started = self._clock()
             end = started + self.window_ms / 1000
@@ -99,6 +104,7 @@ class SwitchBuffer:
                     await asyncio.wait_for(self._changed(), min(end, shard.switching.until) - now)
         finally:
             self.waiting[index] -= 1
+            self.counts.waiting -= 1
 
     def _shard(self, index: int) -> topology.Shard | None:
         topo = self._current()
