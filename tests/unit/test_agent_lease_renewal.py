@@ -65,7 +65,7 @@ def primary_agent(tmp_path: Path, store: lease.LeaseStore) -> tuple[agent_mod.Ag
         return {"recovery": False}
 
     a._probe = healthy  # type: ignore[method-assign]
-    a.pg.kill = lambda: kills.append(loop.time())  # type: ignore[method-assign]
+    a.pg.fence = lambda grace: kills.append(loop.time())  # type: ignore[method-assign]
 
     async def start() -> None:  # a fenced agent that may recover starts its server again
         pass

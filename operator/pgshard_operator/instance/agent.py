@@ -359,8 +359,8 @@ class Agent:
             await self.pg.start()
 
     def _fence(self, why: str) -> None:
-        log.error("fencing: %s; killing postgres so it acknowledges no further write", why)
-        self.pg.kill()
+        log.error("fencing: %s; stopping postgres so it acknowledges no further write", why)
+        self.pg.fence(grace=self.deadline.margin)
         self.role = Role.FENCED
         self.deadline.cancel()
         self.error = f"fenced: {why}"

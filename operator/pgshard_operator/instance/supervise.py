@@ -90,10 +90,34 @@ class PostgresSupervisor:
         await proc.wait()
 
     def kill(self) -> None:
-        """Kill the server and all its backends at once (fencing); no restart follows."""
+        """Kill the server and all its backends at once; no restart follows."""
         self.wanted = False
         proc = self._proc
         if proc is not None and proc.returncode is None:
+            proctree.kill_tree(proc.pid)
+
+    def fence(self, grace: float) -> None:
+        """Stop the server so it acknowledges no further commit, keeping what it acked.
+
+        A fast shutdown (SIGINT) ends every backend at once, so nothing new commits, but
+        lets the WAL senders ship the WAL of commits already acknowledged before the
+        server exits (a SIGKILL drops what an async follower had not received yet).
+        If the server has not exited ``grace`` seconds later, it is killed: the agent
+        passes its fence margin, so the kill lands before its lease can expire.
+        No restart follows."""
+        self.wanted = False
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        asyncio.get_running_loop().call_later(grace, self._kill_unless_ended, proc)
+
+    def _kill_unless_ended(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None and not self.wanted:
+            log.warning(
+                "postgres (pid %d) still running after the fence's grace: killing it", proc.pid
+            )
             proctree.kill_tree(proc.pid)
 
     async def run(self) -> None:
