@@ -113,7 +113,7 @@ def test_instance_and_proxy_serve_from_the_image(
         "--host", "127.0.0.1", "--port", str(PG_PORT), "--status-port", "8008",
         "--credentials", "/etc/pgshard/credentials.json", "--shard", "0",
         "--control-token-file", "/etc/pgshard/control-token",
-        "--lease-file", "/var/lib/pgshard/lease.json",
+        "--lease-file", "/var/lib/pgshard/lease.json", "--lease-ttl", "10",
         "--topology-file", "/etc/pgshard/topology.json", "--bootstrap-primary",
     ], *mounts)  # fmt: skip
     app = creds.app_dsn(addr)
@@ -125,7 +125,8 @@ def test_instance_and_proxy_serve_from_the_image(
         )
     except AssertionError:
         raise AssertionError(podman.logs(instance)) from None
-    assert psql(netns, app, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)").returncode == 0
+    out = psql(netns, app, "CREATE TABLE t (v int); INSERT INTO t VALUES (7)")
+    assert out.returncode == 0, f"{out.stderr}\n{podman.logs(instance)[-3000:]}"
     # PGDATA belongs to the pod user on the volume; the root filesystem stayed read-only.
     assert (volume / "data" / "PG_VERSION").stat().st_uid == containers.POD_USER
     who = podman("exec", instance, "sh", "-c", "id -u; touch /opt/x 2>&1 || true").stdout
