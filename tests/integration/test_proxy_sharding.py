@@ -1,11 +1,12 @@
-"""Sharding through the real proxy: two PostgreSQL servers as two shards, real clients.
+"""Sharding through the real proxy: PostgreSQL servers as shards (two, or three), real clients.
 
-The proxy follows a 2-shard topology declaring ``orders`` and ``items`` distributed
-by ``customer_id``. DDL goes to both shards, rows inserted through the proxy land
-where placement says (checked in SQL on each shard), and the differential catalogue
-(``test_scatter_differential.CATALOGUE``) gives through the proxy — asyncpg (binary
-results, prepared statements) and psycopg (text) — the same answers as one
-PostgreSQL holding every row, or the documented refusal. A transaction that would
+The proxy follows a 2-shard (and for the catalogue also a 3-shard) topology declaring
+``orders`` and ``items`` distributed by ``customer_id``. DDL goes to every shard, rows
+inserted through the proxy land where placement says (checked in SQL on each shard),
+and the differential catalogue (``test_scatter_differential.CATALOGUE``) gives through
+the proxy — asyncpg (binary results, prepared statements) and psycopg (text and binary
+results) — the same answers as one PostgreSQL holding every row, or the documented
+refusal. A transaction that would
 write to two shards fails and leaves nothing behind.
 """
 
@@ -46,16 +47,19 @@ class Setup:
                     primary=topology.Member(f"pg{i}", f"{s.host}:{s.port}", s.dsn),
                     hash_range=r,
                 )
-                for i, (s, r) in enumerate(zip(servers, topology.hash_ranges(2), strict=True))
+                for i, (s, r) in enumerate(
+                    zip(servers, topology.hash_ranges(len(servers)), strict=True)
+                )
             ),
             tables=tuple(topology.DistributedTable(n, k) for n, k in shardsim.TABLES),
         )
 
 
-@pytest.fixture
-def sharded(pg_tmp: Path) -> Iterator[Setup]:
-    servers = [pgserver.make_server(pg_tmp, f"pg{i}") for i in range(2)]
+def _start(pg_tmp: Path, count: int) -> Iterator[Setup]:
+    """``count`` PostgreSQL servers as shards behind one proxy."""
+    servers = []
     try:
+        servers = [pgserver.make_server(pg_tmp, f"pg{i}") for i in range(count)]
         setup = Setup(servers, None)  # type: ignore[arg-type]
         setup.proxy = proxy_support.start_proxy(pg_tmp, setup.topo)
         try:
@@ -65,6 +69,16 @@ def sharded(pg_tmp: Path) -> Iterator[Setup]:
     finally:
         for s in servers:
             s.stop()
+
+
+@pytest.fixture
+def sharded(pg_tmp: Path) -> Iterator[Setup]:
+    yield from _start(pg_tmp, 2)
+
+
+@pytest.fixture(params=[2, 3], ids=lambda n: f"{n}shards")
+def sharded_n(pg_tmp: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
+    yield from _start(pg_tmp, request.param)
 
 
 async def _whole(server: pgserver.PgServer) -> asyncpg.Connection:
@@ -77,7 +91,8 @@ async def _whole(server: pgserver.PgServer) -> asyncpg.Connection:
     return conn
 
 
-async def test_sharded_cluster_through_the_proxy(sharded: Setup) -> None:
+async def test_sharded_cluster_through_the_proxy(sharded_n: Setup) -> None:
+    sharded = sharded_n
     dsn = sharded.proxy.dsn
     whole = await _whole(sharded.servers[0])
     conn = await asyncpg.connect(dsn)
@@ -108,9 +123,10 @@ async def test_sharded_cluster_through_the_proxy(sharded: Setup) -> None:
         found = await placement_check.check(sharded.topo)
         assert sum(t.misplaced for t in found) == 0
         per_shard = {(t.table, t.shard): t.rows for t in found}
-        assert per_shard[("orders", 0)] + per_shard[("orders", 1)] == len(orders)
-        assert min(per_shard[("orders", 0)], per_shard[("orders", 1)]) > len(orders) // 3
-        assert per_shard[("countries", 1)] == 0
+        count = len(sharded.servers)
+        placed = [per_shard[("orders", i)] for i in range(count)]
+        assert sum(placed) == len(orders) and min(placed) > len(orders) // (count + 1)
+        assert all(per_shard[("countries", i)] == 0 for i in range(1, count))
 
         failures = []
         for sql, args, how in CATALOGUE:
@@ -126,11 +142,14 @@ async def test_sharded_cluster_through_the_proxy(sharded: Setup) -> None:
                 for i in range(len(args), 0, -1):
                     psql = psql.replace(f"${i}", "%s")
                 expected = _norm([tuple(r) for r in await whole.fetch(sql, *args)])
-                got = _norm(pc.execute(psql, args).fetchall())
-                if how != ORDERED:
-                    expected, got = sorted(expected), sorted(got)
-                if got != expected:
-                    failures.append(f"psycopg: {sql}: {got[:3]} vs {expected[:3]}")
+                for binary in (False, True):  # psycopg's text and binary result formats
+                    got = _norm(pc.execute(psql, args, binary=binary).fetchall())
+                    e = expected
+                    if how != ORDERED:
+                        e, got = sorted(e), sorted(got)
+                    if got != e:
+                        fmt = "binary" if binary else "text"
+                        failures.append(f"psycopg {fmt}: {sql}: {got[:3]} vs {e[:3]}")
         assert not failures, "\n".join(failures)
 
         for sql in REFUSED:
