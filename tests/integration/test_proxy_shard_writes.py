@@ -227,8 +227,10 @@ async def test_an_extended_protocol_begin_waits_for_the_first_keyed_statement(
             await conn.fetch("UPDATE orders SET qty = 5 WHERE customer_id = $1", b[0])
             await conn.fetch(end)
         await conn.fetch("START TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        await conn.fetch("SELECT 1")  # no table: no shard yet
+        await conn.fetch("SELECT 1")  # constants only: no shard yet
         await conn.fetch("INSERT INTO orders (customer_id, id) VALUES ($1, 10)", b[1])
+        isolation = "SELECT current_setting('transaction_isolation')"
+        assert await conn.fetchval(isolation) == "repeatable read"  # a real transaction
         await conn.fetch("COMMIT")
         await conn.fetch("BEGIN")
         await conn.fetch("COMMIT")  # an empty transaction
@@ -237,6 +239,83 @@ async def test_an_extended_protocol_begin_waits_for_the_first_keyed_statement(
     finally:
         await conn.close()
     assert await _placed(sharded) == {0: 0, 1: 3}
+
+
+async def test_a_held_back_begin_with_an_isolation_level_follows_a_prepare(
+    sharded: Setup,  # noqa: F811
+) -> None:
+    """asyncpg prepares a statement (Parse/Describe/Flush) before it binds it, and the
+    prepare runs on shard 0; the BEGIN the proxy held back goes to the Bind's shard. On
+    shard 0 it must not land inside the prepare's implicit transaction, where PostgreSQL
+    refuses ``ISOLATION LEVEL`` (the BEGIN was lost and the write committed alone)."""
+    keys = [_keys(sharded, 0, 1)[0], _keys(sharded, 1, 1)[0]]
+    conn = await asyncpg.connect(sharded.proxy.dsn)
+    try:
+        await conn.execute(DDL[0])
+        for i, key in enumerate(keys):
+            for isolation, shown in (("repeatable_read", "repeatable read"),
+                                     ("serializable", "serializable")):  # fmt: skip
+                tx = conn.transaction(isolation=isolation)
+                await tx.start()
+                await conn.fetch("INSERT INTO orders (customer_id, id) VALUES ($1, $2)", key, i)
+                setting = "SELECT current_setting('transaction_isolation')"
+                assert await conn.fetchval(setting) == shown, f"shard {i}"
+                await tx.rollback()
+                assert await conn.fetchval("SELECT count(*) FROM orders") == 0, f"shard {i}"
+    finally:
+        await conn.close()
+
+
+async def test_reads_before_the_first_one_shard_statement_do_not_choose_its_shard(
+    sharded: Setup,  # noqa: F811
+) -> None:
+    """A scatter read, or a SELECT of constants, before a transaction's first one-shard
+    statement runs outside the transaction (the constants on shard 0) and leaves the
+    client in it; an error there aborts the transaction, as in PostgreSQL. Any other
+    table-less statement (``SELECT now()``) runs in the transaction, on shard 0."""
+    b = _keys(sharded, 1, 2)
+    insert = "INSERT INTO orders (customer_id, id) VALUES ($1, 2)"
+    conn = await asyncpg.connect(sharded.proxy.dsn)
+    try:
+        await conn.execute(DDL[0])
+        await conn.execute("INSERT INTO orders (customer_id, id, qty) VALUES ($1, 1, 0)", b[1])
+        for read in ("SELECT count(*) FROM orders", "SELECT 1", "SELECT $1::int + 1"):
+            args = (1,) if "$1" in read else ()
+            tx = conn.transaction()
+            await tx.start()
+            assert await conn.fetchval(read, *args) in (1, 2)
+            assert conn.is_in_transaction(), read
+            await conn.execute(insert, b[0])  # shard 1
+            await tx.rollback()
+        async with conn.transaction():  # a statement around constants runs as sent
+            assert (await conn.fetchval("EXPLAIN SELECT 1")).startswith("Result")
+        await conn.execute("BEGIN")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await conn.fetchval("SELECT 1 / 0")
+        assert await conn.execute("COMMIT") == "ROLLBACK"  # PostgreSQL's answer
+        await conn.execute("BEGIN")
+        assert await conn.fetchval("SELECT now()") is not None  # runs on shard 0
+        with pytest.raises(asyncpg.FeatureNotSupportedError, match="runs on shard 0"):
+            await conn.execute(insert, b[0])
+        await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
+    status = psycopg.pq.TransactionStatus
+    with psycopg.connect(sharded.proxy.dsn) as pc:  # its BEGIN follows the reported status
+        for read in ("SELECT count(*) FROM orders", "SELECT 1"):
+            pc.execute(read)
+            assert pc.info.transaction_status is status.INTRANS, read
+            pc.execute(insert.replace("$1", "%s"), (b[0],))
+            pc.rollback()
+        for bad in ("SELECT 1 / 0", "SELECT 1 / qty FROM orders"):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                pc.execute(bad)
+            assert pc.info.transaction_status is status.INERROR, bad
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                pc.execute(insert.replace("$1", "%s"), (b[0],))
+            pc.rollback()
+        assert pc.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+    assert await _placed(sharded) == {0: 0, 1: 1}
 
 
 async def test_copy_to_stdout_gathers_every_shard(sharded: Setup) -> None:  # noqa: F811

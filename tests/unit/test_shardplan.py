@@ -143,3 +143,28 @@ def test_grouped_scatter_splits_avg_and_moves_having_to_the_proxy() -> None:
     assert [c.source for c in g.columns] == [0, 1, 3]
     assert g.having is not None and g.having.sql() == ":0 > 2"
     assert s.order_by == (scatter.SortKey(2, True, True),) and s.limit == 3
+
+
+@pytest.mark.parametrize(
+    ("sql", "constant"),
+    [
+        ("SELECT 1", True),
+        ("select 1 AS x, 'a' || $1, 2.5::numeric / 3, NOT true OR NULL IS NULL", True),
+        ("SELECT $1::int + 1", True),
+        ("SELECT now()", False),  # the transaction's start
+        ("SELECT 'now'::timestamptz", False),  # likewise, through a cast
+        ("SELECT nextval('s')", False),
+        ("SELECT 1 FOR UPDATE", False),
+        ("SELECT 1 WHERE false", False),
+        ("SELECT (SELECT 1)", False),
+        ("SAVEPOINT a", False),
+        ("SET x = 1", False),
+    ],
+)
+def test_a_select_of_constants_need_not_choose_a_transactions_shard(
+    sql: str, constant: bool
+) -> None:
+    p = plan(sql)
+    assert p.kind is PlanKind.HOME and p.anywhere
+    assert p.constant is constant
+    assert (p.scatter == scatter.ScatterPlan(sql)) is constant

@@ -24,6 +24,7 @@ class SqlState(enum.Enum):
     TOO_MANY_CONNECTIONS = "53300"
     INVALID_PARAMETER_VALUE = "22023"
     QUERY_CANCELED = "57014"
+    IN_FAILED_SQL_TRANSACTION = "25P02"
 
 
 class Severity(enum.Enum):

@@ -70,6 +70,10 @@ class Plan:
     anywhere: bool = False
     """HOME without any table (transaction control, SET, ``SELECT 1``): it may run on
     whichever shard the session's transaction runs on."""
+    constant: bool = False
+    """``anywhere``, and a SELECT of constants only (:func:`_constant`): its answer is
+    the same in or out of a transaction, so it need not choose the transaction's shard
+    (:attr:`scatter` runs it as it is)."""
 
     @classmethod
     def refuse(cls, construct: str, hint: str) -> Plan:
@@ -141,7 +145,43 @@ def plan(sql: str, tables: Iterable[tuple[str, str]]) -> Plan:
     found = [t for t in trees if t is not None]
     if len(found) != 1:
         return _unparsed(sql, declared)
-    return _plan_tree(found[0], declared)
+    p = _plan_tree(found[0], declared)
+    if p is ANYWHERE and _constant(found[0]):
+        return Plan(PlanKind.HOME, anywhere=True, constant=True, scatter=scatter.ScatterPlan(sql))
+    return p
+
+
+_CONSTANT_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Select, exp.Alias, exp.Identifier, exp.Literal, exp.Boolean, exp.Null,
+    exp.Placeholder, exp.Parameter, exp.Paren, exp.Neg, exp.Not, exp.And, exp.Or, exp.Is,
+    exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Add, exp.Sub, exp.Mul, exp.Div,
+    exp.Mod, exp.DPipe, exp.Cast, exp.DataType,
+)  # fmt: skip
+_CONSTANT_CASTS = frozenset(
+    exp.DataType.Type[t]
+    for t in (
+        "SMALLINT", "INT", "BIGINT", "DECIMAL", "FLOAT", "DOUBLE", "BOOLEAN", "TEXT",
+        "VARCHAR", "CHAR",
+    )
+)  # fmt: skip
+
+
+def _constant(tree: exp.Expr) -> bool:
+    """A SELECT without FROM of literals, parameters, operators and casts to numbers,
+    text and bool: no function (``now()``, ``nextval()``), no cast whose input reads the
+    transaction (``'now'::timestamptz``)."""
+    if not isinstance(tree, exp.Select):
+        return False
+    for node in tree.walk():
+        if not isinstance(node, _CONSTANT_NODES):
+            return False
+        if isinstance(node, exp.DataType) and node.this not in _CONSTANT_CASTS:
+            return False
+        if isinstance(node, exp.Select) and any(
+            node.args.get(k) for k in ("from", "where", "group", "having", "into", "locks")
+        ):
+            return False
+    return True
 
 
 def _unparsed(sql: str, declared: Mapping[str, tuple[str, str]]) -> Plan:

@@ -701,6 +701,7 @@ class Session(asyncio.Protocol):
         types = scatter_run.parameter_types(parse) if parse is not None else b"\x00\x00"
         describe = bind is None or any(f.type == ord("D") and f.body[:1] == b"P" for f in frames)
         status = messages.TxStatus.IDLE
+        failed = True
         try:
             shards = t.shards or tuple(s.index for s in self.ctx.topology.shards)  # type: ignore[union-attr]
             routes: list[Route] = []
@@ -715,11 +716,15 @@ class Session(asyncio.Protocol):
             if t.kind is sharding.Kind.BROADCAST:
                 tag, error = await broadcast.broadcast(backends, sql)
                 self.write(error or messages.command_complete(tag))
+                failed = error is not None
             elif t.kind is sharding.Kind.COPY_OUT:
-                self.write(await copyout.gather(backends, sql, self.write))
+                out = await copyout.gather(backends, sql, self.write)
+                self.write(out)
+                failed = out[:1] == b"E"
             elif t.kind is sharding.Kind.SPLIT:
                 tag, error = await multiwrite.insert(backends, t.parts, bind, types)
                 self.write(error or messages.command_complete(tag))
+                failed = error is not None
             else:
                 assert t.plan is not None and t.plan.scatter is not None
                 run = scatter_run.ScatterRun(t.plan.scatter, backends, self.write)
@@ -728,6 +733,7 @@ class Session(asyncio.Protocol):
                 request = scatter_run.Request(bind, formats, describe, limit, types)
                 code = await run.run(request)
                 status = messages.TxStatus(code)
+                failed = run.error is not None
                 for index, route in zip(shards, routes, strict=True):
                     # Per shard, as after a one-shard read: a follower's position, or the
                     # primary's captured now, becomes the session's token there.
@@ -753,6 +759,8 @@ class Session(asyncio.Protocol):
         for _, _, held in self._servers.held():
             held.attach(self)  # back from the scatter's or broadcast's sinks
         if self.state is State.READY:
+            if self._requests.pending_begin is not None:  # it ran outside the transaction
+                status = self._requests.outside_transaction(failed)
             self.write(messages.ready_for_query(status))
             self._requests.done_on_shards(frames)
 

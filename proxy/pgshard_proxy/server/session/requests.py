@@ -274,15 +274,33 @@ class RequestLoop:
         self.pending_begin: str | None = None
         """Sharded: a BEGIN the proxy answered; it runs on the shard of the transaction's
         first statement (which pins the transaction there), just before that statement."""
+        self.pending_failed = False
+        """A statement run outside the transaction of ``pending_begin`` (on several
+        shards, or a constant SELECT) failed: the transaction is aborted, as PostgreSQL
+        aborts it after an error, until COMMIT or ROLLBACK (``outside_transaction``)."""
 
     def tx_status(self) -> messages.TxStatus:
         if self.pending_begin is not None:
+            if self.pending_failed:
+                return messages.TxStatus.FAILED
             return messages.TxStatus.IN_TRANSACTION
         return self._servers.tx_status()
 
-    def _begin_on(self, b: BackendConnection, shard: int) -> None:
+    def outside_transaction(self, failed: bool) -> messages.TxStatus:
+        """A statement ran outside the transaction whose BEGIN waits: the client is
+        still in that transaction, aborted if the statement failed."""
+        self.pending_failed = self.pending_failed or failed
+        return self.tx_status()
+
+    def _begin_on(self, b: BackendConnection, shard: int, route: Route) -> None:
         """The transaction's first statement goes to ``b``: its BEGIN first, unseen."""
         if self.pending_begin is not None:
+            if b.answering:
+                # A prepare ended by a Flush (asyncpg) left an implicit transaction open
+                # on ``b``, with a snapshot: there the BEGIN would fail on an ISOLATION
+                # LEVEL, and the transaction would be lost. End it first.
+                b.send(messages.sync(), Marker.HIDDEN_SYNC)
+                self._servers.sent(b, route)
             b.send(messages.query(self.pending_begin), Marker.HIDDEN_QUERY)
             self.pending_begin = None
             self._began_on = shard
@@ -317,7 +335,8 @@ class RequestLoop:
                 return None
             tag = "BEGIN" if sql.lstrip()[:5].upper() == "BEGIN" else "START TRANSACTION"
         elif c.kind in (Kind.COMMIT, Kind.ROLLBACK) and self.pending_begin is not None:
-            tag = "COMMIT" if c.kind is Kind.COMMIT else "ROLLBACK"
+            committed = c.kind is Kind.COMMIT and not self.pending_failed
+            tag = "COMMIT" if committed else "ROLLBACK"  # PostgreSQL's tag for a failed one
         else:
             return None
         if frames[0].type != Q and not _lone_statement(frames):
@@ -327,12 +346,26 @@ class RequestLoop:
             self.wait(busy)
             return False
         self.pending_begin = sql if c.kind is Kind.BEGIN else None
+        self.pending_failed = False
         if frames[0].type == Q:
             out = messages.command_complete(tag)
         else:
             out = self._deferred_acks(frames, tag)
             self._drop(frames)
         self._host.write(out + messages.ready_for_query(self.tx_status()))
+        return True
+
+    def _aborted(self, f: codec.Frame) -> bool:
+        """PostgreSQL's answer in an aborted transaction (``pending_failed``)."""
+        busy = self._servers.outstanding()
+        if busy is not None:
+            self.wait(busy)
+            return False
+        self.reject(
+            f,
+            SqlState.IN_FAILED_SQL_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
         return True
 
     def _deferred_acks(self, frames: list[codec.Frame], tag: str) -> bytes:
@@ -437,10 +470,12 @@ class RequestLoop:
                 answered = self._deferred_begin([f], c, sql)
                 if answered is not None:
                     return answered
+                if self.pending_failed:
+                    return self._aborted(f)
             where = self._host.target(sql, None)
             if where is None:
                 return False
-            where = self._placed(where)
+            where = self._placed(where, [f])
             if where.kind in _SEVERAL_PRIMARIES and self._host.logs(c):
                 where = dataclasses.replace(where, kind=Sharded.REFUSE, refusal=UNLOGGED_DDL)
             if where.kind is not Sharded.ONE or self._crosses(where):
@@ -453,7 +488,7 @@ class RequestLoop:
                 here = self._deallocate_here(c.deallocates, b)
                 if here is not None:
                     return here
-            self._begin_on(b, where.shard)
+            self._begin_on(b, where.shard, route)
             if self._host.logs(c):
                 self.wait()
                 self._host.run_logged(b, route, [f], where.shard, c)
@@ -593,7 +628,9 @@ class RequestLoop:
                 answered = self._deferred_begin(frames, classify(sql), sql)
                 if answered is not None:
                     return answered
-            where = self._placed(where)
+            if self.pending_failed:
+                return self._aborted(f)
+            where = self._placed(where, frames)
             if where.kind in _SEVERAL_PRIMARIES and logged:
                 where = dataclasses.replace(where, kind=Sharded.REFUSE, refusal=UNLOGGED_DDL)
             if where.kind is not Sharded.ONE or self._crosses(where):
@@ -610,7 +647,7 @@ class RequestLoop:
                 return True
             b, self._batch_route = got
             if self._batch_executes:
-                self._begin_on(b, where.shard)
+                self._begin_on(b, where.shard, got[1])
             if logged:  # statement replication: the log writer runs the batch
                 self._batch_route = None
                 self.wait()
@@ -780,10 +817,21 @@ class RequestLoop:
         statement-log writer (statement replication)."""
         return self._host.sharded() or self._host.replication_method() == "statement"
 
-    def _placed(self, where: Target) -> Target:
-        """A statement without tables runs where the transaction runs."""
+    def _placed(self, where: Target, frames: Sequence[codec.Frame]) -> Target:
+        """A statement without tables runs where the transaction runs. A SELECT of
+        constants before the transaction's first statement (alone in its batch) runs
+        outside it, as a scatter read there does, on shard 0: it does not choose the
+        transaction's shard."""
         tx = self._tx() if where.anywhere else None
-        return dataclasses.replace(where, shard=tx) if tx is not None else where
+        if tx is not None:
+            return dataclasses.replace(where, shard=tx)
+        if (
+            where.constant
+            and self.pending_begin is not None
+            and sum(f.type == E for f in frames) <= 1
+        ):
+            return dataclasses.replace(where, kind=Sharded.SCATTER, shards=(0,))
+        return where
 
     def _any_shard(self) -> Target:
         """For what runs on any shard (prepare, describe): the transaction's, or shard 0."""
@@ -844,7 +892,7 @@ class RequestLoop:
         if got is None:
             return False
         b, route = got
-        self._begin_on(b, tx)
+        self._begin_on(b, tx, route)
         quoted = message.replace("'", "''").replace("$", "")
         b.send(
             messages.query(

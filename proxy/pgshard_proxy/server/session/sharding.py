@@ -45,6 +45,9 @@ class Target:
     """KEY_TYPE: the distributed table whose key type is needed."""
     anywhere: bool = False
     """ONE: no table is involved; the open transaction's shard will do."""
+    constant: bool = False
+    """ONE, ``anywhere``: a SELECT of constants, which need not choose the shard of a
+    transaction whose BEGIN waits for its first statement (``plan.scatter`` runs it)."""
     parts: tuple[rowsplit.ShardInsert, ...] = ()
     """SPLIT: each shard's INSERT (``shards`` lists their shards)."""
     copy: copysplit.CopyStatement | None = None
@@ -156,7 +159,7 @@ def _explain(
     servers and the proxy's merge are not one PostgreSQL plan)."""
     match = _EXPLAIN.match(sql)
     assert match is not None
-    inner = target(sql[match.end() :], bind, topo, key_types, tried)
+    inner = _unchanged(target(sql[match.end() :], bind, topo, key_types, tried))
     if inner.kind in (Kind.ONE, Kind.REFUSE, Kind.KEY_TYPE):
         return inner
     shards = ", ".join(str(s) for s in inner.shards or (s.index for s in topo.shards))
@@ -167,6 +170,12 @@ def _explain(
     )
 
 
+def _unchanged(inner: Target) -> Target:
+    """The target of a statement inside another (EXPLAIN, COPY): run as the client sent
+    it, not as its inner SELECT of constants would be run (``constant``)."""
+    return dataclasses.replace(inner, constant=False) if inner.constant else inner
+
+
 def _copy_query(
     sql: str, topo: topology.Topology, key_types: KeyTypes, tried: frozenset[str]
 ) -> Target | None:
@@ -175,7 +184,7 @@ def _copy_query(
     st = copysplit.parse_query(sql)
     if st is None:
         return None
-    inner = target(st.query, None, topo, key_types, tried)
+    inner = _unchanged(target(st.query, None, topo, key_types, tried))
     if inner.kind is not Kind.SCATTER:
         if inner.kind in (Kind.ONE, Kind.REFUSE, Kind.KEY_TYPE):
             return inner
@@ -219,6 +228,8 @@ def target(
     p = plan_of(sql, tuple((t.name, t.key) for t in topo.tables))
     match p.kind:
         case shardplan.PlanKind.HOME:
+            if p.constant:
+                return Target(Kind.ONE, anywhere=True, constant=True, plan=p)
             return ANYWHERE if p.anywhere else SHARD_0
         case shardplan.PlanKind.BROADCAST:
             return Target(Kind.BROADCAST, plan=p)
