@@ -9,6 +9,8 @@ Placement is checked with the SQL check on each shard.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import psycopg
 import pytest
@@ -316,6 +318,32 @@ async def test_reads_before_the_first_one_shard_statement_do_not_choose_its_shar
             pc.rollback()
         assert pc.execute("SELECT count(*) FROM orders").fetchone() == (1,)
     assert await _placed(sharded) == {0: 0, 1: 1}
+
+
+async def test_a_prepare_on_shard_0_does_not_hold_locks_there(sharded: Setup) -> None:  # noqa: F811
+    """asyncpg's Parse/Describe/Flush runs on shard 0 and the Bind on the key's shard:
+    shard 0 must not keep the prepare's implicit transaction open, whose lock on the
+    table blocked DDL (from any session) until this session next used shard 0."""
+    b = _keys(sharded, 1, 1)[0]
+    conn = await asyncpg.connect(sharded.proxy.dsn)
+    direct = await asyncpg.connect(sharded.servers[0].dsn)
+    try:
+        await conn.execute(DDL[0])
+        await conn.fetch("INSERT INTO orders (customer_id, id) VALUES ($1, 1)", b)
+        held = (
+            "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass "
+            "AND pid <> pg_backend_pid()"
+        )
+        for _ in range(100):  # the hidden Sync's answer may still be on its way
+            if await direct.fetchval(held) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await direct.fetchval(held) == 0
+        await conn.execute("ALTER TABLE orders ADD COLUMN z int")  # every shard
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE customer_id = $1", b) == 1
+    finally:
+        await direct.close()
+        await conn.close()
 
 
 async def test_copy_to_stdout_gathers_every_shard(sharded: Setup) -> None:  # noqa: F811

@@ -705,6 +705,12 @@ class RequestLoop:
             # A Parse/Describe round trip before the Bind that places the statement
             # (asyncpg): the messages after this Flush are routed on their own.
             b.send(f.data)
+            if self._host.sharded():
+                # The Bind may go to another shard: end the implicit transaction the
+                # prepare opened here (its locks would block DDL until our next use).
+                assert self._batch_route is not None
+                b.send(messages.sync(), Marker.HIDDEN_SYNC)
+                self._servers.sent(b, self._batch_route)
             self.batch = None
             self._batch_route = None
             self._flush_ends_batch = False
