@@ -4,7 +4,10 @@ A multi-row INSERT is split by key: each shard gets its rows in its own
 transaction, all committed only when every shard succeeded, so a failure on one
 shard leaves no row anywhere; inside a client transaction the rows must all fall on
 the transaction's shard. ``COPY … FROM STDIN`` (text and CSV) is split the same way.
-Placement is checked with the SQL check on each shard.
+Placement is checked with the SQL check on each shard. A transaction's BEGIN, held
+back by the proxy, reaches the shard of its first one-shard statement intact (also
+after asyncpg's prepare round trip, with an isolation level); reads before it choose
+no shard.
 """
 
 from __future__ import annotations

@@ -628,8 +628,8 @@ class RequestLoop:
                 answered = self._deferred_begin(frames, classify(sql), sql)
                 if answered is not None:
                     return answered
-            if self.pending_failed:
-                return self._aborted(f)
+            if self.pending_failed and any(x.type in (P, B, E) for x in frames):
+                return self._aborted(f)  # a statement; a lone Sync or Close is answered
             where = self._placed(where, frames)
             if where.kind in _SEVERAL_PRIMARIES and logged:
                 where = dataclasses.replace(where, kind=Sharded.REFUSE, refusal=UNLOGGED_DDL)
