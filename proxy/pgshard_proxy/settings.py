@@ -80,7 +80,12 @@ class ProxySettings:
     zone: str | None = None
     """``proxy.zone``: the failure zone this proxy runs in. Reads prefer followers whose
     topology ``zone`` is this one (when they have the session's position), then any
-    follower, then the primary. ``None``: no preference."""
+    follower, then the primary. ``None``: no preference (on Kubernetes: the zone the
+    topology gives this proxy's ``node_name``, if any)."""
+    node_name: str | None = None
+    """``PGSHARD_PROXY_NODE_NAME``: the Kubernetes Node this proxy pod runs on (the
+    operator passes it from the downward API when ``spec.proxy.zone`` is unset). Without
+    a ``zone``, the proxy takes its node's from the cluster's ``status.nodeZones``."""
     pool_size: int = 100
     """Most connections the proxy opens to one member for one database."""
     connect_timeout: float = 5.0
@@ -184,7 +189,8 @@ def from_sources(
     for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
                 "tls_key", "tls_required", "consistency", "max_wait_ms", "pool_size",
                 "follower_read_timeout", "authentication_timeout", "workers", "metrics_port",
-                "users", "buffer_window_ms", "buffer_max_requests", "zone"):  # fmt: skip
+                "users", "buffer_window_ms", "buffer_max_requests", "zone",
+                "node_name"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env

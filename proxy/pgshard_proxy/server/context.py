@@ -108,6 +108,13 @@ class ServerContext:
     def bytes_moved(self) -> tuple[int, int]:
         return self.bytes_in, self.bytes_out
 
+    def zone(self) -> str | None:
+        """The zone whose followers new sessions prefer: ``proxy.zone``, else (Kubernetes)
+        the zone the topology gives this proxy's node (``status.nodeZones``)."""
+        if self.settings.zone is not None or self.settings.node_name is None:
+            return self.settings.zone
+        return topology.node_zone(self.topology, self.settings.node_name)
+
     async def topology_changed(self) -> None:
         """Wait until the next topology arrives."""
         await self._changed.wait()
@@ -147,6 +154,14 @@ class ServerContext:
         # answering (frozen, unreachable) would otherwise hold their requests forever.
         for session in list(self.sessions):
             session.topology_changed()
+        if self.settings.zone is None and self.settings.node_name is not None:
+            zone = topology.node_zone(topo, self.settings.node_name)
+            if old is None or zone != topology.node_zone(old, self.settings.node_name):
+                log.info(
+                    "this proxy's zone is now %s (its node %s in the topology's nodeZones)",
+                    zone or "none: reads prefer no zone",
+                    self.settings.node_name,
+                )
         if old is None or [s.epoch for s in old.shards] != [s.epoch for s in topo.shards]:
             shards = ", ".join(
                 f"shard {s.index} epoch {s.epoch} primary {s.primary.name if s.primary else '-'}"
