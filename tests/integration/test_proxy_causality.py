@@ -24,7 +24,7 @@ from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
 Setup = tuple[proxy_support.ProxyProc, pgserver.PgServer, pgserver.PgServer]
-ON_FOLLOWER = "select pg_last_wal_replay_lsn() is not null"
+ON_FOLLOWER = "pg_last_wal_replay_lsn() is not null"
 """True on a follower; not a server-local probe, so a ``session`` read may go there."""
 
 
@@ -92,7 +92,7 @@ def _reads_reach_the_follower(p: proxy_support.ProxyProc) -> None:
     deadline = time.monotonic() + 15
     while True:
         with psycopg.connect(p.dsn, autocommit=True) as c:
-            if c.execute(ON_FOLLOWER).fetchone() == (True,):
+            if c.execute(f"select {ON_FOLLOWER}").fetchone() == (True,):
                 return
         assert time.monotonic() < deadline, "new sessions' reads never reached the follower"
         time.sleep(0.1)
@@ -121,4 +121,3 @@ def test_a_new_session_sees_what_others_committed_before_it_connected(
     # Not by sending every read to the primary: once the follower has it, it serves it.
     with psycopg.connect(p.dsn, autocommit=True) as b:
         assert b.execute(f"select i, {ON_FOLLOWER} from {table}").fetchall() == [(1, True)]
-
