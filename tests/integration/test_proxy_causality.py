@@ -6,11 +6,13 @@ proxy in front, with one worker and with ``--workers 2`` (a client's two connect
 may land in different workers). Session A creates a table, inserts and commits; a new
 session B then reads it through the proxy: it must see the row, not "relation does not
 exist" from the follower. Once replay resumes, new sessions read from the follower again.
+The issue's own case too: ``pgbench -i`` then ``pgbench -S`` through the proxy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -121,3 +123,20 @@ def test_a_new_session_sees_what_others_committed_before_it_connected(
     # Not by sending every read to the primary: once the follower has it, it serves it.
     with psycopg.connect(p.dsn, autocommit=True) as b:
         assert b.execute(f"select i, {ON_FOLLOWER} from {table}").fetchall() == [(1, True)]
+
+
+def test_pgbench_select_only_right_after_init(cluster: Setup) -> None:
+    p, primary, follower = cluster
+    base = ["-h", p.host, "-p", str(p.port), "-U", p.user]
+    env = p.libpq_env()
+    _caught_up(primary, follower)
+    _reads_reach_the_follower(p)
+    with replay_paused(follower):
+        subprocess.run(["pgbench", "-i", "-s", "1", "-q", *base, "postgres"],
+                       check=True, capture_output=True, env=env, timeout=120)  # fmt: skip
+        run = subprocess.run(
+            ["pgbench", "-S", "-c", "2", "-t", "20", *base, "postgres"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "number of transactions actually processed: 40/40" in run.stdout
