@@ -169,6 +169,24 @@ async def test_a_failed_capture_sends_reads_to_the_primary(pg_module_server: PgS
         await monitor.close()
 
 
+async def test_a_floor_that_cannot_be_read_sends_the_first_read_to_the_primary(
+    pg_module_server: PgServer,
+) -> None:
+    """No floor, no follower: the primary has everything committed before the session."""
+    host = net.random_loopback()
+    ghost = Member("p", f"{host}:{net.free_port(host)}", f"postgresql://x@{host}:1/postgres")
+    shard = shard_of(pg_module_server, primary=ghost)
+    monitor = await started(shard)
+    s = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=100)
+    try:
+        assert s.route_now(READ, shard) is None
+        r = await s.route(READ, shard)
+        assert (r.role, r.reason) == (Role.PRIMARY, Reason.CAPTURE_FAILED)
+    finally:
+        await s.close()
+        await monitor.close()
+
+
 @pytest.fixture(scope="module")
 def lagging(pg_module_server: PgServer) -> Iterator[PgServer]:
     """A real streaming follower of the module's server that applies commits 1 s late."""
