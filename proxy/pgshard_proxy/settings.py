@@ -43,12 +43,21 @@ class User:
     scram: auth.ScramVerifier | None = None
     """A stored SCRAM verifier, when no plain password is configured."""
 
-    def verifier(self) -> auth.ScramVerifier | None:
+    def verifier(self, salt: bytes) -> auth.ScramVerifier | None:
+        """The stored verifier, or one derived from the plain password with ``salt``."""
         if self.scram is not None:
             return self.scram
         if self.password is not None:
-            return auth.ScramVerifier.from_password(self.password)
+            return auth.ScramVerifier.from_password(self.password, salt=salt)
         return None
+
+    def secret(self) -> bytes:
+        """What only whoever configured this user knows (``auth.salt_key``)."""
+        if self.password is not None:
+            return f"{self.name}:{self.password}".encode()
+        if self.scram is not None:
+            return self.name.encode() + b":" + self.scram.stored_key + self.scram.server_key
+        return self.name.encode()
 
 
 MAX_WORKERS = 64
