@@ -9,7 +9,11 @@ pgbench straight at the server, through ``pgshard-proxy`` (one process, and
 and routed) and through PgBouncer in transaction pooling; the load average is
 printed before and after (other work on the machine skews the numbers). With
 ``--follower`` the shard also gets a streaming follower, so the proxy's reads
-really go to it. Prints numbers; asserts nothing.
+really go to it. With ``--connect`` every transaction opens a new connection
+(``pgbench -C``): the cost of a session's start, including the floor a new session's
+first read needs in ``session`` mode (a primary position, see README "Cross-session
+causality"). ``--workloads`` picks among ``-S`` and ``tpcb``.
+Prints numbers; asserts nothing.
 Everything it starts is stopped by pid.
 """
 
@@ -49,7 +53,8 @@ def pgbench(host: str, port: int, args: list[str], env: dict[str, str]) -> Resul
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"pgbench {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    # -C: "(including reconnection times)"; otherwise "(without initial connection time)"
+    tps = re.search(r"tps = ([\d.]+) \((?:without|including)", out.stdout)
     lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
     if not tps or not lat:
         raise RuntimeError(f"cannot read pgbench output:\n{out.stdout}")
@@ -101,12 +106,19 @@ def main() -> int:
     )
     ap.add_argument("--follower", action="store_true", help="give the shard a follower")
     ap.add_argument(
+        "--connect", action="store_true", help="a new connection per transaction (pgbench -C)"
+    )
+    ap.add_argument("--workloads", default="-S,tpcb", help="comma-separated: -S, tpcb")
+    ap.add_argument(
         "--profile",
         type=Path,
         help="record the proxy with py-spy during its -S runs; write the raw profile here",
     )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    workloads = [(w, ["-S"] if w == "-S" else []) for w in args.workloads.split(",")]
+    if any(w not in ("-S", "tpcb") for w, _ in workloads):
+        ap.error(f"--workloads: expected -S and/or tpcb, got {args.workloads!r}")
     with tempfile.TemporaryDirectory(prefix="pgshard-bench-") as d:
         base = Path(d)
         base.chmod(0o755)
@@ -146,17 +158,19 @@ def main() -> int:
             }
             print("load:", os.getloadavg())
             print(f"pgbench -M {args.protocol}, scale {args.scale}, {args.seconds}s per run, "
-                  f"{'primary + follower' if args.follower else 'primary only'}; "
+                  f"{'primary + follower' if args.follower else 'primary only'}"
+                  f"{', a connection per transaction' if args.connect else ''}; "
                   f"proxy pid {proxy.proc.pid}")  # fmt: skip
             print(f"{'workload':<10} {'clients':>7} {'target':<16} {'TPS':>10} "
                   f"{'lat ms':>8} {'vs bouncer':>10} {'vs direct':>9}")  # fmt: skip
             try:
-                for workload, extra in (("-S", ["-S"]), ("tpcb", [])):
+                for workload, extra in workloads:
                     for n in clients:
                         results = {}
                         for name, (host, port) in targets.items():
                             run = [*extra, "-M", args.protocol, "-c", str(n),
-                                   "-j", str(min(n, 2)), "-T", str(args.seconds)]  # fmt: skip
+                                   "-j", str(min(n, 2)), "-T", str(args.seconds),
+                                   *(["-C"] if args.connect else [])]  # fmt: skip
                             spy = None
                             if args.profile and name == "pgshard-proxy" and workload == "-S":
                                 spy = subprocess.Popen(

@@ -54,6 +54,10 @@ class Live(Protocol):
         """Bytes received from clients, bytes sent to them."""
         ...
 
+    def zone(self) -> str | None:
+        """The zone whose followers this proxy prefers now (None: none)."""
+        ...
+
 
 class Held(Protocol):
     """The switchover buffer's counts (``server.switch_buffer.Counts``)."""
@@ -160,6 +164,15 @@ class ProxyMetrics:
             moved.add_metric(["in"], received)
             moved.add_metric(["out"], sent)
             yield moved
+            zone = GaugeMetricFamily(
+                "pgshard_proxy_zone",
+                "1, labelled with the zone whose followers this proxy prefers for reads "
+                "(proxy.zone, or on Kubernetes its node's); absent when it has none.",
+                labels=["zone"],
+            )
+            if (own := self._live.zone()) is not None:
+                zone.add_metric([own], 1)
+            yield zone
         if self._held is not None:
             held = CounterMetricFamily(
                 "pgshard_proxy_switchover_requests",

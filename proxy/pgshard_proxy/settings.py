@@ -43,12 +43,21 @@ class User:
     scram: auth.ScramVerifier | None = None
     """A stored SCRAM verifier, when no plain password is configured."""
 
-    def verifier(self) -> auth.ScramVerifier | None:
+    def verifier(self, salt: bytes) -> auth.ScramVerifier | None:
+        """The stored verifier, or one derived from the plain password with ``salt``."""
         if self.scram is not None:
             return self.scram
         if self.password is not None:
-            return auth.ScramVerifier.from_password(self.password)
+            return auth.ScramVerifier.from_password(self.password, salt=salt)
         return None
+
+    def secret(self) -> bytes:
+        """What only whoever configured this user knows (``auth.salt_key``)."""
+        if self.password is not None:
+            return f"{self.name}:{self.password}".encode()
+        if self.scram is not None:
+            return self.name.encode() + b":" + self.scram.stored_key + self.scram.server_key
+        return self.name.encode()
 
 
 MAX_WORKERS = 64
@@ -80,7 +89,12 @@ class ProxySettings:
     zone: str | None = None
     """``proxy.zone``: the failure zone this proxy runs in. Reads prefer followers whose
     topology ``zone`` is this one (when they have the session's position), then any
-    follower, then the primary. ``None``: no preference."""
+    follower, then the primary. ``None``: no preference (on Kubernetes: the zone the
+    topology gives this proxy's ``node_name``, if any)."""
+    node_name: str | None = None
+    """``PGSHARD_PROXY_NODE_NAME``: the Kubernetes Node this proxy pod runs on (the
+    operator passes it from the downward API when ``spec.proxy.zone`` is unset). Without
+    a ``zone``, the proxy takes its node's from the cluster's ``status.nodeZones``."""
     pool_size: int = 100
     """Most connections the proxy opens to one member for one database."""
     connect_timeout: float = 5.0
@@ -184,7 +198,8 @@ def from_sources(
     for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
                 "tls_key", "tls_required", "consistency", "max_wait_ms", "pool_size",
                 "follower_read_timeout", "authentication_timeout", "workers", "metrics_port",
-                "users", "buffer_window_ms", "buffer_max_requests", "zone"):  # fmt: skip
+                "users", "buffer_window_ms", "buffer_max_requests", "zone",
+                "node_name"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env

@@ -156,6 +156,23 @@ async def test_primary_position_starts_after_the_call_and_batches(
         assert conns[0].queries == 2
 
 
+async def test_a_reading_started_after_a_ticket_answers_for_it(
+    pg_module_server: PgServer, writer: asyncpg.Connection
+) -> None:
+    """``since=``: a reading whose query started after the ticket bounds every commit made
+    before the ticket, so it answers at once; a ticket taken after it needs a new one."""
+    async with watching(topology_of(pg_module_server)) as monitor:
+        await writer.execute("INSERT INTO t (v) VALUES ('before the ticket')")
+        committed = positions.parse_lsn(await writer.fetchval("SELECT pg_current_wal_lsn()::text"))
+        ticket = monitor.ticket()
+        reading = await monitor.primary_position(0)  # started after the ticket
+        assert reading >= committed
+        await writer.execute("INSERT INTO t (v) VALUES ('after the reading')")
+        assert await monitor.primary_position(0, since=ticket) == reading  # no new query
+        later = monitor.ticket()
+        assert await monitor.primary_position(0, since=later) > reading  # a new query
+
+
 async def test_reconnects_after_its_connections_are_killed(
     pg_module_server: PgServer, writer: asyncpg.Connection
 ) -> None:

@@ -18,6 +18,7 @@ import pytest
 from pgshard_proxy.consistency.monitor import MonitorSettings, PositionMonitor
 from pgshard_proxy.consistency.session import SessionConsistency
 from pgshard_proxy.consistency.tracker import Mode
+from pgshard_proxy.contract import positions
 from pgshard_proxy.contract.topology import Member, Shard, Topology
 from pgshard_proxy.routing.classify import classify
 from pgshard_proxy.routing.router import Reason, Role, Track
@@ -59,8 +60,9 @@ async def test_reads_after_a_write_wait_for_the_capture(shard: Shard) -> None:
     monitor = await started(shard)
     s = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=2000)
     try:
-        first = s.route_now(READ, shard)
-        assert first is not None and first.role is Role.FOLLOWER
+        assert s.route_now(READ, shard) is None  # the first read awaits the floor
+        first = await s.route(READ, shard)
+        assert first.role is Role.FOLLOWER
         s.after_ready(first, 0, idle=True)
         assert s.tokens.sticky_follower(0) == "f"
 
@@ -75,6 +77,38 @@ async def test_reads_after_a_write_wait_for_the_capture(shard: Shard) -> None:
         assert s.tokens.sticky_follower(0) is None  # the capture bounds the earlier read
     finally:
         await s.close()
+        await monitor.close()
+
+
+async def test_a_new_sessions_first_read_starts_at_the_primarys_position(
+    shard: Shard, pg_module_server: PgServer
+) -> None:
+    """Cross-session causality: what anyone committed before the session started is at or
+    below the position its first read needs; eventual sessions take no floor."""
+    monitor = await started(shard)
+    other = await asyncpg.connect(pg_module_server.dsn)
+    try:
+        await other.execute(
+            "CREATE TABLE IF NOT EXISTS floor_t (i int); INSERT INTO floor_t VALUES (1)"
+        )
+        committed = await other.fetchval("SELECT pg_current_wal_lsn()::text")
+        s = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=2000)
+        eventual = SessionConsistency(monitor, mode=Mode.EVENTUAL, max_wait_ms=0)
+        try:
+            assert s.route_now(READ, shard) is None
+            r = await s.route(READ, shard)
+            assert r.role is Role.FOLLOWER and r.min_position is not None
+            assert r.min_position >= positions.parse_lsn(committed)
+            s.after_ready(r, 0, idle=True)
+            again = s.route_now(READ, shard)  # the floor is taken once
+            assert again is not None and again.role is Role.FOLLOWER
+            e = eventual.route_now(READ, shard)
+            assert e is not None and e.role is Role.FOLLOWER and eventual.tokens.required(0) is None
+        finally:
+            await s.close()
+            await eventual.close()
+    finally:
+        await other.close()
         await monitor.close()
 
 
@@ -128,6 +162,24 @@ async def test_a_failed_capture_sends_reads_to_the_primary(pg_module_server: PgS
         w = s.route_now(WRITE, shard)
         assert w is not None
         s.after_ready(w, 0, idle=True)
+        r = await s.route(READ, shard)
+        assert (r.role, r.reason) == (Role.PRIMARY, Reason.CAPTURE_FAILED)
+    finally:
+        await s.close()
+        await monitor.close()
+
+
+async def test_a_floor_that_cannot_be_read_sends_the_first_read_to_the_primary(
+    pg_module_server: PgServer,
+) -> None:
+    """No floor, no follower: the primary has everything committed before the session."""
+    host = net.random_loopback()
+    ghost = Member("p", f"{host}:{net.free_port(host)}", f"postgresql://x@{host}:1/postgres")
+    shard = shard_of(pg_module_server, primary=ghost)
+    monitor = await started(shard)
+    s = SessionConsistency(monitor, mode=Mode.SESSION, max_wait_ms=100)
+    try:
+        assert s.route_now(READ, shard) is None
         r = await s.route(READ, shard)
         assert (r.role, r.reason) == (Role.PRIMARY, Reason.CAPTURE_FAILED)
     finally:

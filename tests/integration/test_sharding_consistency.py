@@ -10,9 +10,12 @@ scatter saw (monotonic reads), and a session's scatter sees its own writes.
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from pgshard_proxy.contract import placement, topology
 from tests.integration.test_consistency import wait_for_table
@@ -28,19 +31,69 @@ def _key_on(shards: tuple[topology.Shard, ...], shard: int, start: int) -> int:
     )
 
 
-def test_scatter_reads_are_monotonic_and_see_the_sessions_writes(pg_tmp: Path) -> None:
-    with localcluster.running(
-        pg_tmp, "--distributed-table=t:k", "--follower-delay-ms=1500", shards=2, replicas=1
-    ) as c:
-        status = c.status()
-        asyncio.run(_scenario(status["proxy"]["dsn"], topology.from_dict(status), c))
+Cluster = tuple[str, topology.Topology, localcluster.LocalCluster]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
+        base = Path(d)
+        base.chmod(0o755)
+        with localcluster.running(
+            base, "--distributed-table=t:k", "--follower-delay-ms=1500", shards=2, replicas=1
+        ) as c:
+            status = c.status()
+            yield status["proxy"]["dsn"], topology.from_dict(status), c
+
+
+def test_scatter_reads_are_monotonic_and_see_the_sessions_writes(cluster: Cluster) -> None:
+    asyncio.run(_scenario(*cluster))
+
+
+def test_new_sessions_see_on_every_shard_what_was_committed_before_they_connected(
+    cluster: Cluster,
+) -> None:
+    """Cross-session causality, per shard: rows committed on both shards by one session
+    are seen by new sessions' keyed reads of each shard and by a new session's scatter
+    read, although both followers apply them 1.5 s late."""
+    asyncio.run(_causal_scenario(*cluster))
+
+
+async def _causal_scenario(dsn: str, topo: topology.Topology, c: localcluster.LocalCluster) -> None:
+    writer = await asyncpg.connect(dsn)
+    try:
+        await writer.execute("CREATE TABLE IF NOT EXISTS t (k bigint NOT NULL, v int)")
+        for i in range(2):
+            for f in c.shard(i)["followers"]:
+                await wait_for_table(f["dsn"], "t", 0)
+        keys = [_key_on(topo.shards, shard, 50_000 + 1000 * shard) for shard in range(2)]
+        for key in keys:
+            await writer.execute("INSERT INTO t (k, v) VALUES ($1, 0)", key)
+    finally:
+        await writer.close()
+    missing = []
+    for key in keys:
+        reader = await asyncpg.connect(dsn)
+        try:
+            if await reader.fetchval("SELECT count(*) FROM t WHERE k = $1", key) != 1:
+                missing.append(f"a new session's keyed read did not see key {key}")
+        finally:
+            await reader.close()
+    reader = await asyncpg.connect(dsn)
+    try:
+        seen = {r["k"] for r in await reader.fetch("SELECT k FROM t")}
+        if not set(keys) <= seen:
+            missing.append(f"a new session's scatter read saw {sorted(seen)}, not all of {keys}")
+    finally:
+        await reader.close()
+    assert not missing, missing
 
 
 async def _scenario(dsn: str, topo: topology.Topology, c: localcluster.LocalCluster) -> None:
     writer = await asyncpg.connect(dsn)
     reader = await asyncpg.connect(dsn)
     try:
-        await writer.execute("CREATE TABLE t (k bigint NOT NULL, v int)")
+        await writer.execute("CREATE TABLE IF NOT EXISTS t (k bigint NOT NULL, v int)")
         for i in range(2):
             for f in c.shard(i)["followers"]:
                 await wait_for_table(f["dsn"], "t", 0)

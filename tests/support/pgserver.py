@@ -48,6 +48,9 @@ class PgServer:
                 "fsync=off",
                 "-c",
                 "full_page_writes=off",
+                # Two-phase commit works (a follower needs at least its primary's value).
+                "-c",
+                "max_prepared_transactions=10",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -11,7 +11,7 @@ from pgshard_proxy.protocol import auth
 from pgshard_proxy.protocol.sqlstate import SqlState
 
 
-def _login(verifier: auth.ScramVerifier | None, password: str, scram_user: str = "x") -> bytes:
+def _login(verifier: auth.ScramVerifier, password: str, scram_user: str = "x") -> bytes:
     client = scramp.ScramClient(["SCRAM-SHA-256"], scram_user, password)
     server = auth.ScramServerExchange("alice", verifier)
     server_first = server.first(client.get_client_first().encode())
@@ -42,7 +42,7 @@ def test_scram_refuses_a_wrong_password_with_28p01() -> None:
 
 def test_unknown_user_goes_through_a_mock_exchange_and_fails() -> None:
     with pytest.raises(auth.AuthFailed) as e:
-        _login(None, "anything")
+        _login(auth.ScramVerifier.mock(auth.derived_salt(b"key", "mallory")), "anything")
     assert e.value.sqlstate is SqlState.INVALID_PASSWORD
 
 

@@ -165,3 +165,24 @@ def test_monitoring_objects_are_off_by_default_and_render_when_on(helm: str) -> 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _node_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        rule
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role")
+        for rule in d["rules"]
+        if "nodes" in rule["resources"]
+    ]
+
+
+def test_node_zones_need_only_get_on_nodes_bound_cluster_wide(helm: str) -> None:
+    # Nodes are cluster-scoped: a RoleBinding (watchNamespaces) would not grant them, so
+    # the rule lives in the ClusterRole that a ClusterRoleBinding always binds.
+    docs = _render(helm, "watchNamespaces={a}")
+    assert _node_rules(docs) == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    (holder,) = [d for d in docs if d["kind"] == "ClusterRole" and _node_rules([d])]
+    bound = [b["roleRef"]["name"] for b in docs if b["kind"] == "ClusterRoleBinding"]
+    assert holder["metadata"]["name"] in bound
+    assert _node_rules(_render(helm, "readNodeZones=false")) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pgshard_operator.instance.credentials import Credentials
 from pgshard_operator.platform import base
 from pgshard_operator.platform import kubernetes as kp
@@ -252,3 +254,30 @@ def test_a_re_created_pod_is_not_probed_until_its_agent_answers() -> None:
     # Unknown (its agent does not answer, same pod): probed.
     same = kp.members("c", "ns", 0, pods[:1], record, CREDS, {"c-shard-0-0": "u2"})
     assert same[0].unprobed is None
+
+
+def test_a_member_s_zone_is_its_node_s_and_reads_back_from_the_status() -> None:
+    scheduled = {"metadata": {"name": "c-shard-1-0"}, "spec": {"nodeName": "n1"},
+                 "status": {"podIP": "10.0.0.1"}}  # fmt: skip
+    pending = {"metadata": {"name": "c-shard-1-1"}, "spec": {}, "status": {}}
+    pods = [
+        kp.pod_state("c-shard-1-0", scheduled, None),
+        kp.pod_state("c-shard-1-1", pending, None),
+    ]
+    assert [p.node for p in pods] == ["n1", None]
+    pods[0] = dataclasses.replace(pods[0], zone="eu-1a")  # what the platform's lookup adds
+    record = topology.Shard(index=1, epoch=1, primary=None, hash_range=RANGE)
+    infos = kp.members("c", "ns", 1, pods, record, CREDS)
+    assert [m.zone for m in infos] == ["eu-1a", None]
+    shard = dataclasses.replace(
+        _manager_record(),
+        followers=(dataclasses.replace(_manager_record().followers[0], zone="eu-1a"),),
+    )
+    entry = kp.status_entry(shard, "wal")
+    assert entry["followers"][0]["zone"] == "eu-1a"
+    assert "zone" not in entry["primary"]  # unknown: no field, not null
+    back = kp.stored_record(entry, 1, 2, "wal", CREDS, None, "unused:0")
+    assert back.followers[0].zone == "eu-1a" and back.primary is not None
+    assert back.primary.zone is None
+    # ... and what the proxy reads carries it.
+    assert topology.from_dict({"shards": [entry]}).shards[0].followers[0].zone == "eu-1a"

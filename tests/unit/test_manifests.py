@@ -196,6 +196,26 @@ def test_proxy_service_and_deployment() -> None:
     assert dep["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "proxy"
 
 
+def test_proxy_zone_is_the_spec_s_or_found_from_the_pod_s_node() -> None:
+    # No proxy.zone: the pod's node name, whose zone the proxy finds in status.nodeZones
+    # (the proxy needs no access to Nodes; its Role stays as it was, see test_pdb_and_rbac).
+    (container,) = build()[("Deployment", "demo-proxy")]["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert env["PGSHARD_PROXY_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "PGSHARD_PROXY_ZONE" not in env
+    objs = build({"proxy": {"zone": "eu-west-1b"}})
+    (container,) = objs[("Deployment", "demo-proxy")]["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert env["PGSHARD_PROXY_ZONE"] == "eu-west-1b"
+    assert "PGSHARD_PROXY_NODE_NAME" not in env
+
+
+@pytest.mark.parametrize("zone", ["", "-a", "a b", "x" * 64, 3])
+def test_a_proxy_zone_must_be_a_label_value(zone: object) -> None:
+    with pytest.raises(specs.SpecInvalid, match="zone"):
+        specs.parse_spec({"proxy": {"zone": zone}})
+
+
 def test_app_secret_uri_points_at_the_proxy_service() -> None:
     data = build()[("Secret", "demo-app")]["stringData"]
     assert (data["username"], data["password"]) == ("app", "p@ss/w:rd")

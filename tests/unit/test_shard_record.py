@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from pgshard_operator.shard import record, state
+from pgshard_proxy.contract import topology
 from tests.unit.shard_fixtures import by_name, down, follower_obs, primary_obs, snapshot
 
 
@@ -81,3 +82,23 @@ def test_last_failover_round_trips_through_the_record() -> None:
     d = last.to_dict()
     assert d["forkLsn"] == "0/3000000" and d["discardedBytes"] == 8192 and d["rejoin"] == "rewind"
     assert state.LastFailover.from_dict(d) == last
+
+
+def test_members_zones_are_published_and_a_new_zone_is_a_structure_change() -> None:
+    snap = snapshot()
+    zoned = dataclasses.replace(
+        snap,
+        members=tuple(dataclasses.replace(m, zone=f"z-{m.name}") for m in snap.members),
+    )
+    obs = by_name(primary_obs(lsn=10), follower_obs("a", 10), follower_obs("b", 10))
+
+    def build(s: state.ShardSnapshot) -> topology.Shard:
+        return record.shard_record(
+            s, obs, primary="p", epoch=1, last_failover=None, sync_standbys=None
+        )
+
+    shard = build(zoned)
+    assert shard.primary is not None and shard.primary.zone == "z-p"
+    assert {f.name: f.zone for f in shard.followers} == {"a": "z-a", "b": "z-b"}
+    # A member that learns its zone (pod scheduled, label read) is published at once.
+    assert not record.same_structure(build(snap), shard)

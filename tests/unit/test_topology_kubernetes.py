@@ -66,3 +66,14 @@ def test_the_proxy_follows_a_cluster_when_told_to() -> None:
     assert source.credentials.password == "s3cret"
     with pytest.raises(settings.SettingsError, match="NAMESPACE/NAME"):
         settings.from_sources(None, {**env, "PGSHARD_PROXY_TOPOLOGY_CLUSTER": "demo"}, {})
+
+
+def test_the_proxies_node_zones_reach_the_topology() -> None:
+    status = {**STATUS, "nodeZones": {"n1": "eu-1a", "n2": 7}}  # a bad entry costs only n2
+    topo = kube_source.from_status(status, CREDS)
+    assert topology.node_zone(topo, "n1") == "eu-1a"
+    assert topology.node_zone(topo, "n2") is None
+    assert topology.node_zone(None, "n1") is None
+    assert topology.to_dict(topo)["nodeZones"] == {"n1": "eu-1a"}
+    assert topology.from_dict(topology.to_dict(topo)) == topo
+    assert "nodeZones" not in topology.to_dict(kube_source.from_status(STATUS, CREDS))

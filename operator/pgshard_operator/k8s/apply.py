@@ -47,6 +47,7 @@ RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("v1", "configmaps"),
     "Service": Resource("v1", "services"),
     "Pod": Resource("v1", "pods"),
+    "Node": Resource("v1", "nodes", namespaced=False),
     "Event": Resource("v1", "events"),
     "StatefulSet": Resource("apps/v1", "statefulsets"),
     "Deployment": Resource("apps/v1", "deployments"),

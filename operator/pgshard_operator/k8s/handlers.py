@@ -22,7 +22,7 @@ import aiohttp
 import kopf
 
 from .. import naming
-from . import apply, managers, metrics, reconcile
+from . import apply, managers, metrics, reconcile, zones
 from . import settings as operator_settings
 from . import status as st
 
@@ -69,6 +69,7 @@ def build_registry(
     managers are entered in ``fleet`` (the metrics endpoint's view)."""
     registry = kopf.OperatorRegistry()
     resource = (naming.GROUP, naming.VERSION, naming.PLURAL)
+    node_zones = zones.NodeZones(api)  # one cache of Node zones for every cluster
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -91,7 +92,7 @@ def build_registry(
         registry=registry,
     )
     async def refresh_cluster(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        outcome = await guard(reconcile.refresh(api, settings, body, clock()))
+        outcome = await guard(reconcile.refresh(api, settings, body, clock(), node_zones))
         _publish(body, patch, outcome)
 
     @kopf.timer(
@@ -117,7 +118,7 @@ def build_registry(
             return None if value is None else str(value)
 
         await managers.run(
-            api, reconcile.cluster_ref(body), lambda: bool(stopped), requested, fleet
+            api, reconcile.cluster_ref(body), lambda: bool(stopped), requested, fleet, node_zones
         )
 
     return registry

@@ -51,7 +51,7 @@ from ..model import spec as specs
 from ..platform import base
 from ..platform import kubernetes as kube_platform
 from ..shard import manager, policy, switchover
-from . import manifests
+from . import manifests, zones
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
 
@@ -148,6 +148,7 @@ async def run(
     stopping: Callable[[], bool],
     requested: Callable[[], str | None] = lambda: None,
     fleet: dict[str, dict[int, manager.ShardManager]] | None = None,
+    node_zones: zones.NodeZones | None = None,
 ) -> None:
     """Keep one manager per shard until ``stopping()`` (or cancellation); ``fleet``
     (the operator's metrics) holds the running managers under ``NAMESPACE/NAME``.
@@ -160,7 +161,7 @@ async def run(
         try:
             while not stopping():
                 try:
-                    await _converge(api, ref, http, running)
+                    await _converge(api, ref, http, running, node_zones)
                 except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as e:
                     log.warning("%s: cannot check the shard managers now: %s", ref.name, e)
                 if fleet is not None:
@@ -349,7 +350,11 @@ async def _switchover(entry: _Running, request: SwitchoverRequest, planned: bool
 
 
 async def _converge(
-    api: Api, ref: ClusterRef, http: aiohttp.ClientSession, running: dict[int, _Running]
+    api: Api,
+    ref: ClusterRef,
+    http: aiohttp.ClientSession,
+    running: dict[int, _Running],
+    node_zones: zones.NodeZones | None = None,
 ) -> None:
     body = await api.get(naming.KIND, ref.namespace, ref.name)
     if body is None:
@@ -376,6 +381,7 @@ async def _converge(
             found[0],
             spec.policy.failover.lease_ttl_seconds,
             token=found[1],
+            node_zones=node_zones,
         )
         shard_manager = manager.ShardManager(
             platform,

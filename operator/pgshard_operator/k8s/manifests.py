@@ -21,7 +21,9 @@ What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``
   (``<namespace>/<name>``: follow the cluster's status), ``PGSHARD_PROXY_USERS``
   (the app user), ``PGSHARD_PROXY_CONSISTENCY``, ``PGSHARD_PROXY_METRICS_PORT`` (9187,
   container port ``metrics``), ``PGSHARD_PROXY_MAX_WAIT_MS`` and
-  ``PGSHARD_PROXY_WORKERS`` (``proxy.workers``; when set); ``PGSHARD_SHARDING``
+  ``PGSHARD_PROXY_WORKERS`` (``proxy.workers``; when set); ``PGSHARD_PROXY_ZONE``
+  (``proxy.zone``) when set, else ``PGSHARD_PROXY_NODE_NAME`` (the pod's node: the
+  proxy takes that node's zone from ``status.nodeZones``); ``PGSHARD_SHARDING``
   (JSON: ``{"tables": [{"name", "key"}]}``) and the app credentials as above.
 """
 
@@ -377,6 +379,10 @@ def proxy_deployment(
     ):
         if value is not None:
             env.append({"name": name, "value": str(value)})
+    if spec.proxy.zone is not None:
+        env.append({"name": "PGSHARD_PROXY_ZONE", "value": spec.proxy.zone})
+    else:
+        env.append(_field_env("PGSHARD_PROXY_NODE_NAME", "spec.nodeName"))
     env += _plain_env(list(settings.pod_env))
     container: dict[str, Any] = {
         "name": "proxy",

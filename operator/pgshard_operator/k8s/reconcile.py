@@ -11,7 +11,9 @@ object's body in and post the returned Events and status patch. Two entry points
   Deployment; take the next safe roll-out step per shard (``rollout.py``): restart a
   pod, or name in ``status.plannedSwitchovers`` the follower a shard's primary role
   must move to first (the shard manager carries it out, ``managers.py``); return
-  the status (phase, ready column, conditions, per-shard members).
+  the status (phase, ready column, conditions, per-shard members, and
+  ``nodeZones``: the zone of each node a proxy pod runs on, where a proxy without a
+  configured zone finds its own, ``zones.py``).
 
 Both raise :class:`~.apply.ApiError` for API failures; the handlers turn 5xx and
 connection errors into retries and 4xx into conditions.
@@ -26,7 +28,7 @@ from typing import Any
 
 from .. import control_token, naming
 from ..model import spec as specs
-from . import manifests, roles, rollout
+from . import manifests, roles, rollout, zones
 from . import settings as operator_settings
 from . import status as st
 from .apply import Api, ApiError, secret_data
@@ -125,6 +127,25 @@ async def _instance_pods(api: Api, ref: ClusterRef) -> list[dict[str, Any]]:
     return await api.list("Pod", ref.namespace, naming.label_selector(selector))
 
 
+def _replacing(old: object, new: dict[str, str] | None) -> dict[str, str | None] | None:
+    """A merge patch that turns the map ``old`` into ``new`` (nulls remove keys)."""
+    if new is None:
+        return None
+    gone = [k for k in old if k not in new] if isinstance(old, Mapping) else []
+    return {**dict.fromkeys(gone), **new}
+
+
+async def _proxy_node_zones(
+    api: Api, ref: ClusterRef, node_zones: zones.NodeZones | None
+) -> dict[str, str] | None:
+    """``{node: zone}`` for the nodes the cluster's proxy pods run on (None: none known)."""
+    if node_zones is None:
+        return None
+    selector = naming.component_selector(ref.name, naming.Component.PROXY)
+    pods = await api.list("Pod", ref.namespace, naming.label_selector(selector))
+    return await node_zones.zones(zones.node_of(p) for p in pods) or None
+
+
 async def reconcile(
     api: Api,
     settings: operator_settings.OperatorSettings,
@@ -193,8 +214,10 @@ async def refresh(
     settings: operator_settings.OperatorSettings,
     body: Mapping[str, Any],
     now: datetime.datetime,
+    node_zones: zones.NodeZones | None = None,
 ) -> Outcome:
-    """Status from the pods, and at most one roll-out step per shard."""
+    """Status from the pods, and at most one roll-out step per shard. ``node_zones``:
+    where the proxy pods' zones come from (None: ``nodeZones`` is left out)."""
     ref = cluster_ref(body)
     checked = check_spec(body.get("spec"), ref.name)
     if isinstance(checked, st.Condition):
@@ -286,6 +309,11 @@ async def refresh(
             # Per shard, the follower the shard manager should switch over to (see
             # managers.py): the roll-out's or a scale-down's planned switchover.
             "plannedSwitchovers": switchovers or None,
+            # The zone of each node running a proxy pod: a proxy without spec.proxy.zone
+            # takes its own from here (its node's name comes from the downward API).
+            "nodeZones": _replacing(
+                status.get("nodeZones"), await _proxy_node_zones(api, ref, node_zones)
+            ),
             "conditions": st.merge_conditions(
                 status.get("conditions") or (),
                 [ready_cond, st.primaries_condition(status.get("managers") or {})],

@@ -75,6 +75,8 @@ def parameter_problem(name: str, value: str) -> str | None:
 _QUANTITY = re.compile(
     r"^[+-]?(\d+(\.\d*)?|\.\d+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(\d+(\.\d*)?|\.\d+)))?$"
 )
+_ZONE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+"""A zone is a label value (``topology.kubernetes.io/zone``)."""
 _SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 
 
@@ -156,6 +158,9 @@ class ProxySpec:
     off); None: the proxy's default (5000)."""
     buffer_max_requests: int | None = None
     """``bufferMaxRequests``: most requests held per shard; None: the proxy's (1000)."""
+    zone: str | None = None
+    """``zone``: the proxies' zone (their reads prefer followers in it). None: each proxy
+    pod takes its node's ``topology.kubernetes.io/zone`` (from ``status.nodeZones``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +268,14 @@ class _Reader:
 
 def _kind(value: object) -> str:
     return type(value).__name__
+
+
+def _zone(r: _Reader) -> str | None:
+    zone = r.string("zone")
+    if zone is not None and not _ZONE.match(zone):
+        r.bad("zone", f"{zone!r} is not a zone name: 1-63 letters, digits, '-', '_' or '.'")
+        return None
+    return zone
 
 
 def _resources(r: _Reader) -> Resources:
@@ -375,6 +388,7 @@ def parse_spec(raw: object) -> ClusterSpec:
             workers=proxy.optional_integer("workers", 1, 64),
             buffer_window_ms=proxy.optional_integer("bufferWindowMs", 0, 600000),
             buffer_max_requests=proxy.optional_integer("bufferMaxRequests", 1, 1000000),
+            zone=_zone(proxy),
         ),
     )
     if problems:

@@ -51,7 +51,7 @@ from pgshard_proxy.contract import positions, topology
 
 from .. import naming
 from ..instance.credentials import Credentials
-from ..k8s import apply, lease
+from ..k8s import apply, lease, zones
 from ..k8s.instance import member_pod_name
 from ..shard import state
 from . import base
@@ -93,6 +93,10 @@ class PodState:
     ip: str | None = None
     agent: Mapping[str, Any] | None = None
     """The agent's ``/status`` document; None when it did not answer."""
+    node: str | None = None
+    """The Node it is bound to (None: not scheduled yet)."""
+    zone: str | None = None
+    """That Node's ``topology.kubernetes.io/zone`` (filled in by the platform)."""
 
 
 def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] | None) -> PodState:
@@ -106,6 +110,7 @@ def pod_state(pod: str, obj: Mapping[str, Any] | None, agent: Mapping[str, Any] 
         terminating=meta.get("deletionTimestamp") is not None,
         ip=(obj.get("status") or {}).get("podIP"),
         agent=agent,
+        node=zones.node_of(obj),
     )
 
 
@@ -170,6 +175,7 @@ def members(
                 unprobed="its pod was re-created and the new pod's agent does not answer yet"
                 if recreated
                 else None,
+                zone=p.zone,
             )
         )
     return tuple(out)
@@ -239,6 +245,8 @@ def record_version(shard: topology.Shard) -> str:
 
 def _published_member(m: topology.Member, method: str, follower: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": member_pod_name(m.name), "address": m.address}
+    if m.zone is not None:
+        out["zone"] = m.zone
     if m.position is not None:
         out["position"] = positions.format_lsn(m.position) if method == "wal" else int(m.position)
     if follower:
@@ -337,8 +345,11 @@ class KubernetesPlatform:
         creds: Credentials,
         lease_ttl: float,
         token: str,
+        node_zones: zones.NodeZones | None = None,
     ) -> None:
         self.api = api
+        self.node_zones = node_zones
+        """Where members' zones come from (None: members carry no zone)."""
         self.agents = AgentClient(http, token)
         self.ref = ref
         self.creds = creds
@@ -409,7 +420,10 @@ class KubernetesPlatform:
                 for n in names
             )
         )
-        return [pod_state(n, objs.get(n), a) for n, a in zip(names, agents, strict=True)]
+        pods = [pod_state(n, objs.get(n), a) for n, a in zip(names, agents, strict=True)]
+        if self.node_zones is None:
+            return pods
+        return [dataclasses.replace(p, zone=await self.node_zones.zone(p.node)) for p in pods]
 
     async def read_snapshot(self) -> state.ShardSnapshot:
         try:

@@ -124,6 +124,7 @@ class LocalPlatform:
                     process=self._process(spec.name, doc),
                     bootstrapping=doc is not None
                     and doc.get("role") in ("bootstrapping", "rejoining"),
+                    zone=spec.zone,
                 )
             )
         held = self.leases.read()

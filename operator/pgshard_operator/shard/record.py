@@ -61,7 +61,7 @@ def shard_record(
         obs = observations.get(m.name)
         if m.name == primary:
             primary_member = topology.Member(
-                name=m.name, address=m.address, dsn=m.dsn, position=primary_pos
+                name=m.name, address=m.address, dsn=m.dsn, position=primary_pos, zone=m.zone
             )
             continue
         replayed = obs.replayed_lsn if obs is not None and obs.ok else None
@@ -78,6 +78,7 @@ def shard_record(
                 position=replayed,
                 lag_bytes=lag,
                 state=follower_state(m, obs, primary_obs),
+                zone=m.zone,
             )
         )
     return topology.Shard(
@@ -96,7 +97,7 @@ def _shape(shard: topology.Shard) -> object:
     def member(m: topology.Member | None, follower: bool) -> object:
         if m is None:
             return None
-        return (m.name, m.address, m.dsn, m.state if follower else None)
+        return (m.name, m.address, m.dsn, m.zone, m.state if follower else None)
 
     return (
         shard.index,

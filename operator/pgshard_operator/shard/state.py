@@ -98,6 +98,9 @@ class MemberInfo:
     without probing (a probe there would only wait out its timeout and delay the cycle):
     e.g. its pod was re-created and the new pod's agent, which starts PostgreSQL, does
     not answer yet."""
+    zone: str | None = None
+    """The failure zone it runs in (Kubernetes: its node's ``topology.kubernetes.io/zone``),
+    published as the member's ``zone`` in the topology; None when unknown."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,12 @@ first answer after a reconnect. A primary's task runs one
 with ``synchronous_commit = off`` the write position may still be behind a
 commit record that is already visible). Every wait is bounded by a setting.
 
+A session's *floor* (cross-session causality) is a primary position read by a query
+that started after the session connected: :meth:`~PositionMonitor.ticket` marks the
+session's start, and :meth:`~PositionMonitor.primary_position` with ``since=`` that
+ticket answers from the latest reading if its query started later, else waits for a
+new one. Tickets and query starts draw from one counter, so "later" needs no clock.
+
 Positions are WAL LSNs (``wal`` replication), or in ``statement`` mode the highest
 sequence number in the member's statement log (a follower's applier copies each entry
 it applies into its own log, so that is its applied position).
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -94,8 +101,12 @@ class _Watch:
         settings: MonitorSettings,
         connect: Connect,
         replayed: dict[str, Position],
+        stamps: Callable[[], int],
     ) -> None:
         self.target = target
+        self._stamps = stamps
+        self.latest: tuple[int, Position] | None = None
+        """Primary: (stamp of the query's start, its answer) of the latest reading."""
         self._settings = settings
         self._connect = connect
         self._replayed = replayed
@@ -189,6 +200,7 @@ class _Watch:
                 await self._wake.wait()
                 continue
             fut, self._request = self._request, None
+            stamp = self._stamps()
             try:
                 pos = await self._query(conn)
             except BaseException:
@@ -197,6 +209,7 @@ class _Watch:
             if pos is None:
                 self._requeue(fut)
                 raise PositionUnavailable(f"{self.name} returned no position")
+            self.latest = (stamp, pos)
             if not fut.done():
                 fut.set_result(pos)
 
@@ -271,6 +284,12 @@ class PositionMonitor:
         self._watches: dict[str, _Watch] = {}
         self._primaries: dict[int, str] = {}
         self._capture_problem: str | None = None
+        self._stamps = itertools.count(1).__next__
+
+    def ticket(self) -> int:
+        """A mark of now: a primary reading taken later bounds every commit acknowledged
+        before this call (pass it as ``primary_position(since=…)``)."""
+        return self._stamps()
 
     def capture_result(self, problem: str | None) -> None:
         """A session's position capture failed (``problem``) or worked (None): logged once
@@ -302,7 +321,9 @@ class PositionMonitor:
                  if wanted.get(n) != w.target]  # fmt: skip
         for name, target in wanted.items():
             if name not in self._watches:
-                self._watches[name] = _Watch(target, self.settings, self._connect, self._replayed)
+                self._watches[name] = _Watch(
+                    target, self.settings, self._connect, self._replayed, self._stamps
+                )
         self._primaries = primaries
         await self._stop(stale)
 
@@ -327,14 +348,20 @@ class PositionMonitor:
             return False
         return await watch.wait_for(pos, timeout)
 
-    async def primary_position(self, shard: int) -> Position:
+    async def primary_position(self, shard: int, *, since: int | None = None) -> Position:
         """The shard primary's WAL insert position, read by a query that *starts* after this
         call, so it is at or after every commit the caller has seen acknowledged. Concurrent
-        callers share queries. Raises :class:`PositionUnavailable` after ``capture_timeout``."""
+        callers share queries. Raises :class:`PositionUnavailable` after ``capture_timeout``.
+
+        ``since``: a :meth:`ticket`; a query that started after it will do (the latest
+        reading answers at once if it did), so the position is at or after every commit
+        acknowledged before the ticket was taken."""
         name = self._primaries.get(shard)
         watch = self._watches.get(name) if name is not None else None
         if watch is None:
             raise PositionUnavailable(f"shard {shard} has no primary in the topology")
+        if since is not None and watch.latest is not None and watch.latest[0] > since:
+            return watch.latest[1]
         try:
             return await asyncio.wait_for(watch.position_after_now(), self.settings.capture_timeout)
         except TimeoutError:

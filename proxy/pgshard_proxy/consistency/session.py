@@ -9,6 +9,13 @@ ReadyForQuery it calls :meth:`SessionConsistency.after_ready`, which starts the
 primary position capture in the background, so the client's reply is never
 delayed by it. ``SET``/``SHOW pgshard.*`` and the ``pgshard.consistency``
 startup option are answered with :meth:`apply` and :meth:`show`.
+
+Cross-session causality (``session`` mode): before a session's first follower read on
+a shard, where it has no token yet, the token is raised to a *floor* — a primary
+position read after the session was created (``PositionMonitor.ticket``), so the
+follower has replayed every commit acknowledged to anyone before the client connected.
+The floor comes from the monitor's latest reading when that started after the session,
+else from a new one the read awaits (bounded; on failure the read goes to the primary).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class SessionConsistency:
         self.seed = seed
         self.tokens = SessionTokens()
         self._captures: dict[int, asyncio.Task[None]] = {}
+        self._ticket = monitor.ticket()
+        """Taken when the session was created: its floors are read after it."""
 
     # --- pgshard.* settings ---------------------------------------------------------------
 
@@ -83,6 +92,9 @@ class SessionConsistency:
         if r.role is Role.FOLLOWER and in_transaction is None:
             if pending is not None and not pending.done():
                 return None  # the token is about to grow: route after it did
+            if self._needs_floor(shard.index):
+                self._start_capture(shard.index, since=self._ticket)
+                return None
             if r.wait_ms > 0:
                 return None
         return r
@@ -101,6 +113,10 @@ class SessionConsistency:
         if pending is not None:
             await asyncio.shield(pending)  # one session's cancel must not lose the capture
         r = self._decide(c, shard, in_transaction, pinned)
+        if r.role is Role.FOLLOWER and in_transaction is None and self._needs_floor(shard.index):
+            self._start_capture(shard.index, since=self._ticket)
+            await asyncio.shield(self._captures[shard.index])
+            r = self._decide(c, shard, in_transaction, pinned)
         if r.wait_ms <= 0 or r.min_position is None:
             return r
         if await self.monitor.wait_for(r.member.name, r.min_position, r.wait_ms / 1000):
@@ -120,9 +136,7 @@ class SessionConsistency:
         elif r.track is Track.CAPTURE_PRIMARY and idle:
             # The capture's query starts after this call, so it is at or after the
             # commit the client is being told about right now.
-            self._captures[shard] = asyncio.get_running_loop().create_task(
-                self._capture(shard), name=f"position-capture:{shard}"
-            )
+            self._start_capture(shard)
 
     async def close(self) -> None:
         tasks = list(self._captures.values())
@@ -149,9 +163,22 @@ class SessionConsistency:
             zone=self.zone,
         )
 
-    async def _capture(self, shard: int) -> None:
+    def _needs_floor(self, shard: int) -> bool:
+        """A session-mode read on ``shard`` with nothing yet to bound it from below."""
+        return (
+            self.mode is Mode.SESSION
+            and self.tokens.required(shard) is None
+            and not self.tokens.primary_only(shard)
+        )
+
+    def _start_capture(self, shard: int, *, since: int | None = None) -> None:
+        self._captures[shard] = asyncio.get_running_loop().create_task(
+            self._capture(shard, since), name=f"position-capture:{shard}"
+        )
+
+    async def _capture(self, shard: int, since: int | None) -> None:
         try:
-            pos = await self.monitor.primary_position(shard)
+            pos = await self.monitor.primary_position(shard, since=since)
         except PositionUnavailable as e:
             self.monitor.capture_result(str(e))
             self.tokens.capture_failed(shard)

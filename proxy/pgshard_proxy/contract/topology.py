@@ -132,6 +132,9 @@ class Topology:
     proxy: Proxy | None = None
     tables: tuple[DistributedTable, ...] = ()
     """Distributed tables (``sharding.tables`` in JSON)."""
+    node_zones: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Kubernetes: the zone of each node a proxy pod runs on (JSON ``nodeZones``), where a
+    proxy without a zone of its own finds its node's (:func:`node_zone`)."""
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Top-level fields this version does not interpret, kept on round-trips."""
 
@@ -207,6 +210,8 @@ def to_dict(topo: Topology) -> dict[str, Any]:
         }
     )
     doc["sharding"] = {"tables": [{"name": t.name, "key": t.key} for t in topo.tables]}
+    if topo.node_zones:
+        doc["nodeZones"] = dict(topo.node_zones)
     if topo.proxy is not None:
         doc["proxy"] = {"address": topo.proxy.address, "dsn": topo.proxy.dsn}
         if topo.proxy.metrics_url is not None:
@@ -214,6 +219,18 @@ def to_dict(topo: Topology) -> dict[str, Any]:
         if topo.proxy.zone is not None:
             doc["proxy"]["zone"] = topo.proxy.zone
     return doc
+
+
+def node_zone(topo: Topology | None, node: str) -> str | None:
+    """The zone the topology gives the Kubernetes node ``node``; None when it has none."""
+    return topo.node_zones.get(node) if topo is not None else None
+
+
+def _node_zones_from(raw: object) -> dict[str, str]:
+    """Lenient: a malformed entry only costs that node its zone, never the topology."""
+    if not isinstance(raw, Mapping):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str) and v}
 
 
 def switching_to_dict(sw: Switching) -> dict[str, Any]:
@@ -333,7 +350,7 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
             )
         )
     proxy = doc.get("proxy")
-    known = {"version", "method", "shards", "proxy", "sharding"}
+    known = {"version", "method", "shards", "proxy", "sharding", "nodeZones"}
     return Topology(
         shards=tuple(shards),
         method=str(doc.get("method", "wal")),
@@ -347,6 +364,7 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
         if proxy
         else None,
         tables=_tables_from(doc),
+        node_zones=_node_zones_from(doc.get("nodeZones")),
         extra={k: v for k, v in doc.items() if k not in known},
     )
 

@@ -21,6 +21,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 
 import scramp
 
@@ -28,6 +29,8 @@ from .sqlstate import SqlState
 
 SCRAM_MECHANISM = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
+SALT_LENGTH = 16
+"""Bytes of salt in the verifiers made here: PostgreSQL's (``SCRAM_DEFAULT_SALT_LEN``)."""
 
 
 class AuthMethod(enum.Enum):
@@ -61,10 +64,16 @@ class ScramVerifier:
     server_key: bytes
 
     @classmethod
-    def from_password(cls, password: str, iterations: int = DEFAULT_ITERATIONS) -> ScramVerifier:
+    def from_password(
+        cls, password: str, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+    ) -> ScramVerifier:
+        """``salt``: e.g. :func:`derived_salt`, so that every process serving the same
+        users offers the same salt (default: a random one, as ``scramp`` makes)."""
         mech = scramp.ScramMechanism(SCRAM_MECHANISM)
-        salt, stored_key, server_key, i = mech.make_auth_info(password, iteration_count=iterations)
-        return cls(bytes(salt), int(i), bytes(stored_key), bytes(server_key))
+        made_salt, stored_key, server_key, i = mech.make_auth_info(
+            password, iteration_count=iterations, salt=salt
+        )
+        return cls(bytes(made_salt), int(i), bytes(stored_key), bytes(server_key))
 
     @classmethod
     def parse(cls, text: str) -> ScramVerifier:
@@ -92,9 +101,25 @@ class ScramVerifier:
             ) from None
 
     @classmethod
-    def mock(cls) -> ScramVerifier:
-        """A verifier no password matches: unknown users go through the same exchange."""
-        return cls(secrets.token_bytes(16), DEFAULT_ITERATIONS, secrets.token_bytes(32), b"")
+    def mock(cls, salt: bytes) -> ScramVerifier:
+        """A verifier no password matches: unknown users go through the same exchange.
+        ``salt``: :func:`derived_salt` of the user name, so that asking twice (or another
+        worker or proxy replica) shows the same salt, as for a real user."""
+        return cls(salt, DEFAULT_ITERATIONS, secrets.token_bytes(32), b"")
+
+
+def salt_key(secrets_of_users: Iterable[bytes]) -> bytes:
+    """The key of :func:`derived_salt`: made from what only whoever configured the users
+    knows (their passwords or verifiers), so it is the same in every worker and replica
+    given the same users, and nobody else can compute the salts."""
+    return hashlib.sha256(b"\0".join(sorted(secrets_of_users))).digest()
+
+
+def derived_salt(key: bytes, user: str) -> bytes:
+    """A stable salt for ``user``: of plain-password users' verifiers and of the mock one
+    unknown users get, which then cannot be told apart by their salt (PostgreSQL's mock
+    salt is a hash of the user name and a server secret too)."""
+    return hmac.new(key, b"scram-salt:" + user.encode(), hashlib.sha256).digest()[:SALT_LENGTH]
 
 
 def _attributes(message: str) -> dict[str, str]:
@@ -113,9 +138,10 @@ class ScramServerExchange:
     raises :class:`AuthFailed`.
     """
 
-    def __init__(self, user: str, verifier: ScramVerifier | None) -> None:
+    def __init__(self, user: str, verifier: ScramVerifier) -> None:
+        """``verifier``: the user's, or :meth:`ScramVerifier.mock` for an unknown user."""
         self._user = user
-        self._verifier = verifier or ScramVerifier.mock()
+        self._verifier = verifier
         self._client_first_bare = ""
         self._server_first = ""
         self._nonce = ""

@@ -73,8 +73,10 @@ class ServerContext:
         self.topology: topology.Topology | None = None
         self._changed = asyncio.Event()
         # Deriving a SCRAM verifier costs 4096 PBKDF2 rounds: once, not per login.
+        self._salt_key = auth.salt_key(u.secret() for u in settings.users.values())
         self.verifiers: dict[str, auth.ScramVerifier | None] = {
-            name: user.verifier() for name, user in settings.users.items()
+            name: user.verifier(auth.derived_salt(self._salt_key, name))
+            for name, user in settings.users.items()
         }
         self.switch_buffer = SwitchBuffer(
             settings.buffer_window_ms,
@@ -96,6 +98,13 @@ class ServerContext:
         self.statement_log = statement_log.Shared()
         """Statement replication: the rewriter and the shards' catalogs, for all sessions."""
 
+    def scram_verifier(self, user: str) -> auth.ScramVerifier:
+        """``user``'s SCRAM verifier, or a mock one with the salt a real one would show."""
+        known = self.verifiers.get(user)
+        if known is not None:
+            return known
+        return auth.ScramVerifier.mock(auth.derived_salt(self._salt_key, user))
+
     def client_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(("logging-in", "waiting", "active", "idle"), 0)
         for session in self.sessions:
@@ -107,6 +116,13 @@ class ServerContext:
 
     def bytes_moved(self) -> tuple[int, int]:
         return self.bytes_in, self.bytes_out
+
+    def zone(self) -> str | None:
+        """The zone whose followers new sessions prefer: ``proxy.zone``, else (Kubernetes)
+        the zone the topology gives this proxy's node (``status.nodeZones``)."""
+        if self.settings.zone is not None or self.settings.node_name is None:
+            return self.settings.zone
+        return topology.node_zone(self.topology, self.settings.node_name)
 
     async def topology_changed(self) -> None:
         """Wait until the next topology arrives."""
@@ -147,6 +163,14 @@ class ServerContext:
         # answering (frozen, unreachable) would otherwise hold their requests forever.
         for session in list(self.sessions):
             session.topology_changed()
+        if self.settings.zone is None and self.settings.node_name is not None:
+            zone = topology.node_zone(topo, self.settings.node_name)
+            if old is None or zone != topology.node_zone(old, self.settings.node_name):
+                log.info(
+                    "this proxy's zone is now %s (its node %s in the topology's nodeZones)",
+                    zone or "none: reads prefer no zone",
+                    self.settings.node_name,
+                )
         if old is None or [s.epoch for s in old.shards] != [s.epoch for s in topo.shards]:
             shards = ", ".join(
                 f"shard {s.index} epoch {s.epoch} primary {s.primary.name if s.primary else '-'}"

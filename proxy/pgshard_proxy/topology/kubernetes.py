@@ -91,6 +91,8 @@ def from_status(status: Mapping[str, Any], creds: Credentials) -> Topology:
         "method": status.get("method", "wal"),
         "shards": shards,
         "sharding": status.get("sharding") or {},
+        # The zones of the proxies' nodes (the operator's status refresh writes them).
+        "nodeZones": status.get("nodeZones"),
     }
     return topology.from_dict(doc)
 

@@ -119,7 +119,7 @@ class Session(asyncio.Protocol):
             mode=Mode(ctx.settings.consistency.value),
             max_wait_ms=ctx.settings.max_wait_ms,
             seed=secrets.randbits(16),
-            zone=ctx.settings.zone,
+            zone=ctx.zone(),
         )
         self._requests = requests.RequestLoop(
             self, self._servers, self._replicated, self.consistency, ctx.metrics.count_answered

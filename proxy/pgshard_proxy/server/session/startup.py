@@ -167,7 +167,7 @@ class Login:
                 )
             return Step.AUTHENTICATED
         if method is auth.AuthMethod.SCRAM:
-            self._scram = auth.ScramServerExchange(user, self._ctx.verifiers.get(user))
+            self._scram = auth.ScramServerExchange(user, self._ctx.scram_verifier(user))
             self._step = _AuthStep.SASL_INITIAL
             self._write(messages.auth_sasl([auth.SCRAM_MECHANISM]))
         else:
