@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "pgshard_operator.local.commands",
     "pgshard_operator.switchover_command",
     "pgshard_operator.failover_command",
+    "pgshard_operator.verify.command",
 )
 
 

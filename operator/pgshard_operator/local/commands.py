@@ -453,30 +453,35 @@ def _member_pids(cdir: ClusterDir, name: str) -> list[int]:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    cdir = _cdir(args)
-    try:
-        spec = cdir.load_config().member(args.member)
-    except LayoutError as e:
-        raise CommandError(str(e)) from None
-    if spec.shard != args.shard:
-        raise CommandError(f"member {spec.name} belongs to shard {spec.shard}, not {args.shard}")
-    pids = _member_pids(cdir, spec.name)
-    if not pids:
-        raise CommandError(f"member {spec.name} is not running")
-    sig = SIGNALS[args.signal]
-    if sig is signal.SIGKILL:
-        proctree.signal_all(pids, signal.SIGSTOP)  # freeze all, then kill: a crash, not a stop
-    proctree.signal_all(pids, sig)
-    print(f"sent SIG{args.signal} to {spec.name} ({len(pids)} processes)")
+    count, name = signal_member(_cdir(args), args.shard, args.member, args.signal)
+    print(f"sent SIG{args.signal} to {name} ({count} processes)")
     return 0
 
 
+def signal_member(cdir: ClusterDir, shard: int, member: str, signame: str) -> tuple[int, str]:
+    """Send ``signame`` (a key of SIGNALS) to a member's agent and server (``local kill``;
+    ``pgshard verify`` injects its faults with it): how many processes, and the member."""
+    try:
+        spec = cdir.load_config().member(member)
+    except LayoutError as e:
+        raise CommandError(str(e)) from None
+    if spec.shard != shard:
+        raise CommandError(f"member {spec.name} belongs to shard {spec.shard}, not {shard}")
+    pids = _member_pids(cdir, spec.name)
+    if not pids:
+        raise CommandError(f"member {spec.name} is not running")
+    sig = SIGNALS[signame]
+    if sig is signal.SIGKILL:
+        proctree.signal_all(pids, signal.SIGSTOP)  # freeze all, then kill: a crash, not a stop
+    proctree.signal_all(pids, sig)
+    return len(pids), spec.name
+
+
 def _supervisor_call(
-    args: argparse.Namespace, path: str, body: dict[str, object], timeout: float, what: str
+    cdir: ClusterDir, path: str, body: dict[str, object], timeout: float, what: str
 ) -> dict[str, Any]:
     """POST ``body`` to the running supervisor's control endpoint ``path``; its answer, or
     a CommandError saying why there is none (no cluster running, no answer, refused)."""
-    cdir = _cdir(args)
     try:
         cfg = cdir.load_config()
     except LayoutError as e:
@@ -502,24 +507,32 @@ def _supervisor_call(
 
 def switchover(args: argparse.Namespace) -> int:
     """``pgshard switchover --dir DIR`` (registered by ``switchover_command.py``)."""
-    body: dict[str, object] = {"shard": args.shard, "to": args.to}
-    doc = _supervisor_call(args, "/switchover", body, args.timeout, "switchover")
+    doc = request_switchover(_cdir(args), args.shard, args.to, args.timeout)
     lf = doc["lastFailover"]
     print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
     return 0
 
 
+def request_switchover(
+    cdir: ClusterDir, shard: int, to: str | None, timeout: float
+) -> dict[str, Any]:
+    """Ask the supervisor for a switchover of ``shard`` and wait for its answer (the shard's
+    new state); used by ``pgshard switchover --dir`` and ``pgshard verify``."""
+    body: dict[str, object] = {"shard": shard, "to": to}
+    return _supervisor_call(cdir, "/switchover", body, timeout, "switchover")
+
+
 def failover(args: argparse.Namespace) -> int:
     """``pgshard failover --dir DIR`` (registered by ``failover_command.py``)."""
     body: dict[str, object] = {"shard": args.shard, "timeout": args.timeout}
-    doc = _supervisor_call(args, "/failover", body, args.timeout + 30, "failover")
+    doc = _supervisor_call(_cdir(args), "/failover", body, args.timeout + 30, "failover")
     print(f"shard {args.shard}: failed over to {doc['primary']} at epoch {doc['epoch']}")
     return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"replicas": args.replicas, "timeout": args.timeout}
-    doc = _supervisor_call(args, "/scale", body, args.timeout + 60, "scale")
+    doc = _supervisor_call(_cdir(args), "/scale", body, args.timeout + 60, "scale")
     changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
     changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
     print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))
