@@ -28,7 +28,7 @@ from pgshard_operator.local import layout
 from tests.support import localcluster, procs
 
 FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
-FAULTS = int(os.environ.get("PGSHARD_VERIFY_FAULTS", "50"))
+FAULTS = int(os.environ.get("PGSHARD_VERIFY_FAULTS", "30"))
 LOST = "lost acknowledged write"
 
 pytestmark = pytest.mark.chaos

@@ -111,6 +111,14 @@ def test_an_old_primary_committing_after_the_new_one_acknowledged() -> None:
     assert _kinds(h) == {Kind.DUAL_PRIMARY.value: 1}
 
 
+def test_a_late_commit_of_an_epoch_with_no_acknowledged_write_is_found() -> None:
+    # Epoch 0 has only a commit record (a simple-protocol write carries none back), and
+    # it is later than epoch 2's acknowledgement at 110.0: compared across epochs.
+    h = _clean()
+    h.final_commits.append(Commit("c", 0, "127.0.0.1:5430", 0, 110.2))
+    assert _kinds(h) == {Kind.DUAL_PRIMARY.value: 1}
+
+
 def test_an_old_epoch_commit_before_the_new_ack_is_fine() -> None:
     h = _clean()
     early = Commit("c", 0, "127.0.0.1:5432", 1, 109.9)
