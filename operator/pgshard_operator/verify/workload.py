@@ -195,20 +195,21 @@ class Client:
         return window * KEYS_PER_WINDOW + self.rng.randrange(KEYS_PER_WINDOW)
 
     async def _write(
-        self, conn: asyncpg.Connection, sql: str, args: Sequence[object]
+        self, conn: asyncpg.Connection, sql: str, name: str, seq: int, *rest: int
     ) -> history.Commit | None:
+        """One write; its commit record when the protocol brings it back (extended)."""
+        args = (name, seq, *rest)
         if self.simple:
             await conn.execute(_literal(sql, args), timeout=self.op_timeout)
             return None
         row = await conn.fetchrow(sql, *args, timeout=self.op_timeout)
-        session, seq = str(args[0]), int(str(args[1]))
-        return history.Commit(session, seq, row[0], row[1], row[2])
+        return history.Commit(name, seq, row[0], row[1], row[2])
 
     async def _append(self, conn: asyncpg.Connection, name: str, seq: int, key: int) -> None:
         self.appends += 1
         element = (self.index + 1) * 10**12 + self.appends  # unique over the run
         try:
-            commit = await self._write(conn, APPEND, (name, seq, key, element))
+            commit = await self._write(conn, APPEND, name, seq, key, element)
         except CLIENT_ERRORS:
             self.rec.writes.append(history.Write(name, seq, False, key=key, element=element))
             raise
@@ -220,7 +221,7 @@ class Client:
         src, dst = self.rng.sample(range(ACCOUNTS), 2)
         amount = self.rng.randrange(1, 50)
         try:
-            commit = await self._write(conn, TRANSFER, (name, seq, src, dst, amount))
+            commit = await self._write(conn, TRANSFER, name, seq, src, dst, amount)
         except CLIENT_ERRORS:
             self.rec.writes.append(history.Write(name, seq, False))
             raise
