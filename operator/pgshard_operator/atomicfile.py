@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,33 @@ def read_json(path: Path) -> Any:
         return None
 
 
+class LockTimeout(TimeoutError):
+    """The lock stayed held by another process (which may be frozen: SIGSTOP keeps it)."""
+
+
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` (created if missing) for the block."""
+def locked(lock_path: Path, timeout: float | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if missing) for the block.
+
+    ``timeout``: give up after that many seconds with :class:`LockTimeout` instead of
+    waiting for a holder that may never let go."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeout(
+                            f"{lock_path} stayed locked for {timeout:g}s by another process "
+                            f"(a frozen one keeps it until it runs again)"
+                        ) from None
+                    time.sleep(0.01)
         yield
     finally:
         os.close(fd)

@@ -137,8 +137,16 @@ def must_fence(valid_until: float, now: float, margin: float) -> bool:
     return now >= valid_until - margin
 
 
+LOCK_TIMEOUT = 1.0
+"""How long a lease change waits for the file's lock: its holder (an agent renewing,
+the control plane promoting) keeps it for milliseconds unless it was frozen inside,
+and then nobody may wait for it forever."""
+
+
 class FileLeaseStore:
-    """A lease in a JSON file; every operation is atomic under the file's lock."""
+    """A lease in a JSON file. Changes are atomic under the file's lock, taken for at most
+    :data:`LOCK_TIMEOUT` (then :class:`atomicfile.LockTimeout`); reads take no lock (the
+    file is replaced atomically), so a holder frozen inside the lock blocks no reader."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -156,12 +164,11 @@ class FileLeaseStore:
         )
 
     def read(self) -> Lease:
-        with atomicfile.locked(self._lock):
-            return self._read()
+        return self._read()
 
     def take(self, me: str, ttl: float, now: float, epoch: int | None = None) -> Lease | None:
         """Acquire or renew for ``me`` unless another member holds a valid claim."""
-        with atomicfile.locked(self._lock):
+        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
             cur = self._read()
             if not may_take(classify(cur, me, now)):
                 return None
@@ -176,7 +183,7 @@ class FileLeaseStore:
 
     def renew(self, me: str, ttl: float, now: float) -> Lease | None:
         """Extend only a lease ``me`` still holds (even if it just expired, when untaken)."""
-        with atomicfile.locked(self._lock):
+        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
             cur = self._read()
             if cur.holder != me:
                 return None
@@ -187,7 +194,7 @@ class FileLeaseStore:
     def compare_and_set(self, expected: Lease | None, new: Lease) -> Lease | None:
         """Write ``new`` only if the stored record still matches ``expected`` (holder, epoch
         and expiry; ``None`` = nobody holds it); ``None`` when it did not."""
-        with atomicfile.locked(self._lock):
+        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
             cur = self._read()
             if expected is None:
                 matches = cur.holder is None
@@ -205,7 +212,7 @@ class FileLeaseStore:
 
     def release(self, holder: str) -> bool:
         """Give the lease up (clean stop, switchover, or the holder is known dead)."""
-        with atomicfile.locked(self._lock):
+        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
             cur = self._read()
             if cur.holder != holder:
                 return False
@@ -242,8 +249,9 @@ class LeaseStore(Protocol):
 
 
 class FileLeases:
-    """:class:`LeaseStore` over a :class:`FileLeaseStore` (local file operations are
-    short and atomic under the file lock, so they run inline)."""
+    """:class:`LeaseStore` over a :class:`FileLeaseStore`. Changes run in a thread: a lock
+    wait (up to :data:`LOCK_TIMEOUT`) must not hold up the agent's loop and its fence
+    timer."""
 
     def __init__(self, path: Path) -> None:
         self.file = FileLeaseStore(path)
@@ -252,10 +260,10 @@ class FileLeases:
         return self.file.read()
 
     async def take(self, me: str, ttl: float, now: float, epoch: int | None) -> Lease | None:
-        return self.file.take(me, ttl, now, epoch)
+        return await asyncio.to_thread(self.file.take, me, ttl, now, epoch)
 
     async def renew(self, me: str, ttl: float, now: float) -> Lease | None:
-        return self.file.renew(me, ttl, now)
+        return await asyncio.to_thread(self.file.renew, me, ttl, now)
 
     async def release(self, holder: str, now: float) -> bool:
-        return self.file.release(holder)
+        return await asyncio.to_thread(self.file.release, holder)

@@ -145,7 +145,8 @@ class LocalPlatform:
             if replaces is not None
             else None
         )
-        if self.leases.compare_and_set(expected, new) is None:
+        # In a thread: the lease file's lock is waited for (boundedly), never on the loop.
+        if await asyncio.to_thread(self.leases.compare_and_set, expected, new) is None:
             cur = self.leases.read()
             if not (cur.holder == member and cur.epoch == epoch):
                 raise base.PlatformConflict(
@@ -165,7 +166,7 @@ class LocalPlatform:
             log.warning("%s did not fence itself (%s): killing its server", member, e)
             if (pid := postgres.postmaster_pid(self.cdir.datadir(member))) is not None:
                 proctree.kill_tree(pid)
-            self.leases.release(member)
+            await asyncio.to_thread(self.leases.release, member)
             return None
 
     async def repoint(self, member: str, primary: str) -> None:
