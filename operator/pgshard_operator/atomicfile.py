@@ -10,6 +10,7 @@ what the documents mean.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -22,6 +23,36 @@ from typing import Any
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``text`` so readers see either the old or the new file."""
+    new = staged(path, text, mode)
+    try:
+        new.install()
+    finally:
+        new.discard()
+
+
+@dataclasses.dataclass
+class Staged:
+    """A complete, fsynced temporary file that :meth:`install` renames over ``path``."""
+
+    tmp: Path | None
+    path: Path
+
+    def install(self) -> None:
+        assert self.tmp is not None
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+
+    def discard(self) -> None:
+        """Remove the temporary file unless it was installed."""
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            self.tmp = None
+
+
+def staged(path: Path, text: str, mode: int = 0o644) -> Staged:
+    """Write and fsync ``text`` next to ``path``, to be installed later (e.g. under a
+    lock held only for the rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -29,11 +60,11 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return Staged(Path(tmp), path)
 
 
 def write_json(path: Path, doc: Any, mode: int = 0o644) -> None:

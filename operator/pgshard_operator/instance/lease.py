@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -137,6 +138,7 @@ def must_fence(valid_until: float, now: float, margin: float) -> bool:
     return now >= valid_until - margin
 
 
+_CHANGE_ATTEMPTS = 20
 LOCK_TIMEOUT = 1.0
 """How long a lease change waits for the file's lock: its holder (an agent renewing,
 the control plane promoting) keeps it for milliseconds unless it was frozen inside,
@@ -166,36 +168,51 @@ class FileLeaseStore:
     def read(self) -> Lease:
         return self._read()
 
+    def _change(self, change: Callable[[Lease], Lease | None]) -> Lease | None:
+        """Write ``change(current)`` (None: leave it) as the next version, atomically.
+
+        The new file is written and fsynced *before* the lock is taken; under the lock
+        only the version is checked and the file renamed into place, so the lock is held
+        for microseconds and a process frozen at a random moment almost never holds it
+        (an fsync under the lock made it milliseconds). If another writer got in between,
+        the change is decided again on what it wrote."""
+        for _ in range(_CHANGE_ATTEMPTS):
+            cur = self._read()
+            new = change(cur)
+            if new is None:
+                return None
+            new = dataclasses.replace(new, version=cur.version + 1)
+            staged = atomicfile.staged(self.path, json.dumps(new.to_dict(), indent=2) + "\n")
+            try:
+                with atomicfile.locked(self._lock, LOCK_TIMEOUT):
+                    if self._read().version == cur.version:
+                        staged.install()
+                        return new
+            finally:
+                staged.discard()
+        raise atomicfile.LockTimeout(f"{self.path} kept changing under {_CHANGE_ATTEMPTS} tries")
+
     def take(self, me: str, ttl: float, now: float, epoch: int | None = None) -> Lease | None:
         """Acquire or renew for ``me`` unless another member holds a valid claim."""
-        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
-            cur = self._read()
+
+        def change(cur: Lease) -> Lease | None:
             if not may_take(classify(cur, me, now)):
                 return None
-            new = Lease(
-                holder=me,
-                expires_at=now + ttl,
-                epoch=cur.epoch if epoch is None else epoch,
-                version=cur.version + 1,
-            )
-            atomicfile.write_json(self.path, new.to_dict())
-            return new
+            return Lease(me, now + ttl, cur.epoch if epoch is None else epoch)
+
+        return self._change(change)
 
     def renew(self, me: str, ttl: float, now: float) -> Lease | None:
         """Extend only a lease ``me`` still holds (even if it just expired, when untaken)."""
-        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
-            cur = self._read()
-            if cur.holder != me:
-                return None
-            new = dataclasses.replace(cur, expires_at=now + ttl, version=cur.version + 1)
-            atomicfile.write_json(self.path, new.to_dict())
-            return new
+        return self._change(
+            lambda cur: dataclasses.replace(cur, expires_at=now + ttl) if cur.holder == me else None
+        )
 
     def compare_and_set(self, expected: Lease | None, new: Lease) -> Lease | None:
         """Write ``new`` only if the stored record still matches ``expected`` (holder, epoch
         and expiry; ``None`` = nobody holds it); ``None`` when it did not."""
-        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
-            cur = self._read()
+
+        def change(cur: Lease) -> Lease | None:
             if expected is None:
                 matches = cur.holder is None
             else:
@@ -204,25 +221,20 @@ class FileLeaseStore:
                     expected.epoch,
                     expected.expires_at,
                 )
-            if not matches:
-                return None
-            written = dataclasses.replace(new, version=cur.version + 1)
-            atomicfile.write_json(self.path, written.to_dict())
-            return written
+            return new if matches else None
+
+        return self._change(change)
 
     def release(self, holder: str) -> bool:
         """Give the lease up (clean stop, switchover, or the holder is known dead)."""
-        with atomicfile.locked(self._lock, LOCK_TIMEOUT):
-            cur = self._read()
-            if cur.holder != holder:
-                return False
-            atomicfile.write_json(
-                self.path,
-                dataclasses.replace(
-                    cur, holder=None, expires_at=0.0, version=cur.version + 1
-                ).to_dict(),
+        released = self._change(
+            lambda cur: (
+                dataclasses.replace(cur, holder=None, expires_at=0.0)
+                if cur.holder == holder
+                else None
             )
-            return True
+        )
+        return released is not None
 
 
 class LeaseStore(Protocol):
