@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from pgshard_proxy.contract import topology
-from tests.support import pgserver
+from tests.support import pgserver, replicated
 from tests.support import proxy as proxy_support
 
 Setup = tuple[proxy_support.ProxyProc, pgserver.PgServer, pgserver.PgServer]
@@ -32,38 +29,10 @@ ON_FOLLOWER = "pg_last_wal_replay_lsn() is not null"
 
 @pytest.fixture(scope="module", params=["1", "2"], ids=["one-worker", "two-workers"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Setup]:
-    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
-        base = Path(d)
-        base.chmod(0o755)
-        primary = pgserver.make_server(base, "primary")
-        follower = None
-        p = None
-        try:
-            follower = pgserver.make_follower(primary, base, "f1")
-            topo = topology.Topology(
-                shards=(
-                    topology.Shard(
-                        index=0,
-                        epoch=1,
-                        primary=topology.Member(
-                            "primary", f"{primary.host}:{primary.port}", primary.dsn
-                        ),
-                        followers=(
-                            topology.Member("f1", f"{follower.host}:{follower.port}", follower.dsn),
-                        ),
-                    ),
-                )
-            )
-            p = proxy_support.start_proxy(
-                base, topo, "--max-wait-ms", "100", "--workers", request.param
-            )
-            yield p, primary, follower
-        finally:
-            if p is not None:
-                p.stop()
-            if follower is not None:
-                follower.stop()
-            primary.stop()
+    with replicated.running(
+        "--max-wait-ms", "100", "--workers", request.param, wait_for_reads=False
+    ) as setup:
+        yield setup
 
 
 @contextlib.contextmanager

@@ -10,53 +10,24 @@ on the same setup does show violations, so the check can fail.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
-from pgshard_proxy.contract import topology
 from tests.support import consistency_workload as workload
-from tests.support import history, pgserver
+from tests.support import history, pgserver, replicated
 from tests.support import proxy as proxy_support
 
 
 @pytest.fixture(scope="module")
 def lagging() -> Iterator[tuple[proxy_support.ProxyProc, pgserver.PgServer, pgserver.PgServer]]:
-    with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
-        base = Path(d)
-        base.chmod(0o755)
-        primary = pgserver.make_server(base, "primary")
-        follower = None
-        p = None
-        try:
-            follower = pgserver.make_follower(primary, base, "f1", apply_delay_ms=300)
-            topo = topology.Topology(
-                shards=(
-                    topology.Shard(
-                        index=0,
-                        epoch=1,
-                        primary=topology.Member(
-                            "primary", f"{primary.host}:{primary.port}", primary.dsn
-                        ),
-                        followers=(
-                            topology.Member("f1", f"{follower.host}:{follower.port}", follower.dsn),
-                        ),
-                    ),
-                )
-            )
-            p = proxy_support.start_proxy(base, topo, "--max-wait-ms", "50")
-            yield p, primary, follower
-        finally:
-            if p is not None:
-                p.stop()
-            if follower is not None:
-                follower.stop()
-            primary.stop()
+    with replicated.running(
+        "--max-wait-ms", "50", apply_delay_ms=300, wait_for_reads=False
+    ) as setup:
+        yield setup
 
 
 Setup = tuple[proxy_support.ProxyProc, pgserver.PgServer, pgserver.PgServer]

@@ -27,8 +27,11 @@ that ran them: the README's way to see where a read went)."""
 
 
 @contextlib.contextmanager
-def running(*proxy_args: str) -> Iterator[Setup]:
-    """(proxy, primary, follower); returns once a fresh session's reads reach the follower."""
+def running(
+    *proxy_args: str, apply_delay_ms: int = 0, wait_for_reads: bool = True
+) -> Iterator[Setup]:
+    """(proxy, primary, follower); with ``wait_for_reads``, once a fresh session's reads
+    reach the follower. ``apply_delay_ms``: the follower applies commits that late."""
     with tempfile.TemporaryDirectory(prefix="pgshard-test-") as d:
         base = Path(d)
         base.chmod(0o755)
@@ -36,7 +39,7 @@ def running(*proxy_args: str) -> Iterator[Setup]:
         follower = None
         p = None
         try:
-            follower = pgserver.make_follower(primary, base, "f1")
+            follower = pgserver.make_follower(primary, base, "f1", apply_delay_ms=apply_delay_ms)
             topo = topology.Topology(
                 shards=(
                     topology.Shard(
@@ -52,7 +55,8 @@ def running(*proxy_args: str) -> Iterator[Setup]:
                 )
             )
             p = proxy_support.start_proxy(base, topo, *proxy_args)
-            wait_for_follower_reads(p)
+            if wait_for_reads:
+                wait_for_follower_reads(p)
             yield p, primary, follower
         finally:
             if p is not None:
