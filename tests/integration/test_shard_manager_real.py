@@ -56,12 +56,26 @@ async def cycle_until(
     raise AssertionError(f"no quiet {kind} after {limit} cycles: {[x.reason for x in seen]}")
 
 
+async def both_streaming(primary: pgserver.PgServer, timeout: float = 60) -> None:
+    """Until the primary streams to followers a and b (they were just started)."""
+    conn = await asyncpg.connect(primary.dsn)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        while await conn.fetchval(query) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "followers do not stream"
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
 async def test_sync_shard_survives_kill_of_its_primary(
     shard: dict[str, pgserver.PgServer],
 ) -> None:
     world = miniplatform.MiniPlatform(shard, "p", ttl=5)
     m = manager.ShardManager(world, POLICY)
     try:
+        await both_streaming(shard["p"])
         first = await m.run_cycle()
         assert first is not None and first.kind is K.HEALTHY
         assert actions.SetSyncStandbys("p", 'ANY 1 ("a", "b")') in first.actions

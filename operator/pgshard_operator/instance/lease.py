@@ -261,9 +261,11 @@ class LeaseStore(Protocol):
 
 
 class FileLeases:
-    """:class:`LeaseStore` over a :class:`FileLeaseStore`. Changes run in a thread: a lock
-    wait (up to :data:`LOCK_TIMEOUT`) must not hold up the agent's loop and its fence
-    timer."""
+    """:class:`LeaseStore` over a :class:`FileLeaseStore`, run inline on the agent's loop:
+    the new file is fsynced before the lock is taken and the lock is then held for
+    microseconds, while a thread can keep it while it waits for the GIL (milliseconds
+    on a busy agent): long enough for a SIGSTOP of the agent to land
+    inside it now and then and keep every promotion waiting for it."""
 
     def __init__(self, path: Path) -> None:
         self.file = FileLeaseStore(path)
@@ -272,10 +274,10 @@ class FileLeases:
         return self.file.read()
 
     async def take(self, me: str, ttl: float, now: float, epoch: int | None) -> Lease | None:
-        return await asyncio.to_thread(self.file.take, me, ttl, now, epoch)
+        return self.file.take(me, ttl, now, epoch)
 
     async def renew(self, me: str, ttl: float, now: float) -> Lease | None:
-        return await asyncio.to_thread(self.file.renew, me, ttl, now)
+        return self.file.renew(me, ttl, now)
 
     async def release(self, holder: str, now: float) -> bool:
-        return await asyncio.to_thread(self.file.release, holder)
+        return self.file.release(holder)
