@@ -141,7 +141,7 @@ def must_fence(valid_until: float, now: float, margin: float) -> bool:
 _CHANGE_ATTEMPTS = 20
 LOCK_TIMEOUT = 1.0
 """How long a lease change waits for the file's lock: its holder (an agent renewing,
-the control plane promoting) keeps it for milliseconds unless it was frozen inside,
+the control plane promoting) keeps it for microseconds unless it was frozen inside,
 and then nobody may wait for it forever."""
 
 
