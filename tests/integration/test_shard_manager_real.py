@@ -57,11 +57,15 @@ async def cycle_until(
 
 
 async def both_streaming(primary: pgserver.PgServer, timeout: float = 60) -> None:
-    """Until the primary streams to followers a and b (they were just started)."""
+    """Until followers a and b stream and have replayed all the primary wrote (they were
+    just started; the first cycle names only caught-up followers as sync standbys)."""
     conn = await asyncpg.connect(primary.dsn)
     try:
         deadline = asyncio.get_running_loop().time() + timeout
-        query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        query = (
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+            "AND replay_lsn >= pg_current_wal_lsn()"
+        )
         while await conn.fetchval(query) < 2:
             assert asyncio.get_running_loop().time() < deadline, "followers do not stream"
             await asyncio.sleep(0.1)
