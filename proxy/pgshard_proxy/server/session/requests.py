@@ -684,16 +684,8 @@ class RequestLoop:
             b.send(f.data)
             if st is not None:
                 self._after_send(st, b)
-        elif t == D:
-            kind, name = messages.target(f.body)
-            if kind == ord("S"):
-                replicated.ensure_prepared(b, name)
-            b.send(f.data)
-        elif t == C:
-            kind, name = messages.target(f.body)
-            if kind == ord("S"):
-                replicated.closed(name, b)
-            b.send(f.data, Marker.CLOSE)
+        elif t in (D, C):
+            self._send_target(b, f, t)
         elif t == S:
             b.send(f.data, Marker.SYNC)
             assert self._batch_route is not None
@@ -719,6 +711,19 @@ class RequestLoop:
             b.send(f.data)
         return True
 
+    def _send_target(self, b: BackendConnection, f: codec.Frame, t: int) -> None:
+        """Describe or Close of a prepared statement: prepared on ``b`` first (Describe),
+        or forgotten there (Close), then sent."""
+        kind, name = messages.target(f.body)
+        if t == D:
+            if kind == ord("S"):
+                self._replicated.ensure_prepared(b, name)
+            b.send(f.data)
+        else:
+            if kind == ord("S"):
+                self._replicated.closed(name, b)
+            b.send(f.data, Marker.CLOSE)
+
     # --- the statement-log writer's batches (execute.statement_log.Forward)
 
     def parse_of(self, statement: str) -> bytes | None:
@@ -735,16 +740,8 @@ class RequestLoop:
         elif t == B:
             replicated.ensure_prepared(b, messages.bind_names(f.body)[1])
             b.send(f.data)
-        elif t == D:
-            kind, name = messages.target(f.body)
-            if kind == ord("S"):
-                replicated.ensure_prepared(b, name)
-            b.send(f.data)
-        elif t == C:
-            kind, name = messages.target(f.body)
-            if kind == ord("S"):
-                replicated.closed(name, b)
-            b.send(f.data, Marker.CLOSE)
+        elif t in (D, C):
+            self._send_target(b, f, t)
         else:  # Execute, Flush
             b.send(f.data)
 
