@@ -116,10 +116,11 @@ async def test_a_fenced_primary_ships_every_acknowledged_commit(pg_tmp: Path) ->
         at_pause = len(acked)
         await _until(lambda: len(acked) >= at_pause + 1000, 60, "writes stopped")
         sup.fence(grace=10)
-        await asyncio.sleep(0.5)
+        # The fast shutdown ends every writer's backend at once, while the receiver
+        # still sleeps: all that was acknowledged is then waiting to be shipped.
+        await asyncio.wait_for(asyncio.gather(*writers), 30)
         os.kill(receiver, signal.SIGCONT)
         receiver = None
-        await asyncio.wait_for(asyncio.gather(*writers), 30)
         proc = sup.process
         assert proc is not None
         code = await asyncio.wait_for(proc.wait(), 30)
