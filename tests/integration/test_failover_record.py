@@ -72,7 +72,7 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
         shard = await _settled(c, 3)
         _plausible(shard["lastFailover"], "failover")
 
-        await asyncio.sleep(2.5)  # the cooldown
+        await _cooldown_over(c)
         frozen = shard["primary"]["name"]
         await asyncio.to_thread(c.kill, 0, frozen, "STOP")
         deadline = time.monotonic() + 120
@@ -92,6 +92,18 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
         line = next(x for x in text.splitlines() if x.startswith("shard 0: last "))
         print(line)
         assert "failover" in line and "writes unavailable" in line and "discarded" in line
+
+
+async def _cooldown_over(c: localcluster.LocalCluster, timeout: float = 60) -> None:
+    """Until shard 0's manager would fail over again (its cooldown has passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        managers = (await asyncio.to_thread(c.status)).get("managers", [])
+        mine = [m for m in managers if m.get("index") == 0]
+        if mine and not mine[0].get("cooldownRemainingSeconds"):
+            return
+        assert time.monotonic() < deadline, f"cooldown not over: {mine}"
+        await asyncio.sleep(0.2)
 
 
 async def _settled_first(c: localcluster.LocalCluster) -> dict[str, Any]:
