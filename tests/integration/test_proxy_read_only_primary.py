@@ -72,6 +72,25 @@ def rows(server: pgserver.PgServer) -> list[int]:
         return [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id")]
 
 
+def _write_until_accepted(
+    proxy: proxy_support.ProxyProc, limit: float = 20
+) -> tuple[float | None, list[str]]:
+    """Retry one insert through the proxy for ``limit`` seconds: when it was first
+    accepted (seconds after the start, None if never) and the errors before."""
+    errors: list[str] = []
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            with psycopg.connect(proxy.dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute("SET statement_timeout = '5s'")
+                conn.execute("INSERT INTO t VALUES (%s)", (1,))
+                return time.monotonic() - start, errors
+        except psycopg.Error as e:
+            errors.append(str(e))
+            time.sleep(0.5)
+    return None, errors
+
+
 def test_stale_topology_naming_a_standby_as_primary(pg_tmp: Path, pair: Pair) -> None:
     primary, follower = pair
     stale = topology.to_json(shard(1, member("s0m1", follower)))
@@ -81,18 +100,7 @@ def test_stale_topology_naming_a_standby_as_primary(pg_tmp: Path, pair: Pair) ->
     proxy = proxy_support.start_proxy(pg_tmp, topology_file=path)
     try:
         proxy_support.rewrite_unnoticed(path, real)  # the failover the proxy missed
-        errors: list[str] = []
-        start = time.monotonic()
-        written = None
-        while written is None and time.monotonic() - start < 20:
-            try:
-                with psycopg.connect(proxy.dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute("SET statement_timeout = '5s'")
-                    conn.execute("INSERT INTO t VALUES (%s)", (1,))
-                    written = time.monotonic() - start
-            except psycopg.Error as e:
-                errors.append(str(e))
-                time.sleep(0.5)
+        written, errors = _write_until_accepted(proxy)
         assert not [e for e in errors if "read-only" in e], errors
         assert written is not None, f"no write succeeded within 20 s: {errors[-3:]}"
         assert written < 10, f"first write after {written:.1f}s"
@@ -161,18 +169,7 @@ def test_a_primary_of_an_older_epoch_is_refused(pg_tmp: Path) -> None:
         path.write_text(stale.ljust(len(real)))
         proxy = proxy_support.start_proxy(pg_tmp, topology_file=path)
         proxy_support.rewrite_unnoticed(path, real)
-        errors: list[str] = []
-        start = time.monotonic()
-        written = None
-        while written is None and time.monotonic() - start < 20:
-            try:
-                with psycopg.connect(proxy.dsn, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute("SET statement_timeout = '5s'")
-                    conn.execute("INSERT INTO t VALUES (%s)", (1,))
-                    written = time.monotonic() - start
-            except psycopg.Error as e:
-                errors.append(str(e))
-                time.sleep(0.5)
+        written, errors = _write_until_accepted(proxy)
         assert written is not None, f"no write succeeded within 20 s: {errors[-3:]}"
         assert rows(old) == [], "a write went to a member of an older epoch"
         assert rows(new) == [1]
