@@ -47,32 +47,50 @@ def _outcome(run: Callable[[], object]) -> Outcome:
     return "ok", None
 
 
+def _ended(admin: str, pid: int, timeout: float = 30.0) -> None:
+    """Return once the server process ``pid`` has exited (its error is on the wire by
+    then; the proxy relays it as it arrives)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(admin, autocommit=True) as a:
+        while a.execute("select 1 from pg_stat_activity where pid = %s", (pid,)).fetchone():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server process {pid} still runs after {timeout:.0f}s")
+            time.sleep(0.05)
+    time.sleep(0.1)  # the proxy's event loop reads the FATAL it was sent before the exit
+
+
 def _terminate(admin: str, pid: int, after: float = 0.0) -> None:
     time.sleep(after)
     with psycopg.connect(admin, autocommit=True) as a:
         a.execute("select pg_terminate_backend(%s)", (pid,))
 
 
+def _backend_pid(c: psycopg.Connection[tuple[object, ...]]) -> int:
+    """The server process ``c`` talks to (through the proxy: the server's own pid)."""
+    return int(c.execute("select pg_backend_pid()").fetchone()[0])  # type: ignore[index,arg-type]
+
+
 def _idle_timeout(dsn: str, admin: str) -> Outcome:
     with psycopg.connect(dsn, autocommit=True) as c:
+        pid = _backend_pid(c)
         c.execute("set idle_session_timeout = '300ms'")
-        time.sleep(1.0)
+        _ended(admin, pid)
         return _outcome(lambda: c.execute("select 1"))
 
 
 def _terminated_idle(dsn: str, admin: str) -> Outcome:
     with psycopg.connect(dsn, autocommit=True) as c:
-        pid = c.execute("select pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        pid = _backend_pid(c)
         _terminate(admin, pid)
-        time.sleep(0.5)
+        _ended(admin, pid)
         return _outcome(lambda: c.execute("select 1"))
 
 
 def _terminated_in_transaction(dsn: str, admin: str) -> Outcome:
     with psycopg.connect(dsn) as c:
-        pid = c.execute("select pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        pid = _backend_pid(c)
         _terminate(admin, pid)
-        time.sleep(0.5)
+        _ended(admin, pid)
         return _outcome(lambda: c.execute("select 1"))
 
 
@@ -110,13 +128,12 @@ def test_psycopg_sees_the_server_error(
 async def _asyncpg_outcome(dsn: str, admin: str, name: str) -> Outcome:
     conn = await asyncpg.connect(dsn)
     try:
+        pid = await conn.fetchval("select pg_backend_pid()")
         if name == "idle_session_timeout":
             await conn.execute("set idle_session_timeout = '300ms'")
-            await asyncio.sleep(1.0)
         else:
-            pid = await conn.fetchval("select pg_backend_pid()")
             await asyncio.to_thread(_terminate, admin, pid)
-            await asyncio.sleep(0.5)
+        await asyncio.to_thread(_ended, admin, pid)
         await conn.fetchval("select 1")
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         return type(e).__name__, getattr(e, "sqlstate", None)
