@@ -142,14 +142,18 @@ async def test_cooldown_blocks_a_second_automatic_failover(pg_tmp: Path) -> None
         promoted = await eventually(new_primary(c, first), what="first failover")
         second = promoted["primary"]
         await asyncio.to_thread(c.kill, 0, second["name"], "KILL")
+        left = promoted["lastFailover"]["at"] + 12 - time.time()
 
         def in_cooldown() -> dict[str, Any] | None:
             doc = c.status()
             m = doc["managers"][0]
             return m if m["state"] == "cooldown" else None
 
-        await eventually(in_cooldown, timeout=10, what="cooldown reported")
-        assert c.shard(0)["primary"]["name"] == second["name"], "failed over inside cooldown"
+        # The kill is noticed once the lease (2.5 s) lapsed: the state can only be seen
+        # if that happens inside the cooldown. A loaded machine may get there too late.
+        if left > 6:
+            await eventually(in_cooldown, timeout=left - 1, what="cooldown reported")
+            assert c.shard(0)["primary"]["name"] == second["name"], "failed over in cooldown"
         third = await eventually(new_primary(c, second["name"]), what="failover after cooldown")
         assert third["epoch"] == 3
         # The property itself (a busy machine may see little of the cooldown left by the
