@@ -130,10 +130,14 @@ async def _scenario(c: localcluster.LocalCluster, dsn: str, shard: dict[str, Any
     readers = Readers(dsn)
     try:
         # In flight on the follower when it freezes: answered by the primary instead.
-        slow = asyncio.ensure_future(reader.fetchval(f"select {PORT} from pg_sleep(5)"))
+        # Long on the follower (the kill below may take seconds on a loaded machine), at
+        # once on the primary that answers it instead.
+        slow = asyncio.ensure_future(
+            reader.fetchval(f"select {PORT} from pg_sleep(({PORT} = {frozen})::int * 60)")
+        )
         await asyncio.sleep(0.5)
         await asyncio.to_thread(c.kill, 0, names[frozen], "STOP")
-        assert not slow.done(), "the read ended before the follower froze: sleep longer"
+        assert not slow.done(), "the read ended before the follower froze"
         assert await asyncio.wait_for(slow, BOUND) == primary
         # A transaction on it cannot move: a clear error, the session ends.
         with pytest.raises(asyncpg.PostgresError) as failed:
