@@ -70,6 +70,17 @@ def servers(pg_tmp: Path) -> Iterator[list[pgserver.PgServer]]:
             s.stop()
 
 
+@pytest.fixture
+async def conn(servers: list[pgserver.PgServer]) -> AsyncIterator[asyncpg.Connection]:
+    """A session on the first server's application database (made with the log's schema)."""
+    await create_app_db(servers[0], schema=True)
+    c = await asyncpg.connect(app_dsn(servers[0]))
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
 @contextlib.asynccontextmanager
 async def running(a: applier_mod.Applier) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.ensure_future(a.run())
@@ -316,115 +327,103 @@ async def test_bootstrap_from_a_snapshot_while_writes_go_on(
 
 async def test_an_entry_that_fails_stops_the_applier_and_is_never_skipped(
     servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
 ) -> None:
     primary, follower, _ = servers
-    await create_app_db(primary, schema=True)
-    conn = await asyncpg.connect(app_dsn(primary))
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
+    await bootstrap(primary, follower)
+    # Someone changes the follower's table by hand (bypassing read-only).
+    fconn = await asyncpg.connect(
+        app_dsn(follower), server_settings={"default_transaction_read_only": "off"}
+    )
     try:
-        await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
-        await bootstrap(primary, follower)
-        # Someone changes the follower's table by hand (bypassing read-only).
-        fconn = await asyncpg.connect(
-            app_dsn(follower), server_settings={"default_transaction_read_only": "off"}
-        )
-        try:
-            await fconn.execute("INSERT INTO t VALUES (7)")
-        finally:
-            await fconn.close()
-        await write(conn, [Write("INSERT INTO t VALUES (1)")])
-        bad = await write(conn, [Write("INSERT INTO t VALUES (7)")])
-        await write(conn, [Write("INSERT INTO t VALUES (8)")])
-        a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
-        async with running(a) as task:
-            async with asyncio.timeout(30):
-                await asyncio.shield(task)
-        assert a.state is applier_mod.State.DIVERGED
-        st = a.status()
-        assert st["divergedAt"] == bad and "UniqueViolation" in st["error"]
-        assert a.applied == bad - 1 == await position(follower)
-        rows = await table_contents(app_dsn(follower), ["t"])
-        assert rows["t"] == [(1,), (7,)]  # 8 was not applied past the failed entry
+        await fconn.execute("INSERT INTO t VALUES (7)")
     finally:
-        await conn.close()
+        await fconn.close()
+    await write(conn, [Write("INSERT INTO t VALUES (1)")])
+    bad = await write(conn, [Write("INSERT INTO t VALUES (7)")])
+    await write(conn, [Write("INSERT INTO t VALUES (8)")])
+    a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
+    async with running(a) as task:
+        async with asyncio.timeout(30):
+            await asyncio.shield(task)
+    assert a.state is applier_mod.State.DIVERGED
+    st = a.status()
+    assert st["divergedAt"] == bad and "UniqueViolation" in st["error"]
+    assert a.applied == bad - 1 == await position(follower)
+    rows = await table_contents(app_dsn(follower), ["t"])
+    assert rows["t"] == [(1,), (7,)]  # 8 was not applied past the failed entry
 
 
 async def test_a_follower_repointed_to_a_promoted_follower_gets_the_entries_it_missed(
     servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
 ) -> None:
     """Failover's log mechanics: f1 applied more than f2; f1 becomes the writer
     (continuing the sequence) and f2, repointed, pulls the rest from f1's own log."""
     primary, f1, f2 = servers
-    await create_app_db(primary, schema=True)
-    conn = await asyncpg.connect(app_dsn(primary))
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
+    await bootstrap(primary, f1)
+    await bootstrap(primary, f2)
+    a1 = applier_mod.Applier("f1", app_dsn(f1), app_dsn(primary))
+    a2 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(primary))
+    async with running(a1), running(a2):
+        for i in range(5):
+            await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
+        await caught_up(a2, primary)
+    async with running(a1):  # f2 is behind now
+        for i in range(5, 10):
+            await write(conn, [Write("UPDATE t SET v = v + $1", (i,))])
+        await caught_up(a1, primary)
+    primary.stop()
+    # Promote f1: writable, the sequence continues after the last entry it applied.
+    # (The reload reaches open sessions asynchronously: this one sets it itself.)
+    c1 = await asyncpg.connect(
+        app_dsn(f1), server_settings={"default_transaction_read_only": "off"}
+    )
     try:
-        await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
-        await bootstrap(primary, f1)
-        await bootstrap(primary, f2)
-        a1 = applier_mod.Applier("f1", app_dsn(f1), app_dsn(primary))
-        a2 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(primary))
-        async with running(a1), running(a2):
-            for i in range(5):
-                await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
-            await caught_up(a2, primary)
-        async with running(a1):  # f2 is behind now
-            for i in range(5, 10):
-                await write(conn, [Write("UPDATE t SET v = v + $1", (i,))])
-            await caught_up(a1, primary)
-        primary.stop()
-        # Promote f1: writable, the sequence continues after the last entry it applied.
-        # (The reload reaches open sessions asynchronously: this one sets it itself.)
-        c1 = await asyncpg.connect(
-            app_dsn(f1), server_settings={"default_transaction_read_only": "off"}
-        )
-        try:
-            await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
-            await c1.execute("SELECT pg_reload_conf()")
-            await c1.execute(slog.CONTINUE_SQL)
-        finally:
-            await c1.close()
-        a2.repoint(app_dsn(f1))
-        c1 = await asyncpg.connect(app_dsn(f1), server_settings={
-            "default_transaction_read_only": "off"})  # fmt: skip
-        try:
-            seq = await write(c1, [Write("INSERT INTO t VALUES (100, 1)")])
-            assert seq == 12  # after CREATE, 5 inserts, 5 updates
-            async with running(a2):
-                await caught_up(a2, f1)
-        finally:
-            await c1.close()
-        await assert_identical(f1, f2)
+        await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await c1.execute("SELECT pg_reload_conf()")
+        await c1.execute(slog.CONTINUE_SQL)
     finally:
-        await conn.close()
+        await c1.close()
+    a2.repoint(app_dsn(f1))
+    c1 = await asyncpg.connect(app_dsn(f1), server_settings={
+        "default_transaction_read_only": "off"})  # fmt: skip
+    try:
+        seq = await write(c1, [Write("INSERT INTO t VALUES (100, 1)")])
+        assert seq == 12  # after CREATE, 5 inserts, 5 updates
+        async with running(a2):
+            await caught_up(a2, f1)
+    finally:
+        await c1.close()
+    await assert_identical(f1, f2)
 
 
 async def test_settings_reverted_by_rollback_to_savepoint_are_set_again(
     servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
 ) -> None:
     """ROLLBACK TO SAVEPOINT also undoes ``set_config(…, true)`` made after the savepoint:
     the applier must not think a setting is still pinned (the proxy logs SAVEPOINT and
     ROLLBACK TO as they ran)."""
     primary, follower, _ = servers
-    await create_app_db(primary, schema=True)
-    conn = await asyncpg.connect(app_dsn(primary))
-    try:
-        await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, shown text)")])
-        await bootstrap(primary, follower)
-        tokyo = {"TimeZone": "Asia/Tokyo"}
-        shown = "'2024-01-01 12:00+00'::timestamptz::text"
-        await write(
-            conn,
-            [
-                Write("SAVEPOINT a"),
-                Write(f"INSERT INTO t VALUES (1, {shown})", settings=tokyo),
-                Write("ROLLBACK TO SAVEPOINT a"),
-                Write(f"INSERT INTO t VALUES (2, {shown})", settings=tokyo),
-            ],
-        )
-        a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
-        async with running(a):
-            await caught_up(a, primary)
-        await assert_identical(primary, follower)
-        rows = await table_contents(app_dsn(follower), ["t"])
-        assert rows["t"] == [(2, "2024-01-01 21:00:00+09")]
-    finally:
-        await conn.close()
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, shown text)")])
+    await bootstrap(primary, follower)
+    tokyo = {"TimeZone": "Asia/Tokyo"}
+    shown = "'2024-01-01 12:00+00'::timestamptz::text"
+    await write(
+        conn,
+        [
+            Write("SAVEPOINT a"),
+            Write(f"INSERT INTO t VALUES (1, {shown})", settings=tokyo),
+            Write("ROLLBACK TO SAVEPOINT a"),
+            Write(f"INSERT INTO t VALUES (2, {shown})", settings=tokyo),
+        ],
+    )
+    a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
+    async with running(a):
+        await caught_up(a, primary)
+    await assert_identical(primary, follower)
+    rows = await table_contents(app_dsn(follower), ["t"])
+    assert rows["t"] == [(2, "2024-01-01 21:00:00+09")]
