@@ -349,19 +349,26 @@ async def test_a_prepare_on_shard_0_does_not_hold_locks_there(sharded: Setup) ->
         await conn.close()
 
 
-async def test_copy_to_stdout_gathers_every_shard(sharded: Setup) -> None:  # noqa: F811
-    rows = _copy_rows(5000)
-    conn = await asyncpg.connect(sharded.proxy.dsn)
+async def _copied(setup: Setup, rows: list[tuple[int, int, str | None]]) -> None:
+    """``orders`` made and filled with ``rows`` through the proxy (COPY, psycopg)."""
+    conn = await asyncpg.connect(setup.proxy.dsn)
     try:
         await conn.execute(DDL[0])
     finally:
         await conn.close()
+    with (
+        psycopg.connect(setup.proxy.dsn, autocommit=True) as pc,
+        pc.cursor().copy("COPY orders (customer_id, id, note) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+
+
+async def test_copy_to_stdout_gathers_every_shard(sharded: Setup) -> None:  # noqa: F811
+    rows = _copy_rows(5000)
+    await _copied(sharded, rows)
     with psycopg.connect(sharded.proxy.dsn, autocommit=True) as pc:
         cur = pc.cursor()
-        with cur.copy("COPY orders (customer_id, id, note) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        got = set()
         with cur.copy("COPY orders (customer_id, id, note) TO STDOUT") as copy:
             copy.set_types(["int8", "int4", "text"])
             got = set(copy.rows())
@@ -381,16 +388,9 @@ async def test_copy_of_a_query_to_stdout(sharded: Setup) -> None:  # noqa: F811
     is gathered from every shard, one that needs the proxy's merge is refused."""
     rows = _copy_rows(2000)
     key = _keys(sharded, 1, 1)[0]
-    conn = await asyncpg.connect(sharded.proxy.dsn)
-    try:
-        await conn.execute(DDL[0])
-    finally:
-        await conn.close()
+    await _copied(sharded, rows)
     with psycopg.connect(sharded.proxy.dsn, autocommit=True) as pc:
         cur = pc.cursor()
-        with cur.copy("COPY orders (customer_id, id, note) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
         with cur.copy("COPY (SELECT id FROM orders WHERE note IS NOT NULL) TO STDOUT") as copy:
             data = b"".join(bytes(b) for b in copy)
         expected = sorted(r[1] for r in rows if r[2] is not None)
