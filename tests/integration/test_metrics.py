@@ -75,6 +75,58 @@ def eventually(what: str, probe: Callable[[], T | None], timeout: float = 60) ->
         time.sleep(0.3)
 
 
+STATEMENT_ONLY = {
+    "pgshard_instance_statement_log_seq",
+    "pgshard_instance_statement_applier_diverged",
+}
+"""Series only members in ``statement`` replication offer."""
+
+
+def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) -> None:
+    with localcluster.running(pg_tmp, "--replication-method=statement", replicas=1) as c:
+        status = c.status()
+        shard = status["shards"][0]
+        (follower,) = shard["followers"]
+        with psycopg.connect(status["proxy"]["dsn"], autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            for i in range(5):
+                conn.execute("INSERT INTO t VALUES (%s)", (i,))
+            written = value(
+                scrape(shard["primary"]["metricsUrl"]), "pgshard_instance_statement_log_seq"
+            )
+            assert written and written >= 6
+
+            def applied() -> Samples | None:
+                f = scrape(follower["metricsUrl"])
+                return (
+                    f
+                    if value(f, "pgshard_instance_statement_log_seq", position="applied") == written
+                    else None
+                )
+
+            f = eventually("the follower applied every entry", applied)
+            assert (
+                value(f, "pgshard_instance_statement_log_seq", position="source") or 0
+            ) >= written
+            assert value(f, "pgshard_instance_statement_applier_diverged") == 0
+            offered = names(shard["primary"]["metricsUrl"]) | names(follower["metricsUrl"])
+            assert offered >= STATEMENT_ONLY, offered
+
+            # Someone writes on the follower by hand: the next entry cannot apply there.
+            with psycopg.connect(
+                follower["dsn"], autocommit=True, options="-c default_transaction_read_only=off"
+            ) as direct:
+                direct.execute("INSERT INTO t VALUES (7)")
+            conn.execute("INSERT INTO t VALUES (7)")
+        eventually(
+            "the applier's divergence in its metrics",
+            lambda: (
+                value(scrape(follower["metricsUrl"]), "pgshard_instance_statement_applier_diverged")
+                == 1
+            ),
+        )
+
+
 def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, "--follower-delay-ms=1500", replicas=1) as c:
         shard = c.shard(0)
@@ -95,6 +147,7 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
         assert value(f, "pgshard_instance_role", member=follower["name"], role="follower") == 1
         assert value(f, "pgshard_instance_lease_held") == 0
         assert value(f, "pgshard_instance_wal_position_bytes", position="replayed")
+        assert not STATEMENT_ONLY & (names(follower["metricsUrl"]) | names(primary_url))
 
         # Writes the delayed follower has received but not replayed: lag in bytes and
         # seconds on the primary, replay delay on the follower.
@@ -203,4 +256,5 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         exprs += [t["expr"] for p in panels for t in p["targets"]]
         named = {n for e in exprs for n in re.findall(r"\bpgshard_[a-z0-9_]+", e)}
         assert len(named) > 15
+        offered |= STATEMENT_ONLY  # scraped from a statement-mode cluster above
         assert named <= offered, f"named by the chart but never scraped: {sorted(named - offered)}"

@@ -109,6 +109,7 @@ def families(
                 status["replayLagBytes"],
             )
         )
+    out += _statement_log_families(member, status)
     out += _follower_families(member, followers)
     if progress is not None:
         out += [
@@ -125,6 +126,36 @@ def families(
                 progress.total,
             ),
         ]
+    return out
+
+
+def _statement_log_families(member: str, status: Mapping[str, Any]) -> list[Metric]:
+    """``statement`` replication: the log position (a primary's last entry, a follower's
+    last applied one), what a follower's source has, and whether its applier stopped on
+    an entry it could not apply. Nothing in ``wal`` mode."""
+    if status.get("method") != "statement":
+        return []
+    seq = GaugeMetricFamily(
+        "pgshard_instance_statement_log_seq",
+        "Statement log position: the last entry written (primary) or applied (follower), "
+        "and the last one the follower's source had when it last read.",
+        labels=["member", "position"],
+    )
+    applier = status.get("applier") or {}
+    if status.get("position") is not None:
+        seq.add_metric([member, "applied" if applier else "written"], float(status["position"]))
+    if applier.get("sourceSeq") is not None:
+        seq.add_metric([member, "source"], float(applier["sourceSeq"]))
+    out: list[Metric] = [seq]
+    if applier:
+        out.append(
+            _gauge(
+                "pgshard_instance_statement_applier_diverged",
+                "1 if the applier stopped on an entry it could not apply (re-bootstrap).",
+                member,
+                1 if applier.get("state") == "diverged" else 0,
+            )
+        )
     return out
 
 
