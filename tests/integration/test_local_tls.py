@@ -19,6 +19,7 @@ import stat
 import struct
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgshard_operator import certs
 from pgshard_operator.local import layout
@@ -88,6 +90,18 @@ async def _replication_over_tls(dsn: str) -> list[Any]:
         await conn.close()
 
 
+def _expiries(metrics_url: str) -> dict[str, float]:
+    """``pgshard_instance_tls_certificate_expiry_timestamp_seconds`` by certificate."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    return {
+        s.labels["certificate"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "pgshard_instance_tls_certificate_expiry_timestamp_seconds"
+    }
+
+
 def test_local_tls_everywhere(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, "--tls", shards=1, replicas=2) as c:
         tls = certs.TlsFiles(c.files / "tls")
@@ -115,6 +129,12 @@ def test_local_tls_everywhere(pg_tmp: Path) -> None:
         primary = doc["shards"][0]["primary"]["address"]
         with pytest.raises(psycopg.OperationalError, match="no encryption"):
             psycopg.connect(_superuser_dsn(c, primary, "sslmode=disable"))
+
+        # The agents' metrics say when the served certificate and the CA expire.
+        assert _expiries(doc["shards"][0]["primary"]["metricsUrl"]) == {
+            "served": certs.expires(tls.server_cert).timestamp(),
+            "ca": certs.expires(tls.ca_cert).timestamp(),
+        }
 
         # Followers stream over TLS (their primary_conninfo verifies the primary).
         verify = f"sslmode=verify-full&sslrootcert={tls.ca_cert}"
@@ -154,5 +174,7 @@ def test_local_tls_everywhere(pg_tmp: Path) -> None:
         shard = _wait_streaming(c, 2)
         for member in (shard["primary"], *shard["followers"]):
             assert _served_certificate(member["address"]) == new_der
+            served = _expiries(member["metricsUrl"])["served"]
+            assert served == certs.expires(tls.server_cert).timestamp() > soon.timestamp()
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute("select count(*) from t").fetchone() == (2,)

@@ -80,6 +80,8 @@ STATEMENT_ONLY = {
     "pgshard_instance_statement_applier_diverged",
 }
 """Series only members in ``statement`` replication offer."""
+TLS_ONLY = "pgshard_instance_tls_certificate_expiry_timestamp_seconds"
+"""Offered only by members of a TLS cluster (``up --tls``)."""
 
 
 def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) -> None:
@@ -147,7 +149,9 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
         assert value(f, "pgshard_instance_role", member=follower["name"], role="follower") == 1
         assert value(f, "pgshard_instance_lease_held") == 0
         assert value(f, "pgshard_instance_wal_position_bytes", position="replayed")
-        assert not STATEMENT_ONLY & (names(follower["metricsUrl"]) | names(primary_url))
+        assert not (STATEMENT_ONLY | {TLS_ONLY}) & (
+            names(follower["metricsUrl"]) | names(primary_url)
+        )
 
         # Writes the delayed follower has received but not replayed: lag in bytes and
         # seconds on the primary, replay delay on the follower.
@@ -257,4 +261,5 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         named = {n for e in exprs for n in re.findall(r"\bpgshard_[a-z0-9_]+", e)}
         assert len(named) > 15
         offered |= STATEMENT_ONLY  # scraped from a statement-mode cluster above
+        offered.add(TLS_ONLY)  # scraped in test_local_tls.py
         assert named <= offered, f"named by the chart but never scraped: {sorted(named - offered)}"

@@ -94,7 +94,9 @@ def build_app(agent: Agent, token: str) -> web.Application:
     async def scrape(request: web.Request) -> web.StreamResponse:
         doc = await agent.status()
         progress = agent.progress if agent.progress.total else None
-        body = exposition.render(metrics.families(doc, await agent.followers(), progress))
+        tls = agent.s.server.tls
+        served = {"served": agent.s.datadir / "server.crt", "ca": tls.ca_cert} if tls else None
+        body = exposition.render(metrics.families(doc, await agent.followers(), progress, served))
         return web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE})
 
     app = web.Application(middlewares=[control_auth.middleware(token)])

@@ -10,12 +10,14 @@ pod's labels); series carry ``member`` and, per follower, ``follower``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from pgshard_proxy.contract import positions
 
+from .. import certs
 from .bootstrap import Progress
 
 ROLES = (
@@ -37,9 +39,13 @@ def _gauge(name: str, doc: str, member: str, value: float) -> GaugeMetricFamily:
 
 
 def families(
-    status: Mapping[str, Any], followers: Sequence[Mapping[str, Any]], progress: Progress | None
+    status: Mapping[str, Any],
+    followers: Sequence[Mapping[str, Any]],
+    progress: Progress | None,
+    certificates: Mapping[str, Path] | None = None,
 ) -> list[Metric]:
-    """The member's metrics from its ``/status`` document and its followers' rows."""
+    """The member's metrics from its ``/status`` document, its followers' rows and the
+    ``certificates`` TLS depends on (by role: ``served``, ``ca``)."""
     member = str(status["name"])
     out: list[Metric] = [
         _gauge(
@@ -110,6 +116,7 @@ def families(
             )
         )
     out += _statement_log_families(member, status)
+    out += _certificate_families(member, certificates or {})
     out += _follower_families(member, followers)
     if progress is not None:
         out += [
@@ -127,6 +134,25 @@ def families(
             ),
         ]
     return out
+
+
+def _certificate_families(member: str, certificates: Mapping[str, Path]) -> list[Metric]:
+    """When each certificate expires, read from the file at every scrape: ``served`` is
+    PGDATA's copy, what PostgreSQL serves since its last start (a rotated certificate
+    shows here only once the member restarted). Nothing without TLS."""
+    if not certificates:
+        return []
+    expiry = GaugeMetricFamily(
+        "pgshard_instance_tls_certificate_expiry_timestamp_seconds",
+        "When a certificate of the member's TLS expires (Unix seconds).",
+        labels=["member", "certificate"],
+    )
+    for role, path in certificates.items():
+        try:
+            expiry.add_metric([member, role], certs.expires(path).timestamp())
+        except (OSError, ValueError):
+            continue  # not written yet (bootstrap) or being replaced
+    return [expiry]
 
 
 def _statement_log_families(member: str, status: Mapping[str, Any]) -> list[Metric]:
