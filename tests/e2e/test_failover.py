@@ -2,7 +2,9 @@
 
 One shard, a primary and two followers in ``sync`` mode, real PostgreSQL pods, the
 operator installed with Helm. A writer inserts through the proxy's Service the whole
-time and remembers which inserts were acknowledged.
+time and remembers which inserts were acknowledged; across the planned switchovers
+(3 and 4) the four writers of ``tests/support/switch_load.py`` do (asyncpg and psycopg,
+autocommit and explicit transactions).
 
 1. Delete the primary pod: a follower is promoted at epoch + 1, the proxy serves
    writes again, no acknowledged insert is missing, and the recreated pod (same
@@ -11,12 +13,13 @@ time and remembers which inserts were acknowledged.
    out; when thawed, the old primary accepts no write and rejoins as a follower.
 3. Annotate the cluster ``pgshard.io/switchover=0:<follower>``: that follower becomes
    primary (``lastFailover.kind`` switchover, with its timings, also in
-   ``failoverHistory`` and the ``Last failover`` column), the writer sees no error (the
-   proxy holds its inserts), no acknowledged insert is lost, the annotation is removed
-   and a ``SwitchedOver`` Event posted.
+   ``failoverHistory`` and the ``Last failover`` column), no writer sees an error
+   outside a transaction open on the old primary (the proxy holds the rest), no
+   acknowledged insert is lost, the annotation is removed and a ``SwitchedOver`` Event
+   posted.
 4. Change a PostgreSQL parameter: the operator restarts the followers one at a time,
-   switches over by itself, then restarts the old primary; the writer sees no error, no
-   acknowledged insert is lost and every member runs the new setting.
+   switches over by itself, then restarts the old primary; the same for the writers,
+   and every member runs the new setting.
 5. ``pgshard switchover --kube`` moves the primary to the highest-numbered pod and
    prints the outcome; a request the operator refuses fails with its reason.
 6. Lower ``replicasPerShard`` while the primary is that highest-numbered pod: the
@@ -42,7 +45,7 @@ import pytest
 from tests.e2e.helpers import get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.faults import Faults
-from tests.support import crd, procs
+from tests.support import crd, procs, switch_load
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +179,17 @@ def pod_ip(kube: Cluster, ns: str, pod: str) -> str:
     return ip
 
 
+async def unnoticed(
+    kube: Cluster, ns: str, cluster: dict[str, str], load: switch_load.Load, primary: str
+) -> list[str]:
+    """What the four writers should not have seen (``switch_load.problems``), the
+    acknowledged ids read on the primary's pod; prints each writer's longest pause."""
+    switch_load.report(load)
+    ip = pod_ip(kube, ns, primary)
+    committed = await switch_load.ids_on(f"postgresql://app:{cluster['password']}@{ip}:5432/app")
+    return switch_load.problems(load, committed)
+
+
 async def test_deleting_the_primary_pod_fails_over_without_losing_writes(
     kube: Cluster, ns: str, cluster: dict[str, str]
 ) -> None:
@@ -253,12 +267,13 @@ async def test_switchover_on_request_loses_nothing(
                           lambda: healthy(kube, ns), 120)  # fmt: skip
     target = before["followers"][0]["name"]
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
-    async with Writer(dsn).running() as w:
-        await w.acked_more(10, 60)
+    await switch_load.create_table(dsn)
+    async with switch_load.running(dsn) as load:
+        await load.wait_acked(10, 60)
         kube.kubectl("annotate", "shardedcluster", "-n", ns, NAME,
                      f"pgshard.io/switchover=0:{target}")  # fmt: skip
         after = await waited("the switchover", lambda: promoted(kube, ns, before["epoch"]), 90)
-        await w.acked_more(10, 60)
+        await load.wait_acked(10, 60)
     assert after["primary"]["name"] == target
     last = after["lastFailover"]
     assert last["kind"] == "switchover"
@@ -274,10 +289,8 @@ async def test_switchover_on_request_loses_nothing(
 
     await waited("the Last failover column", lambda: column().startswith("shard 0: switchover"), 60)
     print(f"status.lastFailover: {column()}")
-    # The proxy held the writer's inserts while the shard was switching: no error.
-    assert not w.errors, w.errors
-    missing = set(w.acked) - await rows(dsn)
-    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+    # The proxy held the writers' requests while the shard was switching: no error.
+    assert not await unnoticed(kube, ns, cluster, load, target)
     annotations = get(kube, "shardedcluster", "-n", ns, NAME)["metadata"].get("annotations") or {}
     assert "pgshard.io/switchover" not in annotations
     await waited("an event for the switchover", lambda: "SwitchedOver" in {
@@ -314,21 +327,21 @@ async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
                           lambda: healthy(kube, ns), 120)  # fmt: skip
     old_revision = revision(kube, ns)
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
-    async with Writer(dsn).running() as w:
-        await w.acked_more(10, 60)
+    await switch_load.create_table(dsn)
+    async with switch_load.running(dsn) as load:
+        await load.wait_acked(10, 60)
         kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
                      "-p", '{"spec":{"postgres":{"parameters":{"work_mem":"7MB"}}}}')  # fmt: skip
         after = await waited(
             "the roll-out", lambda: rolled_out(kube, ns, old_revision), 300, every=1
         )
-        await w.acked_more(10, 60)
+        await load.wait_acked(10, 60)
     assert after["epoch"] == before["epoch"] + 1
     assert after["lastFailover"]["kind"] == "switchover"
     assert after["primary"]["name"] != before["primary"]["name"]
     print(f"roll-out: {after['lastFailover']}")
-    assert not w.errors, w.errors  # the proxy held the inserts during the switchover
-    missing = set(w.acked) - await rows(dsn)
-    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+    # The proxy held the writers' requests during the switchover: no error.
+    assert not await unnoticed(kube, ns, cluster, load, after["primary"]["name"])
     for member in [after["primary"], *after["followers"]]:
         ip = pod_ip(kube, ns, member["name"])
         conn = await asyncpg.connect(f"postgresql://app:{cluster['password']}@{ip}:5432/app")

@@ -8,8 +8,8 @@ error with the step it hit (``begin`` for a transaction that had not started,
 and the longest pause between two acknowledgements. After an error a writer
 reconnects, as an application would.
 
-Used by tests/integration/test_switchover_buffering.py (errors asserted) and
-bench/switchover.py (pauses printed).
+Used by tests/integration/test_switchover_buffering.py and tests/e2e/test_failover.py
+(:func:`problems` asserted empty) and bench/switchover.py (pauses printed).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import asyncpg
 import psycopg
 
 TABLE = "switch_load"
+OPEN_TX_ERRORS = frozenset({"08007", "08006", "57P01"})
+"""What a transaction open on the old primary may end with (its fate: rolled back)."""
 STEP_TIMEOUT = 30.0
 """Bound on one step: a request held longer than any buffer window counts as ``hung``."""
 
@@ -224,3 +226,33 @@ async def running(dsn: str, base: int = 0) -> AsyncIterator[Load]:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def report(load: Load) -> None:
+    """Print each writer's counts, longest pause and failures (pauses are not asserted)."""
+    for w in load.writers:
+        pauses = ", ".join(f"{p:.2f}" for p in w.pauses)
+        print(
+            f"{w.name}: {len(w.acked)} acked, {len(w.failures)} failed, longest pause "
+            f"{w.longest_pause:.2f}s (pauses > {SLOW}s: {pauses})"
+        )
+        for f in w.failures:
+            print(f"  {f.step}: {f.sqlstate} {f.message}")
+
+
+def problems(load: Load, committed: set[int]) -> list[str]:
+    """What clients should not have seen across planned switchovers: any error outside a
+    transaction open on the old primary (autocommit writes, a ``BEGIN``, a new session),
+    an open transaction ending otherwise than rolled back, an acknowledged id missing
+    from ``committed`` (the ids on the primary afterwards). Empty when all is well."""
+    out: list[str] = []
+    for w in load.writers:
+        for f in w.failures:
+            if not w.transactions or f.step not in ("write", "commit"):
+                out.append(f"{w.name}: {f} (not in a transaction open on the old primary)")
+            elif f.sqlstate not in OPEN_TX_ERRORS:
+                out.append(f"{w.name}: {f} (not one of {sorted(OPEN_TX_ERRORS)})")
+        lost = set(w.acked) - committed
+        if lost:
+            out.append(f"{w.name}: {len(lost)} acknowledged ids lost: {sorted(lost)[:10]}")
+    return out
