@@ -12,12 +12,16 @@ Printed per switchover and proxy: client requests that failed, requests the
 proxy held (its ``pgshard_proxy_switchover_requests_total{outcome=buffered}``),
 and the longest pause any writer saw between two acknowledgements; then totals
 and the worst case. Nothing is asserted.
+
+``--kube`` (as root; binaries from scripts/kube-build; several minutes) does the same on
+the test control plane (tests/kube): ``bench/kube_switchover.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import re
 import sys
@@ -25,6 +29,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.support import localcluster, switch_load
@@ -32,27 +37,20 @@ from tests.support import proxy as proxy_support
 
 
 def _held(metrics_url: str | None) -> int | None:
-    """The proxy's count of held requests that then ran (None: no metrics endpoint)."""
+    """The proxy's count of held requests that then ran (None: no metrics endpoint, or
+    it did not answer)."""
     if not metrics_url:
         return None
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        text = r.read().decode()
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as e:
+        print(f"  cannot read {metrics_url}: {e}")
+        return None
     m = re.search(
         r'^pgshard_proxy_switchover_requests_total\{outcome="buffered"\} (\S+)$', text, re.M
     )
     return int(float(m.group(1))) if m else 0
-
-
-async def _streaming(c: localcluster.LocalCluster, timeout: float = 180) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        shard = await asyncio.to_thread(c.shard, 0)
-        followers = shard["followers"]
-        if followers and all(f["state"] == "streaming" for f in followers):
-            return shard
-        if time.monotonic() > deadline:
-            raise TimeoutError("followers not streaming")
-        await asyncio.sleep(0.3)
 
 
 def _mark(load: switch_load.Load) -> list[int]:
@@ -77,11 +75,64 @@ def _line(
     return failed, pause
 
 
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    """One proxy the bench writes through: ``on`` holds requests, ``off`` does not."""
+
+    key: str
+    dsn: str
+    metrics: str | None
+    """Its ``/metrics`` URL (held requests), or None."""
+
+
+async def compare(
+    title: str,
+    switchovers: int,
+    proxies: tuple[Proxy, Proxy],
+    settled: Callable[[], Awaitable[str]],
+    switch: Callable[[], Awaitable[None]],
+) -> None:
+    """Four writers through each proxy at once, across ``switchovers`` calls of ``switch``;
+    ``settled`` waits until the shard may switch over again and returns its primary."""
+    on, off = proxies
+    totals = {p.key: [0, 0.0] for p in proxies}
+    await switch_load.create_table(on.dsn)
+    async with (
+        switch_load.running(on.dsn) as on_load,
+        switch_load.running(off.dsn, 5_000_000) as off_load,
+    ):
+        loads = ((on, on_load), (off, off_load))
+        await on_load.wait_acked(20)
+        await off_load.wait_acked(20)
+        for i in range(1, switchovers + 1):
+            old = await settled()
+            before = [(_mark(load), _held(p.metrics)) for p, load in loads]
+            await switch()
+            for _, load in loads:
+                try:
+                    await load.wait_acked(20, timeout=90)
+                except TimeoutError as e:
+                    print(f"  {e}")
+            await asyncio.sleep(1.0)
+            new = await settled()
+            print(f"switchover {i}: {old} -> {new}")
+            for (p, load), (marks, held_before) in zip(loads, before, strict=True):
+                held_after = _held(p.metrics)
+                held = (
+                    None if held_before is None or held_after is None else held_after - held_before
+                )
+                failed, pause = _line(f"buffering {p.key:3}", load, marks, held)
+                totals[p.key][0] += failed
+                totals[p.key][1] = max(totals[p.key][1], pause)
+    print(f"\n{title}: {switchovers} switchovers, 1 shard, 2 followers, 4 writers per proxy")
+    for key, (failed, pause) in totals.items():
+        print(f"  buffering {key:3}: {failed} failed requests, worst writer pause {pause:.2f} s")
+
+
 async def run(switchovers: int, base: Path) -> None:
     with localcluster.running(base, replicas=2) as c:
         doc = await asyncio.to_thread(c.status)
         dsn = doc["proxy"]["dsn"]
-        on_metrics = doc["proxy"].get("metricsUrl")
         url = urllib.parse.urlsplit(dsn)
         plain = proxy_support.start_proxy(
             base, None, "--buffer-window-ms=0",
@@ -92,50 +143,31 @@ async def run(switchovers: int, base: Path) -> None:
         off_dsn = urllib.parse.urlunsplit(
             url._replace(netloc=f"{url.username}:{url.password}@{plain.host}:{plain.port}")
         )
-        totals = {"on": [0, 0.0], "off": [0, 0.0]}
+
+        async def settled() -> str:
+            deadline = time.monotonic() + 180
+            while True:
+                shard = await asyncio.to_thread(c.shard, 0)
+                followers = shard["followers"]
+                if followers and all(f["state"] == "streaming" for f in followers):
+                    return str(shard["primary"]["name"])
+                if time.monotonic() > deadline:
+                    raise TimeoutError("followers not streaming")
+                await asyncio.sleep(0.3)
+
+        async def switch() -> None:
+            await asyncio.to_thread(c.cli, "switchover", f"--dir={c.dir}", "--shard=0")
+
         try:
-            await switch_load.create_table(dsn)
-            async with (
-                switch_load.running(dsn) as on,
-                switch_load.running(off_dsn, 5_000_000) as off,
-            ):
-                await on.wait_acked(20)
-                await off.wait_acked(20)
-                for i in range(1, switchovers + 1):
-                    shard = await _streaming(c)
-                    old = shard["primary"]["name"]  # type: ignore[index]
-                    before_on, before_off = _mark(on), _mark(off)
-                    held_before = _held(on_metrics)
-                    await asyncio.to_thread(c.cli, "switchover", f"--dir={c.dir}", "--shard=0")
-                    for load in (on, off):
-                        try:
-                            await load.wait_acked(20, timeout=90)
-                        except TimeoutError as e:
-                            print(f"  {e}")
-                    await asyncio.sleep(1.0)
-                    held_after = _held(on_metrics)
-                    new = (await asyncio.to_thread(c.shard, 0))["primary"]["name"]
-                    print(f"switchover {i}: {old} -> {new}")
-                    held = (
-                        None
-                        if held_before is None or held_after is None
-                        else held_after - held_before
-                    )
-                    for key, load, before, h in (
-                        ("on", on, before_on, held),
-                        ("off", off, before_off, None),
-                    ):
-                        failed, pause = _line(f"buffering {key:3}", load, before, h)
-                        totals[key][0] += failed
-                        totals[key][1] = max(totals[key][1], pause)
+            await compare(
+                "switchover bench, locally",
+                switchovers,
+                (Proxy("on", dsn, doc["proxy"].get("metricsUrl")), Proxy("off", off_dsn, None)),
+                settled,
+                switch,
+            )
         finally:
             plain.stop()
-    print(
-        f"\nswitchover bench: {switchovers} switchovers, 1 shard, 2 followers, 4 writers per proxy"
-    )
-    for key in ("on", "off"):
-        failed, pause = totals[key]
-        print(f"  buffering {key:3}: {failed} failed requests, worst writer pause {pause:.2f} s")
 
 
 async def main(switchovers: int) -> None:
@@ -147,7 +179,16 @@ async def main(switchovers: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--switchovers", type=int, default=5)
+    p.add_argument(
+        "--kube", action="store_true", help="on the test control plane (tests/kube), as root"
+    )
+    args = p.parse_args()
     try:
-        asyncio.run(main(p.parse_args().switchovers))
+        if args.kube:
+            from bench import kube_switchover
+
+            kube_switchover.main(args.switchovers)
+        else:
+            asyncio.run(main(args.switchovers))
     except KeyboardInterrupt:
         sys.exit(130)
