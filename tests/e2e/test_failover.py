@@ -320,6 +320,10 @@ def rolled_out(kube: Cluster, ns: str, old_revision: str) -> dict[str, Any] | No
     return healthy(kube, ns)
 
 
+ROLLOUT_IDS = 1_000_000
+"""Shifts the roll-out's writer ids away from the switchover test's (same table)."""
+
+
 async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
     kube: Cluster, ns: str, cluster: dict[str, str]
 ) -> None:
@@ -328,7 +332,7 @@ async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
     old_revision = revision(kube, ns)
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
     await switch_load.create_table(dsn)
-    async with switch_load.running(dsn) as load:
+    async with switch_load.running(dsn, ROLLOUT_IDS) as load:
         await load.wait_acked(10, 60)
         kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
                      "-p", '{"spec":{"postgres":{"parameters":{"work_mem":"7MB"}}}}')  # fmt: skip
