@@ -11,6 +11,7 @@ import pytest
 
 from pgshard_operator.platform import base
 from pgshard_operator.shard import decide, manager, policy, state, switchover
+from pgshard_proxy.contract import topology
 from tests.unit.fake_platform import FakePlatform
 from tests.unit.shard_fixtures import follower_obs
 
@@ -339,4 +340,86 @@ async def test_a_probe_that_raises_counts_its_member_unreachable_not_the_cycle_f
     d = await m.run_cycle()
     assert d is not None and d.kind is K.FAILING_OVER, d
     assert world.when("promote", "b") == [0.0]
+    await m.close()
+
+
+def make_buffering(platform: FakePlatform, **failover: object) -> manager.ShardManager:
+    """A manager with ``proxy.bufferOnFailover`` on and a 5 s window."""
+    m = make(platform, **failover)
+    m.policy = dataclasses.replace(m.policy, failover_buffer_seconds=5.0)
+    return m
+
+
+@pytest.mark.looptime
+async def test_a_decided_failover_is_announced_to_the_proxies_when_asked_for() -> None:
+    world = FakePlatform()
+    m = make_buffering(world)
+    await m.run_cycle()
+    world.kill("p")
+    before = len(world.switching_seen)
+    await m.run_cycle()
+    # Announced (until now + the window), then promoted, then the new primary published.
+    (_, announced), (_, published) = world.switching_seen[before:]
+    assert announced is not None and announced.target == "b"
+    assert (announced.since, announced.until) == (0.0, 5.0)
+    assert published is None and world.shard.primary is not None
+    assert world.shard.primary.name == "b" and world.shard.switching is None
+    await m.close()
+
+
+@pytest.mark.looptime
+async def test_a_hung_primary_is_announced_at_the_decision_not_at_the_first_failed_probe() -> None:
+    world = FakePlatform(ttl=7.5)
+    m = make_buffering(world, detection_seconds=3)
+    await m.run_cycle()
+    world.hang("p")
+    async with running(m):
+        await asyncio.sleep(10)
+    announced = [(t, sw.target) for t, sw in world.switching_seen if sw is not None]
+    assert announced == [(8.0, "b")]
+    assert world.when("promote", "b") == [8.0]
+
+
+@pytest.mark.looptime
+async def test_unplanned_failovers_are_not_announced_by_default() -> None:
+    world = FakePlatform()
+    m = make(world)
+    world.kill("p")
+    await m.run_cycle()
+    assert world.when("promote", "b") == [0.0]
+    assert all(sw is None for _, sw in world.switching_seen)
+    await m.close()
+
+
+@pytest.mark.looptime
+async def test_an_announced_failover_that_fails_is_withdrawn() -> None:
+    world = FakePlatform()
+    m = make_buffering(world)
+    world.kill("p")
+
+    async def refuse(member: str, epoch: int, replaces: state.Lease | None) -> None:
+        raise base.PlatformError(f"{member} did not promote")
+
+    world.promote = refuse  # type: ignore[method-assign]
+    decision = await m.run_cycle()
+    assert decision is not None and decision.kind is K.FAILING_OVER
+    assert [sw.target if sw else None for _, sw in world.switching_seen] == ["b", None]
+    assert world.shard.switching is None
+    await m.close()
+
+
+@pytest.mark.looptime
+async def test_a_blocked_failover_withdraws_an_announcement_left_behind() -> None:
+    world = FakePlatform()
+    m = make_buffering(world)
+    # Announced by a manager that died before it promoted; now no follower answers.
+    left = topology.Switching(target="b", since=0.0, until=5.0)
+    world.shard = dataclasses.replace(world.shard, switching=left)
+    world.kill("p")
+    for name in ("a", "b"):
+        world.hang(name)
+    decision = await m.run_cycle()
+    assert decision is not None and decision.kind is K.BLOCKED
+    assert world.switching_seen == [(0.0, None)]
+    assert world.shard.switching is None
     await m.close()

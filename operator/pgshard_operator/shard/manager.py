@@ -53,6 +53,10 @@ _BLOCKED_EVENT_SECONDS = 60.0
 ``FailoverBlocked`` Event is recorded again this often."""
 
 
+def _promotes(decision: decide.Decision) -> bool:
+    return any(isinstance(a, actions.Promote) for a in decision.actions)
+
+
 class SwitchoverFailed(Exception):
     """A switchover started but could not finish; the message says where it stopped."""
 
@@ -227,8 +231,15 @@ class ShardManager:
             self._counts_before is None or self._counts_before[0] != down_since
         ):
             await self._count_requests(down_since)
-        done = await self._execute(snap, decision.actions, began=down_since)
-        if done and any(isinstance(a, actions.Promote) for a in decision.actions):
+        announced = await self._announce_failover(snap, decision)
+        if snap.shard.switching is not None and not decision.actions:
+            # Announced by a failover that gave up (a later cycle blocked it) or by a
+            # manager that died: proxies must not hold requests for a primary not coming.
+            await self._withdraw_switching()
+        done = await self._execute(announced or snap, decision.actions, began=down_since)
+        if announced is not None and not done:
+            await self._withdraw_switching()
+        if done and _promotes(decision):
             old = next((m for m in snap.members if m.name == snap.primary), None)
             why = old.process.value if old is not None else "unknown"
             self.tally.count(self.tally.promotions, ("failover", why))
@@ -537,36 +548,59 @@ class ShardManager:
         )
         began = self._clock()
         await self._count_requests(began)
-        announced = await self._announce_switching(snap, new)
+        pol = self.policy
+        until = began + pol.switchover_drain_seconds + pol.switchover_timeout_seconds + 10.0
+        announced = await self._announce_switching(snap, new, until)
         try:
+            if announced is not None:
+                # Proxies notice, and statements already sent finish.
+                await asyncio.sleep(pol.switchover_drain_seconds)
             return await self._switch(snap, the_plan, began)
         except BaseException:
-            if announced:
+            if announced is not None:
                 await self._withdraw_switching()
             raise
 
-    async def _announce_switching(self, snap: state.ShardSnapshot, target: str) -> bool:
-        """Publish the shard as ``switching`` (proxies hold its new requests), then give
-        proxies ``switchover_drain_seconds`` to notice and statements under way to end.
-        Best effort: a switchover that cannot announce itself still runs (clients then
-        see the errors they saw before buffering existed)."""
+    async def _announce_failover(
+        self, snap: state.ShardSnapshot, decision: decide.Decision
+    ) -> state.ShardSnapshot | None:
+        """With ``proxy.bufferOnFailover``: announce a decided promotion like a switchover,
+        so that proxies hold the shard's requests not yet sent instead of sending them to
+        the dead primary (requests in flight there still fail: a crash's outcome for them
+        is unknown). Announced at the decision, not at a first failed probe: only then is
+        the primary known gone for good (unreachable for ``detectionSeconds`` or its
+        process dead, its lease run out so it acknowledges nothing more) and a new primary
+        chosen and coming; holding earlier would delay every request through a blip that
+        heals by itself, and for a failover that may never be allowed. The snapshot as
+        announced, or None (not on, no promotion, or the announcement failed)."""
+        target = next((a.member for a in decision.actions if isinstance(a, actions.Promote)), None)
+        if target is None or not self.policy.failover_buffer_seconds:
+            return None
+        until = self._clock() + self.policy.failover_buffer_seconds
+        return await self._announce_switching(snap, target, until)
+
+    async def _announce_switching(
+        self, snap: state.ShardSnapshot, target: str, until: float
+    ) -> state.ShardSnapshot | None:
+        """Publish the shard as ``switching`` to ``target`` until ``until`` (proxies hold
+        its new requests); the snapshot as published. Best effort: a change of primary
+        that cannot announce itself still runs (None; clients then see the errors they
+        saw before buffering existed)."""
         now = self._clock()
-        pol = self.policy
-        until = now + pol.switchover_drain_seconds + pol.switchover_timeout_seconds + 10.0
         record = dataclasses.replace(
             snap.shard, switching=topology.Switching(target=target, since=now, until=until)
         )
         try:
-            await self.platform.publish_topology(record, snap.version)
+            version = await self.platform.publish_topology(record, snap.version)
         except base.PlatformError as e:
-            self._log.warning("shard %s: announcing the switchover failed: %s", snap.index, e)
-            return False
-        await asyncio.sleep(pol.switchover_drain_seconds)
-        return True
+            self._log.warning("shard %s: announcing the switch failed: %s", snap.index, e)
+            return None
+        self._log.info("shard %s: announced the switch to %s to the proxies", snap.index, target)
+        return dataclasses.replace(snap, shard=record, version=version)
 
     async def _withdraw_switching(self) -> None:
-        """The switchover stopped part-way: stop proxies holding requests for it (the
-        ordinary failover logic takes the shard from here)."""
+        """The switchover or failover stopped part-way: stop proxies holding requests for
+        it (the ordinary failover logic takes the shard from here)."""
         for _ in range(3):
             try:
                 snap = await self.platform.read_snapshot()
@@ -578,7 +612,7 @@ class ShardManager:
             except base.PlatformConflict:
                 continue
             except base.PlatformError as e:
-                self._log.warning("withdrawing the switchover announcement failed: %s", e)
+                self._log.warning("withdrawing the switch announcement failed: %s", e)
                 return
 
     async def _switch(

@@ -136,6 +136,11 @@ class ShardPolicy:
     """How long a switchover waits between publishing the shard as ``switching`` and
     fencing its primary: proxies see the announcement (the local proxy polls its file
     every 0.2 s) and hold new requests, and statements already sent finish."""
+    failover_buffer_seconds: float = 0.0
+    """``proxy.bufferOnFailover``: when > 0, an automatic failover is announced like a
+    switchover (the shard published as ``switching``, until now + this) as soon as it is
+    decided, so that proxies hold the shard's new requests for the new primary instead of
+    sending them to the dead one; 0 (the default): not announced."""
 
     def __post_init__(self) -> None:
         _positive("probeTimeoutSeconds", self.probe_timeout_seconds, allow_zero=False)
@@ -143,6 +148,7 @@ class ShardPolicy:
         _positive("switchoverTimeoutSeconds", self.switchover_timeout_seconds, allow_zero=False)
         _positive("statusRefreshSeconds", self.status_refresh_seconds, allow_zero=False)
         _positive("switchoverDrainSeconds", self.switchover_drain_seconds, allow_zero=True)
+        _positive("failoverBufferSeconds", self.failover_buffer_seconds, allow_zero=True)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> ShardPolicy:
