@@ -111,7 +111,13 @@ VALID: list[dict[str, Any]] = [
             "leaseTtlSeconds": 4,
             "priorities": {"demo-shard-0-1": 10},
         },
-        "proxy": {"replicas": 1, "consistency": "strong", "maxWaitMs": 50, "workers": 2},
+        "proxy": {
+            "replicas": 1,
+            "consistency": "strong",
+            "maxWaitMs": 50,
+            "workers": 2,
+            "bufferOnFailover": True,
+        },
     },
     # Impossible but not invalid: the operator reports it (condition + Event), so a
     # user can first raise the quorum and then the followers, or the other way round.
@@ -156,6 +162,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"failover": {"enabled": "yes"}}, "spec.failover.enabled", "not of type 'boolean'"),
     ({"proxy": {"replicas": 0}}, "spec.proxy.replicas", "minimum"),
     ({"proxy": {"consistency": "linearizable"}}, "spec.proxy.consistency", "is not one of"),
+    ({"proxy": {"bufferOnFailover": "yes"}}, "spec.proxy.bufferOnFailover", "'boolean'"),
     ({"resources": {"limits": {"cpu": "two"}}}, "spec.resources.limits.cpu", "does not match"),
 ]
 

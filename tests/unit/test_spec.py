@@ -133,6 +133,38 @@ def test_problems_name_the_field(raw: Any, expected: str) -> None:
     assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
 
 
+def test_failover_buffering_is_off_unless_asked_for() -> None:
+    """``proxy.bufferOnFailover`` (issue 14): off by default; on, the shard managers
+    announce a decided failover for the proxies' own window (bufferWindowMs)."""
+    default = specs.parse_spec({})
+    assert default.proxy.buffer_on_failover is False
+    assert default.policy.failover_buffer_seconds == 0
+    on = specs.parse_spec({"proxy": {"bufferOnFailover": True}})
+    assert on.proxy.buffer_on_failover is True
+    assert on.policy.failover_buffer_seconds == specs.PROXY_BUFFER_WINDOW_MS / 1000
+    window = specs.parse_spec({"proxy": {"bufferOnFailover": True, "bufferWindowMs": 1500}})
+    assert window.policy.failover_buffer_seconds == 1.5
+    # Everything else in the policy is kept.
+    kept = specs.parse_spec({"proxy": {"bufferOnFailover": True}, "failover": {"enabled": False}})
+    assert kept.policy.failover.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("proxy", "expected"),
+    [
+        ({"bufferOnFailover": "yes"}, "spec.proxy.bufferOnFailover: must be true or false"),
+        (
+            {"bufferOnFailover": True, "bufferWindowMs": 0},
+            "spec.proxy.bufferOnFailover: needs holding on (bufferWindowMs is 0",
+        ),
+    ],
+)
+def test_failover_buffering_problems(proxy: dict[str, Any], expected: str) -> None:
+    with pytest.raises(specs.SpecInvalid) as err:
+        specs.parse_spec({"proxy": proxy})
+    assert any(p.startswith(expected) for p in err.value.problems), err.value.problems
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(specs.SpecInvalid) as err:
         specs.parse_spec({"shards": -1, "replicasPerShard": 99, "proxy": {"replicas": 0}})

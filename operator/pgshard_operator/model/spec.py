@@ -158,6 +158,10 @@ class ProxySpec:
     off); None: the proxy's default (5000)."""
     buffer_max_requests: int | None = None
     """``bufferMaxRequests``: most requests held per shard; None: the proxy's (1000)."""
+    buffer_on_failover: bool = False
+    """``bufferOnFailover``: hold requests during an automatic failover too, from the
+    shard manager's decision to the new primary's publication (off by default: see the
+    policy's ``failover_buffer_seconds``)."""
     zone: str | None = None
     """``zone``: the proxies' zone (their reads prefer followers in it). None: each proxy
     pod takes its node's ``topology.kubernetes.io/zone`` (from ``status.nodeZones``)."""
@@ -205,6 +209,13 @@ class _Reader:
 
     def child(self, name: str) -> _Reader:
         return _Reader(self.raw.get(name), f"{self.path}.{name}", self.problems)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw.get(name, default)
+        if not isinstance(value, bool):
+            self.bad(name, f"must be true or false, got {value!r}")
+            return default
+        return value
 
     def integer(self, name: str, default: int, lo: int, hi: int | None = None) -> int:
         value = self.optional_integer(name, lo, hi)
@@ -331,6 +342,26 @@ def _policy(raw: Mapping[str, Any], problems: list[str]) -> shard_policy.ShardPo
         return shard_policy.ShardPolicy()
 
 
+PROXY_BUFFER_WINDOW_MS = 5000
+"""The proxy's own ``--buffer-window-ms`` default (``pgshard_proxy.settings``)."""
+
+
+def _failover_buffer(spec: ClusterSpec, proxy: _Reader) -> shard_policy.ShardPolicy:
+    """The policy with ``proxy.bufferOnFailover``'s window (the proxies' bufferWindowMs)."""
+    if not spec.proxy.buffer_on_failover:
+        return spec.policy
+    window = spec.proxy.buffer_window_ms
+    window = PROXY_BUFFER_WINDOW_MS if window is None else window
+    if window == 0:
+        proxy.bad(
+            "bufferOnFailover",
+            "needs holding on (bufferWindowMs is 0, which turns it off); set bufferWindowMs "
+            "above 0 or bufferOnFailover to false",
+        )
+        return spec.policy
+    return dataclasses.replace(spec.policy, failover_buffer_seconds=window / 1000)
+
+
 def _sharding(r: _Reader) -> ShardingSpec:
     tables: list[ShardedTable] = []
     raw_tables = r.raw.get("tables") or []
@@ -388,9 +419,11 @@ def parse_spec(raw: object) -> ClusterSpec:
             workers=proxy.optional_integer("workers", 1, 64),
             buffer_window_ms=proxy.optional_integer("bufferWindowMs", 0, 600000),
             buffer_max_requests=proxy.optional_integer("bufferMaxRequests", 1, 1000000),
+            buffer_on_failover=proxy.flag("bufferOnFailover", False),
             zone=_zone(proxy),
         ),
     )
+    spec = dataclasses.replace(spec, policy=_failover_buffer(spec, proxy))
     if problems:
         raise SpecInvalid(tuple(problems))
     return spec
