@@ -228,3 +228,24 @@ def test_zones_change_on_resume_and_an_empty_flag_clears_them(tmp_path: Path) ->
     assert (cleared.follower_zones, cleared.proxy_zone) == ((), None)
     with pytest.raises(layout.LayoutError, match="one zone per follower"):
         up("--follower-zones=a", stored=created)
+
+
+def test_buffer_on_failover_is_off_by_default_kept_on_resume_and_stored(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+
+    def up(*flags: str, stored: layout.ClusterConfig | None) -> layout.ClusterConfig:
+        args = parser.parse_args(["local", "up", f"--dir={tmp_path}", *flags])
+        return commands._config_from_args(args, stored)
+
+    created = up(stored=None)
+    assert created.proxy_buffer_on_failover is False and created.failover_buffer_seconds == 0
+    on = up("--proxy-buffer-on-failover", "--proxy-buffer-window-ms=1500", stored=created)
+    assert on.failover_buffer_seconds == 1.5
+    assert layout.ClusterConfig.from_dict(on.to_dict(), tmp_path) == on
+    assert on.to_dict()["proxy"]["bufferOnFailover"] is True
+    resumed = up(stored=on)
+    assert resumed.proxy_buffer_on_failover is True
+    assert up("--proxy-buffer-on-failover", stored=None).failover_buffer_seconds == 5.0
+    assert up("--no-proxy-buffer-on-failover", stored=on).proxy_buffer_on_failover is False
+    with pytest.raises(layout.LayoutError, match="--proxy-buffer-on-failover needs holding on"):
+        layout.validate(_cfg(proxy_buffer_on_failover=True, proxy_buffer_window_ms=0))

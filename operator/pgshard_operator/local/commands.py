@@ -118,6 +118,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "once [1000]",
     )
     up.add_argument(
+        "--proxy-buffer-on-failover",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold requests during an automatic failover too, from the decision to fail "
+        "over until the new primary is published (requests already sent to the crashed "
+        "primary still fail) [off; kept on resume]",
+    )
+    up.add_argument(
         "--tls",
         action="store_true",
         help="TLS everywhere: a cluster CA and server certificate in DIR/tls; members accept "
@@ -216,12 +224,14 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         max_lag = stored.max_lag_bytes
         proxy_host, proxy_port = stored.proxy_host, stored.proxy_port
         window, most = stored.proxy_buffer_window_ms, stored.proxy_buffer_max_requests
+        on_failover = stored.proxy_buffer_on_failover
         zones, proxy_zone = stored.follower_zones, stored.proxy_zone
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
         proxy_host, proxy_port = ClusterConfig.proxy_host, ClusterConfig.proxy_port
         window, most = None, None
+        on_failover = False
         zones, proxy_zone = (), None
     t = {
         "lease_ttl": args.lease_ttl,
@@ -255,6 +265,9 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         proxy_buffer_max_requests=most
         if args.proxy_buffer_max_requests is None
         else args.proxy_buffer_max_requests,
+        proxy_buffer_on_failover=on_failover
+        if args.proxy_buffer_on_failover is None
+        else args.proxy_buffer_on_failover,
         port_slots=stored.slots if stored is not None else 0,
         distributed_tables=merge_distributed_tables(
             stored.distributed_tables if stored is not None else (), args.distributed_table

@@ -126,6 +126,9 @@ class ClusterConfig:
     proxy_buffer_max_requests: int | None = None
     """``--proxy-buffer-window-ms`` / ``--proxy-buffer-max-requests`` (None: the proxy's
     defaults): how the proxy holds requests during a switchover."""
+    proxy_buffer_on_failover: bool = False
+    """``--proxy-buffer-on-failover``: the shard managers announce a decided automatic
+    failover to the proxy as a switchover (JSON ``proxy.bufferOnFailover``)."""
     distributed_tables: tuple[topology.DistributedTable, ...] = ()
     """``--distributed-table NAME:KEY``: may grow on resume; a table's key never changes."""
     method: specs.ReplicationMethod = specs.ReplicationMethod.WAL
@@ -142,6 +145,14 @@ class ClusterConfig:
     primary, has none); may change on resume."""
     proxy_zone: str | None = None
     """``--proxy-zone``: the proxy's ``--zone``; may change on resume."""
+
+    @property
+    def failover_buffer_seconds(self) -> float:
+        """The shard policy's ``failover_buffer_seconds``: the proxy's window, or 0 (off)."""
+        if not self.proxy_buffer_on_failover:
+            return 0.0
+        window = self.proxy_buffer_window_ms
+        return (specs.PROXY_BUFFER_WINDOW_MS if window is None else window) / 1000
 
     @property
     def slots(self) -> int:
@@ -247,6 +258,7 @@ class ClusterConfig:
                 "port": self.proxy_port,
                 "bufferWindowMs": self.proxy_buffer_window_ms,
                 "bufferMaxRequests": self.proxy_buffer_max_requests,
+                "bufferOnFailover": self.proxy_buffer_on_failover,
                 "zone": self.proxy_zone,
             },
             "portSlots": self.slots,
@@ -284,6 +296,7 @@ class ClusterConfig:
                 proxy_buffer_max_requests=_optional_int(
                     d.get("proxy", {}).get("bufferMaxRequests")
                 ),
+                proxy_buffer_on_failover=bool(d.get("proxy", {}).get("bufferOnFailover", False)),
                 port_slots=int(d.get("portSlots", 0)),
                 distributed_tables=tuple(
                     topology.DistributedTable(str(t["name"]), str(t["key"]))
@@ -345,6 +358,11 @@ def validate(cfg: ClusterConfig) -> None:
         raise LayoutError("--proxy-buffer-window-ms must be >= 0 (0 turns buffering off)")
     if cfg.proxy_buffer_max_requests is not None and cfg.proxy_buffer_max_requests < 1:
         raise LayoutError("--proxy-buffer-max-requests must be at least 1")
+    if cfg.proxy_buffer_on_failover and cfg.proxy_buffer_window_ms == 0:
+        raise LayoutError(
+            "--proxy-buffer-on-failover needs holding on, but --proxy-buffer-window-ms is 0 "
+            "(off); give --proxy-buffer-window-ms above 0 or --no-proxy-buffer-on-failover"
+        )
     if cfg.replicas + 1 > cfg.slots + MAX_ADDED_PER_SHARD:
         raise LayoutError(
             f"--replicas {cfg.replicas}: at most {MAX_ADDED_PER_SHARD} followers can be added "

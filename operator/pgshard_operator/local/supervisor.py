@@ -280,6 +280,7 @@ class Supervisor:
             ),
             cycle_seconds=t.interval,
             probe_timeout_seconds=max(0.5, min(2.0, t.lease_ttl / 3)),
+            failover_buffer_seconds=self.cfg.failover_buffer_seconds,
         )
 
     def _start_managers(self) -> None:
