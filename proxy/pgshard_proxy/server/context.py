@@ -177,6 +177,16 @@ class ServerContext:
                 for s in topo.shards
             )
             log.info("topology version %s: %s", topo.version, shards)
+        switching = {s.index: s.switching for s in old.shards} if old else {}
+        for s in topo.shards:
+            if s.switching is not None and switching.get(s.index) != s.switching:
+                log.info(
+                    "shard %d is switching to %s: holding its new requests for the new "
+                    "primary (bufferWindowMs %d)",
+                    s.index,
+                    s.switching.target,
+                    self.settings.buffer_window_ms,
+                )
         was = {s.index for s in old.shards if s.primary is None} if old else set()
         for s in topo.shards:
             if s.primary is None and s.index not in was:
