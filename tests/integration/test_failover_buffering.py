@@ -12,7 +12,7 @@ On: the manager published the shard as ``switching`` at its decision, the proxy 
 the writes (its gauge counts them) and they commit on the new primary, counted as
 buffered in ``lastFailover``. Off: nothing is announced and nothing is held; after the
 kill -9 the writes still succeed (the proxy's connections to the dead primary were
-reset, so it waits for a new topology: ``failoverWait``), but with the frozen primary
+reset, so it waits for a new topology: ``failover_wait``), but with the frozen primary
 the writes on idle sessions are sent to it and fail once the new primary is published
 (their outcome is unknown): what the option is for.
 """
@@ -204,7 +204,7 @@ async def test_writes_sent_after_the_failover_decision(pg_tmp: Path, on: bool) -
         await _reconnected(k)
         try:
             # A crash: the proxy's connections to the old primary are reset, so requests
-            # it did not hold wait for a new topology (failoverWait) and succeed too.
+            # it did not hold wait for a new topology (failover_wait) and succeed too.
             await _fail_over(k, "s0m0", "s0m1", "KILL", on)
             last = (await _rejoined(c, 2))["lastFailover"]
             print("record:", {x: last.get(x) for x in ("requestsBuffered", "requestsFailed")})
