@@ -130,7 +130,8 @@ async def _fail_over(
         shard = _read_json(c.files / "topology.json")["shards"][0]
         print(f"{fault}: at the decision:", {k: shard.get(k) for k in ("epoch", "switching")})
         if on:
-            assert shard["switching"]["to"] == new
+            sw = shard["switching"]
+            assert sw["to"] == new and sw["until"] - sw["since"] == pytest.approx(20, abs=0.1)
             # Not a moment before the proxy knows (it reads the file every 0.2 s).
             await _until("the proxy holds requests", lambda: k.switching_logged(new) > logged)
         else:
@@ -145,7 +146,7 @@ async def _fail_over(
         if on:
             await _until("4 requests held", lambda: _held(k.metrics) == 4, 20)
         else:
-            await asyncio.sleep(1.0)  # they reach the proxy (and the old primary) meanwhile
+            await asyncio.sleep(2.0)  # they reach the proxy (and the old primary) meanwhile
             assert _held(k.metrics) == 0
         assert not any(w.done() for w in writes), [w.result() for w in writes if w.done()]
     finally:
@@ -195,7 +196,8 @@ async def _reconnected(k: _Cluster) -> None:
 
 @pytest.mark.parametrize("on", [True, False], ids=["buffer-on-failover", "default-off"])
 async def test_writes_sent_after_the_failover_decision(pg_tmp: Path, on: bool) -> None:
-    flags = (*FAST, "--proxy-buffer-on-failover") if on else FAST
+    # A window long enough for a loaded machine: held requests wait for the promotion.
+    flags = (*FAST, "--proxy-buffer-on-failover", "--proxy-buffer-window-ms=20000") if on else FAST
     with localcluster.running(pg_tmp, *flags, replicas=1) as c:
         status = c.status()
         dsn = status["proxy"]["dsn"]
