@@ -178,7 +178,7 @@ class ServerContext:
             )
             log.info("topology version %s: %s", topo.version, shards)
         switching = {s.index: s.switching for s in old.shards} if old else {}
-        for s in topo.shards:
+        for s in topo.shards if self.settings.buffer_window_ms > 0 else ():
             if s.switching is not None and switching.get(s.index) != s.switching:
                 log.info(
                     "shard %d is switching to %s: holding its new requests for the new "
