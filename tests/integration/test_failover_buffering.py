@@ -54,14 +54,25 @@ async def _until(what: str, ok: Callable[[], bool], timeout: float = 60) -> None
         await asyncio.sleep(0.02)
 
 
-def _held(metrics_url: str) -> float:
-    """The proxy's ``pgshard_proxy_switchover_requests_waiting`` gauge."""
+def _sample(metrics_url: str, series: str) -> float:
+    """The value of the proxy's ``series`` (name with its labels, as exposed)."""
     with urllib.request.urlopen(metrics_url, timeout=3) as r:
         text = r.read().decode()
-    line = next(
-        x for x in text.splitlines() if x.startswith("pgshard_proxy_switchover_requests_waiting")
-    )
+    line = next(x for x in text.splitlines() if x.startswith(series + " "))
     return float(line.split()[-1])
+
+
+def _held(metrics_url: str) -> float:
+    """Requests the proxy holds now."""
+    return _sample(metrics_url, "pgshard_proxy_switchover_requests_waiting")
+
+
+def _busy(metrics_url: str) -> float:
+    """Client sessions with a request under way or waiting for a server."""
+    return sum(
+        _sample(metrics_url, f'pgshard_proxy_client_connections{{state="{state}"}}')
+        for state in ("active", "waiting")
+    )
 
 
 async def _asyncpg_write(dsn: str, conn: asyncpg.Connection | None, i: int) -> None:
@@ -145,8 +156,8 @@ async def _fail_over(
         ]
         if on:
             await _until("4 requests held", lambda: _held(k.metrics) == 4, 20)
-        else:
-            await asyncio.sleep(2.0)  # they reach the proxy (and the old primary) meanwhile
+        else:  # the idle sessions' writes reached the proxy (and the frozen primary)
+            await _until("2 requests under way", lambda: _busy(k.metrics) >= 2, 20)
             assert _held(k.metrics) == 0
         assert not any(w.done() for w in writes), [w.result() for w in writes if w.done()]
     finally:
