@@ -113,6 +113,8 @@ class Session(asyncio.Protocol):
         self._replicated = Replicated()
         self._key: tuple[int, int] | None = None
         self._paused: set[str] = set()
+        self._writing_paused = False
+        """The client's socket is full (its transport paused writing)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.consistency = SessionConsistency(
             ctx.monitor,
@@ -212,11 +214,20 @@ class Session(asyncio.Protocol):
         task.add_done_callback(self.ctx.background.discard)
 
     def pause_writing(self) -> None:
-        # The client reads slower than servers answer: stop reading from servers.
+        # The client reads slower than it is answered: stop reading from servers, and,
+        # as PostgreSQL does, stop reading and answering its requests (the proxy answers
+        # some itself) until it has read; so a client that never reads costs the kernel's
+        # buffers and the high-water mark, no more.
+        self._writing_paused = True
         self._servers.pause_reading(True)
+        self._pause("writing")
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         self._servers.pause_reading(False)
+        self._resume("writing")
+        if self.state is State.READY and self._requests.pipeline is not Pipeline.WAITING:
+            self._requests.run()
 
     def data_received(self, data: bytes) -> None:
         if self.state is State.CLOSED:
@@ -774,6 +785,9 @@ class Session(asyncio.Protocol):
 
     def running(self) -> bool:
         return self.state is State.READY
+
+    def writable(self) -> bool:
+        return not self._writing_paused
 
     def block(self, blocked: bool) -> None:
         if blocked:

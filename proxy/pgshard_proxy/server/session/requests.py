@@ -168,6 +168,11 @@ class Host(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def writable(self) -> bool:
+        """The client's socket takes more: False while it does not read its answers (the
+        loop then stops until it has read)."""
+        ...
+
     def block(self, blocked: bool) -> None:
         """Stop (or resume) reading from the client while a request waits."""
         ...
@@ -446,7 +451,9 @@ class RequestLoop:
     def _run(self) -> None:
         frames = self.frames
         host = self._host
-        while frames and self.pipeline is not Pipeline.WAITING and host.running():
+        while (
+            frames and self.pipeline is not Pipeline.WAITING and host.running() and host.writable()
+        ):
             f = frames[0]
             if self.pipeline is Pipeline.SKIP_TO_SYNC:
                 frames.popleft()
