@@ -31,10 +31,21 @@ class PgServer:
     def dsn(self) -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/postgres"
 
-    def start(self, bins: postgres.Binaries, timeout: float = 30) -> None:
+    def start(self, bins: postgres.Binaries, timeout: float = 30, netns: str | None = None) -> None:
+        """Start the server (in network namespace ``netns``, if given: needs root)."""
         log = open(self.datadir.parent / f"{self.datadir.name}.log", "ab")  # noqa: SIM115
+        user, group, groups = bins.run_as.uid, bins.run_as.gid, bins.run_as.extra_groups
+        prefix: list[str] = []
+        if netns is not None:
+            # Enter the namespace as root, then become the server's user (what Popen's
+            # user= would do before exec'ing ``ip``). Both exec: the pid is the server's.
+            prefix = ["ip", "netns", "exec", netns]
+            if user is not None:
+                prefix += ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups"]
+            user, group, groups = None, None, None
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 bins.path("postgres"),
                 "-D",
                 str(self.datadir),
@@ -56,9 +67,9 @@ class PgServer:
             stderr=subprocess.STDOUT,
             env=bins.env(),
             cwd="/",
-            user=bins.run_as.uid,
-            group=bins.run_as.gid,
-            extra_groups=bins.run_as.extra_groups,
+            user=user,
+            group=group,
+            extra_groups=groups,
         )
         log.close()
         deadline = time.monotonic() + timeout
