@@ -186,3 +186,63 @@ def test_node_zones_need_only_get_on_nodes_bound_cluster_wide(helm: str) -> None
     bound = [b["roleRef"]["name"] for b in docs if b["kind"] == "ClusterRoleBinding"]
     assert holder["metadata"]["name"] in bound
     assert _node_rules(_render(helm, "readNodeZones=false")) == []
+
+
+_WRITE = {"create", "patch", "update", "delete"}
+
+
+def _cluster_wide_writes(docs: list[dict[str, Any]]) -> set[str]:
+    """Resources a ClusterRoleBinding lets the operator write in every namespace."""
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    out: set[str] = set()
+    for b in docs:
+        if b["kind"] == "ClusterRoleBinding":
+            for rule in roles[b["roleRef"]["name"]]["rules"]:
+                if _WRITE & set(rule["verbs"]):
+                    out.update(rule["resources"])
+    return out
+
+
+def _watched(docs: list[dict[str, Any]]) -> str:
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    return str({e["name"]: e.get("value") for e in env}["PGSHARD_OPERATOR_NAMESPACES"])
+
+
+def test_the_default_install_writes_only_in_its_own_namespace(helm: str) -> None:
+    docs = _render(helm)
+    assert _cluster_wide_writes(docs) == set(), "the default install must be namespaced"
+    bindings = [(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in docs
+                if d["kind"] == "RoleBinding"]  # fmt: skip
+    assert bindings == [("ops", "rel-pgshard")]
+    assert _watched(docs) == "ops"
+
+
+def test_a_cluster_wide_install_is_chosen_explicitly(helm: str) -> None:
+    docs = _render(helm, "rbac.scope=cluster")
+    assert {"secrets", "roles", "rolebindings"} <= _cluster_wide_writes(docs)
+    assert not [d for d in docs if d["kind"] == "RoleBinding"]
+    assert _watched(docs) == ""
+    lint = subprocess.run(
+        [helm, "lint", "--strict", str(CHART), "--set", "rbac.scope=cluster"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("rbac.scope=everywhere",), "rbac.scope must be namespace or cluster"),
+        (("rbac.scope=cluster", "watchNamespaces={a}"), "leave watchNamespaces empty"),
+    ],
+)
+def test_a_contradictory_scope_is_refused_with_what_to_do(
+    helm: str, sets: tuple[str, ...], message: str
+) -> None:
+    argv = [helm, "template", "rel", str(CHART), "--namespace", "ops", "--kube-version", "1.33.0"]
+    for s in sets:
+        argv += ["--set", s]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert message in out.stderr

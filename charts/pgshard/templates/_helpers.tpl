@@ -28,3 +28,20 @@ app.kubernetes.io/component: operator
 {{- define "pgshard.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /*
+The namespaces the operator manages, comma-separated; empty: every namespace
+(rbac.scope=cluster). Fails on a scope that is unknown or contradicts watchNamespaces.
+*/ -}}
+{{- define "pgshard.namespaces" -}}
+{{- $scope := .Values.rbac.scope -}}
+{{- if eq $scope "cluster" -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "rbac.scope=cluster manages every namespace: leave watchNamespaces empty, or use rbac.scope=namespace to manage just the namespaces it lists" -}}
+{{- end -}}
+{{- else if eq $scope "namespace" -}}
+{{- join "," (default (list .Release.Namespace) .Values.watchNamespaces) -}}
+{{- else -}}
+{{- fail (printf "rbac.scope must be namespace or cluster, not %q" $scope) -}}
+{{- end -}}
+{{- end -}}
