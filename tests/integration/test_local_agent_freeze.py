@@ -29,26 +29,13 @@ TTL = 2.5
 ROUNDS = int(os.environ.get("PGSHARD_AGENT_FREEZE_ROUNDS", "2"))
 
 
-def interleaved(acks: list[writer.Ack]) -> int:
-    """Acknowledgements from a server after another server had begun acknowledging."""
-    bad, done, current = 0, set(), None
-    for a in sorted(acks, key=lambda a: a.at):
-        if a.port != current:
-            if a.port in done:
-                bad += 1
-                continue
-            if current is not None:
-                done.add(current)
-            current = a.port
-    return bad
-
-
 def test_interleaving_is_what_two_writable_primaries_look_like() -> None:
     def ack(at: float, port: int) -> writer.Ack:
         return writer.Ack(id=int(at * 10), at=at, dsn="", port=port)
 
-    assert interleaved([ack(0.1, 1), ack(0.2, 1), ack(0.3, 2), ack(0.4, 2)]) == 0
-    assert interleaved([ack(0.1, 1), ack(0.3, 2), ack(0.2, 1), ack(0.4, 1), ack(0.5, 2)]) == 1
+    assert writer.interleaved([ack(0.1, 1), ack(0.2, 1), ack(0.3, 2), ack(0.4, 2)]) == 0
+    acks = [ack(0.1, 1), ack(0.3, 2), ack(0.2, 1), ack(0.4, 1), ack(0.5, 2)]
+    assert writer.interleaved(acks) == 1
 
 
 async def settled(c: localcluster.LocalCluster, followers: int, timeout: float = 120) -> Any:
@@ -95,11 +82,11 @@ async def test_a_frozen_agent_never_leaves_two_primaries(pg_tmp: Path, mode: str
                 report.append(
                     f"round {r}: froze {old['name']}'s agent {freeze:.1f} s, primary now "
                     f"{shard['primary']['name']} (epoch {shard['epoch']}); {len(acks)} acks, "
-                    f"{len(lost)} lost, {interleaved(acks)} interleaved, old primary acked "
+                    f"{len(lost)} lost, {writer.interleaved(acks)} interleaved, old primary acked "
                     f"directly until {max(late, default=0):.1f} s into the freeze"
                 )
                 print(report[-1])
-                assert not lost and not interleaved(acks), (
+                assert not lost and not writer.interleaved(acks), (
                     f"seed {seed}: {report[-1]}; lost ids {lost[:10]}"
                 )
     print(f"seed {seed}, mode {mode}:", *report, sep="\n  ")

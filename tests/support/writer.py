@@ -145,6 +145,21 @@ class Writer:
             await asyncio.sleep(0.05)
 
 
+def interleaved(acks: list[Ack]) -> int:
+    """Acknowledgements from a server after another server had begun acknowledging (what
+    two writable primaries look like)."""
+    bad, done, current = 0, set(), None
+    for a in sorted(acks, key=lambda a: a.at):
+        if a.port != current:
+            if a.port in done:
+                bad += 1
+                continue
+            if current is not None:
+                done.add(current)
+            current = a.port
+    return bad
+
+
 async def ids_on(dsn: str) -> set[int]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -166,6 +181,21 @@ async def running(
 async def running_writer(w: Writer) -> AsyncIterator[Writer]:
     """``w`` set up and writing until the block ends."""
     await w.setup()
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, w.stop_bound)
+
+
+@contextlib.asynccontextmanager
+async def running_on_follower(w: Writer) -> AsyncIterator[Writer]:
+    """``w`` writing to a follower from its ``first_id``, its table left to the primary:
+    every insert fails (read-only) until the follower is promoted, so its first
+    acknowledgement is when the new primary began to accept writes."""
+    assert w.first_id is not None
+    w._next = w.first_id
     task = asyncio.create_task(w.run())
     try:
         yield w

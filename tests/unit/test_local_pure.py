@@ -101,6 +101,7 @@ def test_member_ports_and_delays() -> None:
         ({"timings": layout.Timings(lease_ttl=float("nan"))}, "--lease-ttl nan"),
         ({"timings": layout.Timings(lease_ttl=0.5)}, "at least 1 s"),
         ({"timings": layout.Timings(cooldown=-1)}, "--cooldown-seconds -1"),
+        ({"timings": layout.Timings(max_clock_skew=-1)}, "--max-clock-skew-seconds -1"),
     ],
 )
 def test_invalid_configs_are_refused(kw: dict[str, object], message: str) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from . import (
     rejoin,
     sql,
     statement_roles,
+    wallclock,
 )
 from .credentials import Credentials
 from .supervise import PostgresSupervisor
@@ -227,7 +227,7 @@ class Agent:
         await self.pg.stop()
         if self.role is Role.PRIMARY:
             try:
-                await asyncio.wait_for(self.store.release(self.s.name, time.time()), 5)
+                await asyncio.wait_for(self.store.release(self.s.name, wallclock.now()), 5)
             except Exception as e:  # it then simply expires
                 log.warning("could not release the lease: %s", e)
 
@@ -257,7 +257,7 @@ class Agent:
         sent_at = asyncio.get_running_loop().time()
         try:
             got = await asyncio.wait_for(
-                self.store.take(self.s.name, self.s.lease_ttl, time.time(), epoch),
+                self.store.take(self.s.name, self.s.lease_ttl, wallclock.now(), epoch),
                 self._store_timeout,
             )
         except Exception as e:
@@ -316,7 +316,7 @@ class Agent:
             budget = max(probe_timeout, self.deadline.until - self.deadline.margin - sent_at)
             try:
                 renewed = await asyncio.wait_for(
-                    self.store.renew(self.s.name, self.s.lease_ttl, time.time()), budget
+                    self.store.renew(self.s.name, self.s.lease_ttl, wallclock.now()), budget
                 )
             except Exception as e:  # the store is unreachable: fence only near expiry
                 log.warning("could not renew the lease: %s", e)
@@ -347,7 +347,7 @@ class Agent:
             lease.may_recover(
                 held,
                 self.s.name,
-                time.time(),
+                wallclock.now(),
                 self.deadline.margin,
                 by_control_plane=self._fenced_by_control_plane,
             )
@@ -454,7 +454,7 @@ class Agent:
             "restarts": self.pg.restarts,
             "lease": {
                 "holder": held.holder,
-                "expiresIn": round(held.expires_at - time.time(), 3) if held.holder else None,
+                "expiresIn": round(held.expires_at - wallclock.now(), 3) if held.holder else None,
                 "epoch": held.epoch,
             },
             "error": error,
@@ -506,7 +506,7 @@ class Agent:
             if not await self._take_lease(epoch):
                 held = await self._read_lease()
                 raise AgentConflict(
-                    f"lease held by {held.holder} for {held.expires_at - time.time():.1f}s more"
+                    f"lease held by {held.holder} for {held.expires_at - wallclock.now():.1f}s more"
                 )
             if epoch is not None:
                 await self._record_epoch(epoch)
@@ -606,7 +606,7 @@ class Agent:
                 await self.pg.stop()
                 try:
                     await asyncio.wait_for(
-                        self.store.release(self.s.name, time.time()), self._store_timeout
+                        self.store.release(self.s.name, wallclock.now()), self._store_timeout
                     )
                 except Exception as e:  # harmless: it expires, and the server is down
                     log.warning("could not release the lease: %s", e)

@@ -93,6 +93,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--lease-ttl", type=float, help="primary lease TTL, seconds [3]")
     up.add_argument("--detection-seconds", type=float, help="unresponsive primary → failed [2]")
     up.add_argument("--cooldown-seconds", type=float, help="minimum time between failovers [60]")
+    up.add_argument(
+        "--max-clock-skew-seconds",
+        type=float,
+        help="a lease counts as valid this long past its expiry (agents' clocks behind) [0]",
+    )
     up.add_argument("--max-lag-bytes", type=int, help="async: refuse candidates further behind")
     up.add_argument(
         "--pg-option", action="append", help="extra PostgreSQL setting NAME=VALUE (repeatable)"
@@ -237,6 +242,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         "lease_ttl": args.lease_ttl,
         "detection": args.detection_seconds,
         "cooldown": args.cooldown_seconds,
+        "max_clock_skew": args.max_clock_skew_seconds,
     }
     timings = dataclasses.replace(timings, **{k: v for k, v in t.items() if v is not None})
     if args.follower_delay_ms is not None:

@@ -66,6 +66,9 @@ class Timings:
     """No second automatic failover of a shard within this many seconds."""
     interval: float = 0.25
     """Seconds between two observation cycles of the supervisor and shard managers."""
+    max_clock_skew: float = 0.0
+    """Seconds a lease counts as valid past its expiry, for agents whose wall clock is
+    behind the managers' (0: one machine, one clock)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +390,7 @@ def _validate_timings(t: Timings) -> None:
         ("--lease-ttl", t.lease_ttl, False),
         ("--detection-seconds", t.detection, False),
         ("--cooldown-seconds", t.cooldown, True),
+        ("--max-clock-skew-seconds", t.max_clock_skew, True),
     ):
         if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
             bound = ">= 0" if zero_ok else "> 0"

@@ -275,8 +275,9 @@ class Supervisor:
                 cooldown_seconds=t.cooldown,
                 max_lag_bytes=self.cfg.max_lag_bytes,
                 lease_ttl_seconds=t.lease_ttl,
-                # One machine, one clock: the agents' own margin is all that is needed.
-                max_clock_skew_seconds=0.0,
+                # One machine, one clock: the agents' own margin is all that is needed
+                # (0, the default), unless a test sets the agents' clocks off.
+                max_clock_skew_seconds=t.max_clock_skew,
             ),
             cycle_seconds=t.interval,
             probe_timeout_seconds=max(0.5, min(2.0, t.lease_ttl / 3)),
