@@ -360,7 +360,9 @@ class Agent:
 
     def _fence(self, why: str) -> None:
         log.error("fencing: %s; stopping postgres so it acknowledges no further write", why)
-        self.pg.fence(grace=self.deadline.margin)
+        # Half the margin: the kill lands before the lease ends even when the fast
+        # shutdown cannot start (a frozen postmaster still has backends committing).
+        self.pg.fence(grace=self.deadline.margin / 2)
         self.role = Role.FENCED
         self.deadline.cancel()
         self.error = f"fenced: {why}"

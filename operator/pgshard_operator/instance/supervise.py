@@ -103,7 +103,7 @@ class PostgresSupervisor:
         lets the WAL senders ship the WAL of commits already acknowledged before the
         server exits (a SIGKILL drops what an async follower had not received yet).
         If the server has not exited ``grace`` seconds later, it is killed: the agent
-        passes its fence margin, so the kill lands before its lease can expire.
+        passes half its fence margin, so the kill lands before its lease can expire.
         No restart follows."""
         self.wanted = False
         proc = self._proc
