@@ -2,7 +2,8 @@
 
 One :class:`ProxyMetrics` per proxy process (held by the server context, no global
 registry). On the request path only plain integers are added to (routing decisions,
-requests the proxy answers, bytes moved); prometheus_client's counters and histogram
+requests the proxy answers, bytes moved, per shard the first request completed on the
+primary at its newest epoch); prometheus_client's counters and histogram
 (which take a lock) are used where it is rarer: waits for a follower, errors sent for a
 failover, logins refused. Everything else is read when scraped: sessions, pooled
 server connections, the classifier's cache statistics.
@@ -10,6 +11,7 @@ server connections, the classifier's cache statistics.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -77,6 +79,9 @@ class ProxyMetrics:
         """Requests routed, by (role, reason)."""
         self.answered = 0
         """Requests the proxy answered itself."""
+        self.first_writes: dict[int, tuple[int, float]] = {}
+        """Shard -> (epoch, Unix time) of the first request its primary completed at the
+        newest epoch this proxy wrote at (:meth:`wrote`)."""
         self.follower_wait = Histogram(
             "pgshard_proxy_follower_wait_seconds",
             "How long reads waited for a follower to reach the session's position.",
@@ -121,6 +126,14 @@ class ProxyMetrics:
     def count_answered(self) -> None:
         self.answered += 1
 
+    def wrote(self, shard: int, epoch: int) -> None:
+        """A request ran on the primary of ``shard`` lent at ``epoch`` completed without
+        error: the first at a new epoch is when writes resumed there after a change of
+        primary (the failover record's ``firstWriteAt``). One comparison per request."""
+        seen = self.first_writes.get(shard)
+        if seen is None or epoch > seen[0]:
+            self.first_writes[shard] = (epoch, time.time())
+
     def collect_live(self) -> Iterator[Metric]:
         routes = CounterMetricFamily(
             "pgshard_proxy_routes",
@@ -138,6 +151,7 @@ class ProxyMetrics:
         )
         answered.add_metric([], self.answered)
         yield answered
+        yield from self._first_writes()
         if self._live is not None:
             clients = GaugeMetricFamily(
                 "pgshard_proxy_client_connections",
@@ -199,6 +213,25 @@ class ProxyMetrics:
             cache.add_metric(["hit"], hits)
             cache.add_metric(["miss"], misses)
             yield cache
+
+    def _first_writes(self) -> Iterator[Metric]:
+        epochs = GaugeMetricFamily(
+            "pgshard_proxy_first_write_epoch",
+            "Per shard, the newest epoch (primary) this proxy completed a request on the "
+            "primary at; absent before its first one.",
+            labels=["shard"],
+        )
+        times = GaugeMetricFamily(
+            "pgshard_proxy_first_write_timestamp_seconds",
+            "Per shard, when this proxy first completed a request on the primary at "
+            "pgshard_proxy_first_write_epoch (Unix seconds).",
+            labels=["shard"],
+        )
+        for shard, (epoch, at) in sorted(self.first_writes.items()):
+            epochs.add_metric([str(shard)], epoch)
+            times.add_metric([str(shard)], at)
+        yield epochs
+        yield times
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

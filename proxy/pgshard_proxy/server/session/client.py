@@ -829,6 +829,8 @@ class Session(asyncio.Protocol):
             idle = backend.tx_status is messages.TxStatus.IDLE
             shard = self._servers.shard_of(backend)
             self._track_transaction(route, shard, idle)
+            if route.role is Role.PRIMARY and idle and not backend.batch_failed:
+                self.ctx.metrics.wrote(shard, backend.epoch)  # first write at an epoch
             if self.ctx.topology is not None:
                 self.consistency.after_ready(route, shard, idle=idle)
         if self._requests.waiting_on is backend and not backend.pending:
@@ -992,6 +994,7 @@ class Session(asyncio.Protocol):
         self._track_transaction(route, shard, idle)
         if done.seq is not None:
             self.consistency.tokens.after_write(shard, positions.Position(done.seq))
+            self.ctx.metrics.wrote(shard, b.epoch)
         if self.state is State.READY:
             self.write(messages.ready_for_query(done.status))
             self._requests.done_on_shards(frames)
