@@ -9,6 +9,7 @@ import pytest
 from pgshard_operator.k8s import status
 from pgshard_operator.local import proxy_counts
 from pgshard_operator.shard import history, manager
+from pgshard_proxy import metrics
 from tests.unit.fake_platform import FakePlatform
 from tests.unit.shard_fixtures import follower_obs
 from tests.unit.test_shard_manager import make, running
@@ -84,7 +85,7 @@ async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin()
         [
             history.RequestCounts(7, 100),
             history.RequestCounts(8, 101, waiting=4),
-            history.RequestCounts(9, 105),
+            history.RequestCounts(9, 105, first_writes={(0, 1): 0.5, (0, 2): 4.25}),
         ]
     )
 
@@ -103,6 +104,10 @@ async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin()
     assert last is not None and last["discardedBytes"] == 4096
     assert last["requestsFailed"] == 2 and last["requestsBuffered"] == 5
     assert "2 requests failed, 5 held" in history.summary(last)
+    # The first write at the new epoch (2), not the old one's.
+    assert last["epoch"] == 2 and last["firstWriteAt"] == 4.25
+    assert last["firstWriteSeconds"] == round(4.25 - last["detectedAt"], 3)
+    assert f"first write {last['firstWriteSeconds']:.2f}s after detection" in history.summary(last)
 
 
 def test_the_local_proxy_counts_are_read_from_its_metrics() -> None:
@@ -117,3 +122,21 @@ def test_the_local_proxy_counts_are_read_from_its_metrics() -> None:
         "pgshard_proxy_switchover_requests_waiting 3.0\n"
     )
     assert proxy_counts.parse(text) == history.RequestCounts(failed=5, buffered=11, waiting=3)
+
+
+def test_the_proxies_first_writes_are_parsed_and_the_earliest_per_epoch_kept() -> None:
+    m = metrics.ProxyMetrics()
+    m.wrote(0, 3)
+    first = m.first_writes[0][1]
+    m.wrote(0, 3)  # later writes at the same epoch do not move it
+    m.wrote(0, 2)  # nor does a write on an old primary's connection
+    m.wrote(1, 5)
+    parsed = proxy_counts.parse(m.exposition().decode())
+    assert parsed.first_writes == {(0, 3): first, (1, 5): m.first_writes[1][1]}
+    assert parsed.first_write(0, 3) == first and parsed.first_write(0, 2) is None
+    # Two proxy pods: counts add up; per (shard, epoch) the earliest first write.
+    other = history.RequestCounts(2, 3, 1, {(0, 3): first - 1.0, (0, 2): 7.0})
+    both = history.total([parsed, other])
+    assert (both.failed, both.buffered, both.waiting) == (2, 3, 1)
+    assert both.first_writes == {(0, 3): first - 1.0, (0, 2): 7.0, (1, 5): m.first_writes[1][1]}
+    assert history.total([]) == history.RequestCounts(0, 0)

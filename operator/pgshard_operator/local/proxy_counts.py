@@ -7,7 +7,10 @@ HTTP session and sums the requests the proxy failed because of a failover
 switchover and then ran (``pgshard_proxy_switchover_requests_total{outcome=
 "buffered"}``), and how many it holds right now
 (``pgshard_proxy_switchover_requests_waiting``). The counts cover every shard the
-proxy serves.
+proxy serves. Per shard it also reads when the proxy first completed a request on the
+primary at the newest epoch it wrote at (``pgshard_proxy_first_write_epoch`` and
+``..._timestamp_seconds``). :func:`parse` also serves the operator
+(``k8s/proxy_counts.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,15 @@ from ..shard import history
 
 def parse(text: str) -> history.RequestCounts:
     failed = buffered = waiting = 0.0
+    epochs: dict[str, int] = {}
+    times: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "pgshard_proxy_failover_errors_total":
+            if sample.name == "pgshard_proxy_first_write_epoch":
+                epochs[sample.labels["shard"]] = int(sample.value)
+            elif sample.name == "pgshard_proxy_first_write_timestamp_seconds":
+                times[sample.labels["shard"]] = sample.value
+            elif sample.name == "pgshard_proxy_failover_errors_total":
                 failed += sample.value
             elif (
                 sample.name == "pgshard_proxy_switchover_requests_total"
@@ -31,7 +40,8 @@ def parse(text: str) -> history.RequestCounts:
                 buffered += sample.value
             elif sample.name == "pgshard_proxy_switchover_requests_waiting":
                 waiting += sample.value
-    return history.RequestCounts(failed=int(failed), buffered=int(buffered), waiting=int(waiting))
+    first = {(int(s), epoch): times[s] for s, epoch in epochs.items() if s in times}
+    return history.RequestCounts(int(failed), int(buffered), int(waiting), first)
 
 
 def counter(http: aiohttp.ClientSession, url: str) -> history.ProxyCounter:

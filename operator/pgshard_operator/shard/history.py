@@ -11,7 +11,7 @@ form (``state.LastFailover.to_dict``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 KEEP = 10
@@ -28,16 +28,37 @@ class RequestCounts:
     """Requests held during a switchover, then run on the new primary."""
     waiting: int = 0
     """Requests held right now (their outcome is not counted yet)."""
+    first_writes: Mapping[tuple[int, int], float] = dataclasses.field(default_factory=dict)
+    """(shard, epoch) -> when a proxy first completed a request on that epoch's primary
+    (Unix seconds; the earliest over the proxies). A proxy reports only its newest epoch
+    of each shard."""
 
     def since(self, before: RequestCounts) -> RequestCounts:
         return RequestCounts(
-            self.failed - before.failed, self.buffered - before.buffered, self.waiting
+            self.failed - before.failed,
+            self.buffered - before.buffered,
+            self.waiting,
+            self.first_writes,
         )
+
+    def first_write(self, shard: int, epoch: int) -> float | None:
+        return self.first_writes.get((shard, epoch))
+
+
+def total(counts: Iterable[RequestCounts]) -> RequestCounts:
+    """The counts of several proxies: summed, and the earliest first write per epoch."""
+    failed = buffered = waiting = 0
+    first: dict[tuple[int, int], float] = {}
+    for c in counts:
+        failed, buffered, waiting = failed + c.failed, buffered + c.buffered, waiting + c.waiting
+        for key, at in c.first_writes.items():
+            first[key] = min(at, first.get(key, at))
+    return RequestCounts(failed, buffered, waiting, first)
 
 
 ProxyCounter = Callable[[], Awaitable[RequestCounts | None]]
 """Reads the proxies' counts; None when they cannot be read (the platform's job: the
-local cluster reads its proxy; on Kubernetes nobody does yet)."""
+local cluster reads its proxy, the operator its cluster's proxy pods)."""
 
 
 def completed(
@@ -85,6 +106,9 @@ def summary(last: Mapping[str, Any]) -> str:
     detected, promoted = last.get("detectedAt"), last.get("promotedAt")
     if detected is not None and promoted is not None:
         parts.append(f"promoted {float(promoted) - float(detected):.2f}s after detection")
+    first = last.get("firstWriteSeconds")
+    if first is not None:
+        parts.append(f"first write {float(first):.2f}s after detection")
     failed, buffered = last.get("requestsFailed"), last.get("requestsBuffered")
     if failed is not None and buffered is not None:
         parts.append(f"{failed} requests failed, {buffered} held")

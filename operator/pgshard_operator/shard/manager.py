@@ -48,6 +48,10 @@ _REJOIN_RETRY_MAX_SECONDS = 60.0
 _COUNTS_SETTLE_SECONDS = 6.0
 """How long the failover record waits for the proxies to release the requests they
 hold (their default buffer window is 5 s) before it takes their counts anyway."""
+_FIRST_WRITE_GRACE_SECONDS = 3.0
+"""A rejoin recorded sooner than this after the publication waits (within
+:data:`_COUNTS_SETTLE_SECONDS`) until then for a proxy to report a write on the new
+primary: with no writer, ``firstWriteAt`` stays null."""
 _BLOCKED_EVENT_SECONDS = 60.0
 """While a shard stays without a primary that the manager refuses to promote, the
 ``FailoverBlocked`` Event is recorded again this often."""
@@ -440,14 +444,33 @@ class ShardManager:
 
     async def _settled_counts(self) -> history.RequestCounts | None:
         """The proxies' counts once they hold no request: a fast rejoin can end before a
-        proxy has read the new primary, while the requests it held are not counted yet.
-        Read outside the lock, so that the manager goes on publishing meanwhile."""
-        if self._counts_before is None:
+        proxy has read the new primary, while the requests it held are not counted yet;
+        and until one reported a write on the new primary, or the grace after the
+        publication is over. Read outside the lock, so that the manager goes on
+        publishing meanwhile."""
+        if self._proxy_counts is None:
             return None
+        snap = self._snapshot
+        last = snap.last_failover if snap is not None else None
+        grace_until = float("-inf")
+        if snap is not None and last is not None and last.published_at is not None:
+            grace_until = last.published_at + _FIRST_WRITE_GRACE_SECONDS
         deadline = self._clock() + _COUNTS_SETTLE_SECONDS
+        settled: history.RequestCounts | None = None
         while True:
             counts = await self._read_counts()
-            if counts is None or counts.waiting == 0 or self._clock() >= deadline:
+            if counts is None:
+                return settled
+            if counts.waiting == 0:
+                settled = counts
+                if (
+                    self._clock() >= grace_until
+                    or snap is None
+                    or last is None
+                    or counts.first_write(snap.index, last.epoch) is not None
+                ):
+                    return counts
+            if self._clock() >= deadline:
                 return counts
             await asyncio.sleep(0.1)
 
@@ -465,6 +488,11 @@ class ShardManager:
             if counts is not None and before is not None and last.at >= before[0]:
                 delta = counts.since(before[1])
                 failed, buffered = delta.failed, delta.buffered
+            first = counts.first_write(snap.index, last.epoch) if counts is not None else None
+            detected = last.detected_at
+            waited = None
+            if first is not None and detected is not None:
+                waited = round(first - detected, 3)
             done = dataclasses.replace(
                 last,
                 rejoin=result.method,
@@ -472,6 +500,8 @@ class ShardManager:
                 discarded_bytes=result.discarded_bytes,
                 requests_failed=failed,
                 requests_buffered=buffered,
+                first_write_at=first,
+                first_write_seconds=waited,
             )
             record = done.to_dict()
             shard = dataclasses.replace(

@@ -160,6 +160,11 @@ class LastFailover:
     requests_buffered: int | None = None
     """Client requests the proxies failed / held and then ran, from the start of the
     change until the old primary rejoined (None: the proxies' counts were not read)."""
+    first_write_at: float | None = None
+    """When a proxy first completed a request on the new primary (the earliest over the
+    proxies, read when the old primary rejoined; None: none had, or none was read)."""
+    first_write_seconds: float | None = None
+    """``first_write_at`` minus ``detected_at``: how long clients could not write."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +183,8 @@ class LastFailover:
             "writeUnavailableSeconds": self.write_unavailable_seconds,
             "requestsFailed": self.requests_failed,
             "requestsBuffered": self.requests_buffered,
+            "firstWriteAt": self.first_write_at,
+            "firstWriteSeconds": self.first_write_seconds,
         }
 
     @classmethod
@@ -200,6 +207,8 @@ class LastFailover:
             write_unavailable_seconds=_float(d.get("writeUnavailableSeconds")),
             requests_failed=_int(d.get("requestsFailed")),
             requests_buffered=_int(d.get("requestsBuffered")),
+            first_write_at=_float(d.get("firstWriteAt")),
+            first_write_seconds=_float(d.get("firstWriteSeconds")),
         )
 
 
