@@ -22,7 +22,8 @@ the roll-out still asks for it (a target that is primary already is no news).
 
 Each shard manager's status (state, reason, why members are not ready) goes to
 ``status.managers["<shard>"]`` (:class:`StatusWriter`); ``reconcile.py`` turns blocked
-shards into the ``PrimariesAvailable`` condition.
+shards into the ``PrimariesAvailable`` condition. Each shard manager reads the proxy
+pods' request counts and first writes for its failover record (``proxy_counts.py``).
 
 Forced failover on request: the annotation ``pgshard.io/failover`` = ``"<shard>"`` is
 removed and that shard's manager fails over even where a safety check refuses
@@ -51,7 +52,7 @@ from ..model import spec as specs
 from ..platform import base
 from ..platform import kubernetes as kube_platform
 from ..shard import manager, policy, switchover
-from . import manifests, zones
+from . import manifests, proxy_counts, zones
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
 
@@ -389,6 +390,7 @@ async def _converge(
             logger=logging.getLogger(f"pgshard_operator.shard.{ref.name}.{i}"),
             on_status=StatusWriter(api, ref, i),
             force_command=force_command(ref, i),
+            proxy_counts=proxy_counts.counter(api, http, ref),
         )
         task = asyncio.create_task(shard_manager.run(), name=f"manager-{ref.name}-{i}")
         running[i] = _Running(shard_policy, task, shard_manager, platform)
