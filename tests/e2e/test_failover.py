@@ -282,6 +282,13 @@ async def test_switchover_on_request_loses_nothing(
     assert 0 < last["writeUnavailableSeconds"] < 60
     assert after["failoverHistory"][-1]["epoch"] == last["epoch"]
     assert "switching" not in after
+    # Once the old primary rejoined: the proxy pods' counts and first write (issue 14).
+    done = (await waited("the rejoin in the record", lambda: (
+        (last := shard(kube, ns).get("lastFailover") or {}).get("discardedBytes") is not None
+        and last), 120))  # fmt: skip
+    print(f"lastFailover: {done}")
+    assert type(done["requestsFailed"]) is int and type(done["requestsBuffered"]) is int
+    assert done["promotedAt"] <= done["firstWriteAt"] <= time.time()
 
     def column() -> str:
         status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}

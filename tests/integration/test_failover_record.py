@@ -6,7 +6,10 @@ promotion, publication), the write-unavailability window and, once the old prima
 rejoined, the discarded bytes; ``failoverHistory`` keeps them in order; ``local
 status`` shows the last one in one line. Values are printed and checked for
 plausibility (order, bounds), not for speed; during the switchover four writers go
-through the proxy, whose held and failed requests the record counts.
+through the proxy, whose held and failed requests the record counts. During the
+switchover and the kill -9 the record's first write through the proxy
+(``firstWriteAt``) comes after the promotion and no later than the test's own first
+write acknowledged once it saw the new primary published.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
+
+import asyncpg
+import pytest
 
 from tests.support import localcluster, switch_load
 
@@ -54,6 +60,48 @@ def _plausible(last: dict[str, Any], kind: str) -> None:
     assert last["requestsFailed"] >= 0 and last["requestsBuffered"] >= 0
 
 
+async def _acked_write(dsn: str, probe: int, timeout: float = 60) -> float:
+    """Insert ``probe`` through the proxy until acknowledged; when the ack came (Unix)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            try:
+                await conn.execute(
+                    f"INSERT INTO {switch_load.TABLE} (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                    probe,
+                )
+                return time.time()
+            finally:
+                conn.terminate()
+        except (asyncpg.PostgresError, OSError, TimeoutError) as e:
+            assert time.monotonic() < deadline, f"no write acknowledged in {timeout}s: {e}"
+            await asyncio.sleep(0.1)
+
+
+async def _acked_at_epoch(c: localcluster.LocalCluster, dsn: str, epoch: int) -> float:
+    """Once shard 0 is published at ``epoch``: when the test's first write was acknowledged
+    (on the new primary: the old one is dead or fenced)."""
+    deadline = time.monotonic() + 120
+    while (await asyncio.to_thread(c.shard, 0))["epoch"] < epoch:
+        assert time.monotonic() < deadline, f"shard 0 not published at epoch {epoch}"
+        await asyncio.sleep(0.1)
+    return await _acked_write(dsn, -epoch)
+
+
+def _first_write(last: dict[str, Any], acked_at: float) -> None:
+    """The proxy's first write on the new primary: after the promotion (it cannot come
+    sooner), and no later than a write the test saw acknowledged there (0.5 s slack)."""
+    first = last["firstWriteAt"]
+    assert first is not None, f"no first write through the proxy in {last}"
+    print(
+        f"first write {first - last['publishedAt']:+.3f}s after publication, "
+        f"test's own ack {acked_at - first:.3f}s after it"
+    )
+    assert last["promotedAt"] <= first <= acked_at + 0.5
+    assert last["firstWriteSeconds"] == pytest.approx(first - last["detectedAt"], abs=0.002)
+
+
 async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, *FAST, replicas=2) as c:
         shard = await _settled_first(c)
@@ -62,15 +110,21 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
         async with switch_load.running(dsn) as load:
             await load.wait_acked(20)
             await asyncio.to_thread(c.cli, "switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m1")
+            acked_at = await _acked_at_epoch(c, dsn, 2)
             shard = await _settled(c, 2)
         last = shard["lastFailover"]
         _plausible(last, "switchover")
         # The writers' requests were held by the proxy, none failed.
         assert last["requestsFailed"] == 0 and last["requestsBuffered"] > 0
+        _first_write(last, acked_at)
 
-        await asyncio.to_thread(c.kill, 0, shard["primary"]["name"], "KILL")
-        shard = await _settled(c, 3)
+        async with switch_load.running(dsn, base=5_000_000) as load:
+            await load.wait_acked(5)
+            await asyncio.to_thread(c.kill, 0, shard["primary"]["name"], "KILL")
+            acked_at = await _acked_at_epoch(c, dsn, 3)
+            shard = await _settled(c, 3)
         _plausible(shard["lastFailover"], "failover")
+        _first_write(shard["lastFailover"], acked_at)
 
         await _cooldown_over(c)
         frozen = shard["primary"]["name"]

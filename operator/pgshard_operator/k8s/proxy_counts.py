@@ -3,17 +3,19 @@
 ``managers.py`` hands :func:`counter` to each shard manager of a ShardedCluster: it
 lists the cluster's running proxy pods (labels ``app.kubernetes.io/instance=<name>``,
 ``app.kubernetes.io/component=proxy``), reads each one's ``/metrics`` on the
-``metrics`` container port (``naming.PROXY_METRICS_PORT``, set in ``manifests.py``),
-parses them as the local cluster reads its proxy (``local.proxy_counts.parse``) and
-adds them up (``history.total``). One pod that cannot be read makes the reading None:
-a sum without it would undercount. A failure is logged once, and again only after a
-reading succeeded.
+``metrics`` container port (``naming.PROXY_METRICS_PORT``, set in ``manifests.py``)
+and, with ``proxy.workers`` N (the pod's ``PGSHARD_PROXY_WORKERS``), each worker's on
+the N - 1 ports after it, parses them as the local cluster reads its proxy
+(``local.proxy_counts.parse``) and adds them up (``history.total``). One that cannot
+be read makes the reading None: a sum without it would undercount. A failure is
+logged once, and again only after a reading succeeded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import aiohttp
 
@@ -33,8 +35,8 @@ def counter(api: Api, http: aiohttp.ClientSession, ref: ClusterRef) -> history.P
     selector = naming.label_selector(naming.component_selector(ref.name, naming.Component.PROXY))
     failing = False
 
-    async def scrape(ip: str) -> history.RequestCounts:
-        url = f"http://{ip}:{naming.PROXY_METRICS_PORT}/metrics"
+    async def scrape(ip: str, port: int) -> history.RequestCounts:
+        url = f"http://{ip}:{port}/metrics"
         async with http.get(url, timeout=POD_TIMEOUT) as r:
             if r.status != 200:
                 raise ValueError(f"{url} answered HTTP {r.status}")
@@ -44,15 +46,16 @@ def counter(api: Api, http: aiohttp.ClientSession, ref: ClusterRef) -> history.P
         nonlocal failing
         try:
             pods = await api.list("Pod", ref.namespace, selector)
-            ips = [
-                str(status["podIP"])
+            targets = [
+                (str(status["podIP"]), port)
                 for p in pods
                 if (status := p.get("status") or {}).get("phase") == "Running"
                 and status.get("podIP")
+                for port in _ports(p)
             ]
-            if not ips:
+            if not targets:
                 raise ValueError("no running proxy pod")
-            counts = await asyncio.gather(*(scrape(ip) for ip in ips))
+            counts = await asyncio.gather(*(scrape(ip, port) for ip, port in targets))
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             if not failing:
                 log.warning(
@@ -67,3 +70,13 @@ def counter(api: Api, http: aiohttp.ClientSession, ref: ClusterRef) -> history.P
         return history.total(counts)
 
     return read
+
+
+def _ports(pod: dict[str, Any]) -> range:
+    """The metrics ports of a proxy pod's worker processes (one each)."""
+    workers = 1
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for env in container.get("env") or []:
+            if env.get("name") == "PGSHARD_PROXY_WORKERS":
+                workers = int(env.get("value") or 1)
+    return range(naming.PROXY_METRICS_PORT, naming.PROXY_METRICS_PORT + workers)
