@@ -222,6 +222,8 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         url = status["proxy"]["metricsUrl"]
         before = scrape(url)
         assert value(before, "pgshard_proxy_routes_total", role="follower", reason="follower") == 0
+        assert value(before, "pgshard_proxy_first_write_epoch", shard="0") is None
+        started = time.time()
         with psycopg.connect(status["proxy"]["dsn"], autocommit=True) as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS t (v int)")
             for _ in range(3):
@@ -235,6 +237,10 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         assert (value(during, "pgshard_proxy_classifier_cache_total", result="hit") or 0) >= 2
         assert (value(during, "pgshard_proxy_client_bytes_total", direction="in") or 0) > 0
         assert (value(during, "pgshard_proxy_client_bytes_total", direction="out") or 0) > 0
+        # The CREATE TABLE was the first request completed on the primary (epoch 1).
+        assert value(during, "pgshard_proxy_first_write_epoch", shard="0") == 1
+        first = value(during, "pgshard_proxy_first_write_timestamp_seconds", shard="0")
+        assert first is not None and started <= first <= time.time()
         servers = [k for k in during if k[0] == "pgshard_proxy_server_connections"]
         assert servers, during
         after = eventually(
