@@ -22,15 +22,16 @@ from ..shard import history
 
 
 def parse(text: str) -> history.RequestCounts:
+    """One proxy process's scrape; ValueError when it is not what a proxy exports."""
     failed = buffered = waiting = 0.0
     epochs: dict[str, int] = {}
     times: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "pgshard_proxy_first_write_epoch":
-                epochs[sample.labels["shard"]] = int(sample.value)
+                epochs[sample.labels.get("shard", "")] = int(sample.value)
             elif sample.name == "pgshard_proxy_first_write_timestamp_seconds":
-                times[sample.labels["shard"]] = sample.value
+                times[sample.labels.get("shard", "")] = sample.value
             elif sample.name == "pgshard_proxy_failover_errors_total":
                 failed += sample.value
             elif (
