@@ -110,6 +110,27 @@ async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin()
     assert f"first write {last['firstWriteSeconds']:.2f}s after detection" in history.summary(last)
 
 
+@pytest.mark.looptime
+async def test_counts_of_a_proxy_restarted_in_between_are_not_recorded() -> None:
+    world = FakePlatform()
+    reads = iter([history.RequestCounts(7, 100), history.RequestCounts(1, 103)])
+
+    async def read() -> history.RequestCounts | None:
+        return next(reads, None)
+
+    m = manager.ShardManager(
+        world, make(world).policy, clock=FakePlatform.now, observer=world.observe,
+        proxy_counts=read,
+    )  # fmt: skip
+    await m.run_cycle()
+    world.kill("p")
+    async with running(m):
+        await asyncio.sleep(6)
+    last = world.shard.last_failover
+    assert last is not None and last["discardedBytes"] == 4096
+    assert last["requestsFailed"] is None and last["requestsBuffered"] is None
+
+
 def test_the_local_proxy_counts_are_read_from_its_metrics() -> None:
     text = (
         "# TYPE pgshard_proxy_failover_errors counter\n"

@@ -487,7 +487,8 @@ class ShardManager:
             before = self._counts_before
             if counts is not None and before is not None and last.at >= before[0]:
                 delta = counts.since(before[1])
-                failed, buffered = delta.failed, delta.buffered
+                if delta.failed >= 0 and delta.buffered >= 0:  # else a proxy restarted
+                    failed, buffered = delta.failed, delta.buffered
             first = counts.first_write(snap.index, last.epoch) if counts is not None else None
             detected = last.detected_at
             waited = None
