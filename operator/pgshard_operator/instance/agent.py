@@ -461,6 +461,12 @@ class Agent:
             },
             "error": error,
         }
+        if self.progress.directory is not None and not self.progress.finished:
+            # A follower's snapshot copy under way (local progress displays show it).
+            doc["bootstrap"] = {
+                "copiedBytes": await asyncio.to_thread(self.progress.copied),
+                "totalBytes": self.progress.total,
+            }
         if row is not None:
             doc.update(
                 inRecovery=row["recovery"],
