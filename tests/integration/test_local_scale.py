@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import asyncpg
@@ -34,7 +35,12 @@ async def test_a_follower_added_under_writes_misses_no_row_and_leaves_cleanly(
             out = await asyncio.to_thread(
                 c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=2", timeout=120
             )
-            assert "added s0m2" in out.stdout
+            # The summary alone on stdout; progress (not a terminal: plain lines) on stderr.
+            assert out.stdout == "2 followers per shard: added s0m2\n"
+            progress = out.stderr.splitlines()
+            assert progress[0] == "scaling to 2 followers per shard …"
+            assert all(re.match(r"\[ *\d+\.\ds\] ", line) for line in progress[1:]), progress
+            assert any("] s0m2: " in line for line in progress), progress
             await w.wait_acked(30)  # commits go on with the new member listed
         shard = c.shard(0)
         primary = shard["primary"]
@@ -94,10 +100,14 @@ async def test_quorum_shards_grow_and_shrink_together(pg_tmp: Path) -> None:
             c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=1", check=False
         )
         assert "--quorum 2 needs at least 2 followers" in refused.stderr
-        out = await asyncio.to_thread(
-            c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=3", timeout=180
+        # At a terminal: rich's live display (rows per new member, bars), then the summary.
+        shown = await asyncio.to_thread(
+            c.cli_in_terminal, "local", "scale", f"--dir={c.dir}", "--replicas=3", timeout=180
         )
-        assert "added s0m3, s1m3" in out.stdout
+        assert "added s0m3, s1m3" in shown
+        assert "s0m3: " in shown and "s1m3: " in shown
+        assert "━" in shown and "100%" in shown  # a bar, and the wait done
+        assert "\x1b[" in shown  # drawn for a terminal, not plain lines
         for shard in c.status()["shards"]:
             i = shard["index"]
             states = {f["name"]: f["state"] for f in shard["followers"]}

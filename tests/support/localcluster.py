@@ -29,7 +29,7 @@ from typing import Any
 from pgshard_operator.instance import postgres
 from pgshard_operator.local import layout
 
-from . import mountns, net, procs
+from . import mountns, net, procs, terminal
 
 
 def free_base_port(host: str, count: int) -> int:
@@ -85,6 +85,17 @@ class LocalCluster:
         if check and proc.returncode != 0:
             raise AssertionError(f"pgshard {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def cli_in_terminal(self, *args: str, timeout: float = 300) -> str:
+        """Run ``pgshard ARGS`` under a pseudo-terminal; what it showed there (it must
+        succeed)."""
+        argv = procs.pgshard_argv(*args)
+        code, out = terminal.run(
+            self.disk.argv(argv) if self.disk is not None else argv, procs.env(), timeout
+        )
+        if code != 0:
+            raise AssertionError(f"pgshard {' '.join(args)} failed (exit {code}):\n{out}")
+        return out
 
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.cli("local", "up", f"--dir={self.dir}", *extra)

@@ -30,7 +30,7 @@ from ..cli import CommandError
 from ..instance import postgres
 from ..instance.credentials import Credentials
 from ..model import spec as specs
-from . import control, status, supervisor
+from . import control, progress, status, supervisor
 from .layout import (
     ClusterConfig,
     ClusterDir,
@@ -378,21 +378,30 @@ def _up_background(cdir: ClusterDir, timeout: float) -> int:
         )
     finally:
         os.close(out)
-    deadline = time.monotonic() + timeout + 30
-    while time.monotonic() < deadline:
-        state = atomicfile.read_json(cdir.supervisor_state) or {}
-        if state.get("state") == "ready":
-            _print_status(cdir)
-            print(f"running in the background (supervisor pid {proc.pid}); "
-                  f"stop it with: pgshard local down --dir {cdir.root}")  # fmt: skip
-            return 0
-        if state.get("state") == "failed" or proc.poll() is not None:
-            proc.wait(timeout=60)
-            raise CommandError(str(state.get("error") or f"the supervisor exited; see {log_path}"))
-        time.sleep(0.2)
+    with progress.watching(cdir, "waiting for the cluster to be ready"):
+        state = _wait_ready(cdir, proc, timeout + 30)
+    if state.get("state") == "ready":
+        _print_status(cdir)
+        print(f"running in the background (supervisor pid {proc.pid}); "
+              f"stop it with: pgshard local down --dir {cdir.root}")  # fmt: skip
+        return 0
+    if state.get("state") == "failed" or proc.poll() is not None:
+        proc.wait(timeout=60)
+        raise CommandError(str(state.get("error") or f"the supervisor exited; see {log_path}"))
     proc.terminate()
     proc.wait(timeout=120)
     raise CommandError(f"the cluster was not ready in {timeout:.0f}s; see the logs in {cdir.logs}")
+
+
+def _wait_ready(cdir: ClusterDir, proc: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
+    """The supervisor's state once it is ready, failed or gone, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        state: dict[str, Any] = atomicfile.read_json(cdir.supervisor_state) or {}
+        done = state.get("state") in ("ready", "failed") or proc.poll() is not None
+        if done or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.2)
 
 
 def _print_status(cdir: ClusterDir) -> None:
@@ -526,7 +535,9 @@ def _supervisor_call(
 
 def switchover(args: argparse.Namespace) -> int:
     """``pgshard switchover --dir DIR`` (registered by ``switchover_command.py``)."""
-    doc = request_switchover(_cdir(args), args.shard, args.to, args.timeout)
+    cdir = _cdir(args)
+    with progress.watching(cdir, f"switching over shard {args.shard}", frozenset({args.shard})):
+        doc = request_switchover(cdir, args.shard, args.to, args.timeout)
     lf = doc["lastFailover"]
     print(f"shard {args.shard}: switched over from {lf['from']} to {lf['to']}, epoch {lf['epoch']}")
     return 0
@@ -551,7 +562,9 @@ def failover(args: argparse.Namespace) -> int:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     body: dict[str, object] = {"replicas": args.replicas, "timeout": args.timeout}
-    doc = _supervisor_call(_cdir(args), "/scale", body, args.timeout + 60, "scale")
+    cdir = _cdir(args)
+    with progress.watching(cdir, f"scaling to {args.replicas} followers per shard"):
+        doc = _supervisor_call(cdir, "/scale", body, args.timeout + 60, "scale")
     changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
     changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
     print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))
