@@ -125,7 +125,9 @@ async def test_switchover_under_write_load_loses_nothing(pg_tmp: Path) -> None:
             out = await asyncio.to_thread(
                 c.cli, "switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m2"
             )
+            assert out.stdout.startswith("shard 0: switched over from ")  # the summary alone
             assert "to s0m2" in out.stdout
+            assert "] shard 0: primary s0m2 (epoch " in out.stderr  # plain progress lines
             await w.wait_acked(50)
         shard = await eventually(streaming(c, old), what=f"{old} following s0m2")
         assert shard["primary"]["name"] == "s0m2"

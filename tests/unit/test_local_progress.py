@@ -3,6 +3,12 @@ one line per change of state, copy progress throttled per member."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from pgshard_operator.local import progress
+from pgshard_operator.local.layout import ClusterDir
 from pgshard_operator.local.progress import Member, PlainLines, Shard, Snapshot
 
 
@@ -76,3 +82,26 @@ def test_a_switchover_prints_the_switch_then_the_new_primary() -> None:
         "s0m0: catching-up",
         "s0m1: primary",
     ]
+
+
+def test_watching_shows_plain_lines_on_stderr_and_nothing_on_stdout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    now = [_snap(Member("s0m1", "streaming"))]
+    with progress.watching(ClusterDir(tmp_path), "scaling", poll=lambda: now[0]):
+        now[0] = _snap(Member("s0m1", "streaming"), Member("s0m2", "streaming"))
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines()[0] == "scaling …"
+    assert _text(out.err.splitlines()[1:]) == ["s0m2: streaming"]  # the last state, once
+
+
+def test_watching_ignores_a_cluster_it_cannot_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def broken() -> Snapshot:
+        raise OSError("no cluster.json")
+
+    with progress.watching(ClusterDir(tmp_path), "scaling", poll=broken):
+        pass
+    assert capsys.readouterr().err == "scaling …\n"

@@ -225,8 +225,9 @@ def watching(
 ) -> Iterator[None]:
     """Show the cluster's progress on stderr while the block runs (see the module doc).
 
-    ``poll`` replaces the cluster's snapshot (tests); a final snapshot is shown when the
-    block ends, so the state the command waited for is always in the output."""
+    ``poll`` replaces the cluster's snapshot (tests). A first snapshot is taken before
+    the block runs and a last one when it ends, so the state the command waited for is
+    always in the output."""
     take = poll or (lambda: snapshot(cdir, shards))
     live = _is_terminal(sys.stdout) and _is_terminal(sys.stderr)
     start = time.monotonic()
@@ -256,6 +257,7 @@ def watching(
     thread = threading.Thread(target=loop, name="pgshard-progress", daemon=True)
     context = display.progress if live else contextlib.nullcontext()
     with context:
+        once()  # before the command acts: what changes after it is the command's doing
         thread.start()
         try:
             yield
