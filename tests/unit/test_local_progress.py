@@ -1,12 +1,17 @@
 """Plain progress lines of ``local up/scale`` and ``switchover --dir`` (local/progress.py):
-one line per change of state, copy progress throttled per member."""
+one line per change of state, copy progress throttled per member; and the agent's
+``/status`` field they read a copy's progress from."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from pgshard_operator.instance import agent as agent_mod
+from pgshard_operator.instance import config, lease, peers, postgres
+from pgshard_operator.instance.credentials import Credentials
 from pgshard_operator.local import progress
 from pgshard_operator.local.layout import ClusterDir
 from pgshard_operator.local.progress import Member, PlainLines, Shard, Snapshot
@@ -105,3 +110,27 @@ def test_watching_ignores_a_cluster_it_cannot_read(
     with progress.watching(ClusterDir(tmp_path), "scaling", poll=broken):
         pass
     assert capsys.readouterr().err == "scaling …\n"
+
+
+async def test_the_agents_status_carries_its_copy_only_while_it_runs(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials.json"
+    creds.write_text(json.dumps(Credentials.generate().to_dict()))
+    settings = agent_mod.AgentSettings(
+        name="s0m2",
+        datadir=tmp_path / "data",
+        server=config.ServerSettings("s0m2", "127.0.0.1", 5432),
+        credentials=creds,
+    )
+    members = peers.TopologyFilePeers(tmp_path / "topology.json", 0)
+    store = lease.FileLeases(tmp_path / "lease.json")
+    a = agent_mod.Agent(settings, postgres.Binaries.detect(), store, members)
+    assert "bootstrap" not in await a.status()  # no copy (yet)
+    partial = tmp_path / "data.partial"
+    (partial / "base").mkdir(parents=True)
+    (partial / "base" / "1").write_bytes(b"x" * 300)
+    a.progress.total, a.progress.directory = 1000, partial
+    doc = await a.status()
+    assert doc["bootstrap"] == {"copiedBytes": 300, "totalBytes": 1000}
+    assert doc["role"] == "bootstrapping"  # existing fields as before
+    a.progress.finished = True
+    assert "bootstrap" not in await a.status()
