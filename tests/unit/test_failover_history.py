@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,6 +78,28 @@ def test_one_line_summary_and_the_printer_column() -> None:
     assert "old primary not rejoined yet" in history.summary({**last, "discardedBytes": None})
 
 
+async def _failover_counted(
+    world: FakePlatform, reads: Iterator[history.RequestCounts]
+) -> dict[str, Any]:
+    """The record of a failover (kill -9 of ``p``) and the old primary's rejoin, with the
+    proxies' counts read from ``reads`` in turn."""
+
+    async def read() -> history.RequestCounts | None:
+        return next(reads, None)
+
+    m = manager.ShardManager(
+        world, make(world).policy, clock=FakePlatform.now, observer=world.observe,
+        proxy_counts=read,
+    )  # fmt: skip
+    await m.run_cycle()
+    world.kill("p")
+    async with running(m):
+        await asyncio.sleep(6)
+    last = world.shard.last_failover
+    assert last is not None and last["discardedBytes"] == 4096
+    return last
+
+
 @pytest.mark.looptime
 async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin() -> None:
     world = FakePlatform()
@@ -89,19 +113,7 @@ async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin()
         ]
     )
 
-    async def read() -> history.RequestCounts | None:
-        return next(reads, None)
-
-    m = manager.ShardManager(
-        world, make(world).policy, clock=FakePlatform.now, observer=world.observe,
-        proxy_counts=read,
-    )  # fmt: skip
-    await m.run_cycle()
-    world.kill("p")
-    async with running(m):
-        await asyncio.sleep(6)
-    last = world.shard.last_failover
-    assert last is not None and last["discardedBytes"] == 4096
+    last = await _failover_counted(world, reads)
     assert last["requestsFailed"] == 2 and last["requestsBuffered"] == 5
     assert "2 requests failed, 5 held" in history.summary(last)
     # The first write at the new epoch (2), not the old one's.
@@ -114,20 +126,7 @@ async def test_requests_the_proxy_failed_and_held_are_counted_until_the_rejoin()
 async def test_counts_of_a_proxy_restarted_in_between_are_not_recorded() -> None:
     world = FakePlatform()
     reads = iter([history.RequestCounts(7, 100), history.RequestCounts(1, 103)])
-
-    async def read() -> history.RequestCounts | None:
-        return next(reads, None)
-
-    m = manager.ShardManager(
-        world, make(world).policy, clock=FakePlatform.now, observer=world.observe,
-        proxy_counts=read,
-    )  # fmt: skip
-    await m.run_cycle()
-    world.kill("p")
-    async with running(m):
-        await asyncio.sleep(6)
-    last = world.shard.last_failover
-    assert last is not None and last["discardedBytes"] == 4096
+    last = await _failover_counted(world, reads)
     assert last["requestsFailed"] is None and last["requestsBuffered"] is None
 
 
