@@ -52,13 +52,7 @@ from tests.kube import cluster
 from tests.support import crd, procs, writer
 
 NAME = "bench"
-SPEC = {
-    "shards": 1,
-    "replicasPerShard": 2,
-    "replication": {"mode": "sync"},
-    "failover": {"detectionSeconds": 2, "cooldownSeconds": 0, "leaseTtlSeconds": 5},
-    "proxy": {"replicas": 1},
-}
+SPEC = crd.FAST_FAILOVER
 
 
 def shard(kube: cluster.Cluster, ns: str) -> dict[str, Any]:

@@ -29,13 +29,7 @@ from bench.switchover import Proxy, compare
 from pgshard_operator import naming
 
 NAME = "bench"
-SPEC = {
-    "shards": 1,
-    "replicasPerShard": 2,
-    "replication": {"mode": "sync"},
-    "failover": {"detectionSeconds": 2, "cooldownSeconds": 0, "leaseTtlSeconds": 5},
-    "proxy": {"replicas": 1},
-}
+SPEC = crd.FAST_FAILOVER
 UNBUFFERED = f"{NAME}-proxy-unbuffered"
 
 

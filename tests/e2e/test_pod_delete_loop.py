@@ -30,13 +30,7 @@ NAME = "pd"
 ROUNDS = 4
 FIRST_WRITE_BOUND = 30.0
 """A hang detector, not a timing target: the issue's stuck proxy wrote nothing for > 60 s."""
-SPEC = {
-    "shards": 1,
-    "replicasPerShard": 2,
-    "replication": {"mode": "sync"},
-    "failover": {"detectionSeconds": 2, "cooldownSeconds": 0, "leaseTtlSeconds": 5},
-    "proxy": {"replicas": 1},
-}
+SPEC = crd.FAST_FAILOVER
 
 
 @pytest.fixture(scope="module")

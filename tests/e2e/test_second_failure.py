@@ -28,13 +28,7 @@ from tests.support import crd, writer
 pytestmark = pytest.mark.e2e
 
 NAME = "sf"
-SPEC = {
-    "shards": 1,
-    "replicasPerShard": 2,
-    "replication": {"mode": "sync"},
-    "failover": {"detectionSeconds": 2, "cooldownSeconds": 5, "leaseTtlSeconds": 5},
-    "proxy": {"replicas": 1},
-}
+SPEC = {**crd.FAST_FAILOVER, "failover": {**crd.FAST_FAILOVER["failover"], "cooldownSeconds": 5}}
 BOUND = 90.0
 """A hang detector for the second promotion and the first write after it, not a timing
 target (the issue's shard had no primary eight minutes later)."""

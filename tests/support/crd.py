@@ -100,6 +100,17 @@ def problems(obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> li
     return cel_problems(schema, defaulted, old_defaulted)
 
 
+FAST_FAILOVER: Mapping[str, Any] = {
+    "shards": 1,
+    "replicasPerShard": 2,
+    "replication": {"mode": "sync"},
+    "failover": {"detectionSeconds": 2, "cooldownSeconds": 0, "leaseTtlSeconds": 5},
+    "proxy": {"replicas": 1},
+}
+"""One sync shard with two followers that fails over within seconds, without cooldown:
+the Kubernetes failover tests' and benches' cluster (copy it before changing it)."""
+
+
 def cluster(spec: Mapping[str, Any], name: str = "demo") -> dict[str, Any]:
     """A ShardedCluster object around ``spec``."""
     return {
