@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -88,7 +89,17 @@ _CA_USAGE = x509.KeyUsage(
 )  # fmt: skip
 
 
-def _create_ca(files: TlsFiles, cluster: str, now: datetime.datetime) -> None:
+@dataclasses.dataclass(frozen=True)
+class Pem:
+    """A certificate and its private key, PEM text (how Secrets and files keep them)."""
+
+    cert: str
+    key: str
+
+
+def new_ca(cluster: str, now: datetime.datetime | None = None) -> Pem:
+    """A cluster CA (EC P-256, ``CA_VALIDITY``)."""
+    now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pgshard CA {cluster}")])
     cert = (
@@ -104,14 +115,16 @@ def _create_ca(files: TlsFiles, cluster: str, now: datetime.datetime) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    atomicfile.atomic_write(files.ca_key, _pem_key(key), 0o600)
-    atomicfile.atomic_write(files.ca_cert, _pem_cert(cert), 0o644)
+    return Pem(_pem_cert(cert), _pem_key(key))
 
 
-def _issue_server(files: TlsFiles, names: list[str], now: datetime.datetime) -> None:
-    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
+def issue(ca: Pem, names: list[str], now: datetime.datetime | None = None) -> Pem:
+    """A server certificate for ``names`` (IP addresses or DNS names, wildcards
+    allowed; the first is the subject) signed by ``ca``, valid ``SERVER_VALIDITY``."""
+    now = now or _now()
+    ca_key = serialization.load_pem_private_key(ca.key.encode(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -130,33 +143,70 @@ def _issue_server(files: TlsFiles, names: list[str], now: datetime.datetime) -> 
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return Pem(_pem_cert(cert), _pem_key(key))
+
+
+def _create_ca(files: TlsFiles, cluster: str, now: datetime.datetime) -> None:
+    ca = new_ca(cluster, now)
+    atomicfile.atomic_write(files.ca_key, ca.key, 0o600)
+    atomicfile.atomic_write(files.ca_cert, ca.cert, 0o644)
+
+
+def _issue_server(files: TlsFiles, names: list[str], now: datetime.datetime) -> None:
+    ca = Pem(files.ca_cert.read_text(), files.ca_key.read_text())
+    server = issue(ca, names, now)
     # Key first: a certificate never names a key that is not there yet.
-    atomicfile.atomic_write(files.server_key, _pem_key(key), 0o600)
-    atomicfile.atomic_write(files.server_cert, _pem_cert(cert), 0o644)
+    atomicfile.atomic_write(files.server_key, server.key, 0o600)
+    atomicfile.atomic_write(files.server_cert, server.cert, 0o644)
 
 
-def server_names(cert_path: Path) -> set[str]:
-    """The addresses and DNS names a server certificate is valid for."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+def pem_names(cert_pem: str) -> set[str]:
+    """The addresses and DNS names a server certificate (PEM) is valid for."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(
         san.get_values_for_type(x509.DNSName)
     )
 
 
+def pem_expires(cert_pem: str) -> datetime.datetime:
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc
+
+
+def server_names(cert_path: Path) -> set[str]:
+    """The addresses and DNS names a server certificate is valid for."""
+    return pem_names(cert_path.read_text())
+
+
 def expires(cert_path: Path) -> datetime.datetime:
-    return x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc
+    return pem_expires(cert_path.read_text())
+
+
+def reissue_reason(
+    cert_pem: str | None, ca_cert_pem: str, names: Iterable[str], now: datetime.datetime
+) -> str | None:
+    """Why a server certificate must be issued (again); None if it is good: it must
+    exist, be signed by this CA, name every one of ``names`` and have more than a
+    third of its validity (``RENEW_BEFORE``) left."""
+    if not cert_pem:
+        return "none yet"
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_cert_pem.encode()))
+    except (ValueError, TypeError, InvalidSignature):
+        return "the cluster CA did not sign it"
+    if missing := set(names) - pem_names(cert_pem):
+        return f"it does not name {', '.join(sorted(missing))}"
+    if cert.not_valid_after_utc - now < RENEW_BEFORE:
+        return f"it expires on {cert.not_valid_after_utc:%Y-%m-%d}"
+    return None
 
 
 def _needs_server(files: TlsFiles, names: list[str], now: datetime.datetime) -> str | None:
     """Why the server certificate must be issued (again); None if it is good."""
     if not files.server_cert.exists() or not files.server_key.exists():
         return "none yet"
-    if missing := set(names) - server_names(files.server_cert):
-        return f"it does not name {', '.join(sorted(missing))}"
-    if expires(files.server_cert) - now < RENEW_BEFORE:
-        return f"it expires on {expires(files.server_cert):%Y-%m-%d}"
-    return None
+    return reissue_reason(files.server_cert.read_text(), files.ca_cert.read_text(), names, now)
 
 
 def ensure(

@@ -27,6 +27,8 @@ ROLE_LABEL = f"{GROUP}/role"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 """On pod templates: a change of PostgreSQL configuration changes the template, so
 the StatefulSet gets a new revision and the operator rolls the pods."""
+TLS_HASH_ANNOTATION = f"{GROUP}/tls-cert"
+"""On pod templates: which certificate the pods mount (a new one rolls them out)."""
 SWITCHOVER_ANNOTATION = f"{GROUP}/switchover"
 """On a ShardedCluster: ``"<shard>"`` or ``"<shard>:<pod>"`` requests a switchover."""
 FAILOVER_ANNOTATION = f"{GROUP}/failover"
@@ -116,6 +118,16 @@ def app_secret(cluster: str) -> str:
 def internal_secret(cluster: str) -> str:
     """Superuser and replication passwords; only the operator and instances read it."""
     return f"{cluster}-internal"
+
+
+def ca_secret(cluster: str) -> str:
+    """The cluster CA's certificate and key; only the operator reads it (never mounted)."""
+    return f"{cluster}-ca"
+
+
+def tls_secret(cluster: str) -> str:
+    """The CA certificate and the shards' and proxy's certificates, mounted into pods."""
+    return f"{cluster}-tls"
 
 
 def postgres_config(cluster: str) -> str:

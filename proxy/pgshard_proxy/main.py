@@ -125,7 +125,13 @@ def topology_source(settings: ProxySettings) -> TopologySource:
                 "topology_cluster needs a user with a plain password (the application "
                 "user of the cluster's Secret): the proxy logs in to members with it"
             )
-        creds = kubernetes.Credentials(user=user.name, password=user.password, database="")
+        creds = kubernetes.Credentials(
+            user=user.name,
+            password=user.password,
+            database="",
+            root_cert=str(settings.member_root_cert) if settings.member_root_cert else None,
+            server_name=settings.member_server_name,
+        )
         return kubernetes.KubernetesTopologySource(namespace, name, creds)
     if settings.topology_file is None:
         raise SettingsError(

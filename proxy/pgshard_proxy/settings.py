@@ -83,6 +83,13 @@ class ProxySettings:
     tls_required: bool = False
     """Refuse clients that do not use TLS (FATAL 28000 at their startup packet, as
     PostgreSQL's ``hostssl``); needs ``tls_cert``. Cancel requests are still accepted."""
+    member_root_cert: Path | None = None
+    """With ``topology_cluster``: the cluster CA members are verified against
+    (``sslmode=verify-full``); None: members are reached as libpq's default ``prefer``."""
+    member_server_name: str | None = None
+    """With ``member_root_cert``: the name a shard's members are verified for, ``{shard}``
+    standing for the shard's index (the operator's ``<name>-shard-{shard}.<ns>.svc``),
+    while connecting to their addresses; None: the address itself."""
     consistency: Consistency = Consistency.SESSION
     max_wait_ms: int = 1000
     """How long a read may wait for a lagging follower before going to the primary."""
@@ -199,7 +206,7 @@ def from_sources(
                 "tls_key", "tls_required", "consistency", "max_wait_ms", "pool_size",
                 "follower_read_timeout", "authentication_timeout", "workers", "metrics_port",
                 "users", "buffer_window_ms", "buffer_max_requests", "zone",
-                "node_name"):  # fmt: skip
+                "node_name", "member_root_cert", "member_server_name"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
         if from_env:
             raw[key] = from_env
@@ -226,7 +233,7 @@ def from_sources(
             "buffer_max_requests",
         ):  # fmt: skip
             changes[key] = _int(value, key, 0 if key in ("max_wait_ms", "buffer_window_ms") else 1)
-        elif key in ("topology_file", "tls_cert", "tls_key"):
+        elif key in ("topology_file", "tls_cert", "tls_key", "member_root_cert"):
             changes[key] = Path(str(value))
         elif key == "tls_required":
             changes[key] = _bool(value, key)
@@ -255,6 +262,8 @@ def from_sources(
         )
     if s.zone is not None and not s.zone.strip():
         raise SettingsError("zone must be a zone name (e.g. eu-west-1a), not empty")
+    if s.member_server_name is not None and s.member_root_cert is None:
+        raise SettingsError("member_server_name needs member_root_cert (the CA to verify with)")
     if (s.tls_cert is None) != (s.tls_key is None):
         raise SettingsError("tls_cert and tls_key must be given together")
     if s.tls_required and s.tls_cert is None:

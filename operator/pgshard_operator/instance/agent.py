@@ -81,6 +81,9 @@ class AgentSettings:
     wait for ``rejoin`` even if the lease is still ours."""
     statement_mode: bool = False
     """``statement`` replication: followers are copies by dump that run the applier."""
+    tls_server_name: str | None = None
+    """With ``server.tls``: verify members' certificates for this name, not their
+    addresses (``--tls-server-name``; the shard's DNS name on Kubernetes)."""
 
 
 _PROBE = """
@@ -111,7 +114,7 @@ class Agent:
         self.bins = bins
         tls = settings.server.tls
         self.creds: Credentials = Credentials.load(settings.credentials).with_tls(
-            tls.ca_cert if tls is not None else None
+            tls.ca_cert if tls is not None else None, settings.tls_server_name
         )
         self.store = store
         self._held = lease.FREE

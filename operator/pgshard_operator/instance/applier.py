@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from pgshard_proxy.contract import pgtls
 from pgshard_proxy.contract import statement_log as slog
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Applier:
         """One pair of connections; returns when repointed (to reconnect)."""
         self._repointed.clear()
         local = await asyncpg.connect(
-            self.local_dsn,
+            **pgtls.asyncpg_args(self.local_dsn),
             timeout=5,
             server_settings={
                 "application_name": "pgshard-applier",
@@ -146,7 +147,7 @@ class Applier:
         )
         try:
             source = await asyncpg.connect(
-                self.source_dsn,
+                **pgtls.asyncpg_args(self.source_dsn),
                 timeout=5,
                 server_settings={"application_name": f"pgshard-applier-{self.name}"},
             )

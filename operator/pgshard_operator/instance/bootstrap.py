@@ -100,12 +100,12 @@ def _explain(name: str, what: str, datadir: Path, err: Exception) -> BootstrapFa
 
 def replication_conninfo(up: Upstream, creds: Credentials, application_name: str) -> str:
     return config.conninfo(
-        up.host,
+        creds.host_word(up.host),
         up.port,
         creds.replication_user,
         creds.replication_password,
         application_name,
-        creds.tls_conninfo(),
+        creds.tls_conninfo(up.host),
     )
 
 
@@ -318,7 +318,7 @@ async def clone_follower(
             "-D",
             str(partial),
             "-h",
-            up.host,
+            creds.host_word(up.host),
             "-p",
             str(up.port),
             "-U",
@@ -330,7 +330,7 @@ async def clone_follower(
             "-c",
             "fast",
             "--no-password",
-            *(("-d", tls) if (tls := creds.tls_conninfo()) else ()),
+            *(("-d", tls) if (tls := creds.tls_conninfo(up.host)) else ()),
             timeout=3600,
             password=creds.replication_password,
         )

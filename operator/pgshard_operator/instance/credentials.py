@@ -31,6 +31,11 @@ class Credentials:
     """The cluster CA (``ca.crt``) when members serve TLS: every DSN and conninfo built
     here then asks for ``sslmode=verify-full`` against it. Not a secret and not stored in
     the credentials file: set from the cluster's TLS settings (:meth:`with_tls`)."""
+    tls_server_name: str | None = None
+    """With ``root_cert``: the name members' certificates are verified for, while
+    connecting to their addresses (libpq's ``hostaddr``, ``contract.pgtls``): on
+    Kubernetes the shard's DNS name, since pod IPs are not in the certificates. None:
+    the address connected to."""
 
     @classmethod
     def generate(cls) -> Credentials:
@@ -46,24 +51,42 @@ class Credentials:
     def to_dict(self) -> dict[str, str]:
         doc = dataclasses.asdict(self)
         del doc["root_cert"]
+        del doc["tls_server_name"]
         return doc
 
-    def with_tls(self, root_cert: Path | None) -> Credentials:
-        return dataclasses.replace(self, root_cert=str(root_cert) if root_cert else None)
-
-    def _query(self) -> str:
-        if self.root_cert is None:
-            return ""
-        return "?" + urllib.parse.urlencode(
-            {"sslmode": "verify-full", "sslrootcert": self.root_cert}, safe="/"
+    def with_tls(self, root_cert: Path | None, server_name: str | None = None) -> Credentials:
+        return dataclasses.replace(
+            self,
+            root_cert=str(root_cert) if root_cert else None,
+            tls_server_name=server_name if root_cert else None,
         )
 
-    def tls_conninfo(self) -> str:
-        """The libpq key/value words that verify members (empty without TLS)."""
+    def host_word(self, host: str) -> str:
+        """libpq's ``host`` for a member at ``host``: the name its certificate is
+        verified for (the address then goes in ``hostaddr``, :meth:`tls_conninfo`)."""
+        return self.tls_server_name or host
+
+    def _dsn(self, user: str, password: str, address: str, database: str) -> str:
+        host, _, port = address.rpartition(":")
+        query: dict[str, str] = {}
+        if self.tls_server_name is not None:
+            query["hostaddr"] = host.strip("[]")
+            host = self.tls_server_name
+        if self.root_cert is not None:
+            query |= {"sslmode": "verify-full", "sslrootcert": self.root_cert}
+        tail = "?" + urllib.parse.urlencode(query, safe="/") if query else ""
+        return f"postgresql://{user}:{password}@{host}:{port}/{database}{tail}"
+
+    def tls_conninfo(self, host: str | None = None) -> str:
+        """The libpq key/value words that verify members (empty without TLS); with a
+        ``tls_server_name``, ``hostaddr=host`` too (``host`` is then :meth:`host_word`)."""
         if self.root_cert is None:
             return ""
         root = self.root_cert.replace("\\", "\\\\").replace("'", "\\'")
-        return f"sslmode=verify-full sslrootcert='{root}'"
+        words = f"sslmode=verify-full sslrootcert='{root}'"
+        if self.tls_server_name is not None and host is not None:
+            words += f" hostaddr='{host.strip('[]')}'"
+        return words
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -77,13 +100,7 @@ class Credentials:
             raise CredentialsMissing(f"{path} is damaged ({e})") from None
 
     def app_dsn(self, address: str) -> str:
-        return (
-            f"postgresql://{self.app_user}:{self.app_password}@{address}/{self.app_database}"
-            + self._query()
-        )
+        return self._dsn(self.app_user, self.app_password, address, self.app_database)
 
     def superuser_dsn(self, address: str, database: str = "postgres") -> str:
-        return (
-            f"postgresql://{self.superuser}:{self.superuser_password}@{address}/{database}"
-            + self._query()
-        )
+        return self._dsn(self.superuser, self.superuser_password, address, database)

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve TLS only, with server.crt/server.key from this directory, and verify "
         "other members against its ca.crt (sslmode=verify-full)",
     )
+    p.add_argument(
+        "--tls-server-name",
+        help="with --tls-dir: verify members' certificates for this DNS name while "
+        "connecting to their addresses (libpq hostaddr); default: the address itself",
+    )
     p.add_argument("--pg-log", type=Path, default=Path("/dev/null"), help="PostgreSQL log file")
     p.add_argument(
         "--hold-primary",
@@ -143,6 +148,7 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
         upstream=a.upstream,
         pg_log=a.pg_log,
         hold_primary=a.hold_primary,
+        tls_server_name=a.tls_server_name,
         statement_mode=a.replication_method == "statement",
     )
 
@@ -253,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    if not p.is_file()]  # fmt: skip
         if missing:
             parser.error(f"--tls-dir {args.tls_dir} lacks {', '.join(missing)}")
+    if args.tls_server_name is not None and args.tls_dir is None:
+        parser.error("--tls-server-name needs --tls-dir (the CA to verify with)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -80,8 +80,8 @@ async def rejoin(
     finally:
         await conn.close()
     source = (
-        f"host={up.host} port={up.port} user={creds.superuser} dbname=postgres connect_timeout=5 "
-        + creds.tls_conninfo()
+        f"host={creds.host_word(up.host)} port={up.port} user={creds.superuser} dbname=postgres "
+        "connect_timeout=5 " + creds.tls_conninfo(up.host)
     ).rstrip()
     fork: int | None = None
     try:

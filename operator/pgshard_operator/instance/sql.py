@@ -10,11 +10,12 @@ connection between members is.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from typing import Any
 
 import asyncpg
+
+from pgshard_proxy.contract import pgtls
 
 from .credentials import Credentials
 
@@ -31,7 +32,9 @@ async def connect(
         timeout=timeout,
         command_timeout=timeout * 3,
         server_settings={"application_name": "pgshard-instance"},
-        ssl=ssl.create_default_context(cafile=creds.root_cert) if creds.root_cert else None,
+        ssl=pgtls.verifying_context(creds.root_cert, creds.tls_server_name)
+        if creds.root_cert
+        else None,
     )
 
 

@@ -49,6 +49,10 @@ class PodEnv:
     superuser_password: str
     replication_password: str
     control_token: str
+    tls_dir: str | None = None
+    """``PGSHARD_TLS_DIR`` (``spec.tls``): ca.crt, server.crt, server.key."""
+    tls_server_name: str | None = None
+    """``PGSHARD_TLS_SERVER_NAME``: the shard's name members' certificates are verified for."""
 
     @property
     def ordinal(self) -> int:
@@ -86,6 +90,8 @@ def pod_env(env: Mapping[str, str]) -> PodEnv:
         superuser_password=need("PGSHARD_SUPERUSER_PASSWORD"),
         replication_password=need("PGSHARD_REPLICATION_PASSWORD"),
         control_token=need("PGSHARD_CONTROL_TOKEN"),
+        tls_dir=env.get("PGSHARD_TLS_DIR") or None,
+        tls_server_name=env.get("PGSHARD_TLS_SERVER_NAME") or None,
     )
 
 
@@ -149,6 +155,10 @@ def agent_argv(
         "--lease-ttl", p.lease_ttl,
         "--hba-network", CONNECT_FROM,
     ]  # fmt: skip
+    if p.tls_dir is not None:
+        argv += ["--tls-dir", p.tls_dir]
+        if p.tls_server_name is not None:
+            argv += ["--tls-server-name", p.tls_server_name]
     for option in pg_options(conf_text):
         argv += ["--pg-option", option]
     if hold_primary:

@@ -40,19 +40,21 @@ import asyncio
 import dataclasses
 import logging
 import re
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from .. import control_token, naming
+from .. import atomicfile, control_token, naming
 from ..instance.credentials import Credentials
 from ..model import spec as specs
 from ..platform import base
 from ..platform import kubernetes as kube_platform
 from ..shard import manager, policy, switchover
-from . import manifests, proxy_counts, zones
+from . import manifests, proxy_counts, tls, zones
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
 
@@ -122,13 +124,33 @@ def member_policy(pol: policy.ShardPolicy) -> policy.ShardPolicy:
     )
 
 
-async def credentials(api: Api, ref: ClusterRef) -> tuple[Credentials, str] | None:
-    """The superuser's credentials the managers observe members with, and the control
-    token their agent calls carry (None: not yet, the reconcile handler makes them)."""
+def ca_file(ref: ClusterRef, ca_cert: str) -> Path:
+    """The cluster CA as a file (DSNs name their ``sslrootcert`` by path), rewritten
+    whole when it changes."""
+    path = Path(tempfile.gettempdir()) / "pgshard-operator" / f"{ref.namespace}.{ref.name}.ca.crt"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    if not path.exists() or path.read_text() != ca_cert:
+        atomicfile.atomic_write(path, ca_cert, 0o644)
+    return path
+
+
+async def credentials(
+    api: Api, ref: ClusterRef, tls_on: bool = False
+) -> tuple[Credentials, str] | None:
+    """The superuser's credentials the managers observe members with (with ``tls_on``,
+    verifying members against the cluster CA), and the control token their agent calls
+    carry (None: not yet, the reconcile handler makes them)."""
     internal = await api.get("Secret", ref.namespace, naming.internal_secret(ref.name))
     app = await api.get("Secret", ref.namespace, naming.app_secret(ref.name))
     if internal is None or app is None:
         return None
+    root: Path | None = None
+    if tls_on:
+        certificates = await api.get("Secret", ref.namespace, naming.tls_secret(ref.name))
+        ca_cert = secret_data(certificates).get(tls.CA_CERT) if certificates else None
+        if not ca_cert:
+            return None
+        root = ca_file(ref, ca_cert)
     i, a = secret_data(internal), secret_data(app)
     if control_token.SECRET_KEY not in i:
         return None
@@ -139,7 +161,7 @@ async def credentials(api: Api, ref: ClusterRef) -> tuple[Credentials, str] | No
         app_user=a["username"],
         app_password=a["password"],
         app_database=manifests.APP_DATABASE,
-    )
+    ).with_tls(root)
     return creds, i[control_token.SECRET_KEY]
 
 
@@ -370,7 +392,7 @@ async def _converge(
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]
-    found = await credentials(api, ref) if missing else None
+    found = await credentials(api, ref, spec.tls) if missing else None
     if found is None:
         missing = []  # none missing, or no Secrets yet (the reconcile handler makes them)
     for i in missing:
@@ -379,7 +401,10 @@ async def _converge(
             api,
             http,
             kube_platform.ShardRef(ref.name, ref.namespace, i),
-            found[0],
+            found[0].with_tls(
+                Path(found[0].root_cert) if found[0].root_cert else None,
+                tls.shard_server_name(ref.name, ref.namespace, i),
+            ),
             spec.policy.failover.lease_ttl_seconds,
             token=found[1],
             node_zones=node_zones,

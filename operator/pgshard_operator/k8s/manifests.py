@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 from .. import control_token, naming
 from ..model import spec as specs
-from . import network, rbac
+from . import network, rbac, tls
 from . import settings as operator_settings
 from .objects import ClusterRef, Manifest, meta
 
@@ -167,6 +167,43 @@ def internal_secret(ref: ClusterRef, creds: Credentials) -> Manifest:
     }
 
 
+def tls_secrets(ref: ClusterRef, plan: tls.Plan) -> list[Manifest]:
+    """``<name>-ca`` (only the operator reads it) and ``<name>-tls`` (mounted, ``tls.py``)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": meta(ref, naming.ca_secret(ref.name)),
+            "stringData": plan.ca,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": meta(ref, naming.tls_secret(ref.name)),
+            "stringData": plan.tls,
+        },
+    ]
+
+
+def _tls_volume(ref: ClusterRef, key: str) -> dict[str, Any]:
+    """The CA and one certificate/key pair of ``<name>-tls`` as ca.crt/server.crt/server.key
+    (group-readable: the pods' fsGroup; the agent copies the key 0600 into PGDATA)."""
+    items = [
+        {"key": tls.CA_CERT, "path": "ca.crt"},
+        {"key": f"{key}.crt", "path": "server.crt"},
+        {"key": f"{key}.key", "path": "server.key"},
+    ]
+    return {
+        "name": "tls",
+        "secret": {"secretName": naming.tls_secret(ref.name), "items": items, "defaultMode": 0o440},
+    }
+
+
+TLS_MOUNT = {"name": "tls", "mountPath": tls.MOUNT, "readOnly": True}
+
+
 def _instance_env(
     ref: ClusterRef, spec: specs.ClusterSpec, shard: int, extra: tuple[tuple[str, str], ...]
 ) -> list[dict[str, Any]]:
@@ -202,6 +239,7 @@ def shard_statefulset(
     spec: specs.ClusterSpec,
     shard: int,
     settings: operator_settings.OperatorSettings,
+    tls_data: dict[str, str] | None = None,
 ) -> Manifest:
     """One shard: ``1 + replicasPerShard`` pods; the operator, not the StatefulSet
     controller, replaces pods on template changes (``OnDelete``) so it can roll
@@ -231,6 +269,22 @@ def shard_statefulset(
     }
     if resources := spec.resources.to_k8s():
         container["resources"] = resources
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": naming.postgres_config(ref.name)}},
+        TMP_VOLUME,
+    ]
+    annotations = {naming.CONFIG_HASH_ANNOTATION: config_hash(spec)}
+    if tls_data is not None:
+        container["env"] += _plain_env(
+            [
+                ("PGSHARD_TLS_DIR", tls.MOUNT),
+                ("PGSHARD_TLS_SERVER_NAME", tls.shard_server_name(ref.name, ref.namespace, shard)),
+            ]
+        )
+        container["volumeMounts"].append(TLS_MOUNT)
+        volumes.append(_tls_volume(ref, tls.shard_key(shard)))
+        # A new certificate is a new revision: the roll-out restarts the pods safely.
+        annotations[naming.TLS_HASH_ANNOTATION] = tls.fingerprint(tls_data, tls.shard_key(shard))
     storage: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": spec.storage.size}},
@@ -256,20 +310,14 @@ def shard_statefulset(
             "template": {
                 "metadata": {
                     "labels": {**naming.cluster_labels(ref.name), **selector},
-                    "annotations": {naming.CONFIG_HASH_ANNOTATION: config_hash(spec)},
+                    "annotations": annotations,
                 },
                 "spec": {
                     "serviceAccountName": naming.instance_service_account(ref.name, shard),
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(settings),
                     "containers": [container],
-                    "volumes": [
-                        {
-                            "name": "config",
-                            "configMap": {"name": naming.postgres_config(ref.name)},
-                        },
-                        TMP_VOLUME,
-                    ],
+                    "volumes": volumes,
                 },
             },
             "volumeClaimTemplates": [
@@ -350,7 +398,10 @@ def sharding_json(spec: specs.ClusterSpec) -> str:
 
 
 def proxy_deployment(
-    ref: ClusterRef, spec: specs.ClusterSpec, settings: operator_settings.OperatorSettings
+    ref: ClusterRef,
+    spec: specs.ClusterSpec,
+    settings: operator_settings.OperatorSettings,
+    tls_data: dict[str, str] | None = None,
 ) -> Manifest:
     selector = naming.component_selector(ref.name, naming.Component.PROXY)
     env: list[dict[str, Any]] = [
@@ -383,6 +434,22 @@ def proxy_deployment(
         env.append({"name": "PGSHARD_PROXY_ZONE", "value": spec.proxy.zone})
     else:
         env.append(_field_env("PGSHARD_PROXY_NODE_NAME", "spec.nodeName"))
+    volumes: list[dict[str, Any]] = [TMP_VOLUME]
+    mounts: list[dict[str, Any]] = [TMP_MOUNT]
+    annotations: dict[str, str] = {}
+    if tls_data is not None:
+        tls_env = [
+            ("PGSHARD_PROXY_TLS_CERT", f"{tls.MOUNT}/server.crt"),
+            ("PGSHARD_PROXY_TLS_KEY", f"{tls.MOUNT}/server.key"),
+            ("PGSHARD_PROXY_MEMBER_ROOT_CERT", f"{tls.MOUNT}/ca.crt"),
+            ("PGSHARD_PROXY_MEMBER_SERVER_NAME", tls.server_name_template(ref.name, ref.namespace)),
+        ]
+        if spec.proxy.tls_required:
+            tls_env.append(("PGSHARD_PROXY_TLS_REQUIRED", "true"))
+        env += _plain_env(tls_env)
+        volumes.append(_tls_volume(ref, tls.PROXY))
+        mounts.append(TLS_MOUNT)
+        annotations[naming.TLS_HASH_ANNOTATION] = tls.fingerprint(tls_data, tls.PROXY)
     env += _plain_env(list(settings.pod_env))
     container: dict[str, Any] = {
         "name": "proxy",
@@ -395,7 +462,7 @@ def proxy_deployment(
             {"name": "metrics", "containerPort": naming.PROXY_METRICS_PORT},
         ],
         "readinessProbe": {"tcpSocket": {"port": "postgres"}, "periodSeconds": 2},
-        "volumeMounts": [TMP_MOUNT],
+        "volumeMounts": mounts,
         "securityContext": container_security(),
     }
     if resources := spec.proxy.resources.to_k8s():
@@ -408,12 +475,15 @@ def proxy_deployment(
             "replicas": spec.proxy.replicas,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {**naming.cluster_labels(ref.name), **selector}},
+                "metadata": {
+                    "labels": {**naming.cluster_labels(ref.name), **selector},
+                    "annotations": annotations,
+                },
                 "spec": {
                     "serviceAccountName": naming.proxy_service_account(ref.name),
                     "securityContext": pod_security(settings),
                     "containers": [container],
-                    "volumes": [TMP_VOLUME],
+                    "volumes": volumes,
                 },
             },
         },
@@ -430,20 +500,24 @@ def desired_objects(
     spec: specs.ClusterSpec,
     settings: operator_settings.OperatorSettings,
     creds: Credentials,
+    certificates: tls.Plan | None = None,
 ) -> list[Manifest]:
     """Everything the cluster owns, in an order that lets each object's
-    dependencies exist first (accounts and secrets before pods that use them)."""
+    dependencies exist first (accounts and secrets before pods that use them).
+    ``certificates``: the TLS Secrets' data when ``spec.tls`` (``tls.plan``)."""
     out: list[Manifest] = [
         *(o for shard in range(spec.shards) for o in rbac.instance_access(ref, shard)),
         *rbac.proxy_access(ref),
         app_secret(ref, creds),
         internal_secret(ref, creds),
+        *(tls_secrets(ref, certificates) if certificates is not None else ()),
         postgres_configmap(ref, spec),
     ]
+    tls_data = certificates.tls if certificates is not None else None
     for shard in range(spec.shards):
         out += shard_services(ref, shard)
         out.append(shard_pdb(ref, shard))
         out.append(network.shard_network_policy(ref, shard, settings.metrics_namespace))
-        out.append(shard_statefulset(ref, spec, shard, settings))
-    out += [proxy_service(ref), proxy_deployment(ref, spec, settings)]
+        out.append(shard_statefulset(ref, spec, shard, settings, tls_data))
+    out += [proxy_service(ref), proxy_deployment(ref, spec, settings, tls_data)]
     return out

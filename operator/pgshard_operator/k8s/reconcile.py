@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import control_token, naming
 from ..model import spec as specs
-from . import manifests, roles, rollout, zones
+from . import manifests, roles, rollout, tls, zones
 from . import settings as operator_settings
 from . import status as st
 from .apply import Api, ApiError, secret_data
@@ -102,6 +102,22 @@ async def _credentials(api: Api, ref: ClusterRef) -> manifests.Credentials:
     )
 
 
+async def _certificates(
+    api: Api, ref: ClusterRef, spec: specs.ClusterSpec, now: datetime.datetime
+) -> tls.Plan:
+    """The CA and certificates kept in the cluster's Secrets; missing or due ones issued."""
+    ca = await api.get("Secret", ref.namespace, naming.ca_secret(ref.name))
+    certificates = await api.get("Secret", ref.namespace, naming.tls_secret(ref.name))
+    return tls.plan(
+        ref.name,
+        ref.namespace,
+        spec.shards,
+        secret_data(ca) if ca else {},
+        secret_data(certificates) if certificates else {},
+        now,
+    )
+
+
 def _member_pods(pods: Sequence[Mapping[str, Any]], shard: int) -> list[rollout.MemberPod]:
     out = []
     for pod in pods:
@@ -160,10 +176,20 @@ async def reconcile(
     creds = await _credentials(api, ref)
     pods = await _instance_pods(api, ref)
     events: list[EventNote] = []
+    certificates = await _certificates(api, ref, spec, now) if spec.tls else None
+    if certificates is not None and certificates.issued:
+        events.append(
+            EventNote(
+                False,
+                st.Reason.CERTIFICATES_ISSUED,
+                "issued " + "; ".join(certificates.issued) + " (pods serve new certificates "
+                "from their next start: the roll-out restarts them)",
+            )
+        )
     conditions = [
         st.Condition(st.ConditionType.SPEC_VALID, True, st.Reason.RECONCILED, "spec accepted")
     ]
-    for obj in manifests.desired_objects(ref, spec, settings, creds):
+    for obj in manifests.desired_objects(ref, spec, settings, creds, certificates):
         if obj["kind"] == "StatefulSet":
             shard = int(obj["metadata"]["labels"][naming.SHARD_LABEL])
             current = await api.get("StatefulSet", ref.namespace, obj["metadata"]["name"])

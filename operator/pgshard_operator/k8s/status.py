@@ -43,6 +43,7 @@ class Reason(enum.Enum):
     SCALE_DOWN_BLOCKED = "ScaleDownBlocked"
     PRIMARIES_AVAILABLE = "PrimariesAvailable"
     FAILOVER_BLOCKED = "FailoverBlocked"
+    CERTIFICATES_ISSUED = "CertificatesIssued"
 
 
 class ConditionType(enum.Enum):

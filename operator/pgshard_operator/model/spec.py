@@ -144,6 +144,10 @@ class ShardingSpec:
     """Distributed tables; every other table is a home table (its rows on shard 0)."""
 
 
+TLS_DEFAULT = False
+"""``tls.enabled`` when the spec does not say."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ProxySpec:
     replicas: int = 2
@@ -165,6 +169,8 @@ class ProxySpec:
     zone: str | None = None
     """``zone``: the proxies' zone (their reads prefer followers in it). None: each proxy
     pod takes its node's ``topology.kubernetes.io/zone`` (from ``status.nodeZones``)."""
+    tls_required: bool = False
+    """``tls.required``: the proxy refuses clients that do not use TLS (needs ``tls.enabled``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +188,9 @@ class ClusterSpec:
     """Replication mode and failover settings, as the shard manager reads them."""
     sharding: ShardingSpec = ShardingSpec()
     proxy: ProxySpec = ProxySpec()
+    tls: bool = TLS_DEFAULT
+    """``tls.enabled``: a cluster CA and certificates from the operator; members serve TLS
+    only (``hostssl``), every connection between parts verifies it, the proxy offers it."""
 
     @property
     def members_per_shard(self) -> int:
@@ -244,6 +253,13 @@ class _Reader:
         if pattern is not None and not pattern.match(value):
             self.bad(name, f"{value!r} is not a Kubernetes quantity such as 10Gi")
             return None
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw.get(name, default)
+        if not isinstance(value, bool):
+            self.bad(name, f"must be true or false, got {value!r}")
+            return default
         return value
 
     def choice(self, name: str, enum_type: type[E], default: E) -> E:
@@ -421,9 +437,13 @@ def parse_spec(raw: object) -> ClusterSpec:
             buffer_max_requests=proxy.optional_integer("bufferMaxRequests", 1, 1000000),
             buffer_on_failover=proxy.flag("bufferOnFailover", False),
             zone=_zone(proxy),
+            tls_required=proxy.child("tls").boolean("required", False),
         ),
+        tls=r.child("tls").boolean("enabled", TLS_DEFAULT),
     )
     spec = dataclasses.replace(spec, policy=_failover_buffer(spec, proxy))
+    if spec.proxy.tls_required and not spec.tls:
+        problems.append("spec.proxy.tls.required: needs spec.tls.enabled (the proxy's certificate)")
     if problems:
         raise SpecInvalid(tuple(problems))
     return spec

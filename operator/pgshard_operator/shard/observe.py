@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from pgshard_proxy.contract import positions
+from pgshard_proxy.contract import pgtls, positions
 from pgshard_proxy.contract import statement_log as slog
 
 from . import state
@@ -62,7 +62,7 @@ async def observe(
     """
     try:
         async with asyncio.timeout(timeout):
-            conn = await asyncpg.connect(dsn, timeout=timeout)
+            conn = await asyncpg.connect(**pgtls.asyncpg_args(dsn), timeout=timeout)
             try:
                 row = await conn.fetchrow(PROBE_SQL)
             finally:
@@ -126,7 +126,9 @@ def statement_observer(database: str) -> Callable[..., Awaitable[state.MemberObs
     ) -> state.MemberObservation:
         try:
             async with asyncio.timeout(timeout):
-                conn = await asyncpg.connect(dsn, timeout=timeout, database=database)
+                conn = await asyncpg.connect(
+                    **pgtls.asyncpg_args(dsn), timeout=timeout, database=database
+                )
                 try:
                     row = await conn.fetchrow(STATEMENT_PROBE_SQL)
                 finally:

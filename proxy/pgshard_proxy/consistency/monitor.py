@@ -42,7 +42,7 @@ from typing import Any
 
 import asyncpg
 
-from pgshard_proxy.contract import positions, statement_log
+from pgshard_proxy.contract import pgtls, positions, statement_log
 from pgshard_proxy.contract.positions import Position
 from pgshard_proxy.contract.topology import Member, Topology
 
@@ -59,7 +59,7 @@ Connect = Callable[[str, float], Awaitable[Any]]
 
 
 async def _asyncpg_connect(dsn: str, timeout: float) -> Any:
-    return await asyncpg.connect(dsn, timeout=timeout)
+    return await asyncpg.connect(**pgtls.asyncpg_args(dsn), timeout=timeout)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import logging
 
 import asyncpg
 
-from ..contract import placement, topology
+from ..contract import pgtls, placement, topology
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class KeyTypes:
         if shard0.primary is None:
             return
         try:
-            conn = await asyncpg.connect(shard0.primary.dsn, timeout=10)
+            conn = await asyncpg.connect(**pgtls.asyncpg_args(shard0.primary.dsn), timeout=10)
             try:
                 found = await conn.fetchrow(_KEY_TYPE_SQL, table.name, table.key)
             finally:

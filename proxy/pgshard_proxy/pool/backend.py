@@ -221,7 +221,9 @@ class BackendConnection(asyncio.Protocol):
                 )
                 try:
                     if credentials.tls.wanted:
-                        await conn._start_tls(credentials.tls, host.strip("[]"))
+                        await conn._start_tls(
+                            credentials.tls, credentials.tls.server_name or host.strip("[]")
+                        )
                 except BaseException:
                     conn.abort()
                     raise

@@ -14,6 +14,8 @@ import enum
 import ssl
 import urllib.parse
 
+from ..contract import pgtls
+
 
 class SslMode(enum.Enum):
     DISABLE = "disable"
@@ -33,6 +35,9 @@ class ServerTls:
     mode: SslMode = SslMode.PREFER
     root_cert: str | None = None
     """``sslrootcert``: the CA file that signed the members' certificates."""
+    server_name: str | None = None
+    """The name to verify when the DSN connects to a ``hostaddr`` (``contract.pgtls``);
+    None: the host connected to."""
 
     @classmethod
     def from_dsn(cls, dsn: str) -> ServerTls:
@@ -47,7 +52,7 @@ class ServerTls:
         # libpq: with a root certificate, 'require' verifies the chain like 'verify-ca'.
         if mode is SslMode.REQUIRE and root:
             mode = SslMode.VERIFY_CA
-        return cls(mode, root)
+        return cls(mode, root, pgtls.server_name(dsn))
 
     @property
     def wanted(self) -> bool:

@@ -28,7 +28,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
@@ -51,21 +51,35 @@ class Credentials:
     user: str
     password: str
     database: str
+    root_cert: str | None = None
+    """The cluster CA: members are verified against it (``sslmode=verify-full``)."""
+    server_name: str | None = None
+    """With ``root_cert``: the name a shard's members are verified for (``{shard}``: the
+    shard's index), connecting to their addresses (``hostaddr``, ``contract.pgtls``)."""
 
-    def dsn(self, address: str) -> str:
+    def dsn(self, address: str, shard: int = 0) -> str:
         host, _, port = address.rpartition(":")
+        query: dict[str, str] = {}
+        if self.root_cert is not None and self.server_name is not None:
+            query["hostaddr"] = host.strip("[]")
+            host = self.server_name.format(shard=shard)
+        if self.root_cert is not None:
+            query |= {"sslmode": "verify-full", "sslrootcert": self.root_cert}
+        tail = "?" + urlencode(query, safe="/") if query else ""
         return (
             f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{host}:{port}/{quote(self.database, safe='')}"
+            f"@{host}:{port}/{quote(self.database, safe='')}{tail}"
         )
 
 
-def _with_dsn(member: Mapping[str, Any] | None, creds: Credentials) -> dict[str, Any] | None:
+def _with_dsn(
+    member: Mapping[str, Any] | None, creds: Credentials, shard: int
+) -> dict[str, Any] | None:
     if not member:
         return None
     out = dict(member)
     if not out.get("dsn") and out.get("address"):
-        out["dsn"] = creds.dsn(str(out["address"]))
+        out["dsn"] = creds.dsn(str(out["address"]), shard)
     return out
 
 
@@ -82,9 +96,11 @@ def from_status(status: Mapping[str, Any], creds: Credentials) -> Topology:
         if not isinstance(s, Mapping):
             raise topology.BadTopology("status.shards: every entry must be an object")
         entry = dict(s)
+        index = entry.get("index")
+        shard = index if isinstance(index, int) else 0
         if entry.get("primary"):
-            entry["primary"] = _with_dsn(entry["primary"], creds)
-        entry["followers"] = [_with_dsn(f, creds) for f in entry.get("followers") or ()]
+            entry["primary"] = _with_dsn(entry["primary"], creds, shard)
+        entry["followers"] = [_with_dsn(f, creds, shard) for f in entry.get("followers") or ()]
         shards.append(entry)
     doc = {
         "version": status.get("topologyVersion", 0),
