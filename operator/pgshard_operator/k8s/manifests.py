@@ -188,12 +188,14 @@ def tls_secrets(ref: ClusterRef, plan: tls.Plan) -> list[Manifest]:
 
 
 def _tls_volume(ref: ClusterRef, key: str) -> dict[str, Any]:
-    """The CA and one certificate/key pair of ``<name>-tls`` as ca.crt/server.crt/server.key
-    (group-readable: the pods' fsGroup; the agent copies the key 0600 into PGDATA)."""
+    """The CA and one certificate/key pair of ``<name>-tls`` as ca.crt/server.crt/server.key.
+    Certificates are public (0444: PostgreSQL's own user, walreceivers and pg_basebackup
+    read the CA); the key is group-readable (the pods' fsGroup), and the agent copies it
+    0600 into PGDATA."""
     items = [
-        {"key": tls.CA_CERT, "path": "ca.crt"},
-        {"key": f"{key}.crt", "path": "server.crt"},
-        {"key": f"{key}.key", "path": "server.key"},
+        {"key": tls.CA_CERT, "path": "ca.crt", "mode": 0o444},
+        {"key": f"{key}.crt", "path": "server.crt", "mode": 0o444},
+        {"key": f"{key}.key", "path": "server.key", "mode": 0o440},
     ]
     return {
         "name": "tls",
