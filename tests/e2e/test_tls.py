@@ -1,5 +1,5 @@
-"""TLS on Kubernetes: a ShardedCluster with ``tls.enabled`` (1 shard, primary + follower,
-one proxy requiring TLS).
+"""TLS on Kubernetes: a default ShardedCluster (TLS on; 1 shard, primary + follower, one
+proxy requiring TLS).
 
 Members refuse clear text (pg_hba ``hostssl`` only), serve a certificate that verifies
 against the CA of the Secret ``<name>-tls`` for the pod's DNS name (psql with
@@ -55,7 +55,6 @@ def test_members_replication_and_proxy_use_verified_tls(
     spec = {
         "shards": 1,
         "replicasPerShard": 1,
-        "tls": {"enabled": True},
         "proxy": {"replicas": 1, "tls": {"required": True}},
     }
     doc = crd.cluster(spec, name=name)

@@ -146,3 +146,11 @@ async def test_named_context_verifies_the_name_not_the_address(tmp_path: Path) -
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_tls_is_decided_when_the_cluster_is_created() -> None:
+    made_with = {"spec": {"template": {"spec": {"volumes": [{"name": "tls"}]}}}}
+    made_without = {"spec": {"template": {"spec": {"volumes": [{"name": "config"}]}}}}
+    assert tls.in_use(None, True) and not tls.in_use(None, False)
+    assert tls.in_use(made_with, False)  # turning it off later is not followed
+    assert not tls.in_use(made_without, True)  # nor on (clusters made before TLS existed)

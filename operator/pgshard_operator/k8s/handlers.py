@@ -105,7 +105,7 @@ def build_registry(
         """Self-healing: put back owned objects someone deleted or changed by hand."""
         outcome = await guard(reconcile.reconcile(api, settings, body, clock()))
         # A refused spec was reported when it was applied; do not repeat that Event.
-        repeated = {st.Reason.SPEC_INVALID, st.Reason.SPEC_IMPOSSIBLE}
+        repeated = {st.Reason.SPEC_INVALID, st.Reason.SPEC_IMPOSSIBLE, st.Reason.TLS_KEPT}
         events = tuple(e for e in outcome.events if e.reason not in repeated)
         _publish(body, patch, dataclasses.replace(outcome, events=events))
 

@@ -54,7 +54,7 @@ from ..model import spec as specs
 from ..platform import base
 from ..platform import kubernetes as kube_platform
 from ..shard import manager, policy, switchover
-from . import manifests, proxy_counts, tls, zones
+from . import manifests, proxy_counts, reconcile, tls, zones
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
 
@@ -392,7 +392,8 @@ async def _converge(
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]
-    found = await credentials(api, ref, spec.tls) if missing else None
+    tls_on = await reconcile.tls_in_use(api, ref, spec) if missing else False
+    found = await credentials(api, ref, tls_on) if missing else None
     if found is None:
         missing = []  # none missing, or no Secrets yet (the reconcile handler makes them)
     for i in missing:

@@ -102,6 +102,12 @@ async def _credentials(api: Api, ref: ClusterRef) -> manifests.Credentials:
     )
 
 
+async def tls_in_use(api: Api, ref: ClusterRef, spec: specs.ClusterSpec) -> bool:
+    """Whether the cluster runs with TLS (``tls.in_use``: decided when it was created)."""
+    first = await api.get("StatefulSet", ref.namespace, naming.shard_statefulset(ref.name, 0))
+    return tls.in_use(first, spec.tls)
+
+
 async def _certificates(
     api: Api, ref: ClusterRef, spec: specs.ClusterSpec, now: datetime.datetime
 ) -> tls.Plan:
@@ -176,7 +182,18 @@ async def reconcile(
     creds = await _credentials(api, ref)
     pods = await _instance_pods(api, ref)
     events: list[EventNote] = []
-    certificates = await _certificates(api, ref, spec, now) if spec.tls else None
+    tls_on = await tls_in_use(api, ref, spec)
+    if tls_on != spec.tls:
+        events.append(
+            EventNote(
+                False,
+                st.Reason.TLS_KEPT,
+                f"spec.tls.enabled is {str(spec.tls).lower()} but the cluster was created with "
+                f"TLS {'on' if tls_on else 'off'}, which is kept: changing it on running "
+                "members is not supported (re-create the cluster to change it)",
+            )
+        )
+    certificates = await _certificates(api, ref, spec, now) if tls_on else None
     if certificates is not None and certificates.issued:
         events.append(
             EventNote(

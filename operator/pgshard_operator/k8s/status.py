@@ -44,6 +44,7 @@ class Reason(enum.Enum):
     PRIMARIES_AVAILABLE = "PrimariesAvailable"
     FAILOVER_BLOCKED = "FailoverBlocked"
     CERTIFICATES_ISSUED = "CertificatesIssued"
+    TLS_KEPT = "TlsKept"
 
 
 class ConditionType(enum.Enum):

@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 from .. import certs, naming
 
@@ -111,6 +112,18 @@ def plan(
         out[f"{key}.crt"], out[f"{key}.key"] = server.cert, server.key
         issued.append(f"{key} ({why})")
     return Plan({CA_CERT: ca.cert, CA_KEY: ca.key}, out, tuple(issued))
+
+
+def in_use(statefulset: Mapping[str, Any] | None, wanted: bool) -> bool:
+    """Whether the cluster runs with TLS: as ``wanted`` (``spec.tls.enabled``) while its
+    first shard's StatefulSet does not exist yet, else as that StatefulSet was made.
+    Turning TLS on or off for running members would break replication half-way through
+    the roll-out (followers and primary disagreeing), so it is decided at creation; this
+    also keeps clusters made before TLS existed as they are."""
+    if statefulset is None:
+        return wanted
+    volumes = ((statefulset.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return any(v.get("name") == "tls" for v in volumes.get("volumes") or ())
 
 
 def fingerprint(tls_data: Mapping[str, str], key: str) -> str:

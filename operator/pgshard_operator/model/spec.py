@@ -144,7 +144,7 @@ class ShardingSpec:
     """Distributed tables; every other table is a home table (its rows on shard 0)."""
 
 
-TLS_DEFAULT = False
+TLS_DEFAULT = True
 """``tls.enabled`` when the spec does not say."""
 
 
