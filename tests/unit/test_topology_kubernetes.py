@@ -77,3 +77,20 @@ def test_the_proxies_node_zones_reach_the_topology() -> None:
     assert topology.to_dict(topo)["nodeZones"] == {"n1": "eu-1a"}
     assert topology.from_dict(topology.to_dict(topo)) == topo
     assert "nodeZones" not in topology.to_dict(kube_source.from_status(STATUS, CREDS))
+
+
+def test_with_a_cluster_ca_member_dsns_verify_the_shards_name_at_the_address() -> None:
+    creds = kube_source.Credentials(
+        user="app",
+        password="pw",
+        database="app",
+        root_cert="/etc/pgshard-tls/ca.crt",
+        server_name="c-shard-{shard}.ns.svc",
+    )
+    status = {**STATUS, "shards": [{**STATUS["shards"][0], "index": 3}]}  # type: ignore[dict-item]
+    primary = kube_source.from_status(status, creds).shards[0].primary
+    assert primary is not None and primary.address == "198.18.1.3:5432"
+    assert primary.dsn == (
+        "postgresql://app:pw@c-shard-3.ns.svc:5432/app?hostaddr=198.18.1.3"
+        "&sslmode=verify-full&sslrootcert=/etc/pgshard-tls/ca.crt"
+    )
