@@ -15,7 +15,8 @@ What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``
   ConfigMap ``<name>-postgres``), ``PGSHARD_REPLICATION_METHOD``,
   ``PGSHARD_LEASE_NAME``, ``PGSHARD_LEASE_TTL_SECONDS``, ``PGSHARD_APP_USER``,
   ``PGSHARD_APP_PASSWORD``, ``PGSHARD_APP_DATABASE``, ``PGSHARD_SUPERUSER_PASSWORD``,
-  ``PGSHARD_REPLICATION_PASSWORD``;
+  ``PGSHARD_REPLICATION_PASSWORD``; with TLS (``tls.py``) ``PGSHARD_TLS_DIR`` (the volume
+  ``tls``: ca.crt, server.crt, server.key) and ``PGSHARD_TLS_SERVER_NAME``;
 - proxy pods: pgshard-proxy's settings ``PGSHARD_PROXY_HOST`` (the pod IP),
   ``PGSHARD_PROXY_PORT`` (5432), ``PGSHARD_PROXY_TOPOLOGY_CLUSTER``
   (``<namespace>/<name>``: follow the cluster's status), ``PGSHARD_PROXY_USERS``
@@ -24,7 +25,10 @@ What the pods read (the contract with ``pgshard-instance`` and ``pgshard-proxy``
   ``PGSHARD_PROXY_WORKERS`` (``proxy.workers``; when set); ``PGSHARD_PROXY_ZONE``
   (``proxy.zone``) when set, else ``PGSHARD_PROXY_NODE_NAME`` (the pod's node: the
   proxy takes that node's zone from ``status.nodeZones``); ``PGSHARD_SHARDING``
-  (JSON: ``{"tables": [{"name", "key"}]}``) and the app credentials as above.
+  (JSON: ``{"tables": [{"name", "key"}]}``) and the app credentials as above; with TLS
+  ``PGSHARD_PROXY_TLS_CERT``/``_KEY`` (``PGSHARD_PROXY_TLS_REQUIRED`` with
+  ``proxy.tls.required``), ``PGSHARD_PROXY_MEMBER_ROOT_CERT`` and
+  ``PGSHARD_PROXY_MEMBER_SERVER_NAME``.
 """
 
 from __future__ import annotations
