@@ -13,8 +13,12 @@ from pgshard_operator import cli
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--kube", "--cluster", "c"], "not available yet on Kubernetes"),
-        (["--dir", "D", "--cluster", "c"], "goes with --kube"),
+        (["--kube"], "--kube needs --cluster NAME"),
+        (["--kube", "--cluster", "c", "--faults", "kill,stop"], "stop is not available with"),
+        (["--kube", "--cluster", "c", "--faults", "partition"], "partition is not available"),
+        (["--kube", "--cluster", "c", "--faults", "kill,crash"], "some of kill, switchover"),
+        (["--dir", "D", "--cluster", "c"], "go with --kube"),
+        (["--dir", "D", "--proxy-address", "h:1"], "go with --kube"),
         (["--dir", "D", "--faults", "kill,partition"], "--faults takes some of"),
         (["--dir", "D", "--sessions", "0"], "--sessions ≥ 1"),
         (["--dir", "D"], "holds no pgshard cluster"),
@@ -26,3 +30,12 @@ def test_mistakes_exit_2_and_say_why(
     argv = [str(tmp_path / "none") if a == "D" else a for a in argv]
     assert cli.main(["verify", *argv]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_kube_without_a_kubeconfig_exits_2_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert cli.main(["verify", "--kube", "--cluster", "c", "--fault-count", "0"]) == 2
+    assert "set KUBECONFIG" in capsys.readouterr().err

@@ -180,10 +180,16 @@ class Api:
             body=dict(obj),
         )
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
-        """Delete; an object that is already gone is fine."""
+    async def delete(
+        self, kind: str, namespace: str | None, name: str, grace_seconds: int | None = None
+    ) -> None:
+        """Delete (``grace_seconds``: the pod's grace period instead of its own); an object
+        that is already gone is fine."""
+        query = [] if grace_seconds is None else [("gracePeriodSeconds", str(grace_seconds))]
         try:
-            await self._call("DELETE", RESOURCES[kind].path(namespace, name), f"deleting {name}")
+            await self._call(
+                "DELETE", RESOURCES[kind].path(namespace, name), f"deleting {name}", query=query
+            )
         except ApiError as e:
             if e.status != 404:
                 raise

@@ -110,14 +110,15 @@ async def _request(args: argparse.Namespace) -> Outcome:
         raise CommandError(f"cannot reach Kubernetes: {e} (set KUBECONFIG?)") from None
     async with client:
         try:
-            return await _switchover(Api(client), args, namespace)
+            return await request(Api(client), args, namespace)
         except ApiError as e:
             raise CommandError(str(e)) from None
         except OSError as e:
             raise CommandError(f"the Kubernetes API server did not answer: {e}") from None
 
 
-async def _switchover(api: Api, args: argparse.Namespace, namespace: str) -> Outcome:
+async def request(api: Api, args: argparse.Namespace, namespace: str) -> Outcome:
+    """Annotate, then wait for the outcome (``args``: cluster, shard, to, timeout)."""
     name = args.cluster
     cluster = await api.get(naming.KIND, namespace, name)
     if cluster is None:

@@ -4,19 +4,22 @@ Registered through ``cli.COMMANDS``. Runs ``workload`` through the cluster's pro
 injects ``faults`` on shard 0's primary (the workload's tables live there: they
 are not distributed), reads the final state on the primary and judges the whole
 with ``history.check``. Exit status: 0 no violation, 1 a violation (or a shard that
-did not settle after a fault), 2 a usage or setup error. Only local clusters for now;
-``--kube`` answers that it is not available yet.
+did not settle after a fault), 2 a usage or setup error. ``--kube`` runs the same
+against a ShardedCluster (``kube_faults.py``: ``kill`` and ``switchover`` only).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +28,11 @@ from ..local.layout import ClusterDir, LayoutError
 from . import history
 
 if TYPE_CHECKING:
-    from .faults import Injected
+    from .faults import Faults, Injected
     from .workload import Recorder
 
 FAULTS = ("kill", "stop", "switchover")
+KUBE_FAULTS = ("kill", "switchover")
 EXAMPLES = 5
 """Violations shown per kind (all are counted)."""
 
@@ -49,8 +53,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     where = v.add_mutually_exclusive_group(required=True)
     where.add_argument("--dir", type=Path, help="a local cluster's directory (pgshard local up)")
-    where.add_argument("--kube", action="store_true", help="a ShardedCluster (not available yet)")
+    where.add_argument(
+        "--kube",
+        action="store_true",
+        help="a ShardedCluster on Kubernetes (credentials from $KUBECONFIG, else ~/.kube/config)",
+    )
     v.add_argument("--cluster", help="with --kube: the ShardedCluster's name")
+    v.add_argument(
+        "-n",
+        "--namespace",
+        help="with --kube: the cluster's namespace [the kubeconfig context's, else default]",
+    )
+    v.add_argument(
+        "--proxy-address",
+        metavar="HOST:PORT",
+        help="with --kube: where to reach the proxy [its Service's ClusterIP, port 5432]",
+    )
     v.add_argument(
         "--seconds",
         type=float,
@@ -59,8 +77,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     v.add_argument(
         "--faults",
-        default=",".join(FAULTS),
-        help=f"faults to choose from at random, comma-separated: {', '.join(FAULTS)} [all]",
+        help=f"faults to choose from at random, comma-separated: {', '.join(FAULTS)} "
+        f"(with --kube: {', '.join(KUBE_FAULTS)}) [all available]",
     )
     v.add_argument("--fault-count", type=int, default=3, help="faults to inject, one at a time [3]")
     v.add_argument("--seed", type=int, help="seed of the fault and workload choices [random]")
@@ -84,28 +102,29 @@ def _usage(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kube:
+    if args.kube and not args.cluster:
+        return _usage("--kube needs --cluster NAME (the ShardedCluster to verify)")
+    if not args.kube and (args.cluster or args.namespace or args.proxy_address):
+        return _usage("--cluster, --namespace and --proxy-address go with --kube, not with --dir")
+    available = KUBE_FAULTS if args.kube else FAULTS
+    kinds = [k.strip() for k in (args.faults or ",".join(available)).split(",") if k.strip()]
+    if args.kube and (refused := sorted(set(kinds) & {"stop", "partition"})):
+        from .kube_faults import UNAVAILABLE
+
         return _usage(
-            "not available yet on Kubernetes: run it against a local cluster "
-            "(pgshard verify --dir DIR)"
+            f"--faults {refused[0]} is not available with --kube: {UNAVAILABLE[refused[0]]}; "
+            f"choose among {', '.join(KUBE_FAULTS)}"
         )
-    if args.cluster:
-        return _usage("--cluster goes with --kube, not with --dir")
-    kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(FAULTS))
+    unknown = sorted(set(kinds) - set(available))
     if unknown or (not kinds and args.fault_count):
-        return _usage(f"--faults takes some of {', '.join(FAULTS)}, not {args.faults!r}")
+        return _usage(f"--faults takes some of {', '.join(available)}, not {args.faults!r}")
     if args.fault_count < 0 or args.sessions < 1 or args.seconds < 0 or args.warmup < 0:
         return _usage("--fault-count, --seconds and --warmup must be ≥ 0, --sessions ≥ 1")
     seed = args.seed if args.seed is not None else random.randrange(2**31)
-    cdir = ClusterDir(Path(args.dir).resolve())
     try:
-        if args.fault_count and cdir.load_config().replicas < 1:
-            raise SetupError("faults need a follower to fail over to: the cluster has no replicas")
-        report = asyncio.run(_verify(cdir, args, kinds, seed))
-    except LayoutError as e:
-        return _usage(str(e))
-    except SetupError as e:
+        target = _kube(args) if args.kube else _local(args)
+        report = asyncio.run(_verify(target, args, kinds, seed))
+    except (LayoutError, SetupError) as e:
         return _usage(str(e))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -114,60 +133,127 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+Target = Callable[[], "contextlib.AbstractAsyncContextManager[tuple[Faults, str, FinalDsn]]"]
+FinalDsn = Callable[[], Awaitable[str]]
+"""Where to read the final state: the shard's primary, asked once the workload stopped."""
+
+
+def _local(args: argparse.Namespace) -> Target:
+    cdir = ClusterDir(Path(args.dir).resolve())
+    if args.fault_count and cdir.load_config().replicas < 1:
+        raise SetupError("faults need a follower to fail over to: the cluster has no replicas")
+
+    @asynccontextmanager
+    async def target() -> AsyncIterator[tuple[Faults, str, FinalDsn]]:
+        from . import faults
+
+        runner = faults.LocalFaults(cdir, 0, args.settle_timeout)
+        doc = await runner.cluster_doc()
+        if not doc["supervisor"]["running"]:
+            raise SetupError(f"no cluster running in {cdir.root}; start it with 'pgshard local up'")
+
+        async def final() -> str:
+            primary = (await runner.shard_doc())["primary"]
+            if primary is None:
+                raise faults.Unsettled("shard 0 has no primary to read the final state from")
+            return str(primary["dsn"])
+
+        yield runner, str(doc["proxy"]["dsn"]), final
+
+    return target
+
+
+def _kube(args: argparse.Namespace) -> Target:
+    @asynccontextmanager
+    async def target() -> AsyncIterator[tuple[Faults, str, FinalDsn]]:
+        # Imported here: kubernetes_asyncio is the optional "kube" extra.
+        from ..k8s import apply, switchover_request
+        from . import kube_faults
+
+        namespace = args.namespace or switchover_request.default_namespace()
+        try:
+            client = await apply.connect()
+        except apply.NotConfigured as e:
+            raise SetupError(str(e)) from None
+        async with client:
+            runner = kube_faults.KubeFaults(
+                apply.Api(client), namespace, args.cluster, 0, args.settle_timeout
+            )
+            try:
+                if args.fault_count and await runner.followers_expected() < 1:
+                    raise SetupError(
+                        "faults need a follower to fail over to: replicasPerShard is 0"
+                    )
+                proxy_dsn = await runner.proxy_dsn(args.proxy_address)
+            except (kube_faults.SetupError, apply.ApiError, OSError) as e:
+                raise SetupError(f"cannot use ShardedCluster {args.cluster!r}: {e}") from None
+
+            async def final() -> str:
+                return await runner.primary_dsn(proxy_dsn)
+
+            yield runner, proxy_dsn, final
+
+    return target
+
+
 async def _verify(
-    cdir: ClusterDir, args: argparse.Namespace, kinds: list[str], seed: int
+    target: Target, args: argparse.Namespace, kinds: list[str], seed: int
 ) -> dict[str, Any]:
     # Imported here: the CLI parser imports this module for every command.
     from . import faults, workload
 
-    runner = faults.LocalFaults(cdir, 0, args.settle_timeout)
-    doc = await runner.cluster_doc()
-    if not doc["supervisor"]["running"]:
-        raise SetupError(f"no cluster running in {cdir.root}; start it with 'pgshard local up'")
-    proxy_dsn: str = doc["proxy"]["dsn"]
-    try:
-        await workload.setup(proxy_dsn)
-    except workload.CLIENT_ERRORS as e:
-        raise SetupError(f"cannot set up the workload through the proxy: {e}") from None
+    async with target() as (runner, proxy_dsn, final_dsn):
+        try:
+            await workload.setup(proxy_dsn)
+        except workload.CLIENT_ERRORS as e:
+            raise SetupError(f"cannot set up the workload through the proxy: {e}") from None
 
-    rec = workload.Recorder()
-    stop = asyncio.Event()
-    started = time.monotonic()
-    tasks = [
-        asyncio.create_task(c.run(stop))
-        for c in workload.clients(proxy_dsn, args.sessions, seed, rec)
-    ]
-    injected: list[faults.Injected] = []
-    problem: str | None = None
-    try:
-        if args.fault_count:
-            await asyncio.sleep(args.warmup)
-        rng = random.Random(seed)
-        for _ in range(args.fault_count):
-            injected.append(await runner.inject(faults.Kind(rng.choice(kinds))))
-        await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
-    except (faults.Unsettled, CommandError) as e:
-        problem = str(e)
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-    elapsed = time.monotonic() - started
+        rec = workload.Recorder()
+        stop = asyncio.Event()
+        started = time.monotonic()
+        tasks = [
+            asyncio.create_task(c.run(stop))
+            for c in workload.clients(proxy_dsn, args.sessions, seed, rec)
+        ]
+        injected: list[faults.Injected] = []
+        problem: str | None = None
+        ended: tuple[type[Exception], ...] = (faults.Unsettled, CommandError, *_platform_errors())
+        try:
+            if args.fault_count:
+                await asyncio.sleep(args.warmup)
+            rng = random.Random(seed)
+            for _ in range(args.fault_count):
+                injected.append(await runner.inject(faults.Kind(rng.choice(kinds))))
+            await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - started)))
+        except ended as e:
+            problem = str(e)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        elapsed = time.monotonic() - started
 
-    h = history.History(
-        expected_total=workload.ACCOUNTS * workload.BALANCE,
-        writes=rec.writes,
-        reads=rec.reads,
-        totals=rec.totals,
-    )
-    try:
-        primary = (await runner.shard_doc())["primary"]
-        if primary is None:
-            raise faults.Unsettled("shard 0 has no primary to read the final state from")
-        await workload.final_state(primary["dsn"], h)
-    except (faults.Unsettled, *workload.CLIENT_ERRORS) as e:
-        problem = (problem + "; " if problem else "") + f"final state not read: {e}"
+        h = history.History(
+            expected_total=workload.ACCOUNTS * workload.BALANCE,
+            writes=rec.writes,
+            reads=rec.reads,
+            totals=rec.totals,
+        )
+        try:
+            await workload.final_state(await final_dsn(), h)
+        except (faults.Unsettled, *workload.CLIENT_ERRORS, *_platform_errors()) as e:
+            problem = (problem + "; " if problem else "") + f"final state not read: {e}"
     violations = history.check(h) if problem is None else []
     return _report(seed, elapsed, args, injected, rec, h, violations, problem)
+
+
+def _platform_errors() -> tuple[type[Exception], ...]:
+    """A Kubernetes API that refuses or does not answer ends the run like a shard that does
+    not settle (only when the "kube" packages are there: ``--dir`` does not need them)."""
+    try:
+        from ..k8s.apply import ApiError
+    except ImportError:
+        return ()
+    return (ApiError, OSError)
 
 
 def _report(

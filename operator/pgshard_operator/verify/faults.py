@@ -52,8 +52,66 @@ class Injected:
     """From the fault to the settled shard."""
 
 
+class Faults:
+    """What every platform shares: pick the primary, act, wait until the shard settled."""
+
+    shard: int
+    settle_timeout: float
+
+    async def shard_doc(self) -> dict[str, Any]:
+        """The shard: ``epoch``, ``primary`` ({``name``} or None), ``followers``
+        ([{``name``, ``state``}]), ``lastFailover`` and ``manager`` (its manager's state)."""
+        raise NotImplementedError
+
+    async def followers_expected(self) -> int:
+        raise NotImplementedError
+
+    async def fault(self, kind: Kind, primary: str, epoch: int) -> None:
+        """Inflict ``kind`` on ``primary``; return once the shard may settle."""
+        raise NotImplementedError
+
+    def settled(self, shard: dict[str, Any], epoch: int, replicas: int) -> bool:
+        return _settled(shard, epoch, replicas)
+
+    async def inject(self, kind: Kind) -> Injected:
+        before = await self.shard_doc()
+        if before["primary"] is None:
+            raise Unsettled(f"shard {self.shard} has no primary to fault")
+        primary, epoch = before["primary"]["name"], int(before["epoch"])
+        t0 = time.monotonic()
+        await self.fault(kind, primary, epoch)
+        replicas = await self.followers_expected()
+        after = await self._until(lambda s: self.settled(s, epoch, replicas), "settled")
+        await self._until(
+            lambda s: not s["manager"].get("cooldownRemainingSeconds"), "cooldown over"
+        )
+        return Injected(
+            kind,
+            primary,
+            epoch,
+            int(after["epoch"]),
+            after["primary"]["name"],
+            time.monotonic() - t0,
+        )
+
+    async def _until(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + self.settle_timeout
+        while True:
+            shard = await self.shard_doc()
+            if done(shard):
+                return shard
+            if time.monotonic() > deadline:
+                raise Unsettled(
+                    f"shard {self.shard} not {what} within {self.settle_timeout:g} s: "
+                    f"epoch {shard['epoch']}, primary "
+                    f"{(shard['primary'] or {}).get('name')}, followers "
+                    + ", ".join(f"{f['name']} {f['state']}" for f in shard["followers"])
+                )
+            await asyncio.sleep(0.3)
+
+
 @dataclasses.dataclass
-class LocalFaults:
+class LocalFaults(Faults):
     cdir: ClusterDir
     shard: int = 0
     settle_timeout: float = 120.0
@@ -70,12 +128,10 @@ class LocalFaults:
         shard["manager"] = managers[0] if managers else {}
         return shard
 
-    async def inject(self, kind: Kind) -> Injected:
-        before = await self.shard_doc()
-        if before["primary"] is None:
-            raise Unsettled(f"shard {self.shard} has no primary to fault")
-        primary, epoch = before["primary"]["name"], int(before["epoch"])
-        t0 = time.monotonic()
+    async def followers_expected(self) -> int:
+        return self.cdir.load_config().replicas
+
+    async def fault(self, kind: Kind, primary: str, epoch: int) -> None:
         if kind is Kind.KILL:
             await self._signal(primary, "KILL")
         elif kind is Kind.STOP:
@@ -86,19 +142,6 @@ class LocalFaults:
                 await self._signal(primary, "CONT")
         else:
             await self._switchover()
-        replicas = self.cdir.load_config().replicas
-        after = await self._until(lambda s: _settled(s, epoch, replicas), "settled")
-        await self._until(
-            lambda s: not s["manager"].get("cooldownRemainingSeconds"), "cooldown over"
-        )
-        return Injected(
-            kind,
-            primary,
-            epoch,
-            int(after["epoch"]),
-            after["primary"]["name"],
-            time.monotonic() - t0,
-        )
 
     async def _signal(self, member: str, signame: str) -> None:
         await asyncio.to_thread(commands.signal_member, self.cdir, self.shard, member, signame)
@@ -116,21 +159,6 @@ class LocalFaults:
                 if time.monotonic() > deadline:
                     raise Unsettled(f"switchover of shard {self.shard} failed: {e}") from None
             await asyncio.sleep(1.0)
-
-    async def _until(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.settle_timeout
-        while True:
-            shard = await self.shard_doc()
-            if done(shard):
-                return shard
-            if time.monotonic() > deadline:
-                raise Unsettled(
-                    f"shard {self.shard} not {what} within {self.settle_timeout:g} s: "
-                    f"epoch {shard['epoch']}, primary "
-                    f"{(shard['primary'] or {}).get('name')}, followers "
-                    + ", ".join(f"{f['name']} {f['state']}" for f in shard["followers"])
-                )
-            await asyncio.sleep(0.3)
 
 
 def _settled(shard: dict[str, Any], epoch: int, replicas: int) -> bool:
