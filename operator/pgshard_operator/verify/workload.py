@@ -38,10 +38,12 @@ WINDOW_SECONDS = 5.0
 
 _RECORD = f"""c AS (INSERT INTO {COMMITS} (session, seq, member, epoch, at)
   VALUES ($1, $2, inet_server_addr()::text || ':' || inet_server_port(),
-          coalesce(nullif(current_setting('pgshard.epoch', true), ''), '1')::int,
+          coalesce(nullif(current_setting('pgshard.epoch', true), ''), '0')::int,
           extract(epoch FROM clock_timestamp())::float8)
   RETURNING member, epoch, at)"""
-# A member never promoted (the first primary) has no pgshard.epoch: it is epoch 1.
+# A member never promoted (the first primary) has no pgshard.epoch: 0, older than any
+# promotion (a local cluster starts at epoch 1, a ShardedCluster at 0, so 1 would put a
+# Kubernetes cluster's first primary and its first promoted one in the same epoch).
 
 APPEND = f"""WITH {_RECORD},
 w AS (INSERT INTO {REGISTERS} AS r (k, elems) VALUES ($3, ARRAY[$4::bigint])
