@@ -1,6 +1,8 @@
 """The test node's pod network: a pod re-created on its predecessor's address is
 reachable from the other pods at once (issue 15: connects to it hung for seconds while
-peers still cached the old pod's MAC, delaying the failover's repoint and probes)."""
+peers still cached the old pod's MAC, delaying the failover's repoint and probes); a
+pod's routes restricted as NetworkPolicy egress says (policies.py) cut it off from
+everything but its allowed peers and the node, at once and undone the same way."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ except ConnectionRefusedError:
     print("refused")
 except TimeoutError:
     print("timeout")
+except OSError as e:
+    print("unreachable", e.errno)
 """
 
 
@@ -67,4 +71,32 @@ def test_a_pod_re_created_on_the_same_address_answers_its_peers_at_once(node: in
         assert connect_from(client, b, 2) == "refused"
     finally:
         for space in (client, server):
+            network.teardown_pod(space)
+
+
+def test_restricted_routes_cut_a_pod_off_and_heal(node: int) -> None:
+    prefix = network.netns_prefix(node)
+    spaces = [f"{prefix}{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    pool = network.AddressPool(node)
+    addresses = [pool.take() for _ in spaces]
+    cut, allowed, other = addresses
+    service = network.kubernetes_service_ip(node)
+    try:
+        for space, address in zip(spaces, addresses, strict=True):
+            network.setup_pod(node, space, address)
+        assert connect_from(spaces[0], service, 3) == "refused"  # a local address, port 9
+        network.set_pod_routes(node, spaces[0], cut, [allowed], [])
+        assert connect_from(spaces[0], allowed, 3) == "refused"
+        assert connect_from(spaces[0], network.gateway_ip(node), 3) == "refused"
+        assert connect_from(spaces[0], other, 3).startswith("unreachable")
+        assert connect_from(spaces[0], service, 3).startswith("unreachable")
+        assert connect_from(spaces[2], cut, 3) == "timeout"  # its answers have no way back
+        network.set_pod_routes(node, spaces[0], cut, None, [f"{other}/32"])
+        assert connect_from(spaces[0], service, 3) == "refused"
+        assert connect_from(spaces[0], other, 3).startswith("unreachable")
+        network.set_pod_routes(node, spaces[0], cut, None, [])
+        assert connect_from(spaces[0], other, 3) == "refused"
+        assert connect_from(spaces[2], cut, 3) == "refused"
+    finally:
+        for space in spaces:
             network.teardown_pod(space)

@@ -2,8 +2,9 @@
 
 Wires the parts together: the bridge (network), Node registration and heartbeat (node),
 the pods bound to this node (pods), the Service proxy (services), the volume provisioner
-(provisioner) and the failure-injection socket (control). On SIGTERM it stops every pod's
-processes, removes network namespaces and the bridge, and exits.
+(provisioner), NetworkPolicy egress as pod routes (policies) and the failure-injection
+socket (control). On SIGTERM it stops every pod's processes, removes network
+namespaces and the bridge, and exits.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.kube.agent import control, kubelet_api, network
 from tests.kube.agent.api import Api, Informer
 from tests.kube.agent.node import NodeHeartbeat
 from tests.kube.agent.pods import NodeContext, PodManager
+from tests.kube.agent.policies import Enforcer
 from tests.kube.agent.provisioner import Provisioner
 from tests.kube.agent.services import ServiceProxy
 
@@ -49,6 +51,8 @@ async def run(config: dict[str, object]) -> None:
     )
     ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled)
     pods = PodManager(ctx)
+    policies = Informer(api, "/apis/networking.k8s.io/v1/networkpolicies")
+    enforcer = Enforcer(index, policies, pods.informer, pods.network_of)
     for informer in (services, slices):
         informer.on_change(lambda _k, _o: pods.refresh_hosts())
     provisioner = Provisioner(api, state_dir / "volumes")
@@ -69,6 +73,8 @@ async def run(config: dict[str, object]) -> None:
         asyncio.create_task(services.run()),
         asyncio.create_task(slices.run()),
         asyncio.create_task(provisioner.run()),
+        asyncio.create_task(policies.run()),
+        asyncio.create_task(enforcer.run()),
     ]
     try:
         await asyncio.wait_for(asyncio.gather(services.synced.wait(), slices.synced.wait()), 30)

@@ -165,6 +165,26 @@ def forget_neighbour(index: int, address: str) -> None:
             ip("-n", space, "neigh", "flush", "to", address, check=False)
 
 
+def set_pod_routes(
+    index: int, name: str, address: str, only: list[str] | None, blocked: list[str]
+) -> None:
+    """Rewrite the pod's routes: ``only`` None gives the usual two (its /24 on the
+    bridge, 198.18.0.0/15 via the gateway), else routes to the gateway (the node) and to
+    the ``only`` addresses alone; ``blocked`` addresses get blackhole routes. Existing
+    connections to an address no longer routed fail at once (how the agent enforces
+    NetworkPolicy egress, policies.py)."""
+    ip("-n", name, "route", "flush", "table", "main")
+    if only is None:
+        ip("-n", name, "route", "add", pod_cidr(index), "dev", "eth0", "proto", "kernel",
+           "scope", "link", "src", address)  # fmt: skip
+        ip("-n", name, "route", "add", "198.18.0.0/15", "via", gateway_ip(index))
+    else:
+        for peer in sorted({gateway_ip(index), *only} - {address}):
+            ip("-n", name, "route", "add", f"{peer}/32", "dev", "eth0", "scope", "link")
+    for target in sorted(set(blocked)):
+        ip("-n", name, "route", "add", "blackhole", target)
+
+
 def teardown_pod(name: str) -> None:
     """Delete the namespace (its veth pair goes with it once no process is left inside)."""
     ip("netns", "del", name, check=False)

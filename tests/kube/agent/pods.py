@@ -354,6 +354,7 @@ class PodWorker:
         self.hostname: str = pod["spec"].get("hostname") or self.name
         self.hosts_path = self.dir / "hosts"
         self.ip = ""
+        self.network_ready = False  # its namespace and routes are set up
         self.start_time = now()
         self.terminating = asyncio.Event()
         self.gone = False  # the API object is already deleted
@@ -407,6 +408,7 @@ class PodWorker:
         self.ip = self.ctx.addresses.take()
         self.volumes.pod_ip = self.ip
         await asyncio.to_thread(network.setup_pod, self.ctx.index, self.netns, self.ip)
+        self.network_ready = True
         self.hosts_path.touch()
         self.write_hosts()
         self.changed()
@@ -466,6 +468,7 @@ class PodWorker:
         await asyncio.gather(*(r.stop(grace) for r in [*self.init_runners, *self.runners]))
 
     async def _finish(self) -> None:
+        self.network_ready = False
         await asyncio.to_thread(network.teardown_pod, self.netns)
         if self.ip:
             self.ctx.addresses.give_back(self.ip)
@@ -602,6 +605,13 @@ class PodManager:
     def refresh_hosts(self) -> None:
         for worker in self.workers.values():
             worker.write_hosts()
+
+    def network_of(self, uid: str) -> tuple[str, str] | None:
+        """The pod's network namespace and IP once set up (policies.Enforcer)."""
+        worker = self.workers.get(uid)
+        if worker is None or not worker.network_ready:
+            return None
+        return worker.netns, worker.ip
 
     def find(self, namespace: str, name: str) -> PodWorker:
         for worker in self.workers.values():
