@@ -1,10 +1,12 @@
-"""``pgshard verify --kube`` on a ShardedCluster (issue 13): pod kills and switchovers of
-the primary in ``sync`` mode lose no acknowledged write and break no read guarantee.
+"""``pgshard verify --kube`` on a ShardedCluster (issue 13): pod kills, switchovers and
+network partitions of the primary in ``sync`` mode lose no acknowledged write and break
+no read guarantee.
 
 One shard, a primary and two followers, the operator installed with Helm; the
 workload goes through the proxy's Service (its ClusterIP, as a client on a node), the
 final state is read on the primary's pod. ``PGSHARD_VERIFY_KUBE_FAULTS`` faults (4:
-seed 4 alternates kill and switchover).
+seed 1 gives kill, partition, kill, switchover). The partition's NetworkPolicies are
+enforced by the test node (tests/kube/agent/policies.py).
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ def verify(kube: Cluster, ns: str, *args: str, timeout: float) -> subprocess.Com
 
 
 @pytest.mark.timeout(FAULTS * 60 + 420)
-def test_kills_and_switchovers_in_sync_mode_lose_nothing(kube: Cluster, ns: str) -> None:
+def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Cluster, ns: str) -> None:
     doc = crd.cluster(SPEC, name=NAME)
     doc["metadata"]["namespace"] = ns
     kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
     wait_for("a Ready cluster with two streaming followers", lambda: healthy(kube, ns), 300, 2)
 
     proc = verify(
-        kube, ns, f"--fault-count={FAULTS}", "--seed=4", "--seconds=10", "--warmup=2",
+        kube, ns, f"--fault-count={FAULTS}", "--seed=1", "--seconds=10", "--warmup=2",
         "--settle-timeout=90", "--json", timeout=FAULTS * 60 + 120,
     )  # fmt: skip
     print(proc.stderr)
@@ -76,8 +78,9 @@ def test_kills_and_switchovers_in_sync_mode_lose_nothing(kube: Cluster, ns: str)
     assert report["faults"]["injected"] == FAULTS
     epochs = [f["epoch_after"] for f in report["faults"]["list"]]
     assert epochs == sorted(set(epochs)) and len(epochs) == FAULTS  # each moved the primary
-    if FAULTS >= 2:
-        assert report["faults"]["byKind"]["kill"] and report["faults"]["byKind"]["switchover"]
+    if FAULTS >= 4:
+        assert all(report["faults"]["byKind"].values()), report["faults"]["byKind"]
+    assert not get(kube, "networkpolicy", "-A", "-l", "pgshard.io/verify")["items"]
     assert report["writes"]["acknowledged"] > 0 and report["final"]["commitRecords"] > 0
 
 

@@ -15,8 +15,10 @@ from pgshard_operator import cli
     [
         (["--kube"], "--kube needs --cluster NAME"),
         (["--kube", "--cluster", "c", "--faults", "kill,stop"], "stop is not available with"),
-        (["--kube", "--cluster", "c", "--faults", "partition"], "partition is not available"),
-        (["--kube", "--cluster", "c", "--faults", "kill,crash"], "some of kill, switchover"),
+        (
+            ["--kube", "--cluster", "c", "--faults", "kill,crash"],
+            "some of kill, switchover, partition",
+        ),
         (["--dir", "D", "--cluster", "c"], "go with --kube"),
         (["--dir", "D", "--proxy-address", "h:1"], "go with --kube"),
         (["--dir", "D", "--faults", "kill,partition"], "--faults takes some of"),

@@ -40,6 +40,11 @@ class Resource:
         base += f"/{self.plural}"
         return f"{base}/{name}" if name else base
 
+    def every_namespace(self) -> str:
+        """The collection across all namespaces (lists only)."""
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        return f"{base}/{self.plural}"
+
 
 RESOURCES: dict[str, Resource] = {
     "ServiceAccount": Resource("v1", "serviceaccounts"),
@@ -155,10 +160,13 @@ class Api:
     async def list(
         self, kind: str, namespace: str | None, selector: str, fields: str = ""
     ) -> list[dict[str, Any]]:
-        """Objects matching the label ``selector`` (and the field selector ``fields``)."""
+        """Objects matching the label ``selector`` (and the field selector ``fields``);
+        ``namespace`` None: in every namespace."""
         query = [("labelSelector", selector)] + ([("fieldSelector", fields)] if fields else [])
         what = f"listing {kind} ({selector or fields})"
-        result = await self._call("GET", RESOURCES[kind].path(namespace), what, query=query)
+        res = RESOURCES[kind]
+        path = res.every_namespace() if namespace is None else res.path(namespace)
+        result = await self._call("GET", path, what, query=query)
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .workload import Recorder
 
 FAULTS = ("kill", "stop", "switchover")
-KUBE_FAULTS = ("kill", "switchover")
+KUBE_FAULTS = ("kill", "switchover", "partition")
 EXAMPLES = 5
 """Violations shown per kind (all are counted)."""
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage("--cluster, --namespace and --proxy-address go with --kube, not with --dir")
     available = KUBE_FAULTS if args.kube else FAULTS
     kinds = [k.strip() for k in (args.faults or ",".join(available)).split(",") if k.strip()]
-    if args.kube and (refused := sorted(set(kinds) & {"stop", "partition"})):
+    if args.kube and (refused := sorted(set(kinds) & {"stop"})):
         from .kube_faults import UNAVAILABLE
 
         return _usage(
@@ -266,7 +266,7 @@ def _report(
     violations: list[history.Violation],
     problem: str | None,
 ) -> dict[str, Any]:
-    by_kind: dict[str, int] = {k: 0 for k in FAULTS}
+    by_kind: dict[str, int] = dict.fromkeys(KUBE_FAULTS if args.kube else FAULTS, 0)
     for f in injected:
         by_kind[f.kind.value] += 1
     examples: dict[str, list[str]] = {}

@@ -11,7 +11,8 @@ Each fault targets the shard's current primary and must end in a new primary:
 A fault counts as injected once the shard settled: a newer epoch, every follower
 streaming (the old primary rejoined) and the failover cooldown over, so the next
 fault meets a whole shard. Every wait is bounded; a shard that does not settle ends
-the run (``Unsettled``). The CLI calls here block, so they run in threads.
+the run (``Unsettled``). The CLI calls here block, so they run in threads. ``Faults``
+holds what every platform shares; ``kube_faults.py`` is the Kubernetes one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Kind(enum.Enum):
     KILL = "kill"
     STOP = "stop"
     SWITCHOVER = "switchover"
+    PARTITION = "partition"
 
 
 class Unsettled(Exception):
@@ -140,8 +142,10 @@ class LocalFaults(Faults):
                 await self._until(lambda s: int(s["epoch"]) > epoch, "failed over")
             finally:
                 await self._signal(primary, "CONT")
-        else:
+        elif kind is Kind.SWITCHOVER:
             await self._switchover()
+        else:
+            raise ValueError(f"{kind.value} is not available on a local cluster")
 
     async def _signal(self, member: str, signame: str) -> None:
         await asyncio.to_thread(commands.signal_member, self.cdir, self.shard, member, signame)

@@ -3,11 +3,14 @@
 * ``kill``: the primary's pod deleted with grace period 0 (its processes get SIGKILL,
   no shutdown); the StatefulSet re-creates it on the same volume and it rejoins;
 * ``switchover``: the ``pgshard.io/switchover`` annotation, ``pgshard switchover
-  --kube``'s code path (a refusal, e.g. a follower still catching up, is retried).
+  --kube``'s code path (a refusal, e.g. a follower still catching up, is retried);
+* ``partition``: the primary's pod cut off from the API server and the operator by two
+  NetworkPolicies (``partition_policies``) until the shard failed over, then healed
+  (deleted) so the old primary rejoins. Needs a network plugin that enforces
+  NetworkPolicy egress (the test node does, tests/kube/agent/policies.py).
 
-``stop`` (a frozen primary) would need exec into the pod to send SIGSTOP and
-``partition`` a network plugin enforcing a deny rule; neither is available here, so
-the command refuses them with ``--kube`` (``UNAVAILABLE``). The shard is read from
+``stop`` (a frozen primary) would need exec into the pod to send SIGSTOP; verify
+refuses it with ``--kube`` (``UNAVAILABLE``). The shard is read from
 the cluster's ``status`` as the operator publishes it (``status.shards[i]`` and
 ``status.managers[i]``), the same fields ``local status --json`` shows. Needs the
 optional "kube" packages, so ``command.py`` imports it only with ``--kube``.
@@ -26,14 +29,17 @@ from .. import naming
 from ..cli import CommandError
 from ..k8s import switchover_request
 from ..k8s.apply import Api, secret_data
+from ..k8s.network import OPERATOR_POD_LABELS
 from .faults import Faults, Kind, Unsettled
 
 UNAVAILABLE = {
     "stop": "freezing a pod needs exec into it (SIGSTOP of its processes), which verify "
     "does not do",
-    "partition": "not built yet: it needs a network plugin enforcing a deny rule between the "
-    "primary's pod and the API server and the operator",
 }
+VERIFY_LABEL = f"{naming.GROUP}/verify"
+"""On the partition's NetworkPolicies: the cluster they cut (to find leftovers by hand)."""
+POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
+"""Set by the StatefulSet controller on each of its pods."""
 """Faults refused with ``--kube``, and why."""
 
 
@@ -77,6 +83,8 @@ class KubeFaults(Faults):
             await self.api.delete("Pod", self.namespace, pod, grace_seconds=0)
         elif kind is Kind.SWITCHOVER:
             await self._switchover()
+        elif kind is Kind.PARTITION:
+            await self._partition(switchover_request.pod_name(primary), epoch)
         else:
             raise ValueError(f"{kind.value} is not available with --kube")
 
@@ -96,6 +104,31 @@ class KubeFaults(Faults):
             if time.monotonic() > deadline:
                 raise Unsettled(f"switchover of shard {self.shard} failed: {problem}")
             await asyncio.sleep(1.0)
+
+    async def _partition(self, pod: str, epoch: int) -> None:
+        """Cut ``pod`` off until the shard's epoch moved past ``epoch``, then heal."""
+        ip = ((await self.api.get("Pod", self.namespace, pod) or {}).get("status") or {}).get(
+            "podIP"
+        )
+        selector = ",".join(f"{k}={v}" for k, v in OPERATOR_POD_LABELS.items())
+        operators = await self.api.list("Pod", None, selector)
+        if not ip or not operators:
+            raise Unsettled(
+                f"cannot partition {pod}: "
+                + ("it has no IP" if not ip else f"no operator pod ({selector}) to cut it from")
+            )
+        spaces = sorted({str(o["metadata"]["namespace"]) for o in operators})
+        policies = partition_policies(self.namespace, self.cluster, pod, ip, spaces)
+        try:
+            for policy in policies:
+                meta = policy["metadata"]
+                await self.api.delete("NetworkPolicy", meta["namespace"], meta["name"])
+                await self.api.create(policy)
+            await self._until(lambda s: int(s["epoch"]) > epoch, "failed over")
+        finally:
+            for policy in policies:
+                meta = policy["metadata"]
+                await self.api.delete("NetworkPolicy", meta["namespace"], meta["name"])
 
     async def proxy_dsn(self, address: str | None) -> str:
         """The app's URI from its Secret, pointed at ``address`` (default: the proxy
@@ -134,6 +167,56 @@ class KubeFaults(Faults):
         if secret is None:
             raise SetupError(f"no Secret {name!r} in namespace {self.namespace!r}")
         return secret_data(secret)
+
+
+def partition_policies(
+    namespace: str, cluster: str, pod: str, ip: str, operator_namespaces: list[str]
+) -> list[dict[str, Any]]:
+    """The primary's pod may send only to the cluster's own pods (followers, proxies):
+    not to the API server (its Lease), not to the operator, not to DNS; the operator's
+    pods may send anywhere but to the pod's IP (NetworkPolicies only allow, and the
+    shard's own policy lets the operator in, so its egress is the side to cut)."""
+    labels = {VERIFY_LABEL: cluster}
+    host = f"{ip}/128" if ":" in ip else f"{ip}/32"
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": f"{cluster}-verify-partition",
+                "namespace": namespace,
+                "labels": labels,
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {POD_NAME_LABEL: pod}},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {"to": [{"podSelector": {"matchLabels": naming.cluster_selector(cluster)}}]}
+                ],
+            },
+        },
+        *(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": f"pgshard-verify-partition-{namespace}-{cluster}"[:253],
+                    "namespace": space,
+                    "labels": labels,
+                },
+                "spec": {
+                    "podSelector": {"matchLabels": OPERATOR_POD_LABELS},
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"ipBlock": {"cidr": _everything(ip), "except": [host]}}]}],
+                },
+            }
+            for space in operator_namespaces
+        ),
+    ]
+
+
+def _everything(ip: str) -> str:
+    return "::/0" if ":" in ip else "0.0.0.0/0"
 
 
 def _with_host(uri: str, address: str, user: tuple[str, str] | None = None) -> str:
