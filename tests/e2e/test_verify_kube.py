@@ -81,6 +81,10 @@ def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Cluste
     if FAULTS >= 4:
         assert all(report["faults"]["byKind"].values()), report["faults"]["byKind"]
     assert not get(kube, "networkpolicy", "-A", "-l", "pgshard.io/verify")["items"]
+    for fault in report["faults"]["list"]:  # a partition or kill: the manager failed over
+        assert fault["recorded_as"] == (
+            "switchover" if fault["kind"] == "switchover" else "failover"
+        )
     assert report["writes"]["acknowledged"] > 0 and report["final"]["commitRecords"] > 0
 
 

@@ -320,7 +320,7 @@ def _print_summary(r: dict[str, Any]) -> None:
     for x in f["list"]:
         print(
             f"  {x['kind']} {x['member']} (epoch {x['epoch_before']}) → {x['new_primary']} "
-            f"(epoch {x['epoch_after']}), settled in {x['seconds']} s"
+            f"(epoch {x['epoch_after']}), settled in {x['seconds']} s: {x['reason']}"
         )
     ops, w, fin = r["operations"], r["writes"], r["final"]
     print(

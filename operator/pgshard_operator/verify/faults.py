@@ -52,6 +52,10 @@ class Injected:
     new_primary: str
     seconds: float
     """From the fault to the settled shard."""
+    reason: str | None = None
+    """The failover's reason as the manager recorded it (``lastFailover.reason``)."""
+    recorded_as: str | None = None
+    """``failover`` or ``switchover``: what the manager recorded (``lastFailover.kind``)."""
 
 
 class Faults:
@@ -94,6 +98,8 @@ class Faults:
             int(after["epoch"]),
             after["primary"]["name"],
             time.monotonic() - t0,
+            (after.get("lastFailover") or {}).get("reason"),
+            (after.get("lastFailover") or {}).get("kind"),
         )
 
     async def _until(self, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
