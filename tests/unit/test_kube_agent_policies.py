@@ -1,10 +1,14 @@
 """The test node's NetworkPolicy egress subset (tests/kube/agent/policies.py): which
-addresses a pod may reach, as ``pgshard verify --kube``'s partition policies need."""
+addresses a pod may reach; and what it makes of ``pgshard verify --kube``'s partition
+policies (the primary reaches only its cluster's pods, the operator all but it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pgshard_operator import naming
+from pgshard_operator.k8s.network import OPERATOR_POD_LABELS
+from pgshard_operator.verify.kube_faults import POD_NAME_LABEL, partition_policies
 from tests.kube.agent.policies import OPEN, routes_for
 
 
@@ -34,7 +38,7 @@ PODS = [PRIMARY, FOLLOWER, OPERATOR, OTHER]
 
 
 def test_pods_no_egress_policy_selects_are_open() -> None:
-    ingress_only = policy("db", {"m": "0"}, []) | {}
+    ingress_only = policy("db", {"m": "0"}, [])
     ingress_only["spec"]["policyTypes"] = ["Ingress"]
     assert routes_for(PRIMARY, [ingress_only], PODS) == OPEN
     assert routes_for(FOLLOWER, [policy("db", {"m": "0"}, [])], PODS) == OPEN
@@ -64,3 +68,17 @@ def test_a_rule_without_to_or_a_peer_not_enforced_opens_everything() -> None:
         {"to": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}]},
     ):
         assert routes_for(PRIMARY, [policy("db", {"m": "0"}, [pods_rule, extra])], PODS) == OPEN
+
+
+def test_verify_partition_policies_cut_the_primary_off_the_api_server_and_operator() -> None:
+    member = naming.cluster_selector("c")
+    primary = pod("c-shard-0-0", "198.18.0.2", **member, **{POD_NAME_LABEL: "c-shard-0-0"})
+    follower = pod("c-shard-0-1", "198.18.0.3", **member, **{POD_NAME_LABEL: "c-shard-0-1"})
+    proxy = pod("c-proxy-1", "198.18.0.4", **member)
+    operator = pod("op", "198.18.0.9", ns="ops", **OPERATOR_POD_LABELS)
+    pods = [primary, follower, proxy, operator, OTHER]
+    policies = partition_policies("db", "c", "c-shard-0-0", "198.18.0.2", ["ops"])
+    assert routes_for(primary, policies, pods) == (("198.18.0.2", "198.18.0.3", "198.18.0.4"), ())
+    assert routes_for(operator, policies, pods) == (None, ("198.18.0.2/32",))
+    assert routes_for(follower, policies, pods) == OPEN
+    assert routes_for(proxy, policies, pods) == OPEN
