@@ -3,6 +3,10 @@
 The binaries come from scripts/kube-build (cached; CI builds them first). The cluster runs
 in a world-traversable temporary directory (pods run as other users, e.g. postgres) and
 is stopped by recorded pids at the end of the session, failures included.
+
+``PGSHARD_E2E_PODS=image`` runs the session in image mode: the image is built first
+(scripts/image-build) and pods naming it (the operator's Deployment from the chart, the
+shard and proxy pods it creates) run from it with podman; other pods stay processes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,30 @@ import pytest
 
 from tests.kube import cluster as kube_cluster
 from tests.kube.faults import Faults
+from tests.support import containers
+
+POD_MODES = ("process", "image")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Image mode: build the image before any test runs (about 3 minutes, which must not
+    count against the first test's timeout); ``PGSHARD_TEST_IMAGE`` then names it."""
+    mode = os.environ.get("PGSHARD_E2E_PODS", "process")
+    if mode not in POD_MODES:
+        raise pytest.UsageError(f"PGSHARD_E2E_PODS={mode!r} is not one of {', '.join(POD_MODES)}")
+    if mode == "process" or os.geteuid() != 0:
+        return
+    if missing := containers.missing_tools():
+        raise pytest.UsageError(f"PGSHARD_E2E_PODS=image needs {', '.join(missing)} "
+                                "(scripts/install-image-tools installs them)")  # fmt: skip
+    os.environ["PGSHARD_TEST_IMAGE"] = containers.build_image()
+
+
+def _pod_image() -> str:
+    """The image reference in image mode; empty in process mode (the default)."""
+    if os.environ.get("PGSHARD_E2E_PODS", "process") == "process":
+        return ""
+    return os.environ["PGSHARD_TEST_IMAGE"]
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +53,7 @@ def kube() -> Iterator[kube_cluster.Cluster]:
     with tempfile.TemporaryDirectory(prefix="pgshard-kube-") as d:
         directory = Path(d)
         directory.chmod(0o755)
-        cluster = kube_cluster.up(directory)
+        cluster = kube_cluster.up(directory, pod_image=_pod_image())
         try:
             yield cluster
         finally:

@@ -70,28 +70,12 @@ def operator_namespace(
 ) -> Iterator[str]:
     """A fresh namespace with the operator (this checkout, via the Helm chart) watching it;
     its clusters, the release and the namespace are deleted afterwards. ``env`` adds to
-    (or overrides) the operator's environment, e.g. a stand-in instance command."""
+    (or overrides) the operator's environment, e.g. a stand-in instance command. In image
+    mode the operator and its pods run from the image, as the chart's defaults say."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     kube.kubectl("create", "namespace", name)
-    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
-    operator_env = {
-        "PYTHONPATH": pythonpath,
-        # ... and the pods it creates run this checkout too.
-        "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH": pythonpath,
-        "PGSHARD_OPERATOR_REFRESH_SECONDS": "1",
-        "PGSHARD_OPERATOR_INSTANCE_COMMAND": f"{sys.executable} -m pgshard_operator.k8s.instance",
-        "PGSHARD_OPERATOR_PROXY_COMMAND": f"{sys.executable} -m pgshard_proxy.main",
-        **(env or {}),
-    }
-    values: dict[str, Any] = {
-        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
-        # Pods here are processes of this machine's interpreter, which only root can run
-        # (the image's user 26 is what test_image.py runs).
-        "podSecurityContext": {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0},
-        "podUser": "root",
-        "watchNamespaces": [name],
-        "extraEnv": [{"name": k, "value": v} for k, v in operator_env.items()],
-    }
+    values = _image_values(kube.pod_image, env) if kube.pod_image else _process_values(env)
+    values["watchNamespaces"] = [name]
     if log_level:
         values["logLevel"] = log_level
     values_file = kube.directory / f"values-{name}.json"
@@ -111,3 +95,36 @@ def operator_namespace(
             capture_output=True, timeout=120, check=False,
         )  # fmt: skip
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _process_values(env: Mapping[str, str] | None) -> dict[str, Any]:
+    """Chart values for pods run as processes of this checkout and interpreter."""
+    pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)
+    operator_env = {
+        "PYTHONPATH": pythonpath,
+        # ... and the pods it creates run this checkout too.
+        "PGSHARD_OPERATOR_POD_ENV_PYTHONPATH": pythonpath,
+        "PGSHARD_OPERATOR_REFRESH_SECONDS": "1",
+        "PGSHARD_OPERATOR_INSTANCE_COMMAND": f"{sys.executable} -m pgshard_operator.k8s.instance",
+        "PGSHARD_OPERATOR_PROXY_COMMAND": f"{sys.executable} -m pgshard_proxy.main",
+        **(env or {}),
+    }
+    return {
+        "command": [sys.executable, "-m", "pgshard_operator.k8s"],
+        # Pods here are processes of this machine's interpreter, which only root can run
+        # (the image's user 26 is what image mode and test_image.py run).
+        "podSecurityContext": {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0},
+        "podUser": "root",
+        "extraEnv": [{"name": k, "value": v} for k, v in operator_env.items()],
+    }
+
+
+def _image_values(image: str, env: Mapping[str, str] | None) -> dict[str, Any]:
+    """Chart values for image mode: the chart's defaults (user 26, read-only root, the
+    image's commands) with the image built for this session."""
+    repository, _, tag = image.rpartition(":")
+    operator_env = {"PGSHARD_OPERATOR_REFRESH_SECONDS": "1", **(env or {})}
+    return {
+        "image": {"repository": repository, "tag": tag},
+        "extraEnv": [{"name": k, "value": v} for k, v in operator_env.items()],
+    }

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from tests.kube import certs
-from tests.kube.agent import network, procutil
+from tests.kube.agent import imagepods, network, procutil
 from tests.support import net
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +57,8 @@ class Cluster:
     index: int
     server: str
     node: str
+    # Image mode (tests/kube/agent/imagepods.py): pods naming this image run from it.
+    pod_image: str = ""
     # The control-plane processes when this Python process started them; held so they are
     # not garbage-collected as "still running" while the cluster is up (down() stops them).
     processes: tuple[subprocess.Popen[bytes], ...] = dataclasses.field(
@@ -224,12 +226,19 @@ def _save(directory: Path, state: dict[str, Any]) -> None:
 def load(directory: Path) -> Cluster:
     state = json.loads((directory / CLUSTER_STATE).read_text())
     return Cluster(
-        directory=directory, index=state["index"], server=state["server"], node=state["node"]
+        directory=directory,
+        index=state["index"],
+        server=state["server"],
+        node=state["node"],
+        pod_image=state.get("pod_image", ""),
     )
 
 
-def up(directory: Path, *, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
-    """Start a cluster in ``directory`` (created; must not hold a running cluster)."""
+def up(
+    directory: Path, *, bin_dir: Path | None = None, timeout: float = 120, pod_image: str = ""
+) -> Cluster:
+    """Start a cluster in ``directory`` (created; must not hold a running cluster);
+    ``pod_image``: the node runs containers of that image with podman (image mode)."""
     directory = directory.resolve()
     if (directory / CLUSTER_STATE).exists():
         raise ClusterError(
@@ -247,6 +256,7 @@ def up(directory: Path, *, bin_dir: Path | None = None, timeout: float = 120) ->
         "node": NODE_NAME,
         "processes": {},
         "bin": str(bin_dir),
+        "pod_image": pod_image,
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -423,6 +433,7 @@ def _up(
         "kubelet_key": str(kubelet.key),
         "ca": str(ca.cert),
         "kubernetes_version": "v1.37.2",
+        "pod_image": state["pod_image"],
     }
     (directory / "agent.json").write_text(json.dumps(agent_config, indent=2))
     env = dict(os.environ)
@@ -492,6 +503,7 @@ def down(directory: Path, *, grace: float = 15) -> None:
     # Whatever the agent could not clean (it was killed, or crashed): pods' processes,
     # network namespaces, the bridge, the service route.
     network.cleanup_leftovers(directory / "node", state["index"])
+    imagepods.remove_all(directory / "node")
     network.release_index(state["index"], directory)
     path.unlink()
 

@@ -50,7 +50,13 @@ def missing_tools() -> list[str]:
 
 
 def build_image() -> str:
-    """Run scripts/image-build; returns the image reference (its last line)."""
+    """Run scripts/image-build; returns the image reference (its last line).
+
+    ``PGSHARD_TEST_IMAGE``: the reference of an image scripts/image-build already made of
+    this checkout (scripts/test builds it once for the image and the image-mode e2e tests).
+    """
+    if built := os.environ.get("PGSHARD_TEST_IMAGE"):
+        return built
     out = subprocess.run(
         ["bash", str(procs.ROOT / "scripts" / "image-build")],
         capture_output=True,

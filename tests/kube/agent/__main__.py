@@ -3,7 +3,8 @@
 Wires the parts together: the bridge (network), Node registration and heartbeat (node),
 the pods bound to this node (pods), the Service proxy (services), the volume provisioner
 (provisioner), NetworkPolicy egress as pod routes (policies) and the failure-injection
-socket (control). On SIGTERM it stops every pod's processes, removes network
+socket (control). With ``pod_image`` in the config, containers of that image run with
+podman (imagepods). On SIGTERM it stops every pod's processes, removes network
 namespaces and the bridge, and exits.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from tests.kube.agent import control, kubelet_api, network
 from tests.kube.agent.api import Api, Informer
+from tests.kube.agent.imagepods import PodImage
 from tests.kube.agent.node import NodeHeartbeat
 from tests.kube.agent.pods import NodeContext, PodManager
 from tests.kube.agent.policies import Enforcer
@@ -49,7 +51,8 @@ async def run(config: dict[str, object]) -> None:
         str(config["kubernetes_version"]),
         int(str(config["kubelet_port"])),
     )
-    ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled)
+    pod_image = PodImage(str(config["pod_image"]), state_dir) if config.get("pod_image") else None
+    ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled, pod_image)
     pods = PodManager(ctx)
     policies = Informer(api, "/apis/networking.k8s.io/v1/networkpolicies")
     enforcer = Enforcer(index, policies, pods.informer, pods.network_of)

@@ -29,6 +29,7 @@ from typing import Any
 
 from tests.kube.agent import network, podenv, probes, procutil
 from tests.kube.agent.api import Api, ApiError, Informer
+from tests.kube.agent.imagepods import PodImage
 from tests.kube.agent.volumes import VolumeNotReady, Volumes
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ class NodeContext:
         services: Informer,
         slices: Informer,
         connected: asyncio.Event,
+        pod_image: PodImage | None = None,
     ) -> None:
         self.api = api
+        # Image mode (imagepods.py): containers of this image run with podman.
+        self.pod_image = pod_image
         # Cleared while a stopped-heartbeat fault simulates a node cut off from the API
         # server: then pod status is not reported either.
         self.connected = connected
@@ -100,6 +104,7 @@ class ContainerRunner:
         self.exit_code: int | None = None
         self._killed_by_probe = asyncio.Event()
         self.pid_file = worker.dir / f"{self.name}.pid.json"
+        self.container_name = f"{worker.netns}-{self.name}"  # image mode: unique per node
 
     def status(self) -> Obj:
         s: Obj = {
@@ -218,6 +223,10 @@ class ContainerRunner:
     async def start(self) -> None:
         uid, gid, groups = self._identity()
         env = await self._environment(uid)
+        image = self.worker.ctx.pod_image
+        if image is not None and image.runs(self.spec):
+            await self._start_container(image, (uid, gid, groups), env)
+            return
         argv = podenv.argv(self.spec, env)
         spec = {
             "netns": network.netns_path(self.worker.netns),
@@ -244,8 +253,40 @@ class ContainerRunner:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # its own process group, to stop the whole container
             )
-        self.ident = procutil.Identity(**procutil.identity(self.proc.pid))
-        self.pid_file.write_text(json.dumps(procutil.identity(self.proc.pid)))
+        self._started(self.proc.pid, env, uid, gid)
+
+    async def _start_container(
+        self, image: PodImage, ident: tuple[int | None, int | None, list[int]], env: dict[str, str]
+    ) -> None:
+        """Run the container from the image (``podman run``, attached); its main process
+        (the container's pid 1, seen from the host) stands for it as a process does."""
+        words = [*(self.spec.get("command") or []), *(self.spec.get("args") or [])]
+        argv = [podenv.expand(a, env) for a in words]
+        run = image.run_argv(
+            self.container_name, network.netns_path(self.worker.netns), self.worker.hostname,
+            self.spec, self._mounts(), ident, env, argv,
+        )  # fmt: skip
+        with open(self.worker.dir / f"{self.name}.log", "ab") as logf:  # noqa: ASYNC230
+            self.proc = await asyncio.create_subprocess_exec(
+                *run,
+                env=image.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            pid = await image.pid(self.container_name, self.proc, timeout=120)
+        except TimeoutError as e:
+            self.proc.kill()
+            await self.proc.wait()
+            await image.remove(self.container_name)
+            raise podenv.PodSpecError(f"{e}; see {self.worker.dir / self.name}.log") from e
+        self._started(pid or self.proc.pid, env, ident[0], ident[1])
+
+    def _started(self, pid: int, env: dict[str, str], uid: int | None, gid: int | None) -> None:
+        self.ident = procutil.Identity(**procutil.identity(pid))
+        self.pid_file.write_text(json.dumps(procutil.identity(pid)))
         self.env = env
         self.uid, self.gid = uid, gid
         self.exit_code = None
@@ -279,6 +320,9 @@ class ContainerRunner:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.ident.pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
+        image = self.worker.ctx.pod_image
+        if image is not None and image.runs(self.spec):
+            await image.remove(self.container_name)  # if ``podman run`` itself was killed
         code = code if code >= 0 else 128 - code
         self.exit_code = code
         started = self.state.get("running", {}).get("startedAt", now())
