@@ -362,6 +362,17 @@ class ContainerRunner:
             backoff = min(backoff * 2, BACKOFF_MAX)
             self.restart_count += 1
 
+    def exec_command(self, command: list[str]) -> tuple[list[str], dict[str, str]]:
+        """argv and environment that run ``command`` inside the running container."""
+        image = self.worker.ctx.pod_image
+        if image is not None and image.runs(self.spec):
+            return image.command("exec", self.container_name, *command), image.env
+        assert self.ident is not None
+        argv = ["nsenter", f"--target={self.ident.pid}", "--net", "--mount", "--uts"]
+        if self.uid is not None:
+            argv += [f"--setuid={self.uid}", f"--setgid={self.gid or 0}"]
+        return [*argv, "--", *command], self.env
+
     def kill_for_probe(self, why: str) -> None:
         """A failed liveness/startup probe: stop the container; supervise() restarts it."""
         log.info("pod %s container %s: %s; restarting", self.worker.key, self.name, why)

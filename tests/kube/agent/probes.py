@@ -5,8 +5,8 @@ kubelet's: ``initialDelaySeconds``, ``periodSeconds`` [10], ``timeoutSeconds`` [
 ``successThreshold`` [1], ``failureThreshold`` [3]; liveness and readiness wait for the
 startup probe to succeed; a failed startup or liveness probe stops the container (which
 is then restarted per ``restartPolicy``). exec probes run inside the container's own
-namespaces (nsenter into its main process) as its user; tcpSocket and httpGet probes
-connect to the pod's IP from the node, as a kubelet does.
+namespaces (nsenter into its main process; ``podman exec`` in image mode) as its user;
+tcpSocket and httpGet probes connect to the pod's IP from the node, as a kubelet does.
 """
 
 from __future__ import annotations
@@ -29,15 +29,10 @@ async def check(runner: ContainerRunner, probe: Obj) -> bool:
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
         if "exec" in probe:
-            assert runner.ident is not None
-            argv = ["nsenter", f"--target={runner.ident.pid}", "--net", "--mount", "--uts"]
-            if runner.uid is not None:
-                argv += [f"--setuid={runner.uid}", f"--setgid={runner.gid or 0}"]
+            argv, env = runner.exec_command(probe["exec"]["command"])
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                "--",
-                *probe["exec"]["command"],
-                env=runner.env,
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
