@@ -277,11 +277,16 @@ class ContainerRunner:
             )
         try:
             pid = await image.pid(self.container_name, self.proc, timeout=120)
-        except TimeoutError as e:
-            self.proc.kill()
+        except (TimeoutError, asyncio.CancelledError) as e:
+            # Not started in time, or the pod is going away while it starts: nothing of
+            # the container may stay behind.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
             await self.proc.wait()
             await image.remove(self.container_name)
-            raise podenv.PodSpecError(f"{e}; see {self.worker.dir / self.name}.log") from e
+            if isinstance(e, TimeoutError):
+                raise podenv.PodSpecError(f"{e}; see {self.worker.dir / self.name}.log") from e
+            raise
         self._started(pid or self.proc.pid, env, ident[0], ident[1])
 
     def _started(self, pid: int, env: dict[str, str], uid: int | None, gid: int | None) -> None:
