@@ -11,6 +11,7 @@ server connections, the classifier's cache statistics.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -23,7 +24,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .protocol.sqlstate import SqlState
@@ -38,6 +44,7 @@ REFUSALS = {
 }
 """SQLSTATEs that end a connection before or at login, and the reason label."""
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Live(Protocol):
@@ -79,6 +86,11 @@ class ProxyMetrics:
         """Requests routed, by (role, reason)."""
         self.answered = 0
         """Requests the proxy answered itself."""
+        self.durations: dict[Role, list[float]] = {
+            role: [0] * (len(DURATION_BUCKETS) + 2) for role in Role
+        }
+        """Per role: request counts per bucket (the last one: above every bound), then the
+        sum of their seconds (:meth:`request_took`)."""
         self.first_writes: dict[int, tuple[int, float]] = {}
         """Shard -> (epoch, Unix time) of the first request its primary completed at the
         newest epoch this proxy wrote at (:meth:`wrote`)."""
@@ -126,6 +138,13 @@ class ProxyMetrics:
     def count_answered(self) -> None:
         self.answered += 1
 
+    def request_took(self, role: Role, seconds: float) -> None:
+        """A request sent to a server by ``role`` was answered (its ReadyForQuery)
+        ``seconds`` after it was sent: a bucket and a sum added to, no lock."""
+        counts = self.durations[role]
+        counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
     def wrote(self, shard: int, epoch: int) -> None:
         """A request ran on the primary of ``shard`` lent at ``epoch`` completed without
         error: the first at a new epoch is when writes resumed there after a change of
@@ -145,6 +164,19 @@ class ProxyMetrics:
         for (role, reason), n in self.routed.items():
             routes.add_metric([role.value, _slug(reason)], n)
         yield routes
+        durations = HistogramMetricFamily(
+            "pgshard_proxy_request_duration_seconds",
+            "From sending a request to a server to its ReadyForQuery, by route (primary, "
+            "follower): the server's time and the network, not the proxy's own.",
+            labels=["role"],
+        )
+        for role, counts in self.durations.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*DURATION_BUCKETS, "+Inf"), counts[:-1], strict=True):
+                cumulative += count
+                buckets.append((str(bound), cumulative))
+            durations.add_metric([role.value], buckets, sum_value=counts[-1])
+        yield durations
         answered = CounterMetricFamily(
             "pgshard_proxy_answered",
             "Requests the proxy answered itself (SET/SHOW pgshard.*, refusals).",

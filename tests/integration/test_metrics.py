@@ -234,6 +234,16 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         assert total(during, "pgshard_proxy_routes_total", role="primary") >= 1
         assert total(during, "pgshard_proxy_routes_total", role="follower") >= 1, during
         assert (value(during, "pgshard_proxy_answered_total") or 0) >= 1
+        # Per route, how long servers took: the reads on the follower, the DDL on the primary.
+        for role, at_least in (("follower", 3), ("primary", 1)):
+            count = value(during, "pgshard_proxy_request_duration_seconds_count", role=role)
+            assert count is not None and count >= at_least, (role, count)
+            inf = value(
+                during, "pgshard_proxy_request_duration_seconds_bucket", role=role, le="+Inf"
+            )
+            assert inf == count
+            took = value(during, "pgshard_proxy_request_duration_seconds_sum", role=role)
+            assert took is not None and took > 0
         assert (value(during, "pgshard_proxy_classifier_cache_total", result="hit") or 0) >= 2
         assert (value(during, "pgshard_proxy_client_bytes_total", direction="in") or 0) > 0
         assert (value(during, "pgshard_proxy_client_bytes_total", direction="out") or 0) > 0

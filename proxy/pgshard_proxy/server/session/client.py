@@ -824,8 +824,10 @@ class Session(asyncio.Protocol):
                 watch.since = self._loop.time()  # progress
             else:
                 watch.frames.clear()
-        route = self._servers.answered(backend)
-        if route is not None:
+        answered = self._servers.answered(backend)
+        if answered is not None:
+            route, took = answered
+            self.ctx.metrics.request_took(route.role, took)
             idle = backend.tx_status is messages.TxStatus.IDLE
             shard = self._servers.shard_of(backend)
             self._track_transaction(route, shard, idle)

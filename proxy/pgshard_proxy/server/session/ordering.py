@@ -5,9 +5,10 @@ holds at most one server per shard and role (the primary and, for reads, a
 follower), each borrowed from its pool. Answers must reach the client in request order:
 a request goes to a different server only once the previous one (``current``)
 has answered everything (:meth:`Servers.must_wait_for`). For each server the
-routes of the requests it has not answered yet wait in a FIFO, popped at each
-ReadyForQuery (:meth:`Servers.answered`), so the session knows which route a
-ReadyForQuery closes (transaction tracking, position captures).
+routes of the requests it has not answered yet wait in a FIFO with the time each was
+sent, popped at each ReadyForQuery (:meth:`Servers.answered`), so the session knows
+which route a ReadyForQuery closes (transaction tracking, position captures) and how
+long the server took (the latency histogram).
 
 Scatter and broadcast requests (several servers answering one request) are
 carried out by the session with nothing else outstanding (``execute/scatter.py``).
@@ -16,6 +17,7 @@ carried out by the session with nothing else outstanding (``execute/scatter.py``
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 
 from ...pool.backend import BackendConnection
@@ -30,7 +32,7 @@ class Servers:
     def __init__(self) -> None:
         self._by_role: dict[tuple[int, Role], BackendConnection] = {}
         self._pools: dict[BackendConnection, Pool] = {}
-        self._routes: dict[BackendConnection, collections.deque[Route]] = {}
+        self._routes: dict[BackendConnection, collections.deque[tuple[Route, float]]] = {}
         self.current: BackendConnection | None = None
         """The server the last request went to."""
 
@@ -85,12 +87,16 @@ class Servers:
 
     def sent(self, b: BackendConnection, route: Route) -> None:
         """A request ending with a ReadyForQuery went to ``b`` by ``route``."""
-        self._routes[b].append(route)
+        self._routes[b].append((route, time.monotonic()))
 
-    def answered(self, b: BackendConnection) -> Route | None:
-        """``b`` sent a ReadyForQuery: the route of the request it closes."""
+    def answered(self, b: BackendConnection) -> tuple[Route, float] | None:
+        """``b`` sent a ReadyForQuery: the route of the request it closes and the
+        seconds since it was sent."""
         routes = self._routes.get(b)
-        return routes.popleft() if routes else None
+        if not routes:
+            return None
+        route, at = routes.popleft()
+        return route, time.monotonic() - at
 
     def must_wait_for(self, b: BackendConnection) -> BackendConnection | None:
         """The server whose answers must come before a request on ``b``, if any."""
