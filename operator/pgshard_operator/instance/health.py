@@ -95,8 +95,12 @@ def build_app(agent: Agent, token: str) -> web.Application:
         doc = await agent.status()
         progress = agent.progress if agent.progress.total else None
         tls = agent.s.server.tls
-        served = {"served": agent.s.datadir / "server.crt", "ca": tls.ca_cert} if tls else None
-        body = exposition.render(metrics.families(doc, await agent.followers(), progress, served))
+        certificates = (
+            {"served": agent.s.datadir / "server.crt", "ca": tls.ca_cert} if tls else None
+        )
+        body = exposition.render(
+            metrics.families(doc, await agent.followers(), progress, certificates)
+        )
         return web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE})
 
     app = web.Application(middlewares=[control_auth.middleware(token)])
