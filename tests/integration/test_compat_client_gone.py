@@ -29,7 +29,8 @@ from tests.support import proxy as proxy_support
 
 APPNAME = "compat_client_gone"
 SLEEPER = f"""\
-import psycopg, sys
+import psycopg, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
 with psycopg.connect(sys.argv[1], application_name={APPNAME!r}) as conn:
     print("connected", flush=True)
     conn.execute("select pg_sleep(60)")
