@@ -43,13 +43,14 @@ def _report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.timeout(FAULTS * 20 + 180)
+@pytest.mark.timeout(FAULTS * 20 + 420)
 def test_random_faults_in_sync_mode_lose_nothing(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, *FAST, "--replication-mode=sync", replicas=2) as c:
         proc = c.cli(
             "verify", f"--dir={c.dir}", "--faults=kill,stop,switchover",
             f"--fault-count={FAULTS}", "--seed=13", "--seconds=10", "--json",
-            check=False, timeout=FAULTS * 20 + 120,
+            "--settle-timeout=240",  # a follower catching up on a loaded machine
+            check=False, timeout=FAULTS * 20 + 360,
         )  # fmt: skip
         report = _report(proc)
         assert proc.returncode == 0, proc.stderr
