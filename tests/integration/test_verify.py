@@ -117,7 +117,7 @@ def test_a_kill_with_a_frozen_wal_receiver_loses_writes_and_verify_says_so(
         verify = subprocess.Popen(
             procs.pgshard_argv(
                 "verify", f"--dir={c.dir}", "--faults=kill", "--fault-count=1",
-                "--warmup=10", "--seconds=15", "--seed=7", "--json",
+                "--warmup=10", "--seconds=15", "--seed=7", "--json", "--settle-timeout=240",
             ),
             env=procs.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
