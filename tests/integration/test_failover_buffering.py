@@ -172,22 +172,6 @@ async def _fail_over(
     return outcomes
 
 
-async def _rejoined(c: localcluster.LocalCluster, epoch: int) -> dict[str, Any]:
-    """Shard 0 at ``epoch`` with its old primary rejoined (and that recorded)."""
-    deadline = time.monotonic() + 120
-    while True:
-        shard = await asyncio.to_thread(c.shard, 0)
-        last = shard.get("lastFailover") or {}
-        if (
-            shard["epoch"] == epoch
-            and last.get("discardedBytes") is not None
-            and all(f["state"] == "streaming" for f in shard["followers"])
-        ):
-            return shard
-        assert time.monotonic() < deadline, f"shard 0 not settled at epoch {epoch}: {shard}"
-        await asyncio.sleep(0.3)
-
-
 async def _sessions(dsn: str) -> tuple[asyncpg.Connection, psycopg.AsyncConnection[Any]]:
     a = await asyncpg.connect(dsn, timeout=30)
     p = await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=30)
@@ -219,7 +203,7 @@ async def test_writes_sent_after_the_failover_decision(pg_tmp: Path, on: bool) -
             # A crash: the proxy's connections to the old primary are reset, so requests
             # it did not hold wait for a new topology (failover_wait) and succeed too.
             await _fail_over(k, "s0m0", "s0m1", "KILL", on)
-            last = (await _rejoined(c, 2))["lastFailover"]
+            last = (await localcluster.rejoined(c, 2))["lastFailover"]
             print("record:", {x: last.get(x) for x in ("requestsBuffered", "requestsFailed")})
             if on:
                 assert last["requestsBuffered"] >= 4 and last["requestsFailed"] == 0

@@ -27,26 +27,6 @@ from tests.support import localcluster, switch_load
 FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 
 
-async def _settled(
-    c: localcluster.LocalCluster, epoch: int, timeout: float = 120
-) -> dict[str, Any]:
-    """Shard 0 at ``epoch`` with every follower streaming and the old primary's rejoin
-    recorded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        shard = await asyncio.to_thread(c.shard, 0)
-        last = shard.get("lastFailover") or {}
-        if (
-            shard["epoch"] == epoch
-            and last.get("discardedBytes") is not None
-            and all(f["state"] == "streaming" for f in shard["followers"])
-        ):
-            return shard
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"shard 0 not settled at epoch {epoch}: {shard}")
-        await asyncio.sleep(0.3)
-
-
 def _plausible(last: dict[str, Any], kind: str) -> None:
     print(kind, {k: last.get(k) for k in sorted(last)})
     assert last["kind"] == kind
@@ -111,7 +91,7 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
             await load.wait_acked(20)
             await asyncio.to_thread(c.cli, "switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m1")
             acked_at = await _acked_at_epoch(c, dsn, 2)
-            shard = await _settled(c, 2)
+            shard = await localcluster.rejoined(c, 2)
         last = shard["lastFailover"]
         _plausible(last, "switchover")
         # The writers' requests were held by the proxy, none failed.
@@ -122,7 +102,7 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
             await load.wait_acked(5)
             await asyncio.to_thread(c.kill, 0, shard["primary"]["name"], "KILL")
             acked_at = await _acked_at_epoch(c, dsn, 3)
-            shard = await _settled(c, 3)
+            shard = await localcluster.rejoined(c, 3)
         _plausible(shard["lastFailover"], "failover")
         _first_write(shard["lastFailover"], acked_at)
 
@@ -134,7 +114,7 @@ async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
             assert time.monotonic() < deadline, "no failover away from the frozen primary"
             await asyncio.sleep(0.3)
         await asyncio.to_thread(c.kill, 0, frozen, "CONT")
-        shard = await _settled(c, 4)
+        shard = await localcluster.rejoined(c, 4)
         last = shard["lastFailover"]
         _plausible(last, "failover")
         # A frozen primary is replaced only after its lease (2.5 s) ran out.

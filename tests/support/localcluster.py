@@ -13,6 +13,7 @@ that mount namespace and reads DIR's files through ``files``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -21,6 +22,7 @@ import random
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +195,21 @@ def cleaned_up(cluster: LocalCluster) -> Iterator[LocalCluster]:
     finally:
         cluster.down()
         cluster.kill_leftovers()
+
+
+async def rejoined(c: LocalCluster, epoch: int, timeout: float = 120) -> dict[str, Any]:
+    """Shard 0 at ``epoch`` with every follower streaming and the old primary's rejoin
+    recorded (``lastFailover.discardedBytes``); bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shard = await asyncio.to_thread(c.shard, 0)
+        last = shard.get("lastFailover") or {}
+        if (
+            shard["epoch"] == epoch
+            and last.get("discardedBytes") is not None
+            and all(f["state"] == "streaming" for f in shard["followers"])
+        ):
+            return shard
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"shard 0 not settled at epoch {epoch}: {shard}")
+        await asyncio.sleep(0.3)
