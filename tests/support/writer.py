@@ -181,12 +181,8 @@ async def running(
 async def running_writer(w: Writer) -> AsyncIterator[Writer]:
     """``w`` set up and writing until the block ends."""
     await w.setup()
-    task = asyncio.create_task(w.run())
-    try:
+    async with _writing(w):
         yield w
-    finally:
-        w.stop()
-        await asyncio.wait_for(task, w.stop_bound)
 
 
 @contextlib.asynccontextmanager
@@ -196,6 +192,13 @@ async def running_on_follower(w: Writer) -> AsyncIterator[Writer]:
     acknowledgement is when the new primary began to accept writes."""
     assert w.first_id is not None
     w._next = w.first_id
+    async with _writing(w):
+        yield w
+
+
+@contextlib.asynccontextmanager
+async def _writing(w: Writer) -> AsyncIterator[Writer]:
+    """``w`` running until the block ends, then stopped (bounded)."""
     task = asyncio.create_task(w.run())
     try:
         yield w
