@@ -39,7 +39,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,34 +232,21 @@ def main() -> None:
         help="with --delete-loop: copy all logs into DIR/round-NN after each round",
     )
     args = parser.parse_args()
-    bin_dir = cluster.build()
-    with tempfile.TemporaryDirectory(prefix="pgshard-kube-bench-") as d:
-        directory = Path(d)
-        directory.chmod(0o755)
-        kube = cluster.up(directory, bin_dir=bin_dir)
-        try:
-            verbose = {
-                "PGSHARD_OPERATOR_PROXY_COMMAND": f"{sys.executable} -m pgshard_proxy.main -v"
-            }
-            with operator_namespace(kube, "bench", env=verbose if args.keep_logs else None) as ns:
-                doc = crd.cluster({**SPEC, "shards": args.shards}, name=NAME)
-                doc["metadata"]["namespace"] = ns
-                kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
-                wait_for("a Ready cluster", lambda: pod_delete.healthy(kube, ns, NAME), 300, 2)
-                secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
-                password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
-                ip = get(kube, "service", "-n", ns, NAME)["spec"]["clusterIP"]
-                dsn = f"postgresql://app:{password}@{ip}:5432/app"
-                if args.delete_loop:
-                    results = asyncio.run(
-                        delete_loop(kube, ns, dsn, args.delete_loop, args.keep_logs)
-                    )
-                else:
-                    results = asyncio.run(scenarios(kube, ns, dsn, args.runs))
-        finally:
-            cluster.down(directory)
-            for proc in kube.processes:
-                proc.wait(timeout=10)
+    with cluster.temporary("pgshard-kube-bench-") as kube:
+        verbose = {"PGSHARD_OPERATOR_PROXY_COMMAND": f"{sys.executable} -m pgshard_proxy.main -v"}
+        with operator_namespace(kube, "bench", env=verbose if args.keep_logs else None) as ns:
+            doc = crd.cluster({**SPEC, "shards": args.shards}, name=NAME)
+            doc["metadata"]["namespace"] = ns
+            kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+            wait_for("a Ready cluster", lambda: pod_delete.healthy(kube, ns, NAME), 300, 2)
+            secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
+            password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
+            ip = get(kube, "service", "-n", ns, NAME)["spec"]["clusterIP"]
+            dsn = f"postgresql://app:{password}@{ip}:5432/app"
+            if args.delete_loop:
+                results = asyncio.run(delete_loop(kube, ns, dsn, args.delete_loop, args.keep_logs))
+            else:
+                results = asyncio.run(scenarios(kube, ns, dsn, args.runs))
     runs = f"{args.delete_loop} deletes" if args.delete_loop else f"{args.runs} runs each"
     shards = f"{args.shards} shards" if args.shards > 1 else "1 shard"
     print(f"\nkube failover bench: {shards}, 2 followers each, sync, lease 5 s, {runs}")

@@ -16,8 +16,6 @@ import asyncio
 import base64
 import json
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -116,15 +114,5 @@ async def bench(kube: cluster.Cluster, ns: str, switchovers: int) -> None:
 
 
 def main(switchovers: int) -> None:
-    bin_dir = cluster.build()
-    with tempfile.TemporaryDirectory(prefix="pgshard-kube-bench-") as d:
-        directory = Path(d)
-        directory.chmod(0o755)
-        kube = cluster.up(directory, bin_dir=bin_dir)
-        try:
-            with operator_namespace(kube, "bench") as ns:
-                asyncio.run(bench(kube, ns, switchovers))
-        finally:
-            cluster.down(directory)
-            for p in kube.processes:
-                p.wait(timeout=10)
+    with cluster.temporary("pgshard-kube-bench-") as kube, operator_namespace(kube, "bench") as ns:
+        asyncio.run(bench(kube, ns, switchovers))

@@ -16,6 +16,7 @@ network tests, and are reachable only on this machine (see tests/kube/agent/netw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,9 +25,11 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +235,23 @@ def load(directory: Path) -> Cluster:
         node=state["node"],
         pod_image=state.get("pod_image", ""),
     )
+
+
+@contextlib.contextmanager
+def temporary(prefix: str = "pgshard-kube-") -> Iterator[Cluster]:
+    """A cluster in a fresh world-traversable temporary directory (pods run as other
+    users), stopped and its processes reaped at the end (the benches' cluster)."""
+    bin_dir = build()
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        directory = Path(d)
+        directory.chmod(0o755)
+        kube = up(directory, bin_dir=bin_dir)
+        try:
+            yield kube
+        finally:
+            down(directory)
+            for proc in kube.processes:
+                proc.wait(timeout=10)
 
 
 def up(
