@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import operator_namespace
 from tests.kube import cluster as kube_cluster
 from tests.kube.faults import Faults
 from tests.support import containers
@@ -65,3 +66,11 @@ def kube() -> Iterator[kube_cluster.Cluster]:
 @pytest.fixture(scope="session")
 def faults(kube: kube_cluster.Cluster) -> Faults:
     return Faults(kube.control_socket)
+
+
+@pytest.fixture(scope="module")
+def ns(kube: kube_cluster.Cluster) -> Iterator[str]:
+    """A namespace per test module with the operator (the chart, defaults) watching it;
+    modules that need another operator setup define their own ``ns``."""
+    with operator_namespace(kube) as name:
+        yield name

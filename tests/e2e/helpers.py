@@ -97,6 +97,13 @@ def operator_namespace(
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+def create_cluster(kube: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+    """Applies a ShardedCluster ``name`` with ``spec`` in namespace ``ns`` (fails on refusal)."""
+    doc = crd.cluster(spec, name=name)
+    doc["metadata"]["namespace"] = ns
+    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+
+
 def _process_values(env: Mapping[str, str] | None) -> dict[str, Any]:
     """Chart values for pods run as processes of this checkout and interpreter."""
     pythonpath = ":".join(str(p) for p in procs.SOURCE_ROOTS)

@@ -32,20 +32,19 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.faults import Faults
-from tests.support import crd, procs, switch_load
+from tests.support import procs, switch_load
 
 pytestmark = pytest.mark.e2e
 
@@ -62,17 +61,9 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def ns(kube: Cluster) -> Iterator[str]:
-    with operator_namespace(kube) as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
 def cluster(kube: Cluster, ns: str) -> dict[str, str]:
     """The running cluster: its app password and the proxy's address."""
-    doc = crd.cluster(SPEC, name=NAME)
-    doc["metadata"]["namespace"] = ns
-    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    create_cluster(kube, ns, NAME, SPEC)
     wait_for("a Ready cluster with two streaming followers", lambda: healthy(kube, ns), 300, 2)
     secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
     password = urlsplit(base64.b64decode(secret["uri"]).decode()).password

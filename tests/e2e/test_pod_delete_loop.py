@@ -13,14 +13,13 @@ times are printed; ``bench.kube_failover --delete-loop 20`` runs the long loop.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.e2e import pod_delete
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
 from tests.support import crd, writer
 
@@ -37,9 +36,7 @@ SPEC = crd.FAST_FAILOVER
 def dsn(kube: Cluster) -> Iterator[tuple[str, str]]:
     """The namespace and the proxy Service's DSN of a Ready cluster."""
     with operator_namespace(kube, "pd") as ns:
-        doc = crd.cluster(SPEC, name=NAME)
-        doc["metadata"]["namespace"] = ns
-        kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        create_cluster(kube, ns, NAME, SPEC)
         wait_for("a Ready cluster", lambda: pod_delete.healthy(kube, ns, NAME), 300, 2)
         secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
         password = urlsplit(base64.b64decode(secret["uri"]).decode()).password

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e import pod_delete
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
 from tests.support import crd, writer
 
@@ -48,9 +47,7 @@ async def test_a_second_pod_delete_while_the_old_primary_rejoins(
     kube: Cluster, replication: dict[str, Any]
 ) -> None:
     with operator_namespace(kube, "sf") as ns:
-        doc = crd.cluster({**SPEC, "replication": replication}, name=NAME)
-        doc["metadata"]["namespace"] = ns
-        kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+        create_cluster(kube, ns, NAME, {**SPEC, "replication": replication})
         wait_for("a Ready cluster", lambda: pod_delete.healthy(kube, ns, NAME), 300, 2)
         secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
         password = urlsplit(base64.b64decode(secret["uri"]).decode()).password

@@ -9,26 +9,17 @@ finds nothing misplaced, and a merged read through the proxy sees every row.
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from pgshard_operator.instance import postgres
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def ns(kube: Cluster) -> Iterator[str]:
-    with operator_namespace(kube) as name:
-        yield name
 
 
 def test_distributed_table_rows_land_on_their_shards(kube: Cluster, ns: str) -> None:
@@ -39,9 +30,7 @@ def test_distributed_table_rows_land_on_their_shards(kube: Cluster, ns: str) -> 
         "proxy": {"replicas": 1},
         "sharding": {"tables": [{"name": "orders", "key": "customer_id"}]},
     }
-    doc = crd.cluster(spec, name=name)
-    doc["metadata"]["namespace"] = ns
-    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    create_cluster(kube, ns, name, spec)
 
     def ready() -> dict[str, Any] | None:
         c: dict[str, Any] = get(kube, "shardedcluster", "-n", ns, name)

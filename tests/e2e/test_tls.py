@@ -12,29 +12,20 @@ while clear text is refused.
 from __future__ import annotations
 
 import base64
-import json
 import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pgshard_operator.instance import postgres
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def ns(kube: Cluster) -> Iterator[str]:
-    with operator_namespace(kube) as name:
-        yield name
 
 
 def _secret(kube: Cluster, ns: str, name: str) -> dict[str, str]:
@@ -72,9 +63,7 @@ def test_members_replication_and_proxy_use_verified_tls(
         "replicasPerShard": 1,
         "proxy": {"replicas": 1, "tls": {"required": True}},
     }
-    doc = crd.cluster(spec, name=name)
-    doc["metadata"]["namespace"] = ns
-    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    create_cluster(kube, ns, name, spec)
 
     def ready() -> dict[str, Any] | None:
         c: dict[str, Any] = get(kube, "shardedcluster", "-n", ns, name)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd, procs
+from tests.support import procs
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +33,6 @@ SPEC = {
     "failover": {"detectionSeconds": 2, "cooldownSeconds": 5, "leaseTtlSeconds": 5},
     "proxy": {"replicas": 1},
 }
-
-
-@pytest.fixture(scope="module")
-def ns(kube: Cluster) -> Iterator[str]:
-    with operator_namespace(kube) as name:
-        yield name
 
 
 def healthy(kube: Cluster, ns: str) -> bool:
@@ -59,9 +52,7 @@ def verify(kube: Cluster, ns: str, *args: str, timeout: float) -> subprocess.Com
 
 @pytest.mark.timeout(FAULTS * 60 + 420)
 def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Cluster, ns: str) -> None:
-    doc = crd.cluster(SPEC, name=NAME)
-    doc["metadata"]["namespace"] = ns
-    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    create_cluster(kube, ns, NAME, SPEC)
     wait_for("a Ready cluster with two streaming followers", lambda: healthy(kube, ns), 300, 2)
 
     proc = verify(

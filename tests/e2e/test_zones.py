@@ -14,7 +14,6 @@ unit tests.
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -25,9 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgshard_operator.instance import postgres
-from tests.e2e.helpers import get, operator_namespace, wait_for
+from tests.e2e.helpers import create_cluster, get, operator_namespace, wait_for
 from tests.kube.cluster import Cluster
-from tests.support import crd
 
 pytestmark = pytest.mark.e2e
 
@@ -52,9 +50,7 @@ def ns(kube: Cluster, zoned_node: str) -> Iterator[str]:
 
 def test_members_and_proxy_take_their_node_s_zone(kube: Cluster, ns: str) -> None:
     name = "zn"
-    doc = crd.cluster({"shards": 1, "replicasPerShard": 1, "proxy": {"replicas": 1}}, name=name)
-    doc["metadata"]["namespace"] = ns
-    kube.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    create_cluster(kube, ns, name, {"shards": 1, "replicasPerShard": 1, "proxy": {"replicas": 1}})
 
     def zoned() -> dict[str, Any] | None:
         status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
