@@ -83,6 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "primary has none); published in the topology for the proxy's --proxy-zone; may "
         "change on resume ('' clears them)",
     )
+    up.add_argument(
+        "--follower-bindir",
+        metavar="DIR",
+        help="statement method: followers run the PostgreSQL binaries in DIR (e.g. another "
+        "major version, not older than the primary's); fixed at creation",
+    )
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
     up.add_argument("--host", help="loopback address members listen on [127.0.0.1]")
     up.add_argument(
@@ -231,6 +237,13 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         window, most = stored.proxy_buffer_window_ms, stored.proxy_buffer_max_requests
         on_failover = stored.proxy_buffer_on_failover
         zones, proxy_zone = stored.follower_zones, stored.proxy_zone
+        given = None if args.follower_bindir is None else str(Path(args.follower_bindir).resolve())
+        if given is not None and given != stored.follower_bindir:
+            raise LayoutError(
+                f"--follower-bindir {args.follower_bindir} contradicts the cluster in "
+                f"{args.dir} (followers run {stored.follower_bindir or 'the default binaries'}); "
+                "omit it to resume, or move to other binaries with 'pgshard local upgrade'"
+            )
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
@@ -281,9 +294,40 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         tls=args.tls or (stored is not None and stored.tls),
         follower_zones=zones,
         proxy_zone=proxy_zone,
+        follower_bindir=stored.follower_bindir if stored is not None else new_bindir(args),
+        member_bindirs=stored.member_bindirs if stored is not None else (),
     )
     validate(cfg)
     return cfg
+
+
+def new_bindir(args: argparse.Namespace) -> str | None:
+    """``--follower-bindir`` of a new cluster, checked: PostgreSQL binaries that run here,
+    not of an older major version than the primaries' (an older pg_dump cannot read a
+    newer server, so such a follower could not bootstrap)."""
+    if args.follower_bindir is None:
+        return None
+    if args.replication_method != specs.ReplicationMethod.STATEMENT.value:
+        raise LayoutError(
+            "--follower-bindir needs --replication-method statement: WAL streaming "
+            "(the wal method) cannot cross PostgreSQL major versions"
+        )
+    return str(checked_bindir(Path(args.follower_bindir), "--follower-bindir"))
+
+
+def checked_bindir(bindir: Path, flag: str) -> Path:
+    """``bindir`` resolved, if it holds PostgreSQL binaries not older than the default ones."""
+    try:
+        major = postgres.major_version(bindir)
+        current = postgres.major_version(postgres.find_bindir())
+    except postgres.PostgresNotInstalled as e:
+        raise LayoutError(f"{flag}: {e}") from None
+    if major < current:
+        raise LayoutError(
+            f"{flag} {bindir}: PostgreSQL {major} is older than the primaries' ({current}); "
+            "statement followers may run the same or a newer major version"
+        )
+    return bindir.resolve()
 
 
 def _check_ports(cfg: ClusterConfig) -> None:
