@@ -1,4 +1,4 @@
-"""``pgshard local up|status|down|kill|scale`` and ``pgshard switchover --dir`` (argparse).
+"""``pgshard local up|status|down|kill|scale|upgrade`` and ``pgshard switchover --dir`` (argparse).
 
 Registered through ``pgshard_operator.cli.COMMANDS``. The flags, the JSON of
 ``status --json`` and the files in DIR are a contract (issue 2): users' scripts
@@ -186,6 +186,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--timeout", type=float, default=600.0, help="seconds to wait for new followers to stream"
     )
     sc.set_defaults(func=cmd_scale)
+
+    ug = lsub.add_parser(
+        "upgrade",
+        help="statement method: move every member onto other PostgreSQL binaries (a newer "
+        "major version) while the cluster serves; one switchover per shard",
+    )
+    ug.add_argument("--dir", required=True, type=Path)
+    ug.add_argument(
+        "--bindir", required=True, type=Path, help="the new PostgreSQL binaries' bin directory"
+    )
+    ug.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds for the whole upgrade [1800]"
+    )
+    ug.set_defaults(func=cmd_upgrade)
 
 
 def _cdir(args: argparse.Namespace) -> ClusterDir:
@@ -612,4 +626,32 @@ def cmd_scale(args: argparse.Namespace) -> int:
     changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
     changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
     print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        cfg = cdir.load_config()
+        if cfg.method is not specs.ReplicationMethod.STATEMENT:
+            raise LayoutError(
+                "upgrade needs --replication-method statement: this cluster streams WAL, which "
+                "cannot cross PostgreSQL major versions"
+            )
+        bindir = checked_bindir(args.bindir, "--bindir")
+        major = postgres.major_version(bindir)
+    except (LayoutError, postgres.PostgresNotInstalled) as e:
+        raise CommandError(str(e)) from None
+    running = [int(v) for v in status.server_versions(cdir, cfg).values() if v and v.isdigit()]
+    if running and major < max(running):
+        raise CommandError(
+            f"--bindir {args.bindir}: PostgreSQL {major} is older than members already running "
+            f"PostgreSQL {max(running)}; a statement follower cannot be older than its primary"
+        )
+    body: dict[str, object] = {"bindir": str(bindir), "timeout": args.timeout}
+    with progress.watching(cdir, f"upgrading to PostgreSQL {major} ({bindir})"):
+        doc = _supervisor_call(cdir, "/upgrade", body, args.timeout + 60, "upgrade")
+    rebuilt = ", ".join(doc["rebuilt"]) or "none (all members ran them already)"
+    print(f"every member runs PostgreSQL {major} from {doc['bindir']}; rebuilt: {rebuilt}; "
+          f"primaries: {', '.join(str(p) for p in doc['primaries'])}")  # fmt: skip
     return 0

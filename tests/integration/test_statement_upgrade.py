@@ -1,0 +1,101 @@
+"""Statement followers on another PostgreSQL major version, and ``pgshard local upgrade``.
+
+One cluster (one shard, one follower): its primary runs PostgreSQL 15, its follower
+PostgreSQL 18 (``--follower-bindir``, the binaries of scripts/install-postgres18).
+Random concurrent writes through the real proxy (asyncpg and psycopg, the workload of
+test_proxy_statement_log.py) leave the 18 follower identical to the 15 primary. Then
+``local upgrade`` under a writer through the proxy: every acknowledged insert is on
+both members afterwards, and both run PostgreSQL 18. About 40 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import asyncpg
+
+from tests.integration.test_proxy_statement_log import (
+    SCHEMA,
+    asyncpg_session,
+    psycopg_session,
+    settled,
+    snapshot,
+)
+from tests.support import localcluster, pg18, writer
+
+
+async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tmp: Path) -> None:
+    new = pg18.required()
+    seed = random.randrange(1 << 30)
+    with localcluster.running(
+        pg_tmp,
+        "--replication-method=statement",
+        f"--follower-bindir={new}",
+        "--cooldown-seconds=0",
+        shards=1,
+        replicas=1,
+    ) as c:
+        doc = c.status()
+        assert doc["serverVersions"] == {"s0m0": "15", "s0m1": "18"}
+        dsn = doc["proxy"]["dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            for sql in SCHEMA:
+                await conn.execute(sql)
+        finally:
+            await conn.close()
+        rounds = 15
+        done = await asyncio.gather(
+            *(asyncpg_session(dsn, random.Random(seed + i), i, rounds) for i in range(2)),
+            psycopg_session(dsn, random.Random(seed + 2), 2, rounds),
+        )
+        assert sum(done) > 0
+        conn = await asyncpg.connect(dsn)
+        try:
+            # Last writes of each sequence (a rolled-back nextval is not logged).
+            await conn.execute("INSERT INTO items (k, v) VALUES (99, 99)")
+            await conn.execute("INSERT INTO ident (v) VALUES (99)")
+        finally:
+            await conn.close()
+        shard = await settled(c)
+        expected = await snapshot(shard["primary"]["dsn"])
+        assert len(expected["items"]) > 5
+        follower = shard["followers"][0]
+        assert follower["name"] == "s0m1"
+        assert await snapshot(follower["dsn"]) == expected, f"seed {seed}"
+
+        # Refused before anything changes: not PostgreSQL binaries.
+        bad = c.cli("local", "upgrade", f"--dir={c.dir}", f"--bindir={pg_tmp}", check=False)
+        assert bad.returncode != 0
+        assert "is not a PostgreSQL bin directory" in bad.stderr
+
+        async with writer.running(dsn, timeout=10) as w:
+            await w.wait_acked(20)
+            up = await asyncio.to_thread(
+                c.cli, "local", "upgrade", f"--dir={c.dir}", f"--bindir={new}", "--timeout=300"
+            )
+            await w.wait_acked(20)
+        assert "every member runs PostgreSQL 18" in up.stdout
+        assert "switching from s0m0 to s0m1" in up.stderr  # progress lines
+        shard = await settled(c)
+        assert shard["primary"]["name"] == "s0m1"
+        assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
+        acked = set(w.acked)
+        for member in (shard["primary"], *shard["followers"]):
+            assert acked <= await writer.ids_on(member["dsn"]), member["name"]
+
+        # Older binaries than the members' now: refused.
+        old = c.cli(
+            "local", "upgrade", f"--dir={c.dir}", "--bindir=/usr/lib/postgresql/15/bin",
+            check=False,
+        )  # fmt: skip
+        assert old.returncode != 0
+        assert "older than members already running PostgreSQL 18" in old.stderr
+
+        # The recorded binaries survive a restart.
+        c.down()
+        c.up()
+        assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
+        await settled(c)
