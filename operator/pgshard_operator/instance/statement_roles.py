@@ -70,7 +70,31 @@ async def stop_writes(host: str, port: int, creds: Credentials) -> int:
         )
         await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
     # Kept open (holding the lock) until the server stops.
-    return int(await conn.fetchval(slog.POSITION_SQL))
+    position = int(await conn.fetchval(slog.POSITION_SQL))
+    await _handed_over(conn, position)
+    return position
+
+
+HANDOVER_SECONDS = 5.0
+"""How long a stopping primary waits for a follower to pull its last entries."""
+
+
+async def _handed_over(conn: asyncpg.Connection, position: int) -> None:
+    """Until a follower's applier reports ``position`` applied (``pgshard.followers``),
+    at most ``HANDOVER_SECONDS``. Appliers pull over ordinary connections, which the
+    server's stop ends: without this wait a switchover target a few entries behind
+    could never get them, and the switchover failed (the new primary must hold every
+    entry). A follower that does not come in time is left behind, as before."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDOVER_SECONDS
+    query = f"SELECT coalesce(max(seq), 0) FROM {slog.SCHEMA}.followers"
+    try:
+        while loop.time() < deadline:
+            if int(await conn.fetchval(query)) >= position:
+                return
+            await asyncio.sleep(0.02)
+    except asyncpg.UndefinedTableError:
+        return  # no follower ever applied here
 
 
 async def recopy(

@@ -523,6 +523,11 @@ class Supervisor:
                     await self._rebuild(m.name, bindir, deadline)
                     rebuilt.append(m.name)
                 if p.primary is not None:
+                    primary_dsn = self.creds.superuser_dsn(
+                        p.primary.address, self.creds.app_database
+                    )
+                    others = [m.name for m in self.cfg.members(p.shard) if m != p.primary]
+                    await upgrading.caught_up(primary_dsn, others, deadline)
                     try:
                         await self.managers[p.shard].request_switchover(None)
                     except (switchover.SwitchoverRefused, manager.SwitchoverFailed) as e:

@@ -6,7 +6,8 @@ the primary. The supervisor (supervisor.py) carries it out, asked through its co
 endpoint, one member at a time: a follower is *rebuilt* (its agent stopped, its data
 deleted, a new agent on the new binaries bootstraps it from a snapshot dump of the
 primary, as ``scale`` adds one); once every follower of a shard runs the new binaries,
-the shard switches over to the first of them (the existing switchover: it waits until
+and one of them applied the log the primary had written by then (``caught_up``),
+the shard switches over to the best of them (the existing switchover: it waits until
 the target applied every entry, so no acknowledged write is lost, and its pause is the
 only one), and the old primary is rebuilt last. A shard whose members all run the new
 binaries is left alone, so a failed upgrade is continued by running it again.
@@ -14,8 +15,14 @@ binaries is left alone, so a failed upgrade is continued by running it again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
+
+import asyncpg
+
+from pgshard_proxy.contract import statement_log as slog
 
 from ..model import spec as specs
 from .layout import ClusterConfig, MemberSpec
@@ -64,3 +71,28 @@ def plan(
             )
         )
     return out
+
+
+async def caught_up(primary_dsn: str, followers: Collection[str], deadline: float) -> None:
+    """Until one of ``followers`` applied every entry the primary had logged when called
+    (its bookmark in ``pgshard.followers``): the backlog of a freshly rebuilt follower
+    is applied before the switchover, whose pause would otherwise include it."""
+    try:
+        conn = await asyncpg.connect(primary_dsn, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        raise UpgradeRefused(f"cannot reach the shard's primary ({e}); retry") from None
+    try:
+        cut = int(await conn.fetchval(slog.POSITION_SQL))
+        query = f"SELECT coalesce(max(seq), 0) FROM {slog.SCHEMA}.followers WHERE name = ANY($1)"
+        while True:
+            applied = int(await conn.fetchval(query, list(followers)))
+            if applied >= cut:
+                return
+            if time.monotonic() > deadline:
+                raise UpgradeRefused(
+                    f"{', '.join(sorted(followers))} applied the log up to {applied} only, "
+                    f"{cut} needed, before the timeout; run the upgrade again (it continues)"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
