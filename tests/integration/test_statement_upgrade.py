@@ -6,6 +6,10 @@ Random concurrent writes through the real proxy (asyncpg and psycopg, the worklo
 test_proxy_statement_log.py) leave the 18 follower identical to the 15 primary. Then
 ``local upgrade`` under a writer through the proxy: every acknowledged insert is on
 both members afterwards, and both run PostgreSQL 18. About 40 s.
+
+The switchover it relies on must hand the stopping primary's last entries to a target
+that is behind: a test holds a follower's applier back until the switchover has
+fenced the primary (about 15 s; needs PostgreSQL 15 only).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tests.integration.test_proxy_statement_log import (
     snapshot,
 )
 from tests.support import localcluster, pg18, writer
+from tests.support.statement_writer import Write, table_contents, write
 
 
 async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tmp: Path) -> None:
@@ -99,3 +104,56 @@ async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tm
         c.up()
         assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
         await settled(c)
+
+
+async def test_switchover_hands_the_last_entries_to_a_target_behind(pg_tmp: Path) -> None:
+    """The target's applier waits on a table lock taken on it by hand while entries are
+    logged; the lock is released only once the primary is fenced (holding the shard's
+    write lock for good). The primary must stay up until the target pulled what it
+    misses: it stopped at once before, and the switchover failed after 30 s."""
+    with localcluster.running(
+        pg_tmp, "--replication-method=statement", "--cooldown-seconds=0", shards=1, replicas=1
+    ) as c:
+        shard = c.shard(0)
+        primary = await asyncpg.connect(shard["primary"]["dsn"])
+        try:
+            await write(primary, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
+            await settled(c)
+            hand = await asyncpg.connect(
+                shard["followers"][0]["dsn"],
+                server_settings={"default_transaction_read_only": "off"},
+            )
+            try:
+                await hand.execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+                for i in range(5):
+                    await write(primary, [Write("INSERT INTO t VALUES ($1::int)", (i,))])
+                switching = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        c.cli, "switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m1",
+                        check=False,
+                    )
+                )  # fmt: skip
+                async with asyncio.timeout(60):
+                    while not switching.done():
+                        try:
+                            fenced = await primary.fetchval(
+                                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                "AND granted AND pid <> pg_backend_pid()"
+                            )
+                        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                            break  # the primary stopped
+                        if fenced:
+                            break
+                        await asyncio.sleep(0.05)
+                await hand.execute("ROLLBACK")
+            finally:
+                await hand.close()
+        finally:
+            primary.terminate()  # the fence stops its server
+        done = await asyncio.wait_for(switching, 120)
+        assert done.returncode == 0, done.stderr
+        shard = await settled(c)
+        assert shard["primary"]["name"] == "s0m1"
+        assert await table_contents(shard["primary"]["dsn"], ["t"]) == {
+            "t": [(i,) for i in range(5)]
+        }
