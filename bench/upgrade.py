@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 import tempfile
@@ -40,7 +41,7 @@ async def run(base: Path, replicas: int) -> None:
         during = [a.at for a in w.acks if began <= a.at <= ended]
         edges = [max((a.at for a in w.acks if a.at < began), default=began), *during]
         edges.append(min((a.at for a in w.acks if a.at > ended), default=ended))
-        pause = max(b - a for a, b in zip(edges, edges[1:], strict=False))
+        pause = max(b - a for a, b in itertools.pairwise(edges))
         shard = c.shard(0)
         acked = set(w.acked)
         lost = {

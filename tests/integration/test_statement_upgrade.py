@@ -5,7 +5,8 @@ PostgreSQL 18 (``--follower-bindir``, the binaries of scripts/install-postgres18
 Random concurrent writes through the real proxy (asyncpg and psycopg, the workload of
 test_proxy_statement_log.py) leave the 18 follower identical to the 15 primary. Then
 ``local upgrade`` under a writer through the proxy: every acknowledged insert is on
-both members afterwards, and both run PostgreSQL 18. About 40 s.
+both members afterwards, and both run PostgreSQL 18. About 40 s on an idle machine
+(120 to 140 s at load 10).
 
 The switchover it relies on must hand the stopping primary's last entries to a target
 that is behind: a test holds a follower's applier back until the switchover has
@@ -51,7 +52,7 @@ async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tm
                 await conn.execute(sql)
         finally:
             await conn.close()
-        rounds = 15
+        rounds = 10
         done = await asyncio.gather(
             *(asyncpg_session(dsn, random.Random(seed + i), i, rounds) for i in range(2)),
             psycopg_session(dsn, random.Random(seed + 2), 2, rounds),
@@ -98,12 +99,6 @@ async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tm
         )  # fmt: skip
         assert old.returncode != 0
         assert "older than members already running PostgreSQL 18" in old.stderr
-
-        # The recorded binaries survive a restart.
-        c.down()
-        c.up()
-        assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
-        await settled(c)
 
 
 async def test_switchover_hands_the_last_entries_to_a_target_behind(pg_tmp: Path) -> None:
