@@ -1,16 +1,16 @@
 """Statement followers on another PostgreSQL major version, and ``pgshard local upgrade``.
 
-One cluster (one shard, one follower): its primary runs PostgreSQL 15, its follower
-PostgreSQL 18 (``--follower-bindir``, the binaries of scripts/install-postgres18).
-Random concurrent writes through the real proxy (asyncpg and psycopg, the workload of
-test_proxy_statement_log.py) leave the 18 follower identical to the 15 primary. Then
-``local upgrade`` under a writer through the proxy: every acknowledged insert is on
-both members afterwards, and both run PostgreSQL 18. About 40 s on an idle machine
-(120 to 140 s at load 10).
+A cluster (one shard, one follower) whose primary runs PostgreSQL 15 and follower
+PostgreSQL 18 (``--follower-bindir``, the binaries of scripts/install-postgres18):
+random concurrent writes through the real proxy (asyncpg and psycopg, the workload of
+test_proxy_statement_log.py) leave the 18 follower identical to the 15 primary.
 
-The switchover it relies on must hand the stopping primary's last entries to a target
-that is behind: a test holds a follower's applier back until the switchover has
-fenced the primary (about 15 s; needs PostgreSQL 15 only).
+A PostgreSQL 15 cluster (one shard, one follower): the switchover the upgrade relies
+on hands the stopping primary's last entries to a target that is behind (a follower's
+applier held back until the primary is fenced); then ``local upgrade`` to 18 under a
+writer through the proxy loses no acknowledged insert.
+
+Tests skip when the PostgreSQL 18 binaries are absent (the handover part runs first).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tests.support import localcluster, pg18, writer
 from tests.support.statement_writer import Write, table_contents, write
 
 
-async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tmp: Path) -> None:
+async def test_a_pg18_follower_of_a_pg15_primary_stays_identical(pg_tmp: Path) -> None:
     new = pg18.required()
     seed = random.randrange(1 << 30)
     with localcluster.running(
@@ -77,35 +77,18 @@ async def test_pg18_follower_of_a_pg15_primary_then_upgrade_under_a_writer(pg_tm
         assert bad.returncode != 0
         assert "is not a PostgreSQL bin directory" in bad.stderr
 
-        async with writer.running(dsn, timeout=10) as w:
-            await w.wait_acked(20)
-            up = await asyncio.to_thread(
-                c.cli, "local", "upgrade", f"--dir={c.dir}", f"--bindir={new}", "--timeout=300"
-            )
-            await w.wait_acked(20)
-        assert "every member runs PostgreSQL 18" in up.stdout
-        assert "switching from s0m0 to s0m1" in up.stderr  # progress lines
-        shard = await settled(c)
-        assert shard["primary"]["name"] == "s0m1"
-        assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
-        acked = set(w.acked)
-        for member in (shard["primary"], *shard["followers"]):
-            assert acked <= await writer.ids_on(member["dsn"]), member["name"]
 
-        # Older binaries than the members' now: refused.
-        old = c.cli(
-            "local", "upgrade", f"--dir={c.dir}", "--bindir=/usr/lib/postgresql/15/bin",
-            check=False,
-        )  # fmt: skip
-        assert old.returncode != 0
-        assert "older than members already running PostgreSQL 18" in old.stderr
-
-
-async def test_switchover_hands_the_last_entries_to_a_target_behind(pg_tmp: Path) -> None:
+async def test_switchover_hands_over_the_last_entries_then_upgrade_under_a_writer(
+    pg_tmp: Path,
+) -> None:
     """The target's applier waits on a table lock taken on it by hand while entries are
     logged; the lock is released only once the primary is fenced (holding the shard's
     write lock for good). The primary must stay up until the target pulled what it
-    misses: it stopped at once before, and the switchover failed after 30 s."""
+    misses: it stopped at once before, and the switchover failed after 30 s.
+
+    Then ``local upgrade`` to PostgreSQL 18 under a writer through the proxy: the
+    follower (s0m0) is rebuilt on 18, the shard switches over to it, the old primary
+    is rebuilt; every acknowledged insert is on both members afterwards."""
     with localcluster.running(
         pg_tmp, "--replication-method=statement", "--cooldown-seconds=0", shards=1, replicas=1
     ) as c:
@@ -152,3 +135,29 @@ async def test_switchover_hands_the_last_entries_to_a_target_behind(pg_tmp: Path
         assert await table_contents(shard["primary"]["dsn"], ["t"]) == {
             "t": [(i,) for i in range(5)]
         }
+
+        new = pg18.required()  # the handover above needs PostgreSQL 15 only
+        dsn = c.status()["proxy"]["dsn"]
+        async with writer.running(dsn, timeout=10) as w:
+            await w.wait_acked(20)
+            up = await asyncio.to_thread(
+                c.cli, "local", "upgrade", f"--dir={c.dir}", f"--bindir={new}", "--timeout=300"
+            )
+            await w.wait_acked(20)
+        assert "every member runs PostgreSQL 18" in up.stdout
+        assert "rebuilt: s0m0, s0m1" in up.stdout
+        assert "switching from s0m1 to s0m0" in up.stderr  # progress lines
+        shard = await settled(c)
+        assert shard["primary"]["name"] == "s0m0"
+        assert c.status()["serverVersions"] == {"s0m0": "18", "s0m1": "18"}
+        acked = set(w.acked)
+        for member in (shard["primary"], *shard["followers"]):
+            assert acked <= await writer.ids_on(member["dsn"]), member["name"]
+
+        # Older binaries than the members' now: refused.
+        old = c.cli(
+            "local", "upgrade", f"--dir={c.dir}", "--bindir=/usr/lib/postgresql/15/bin",
+            check=False,
+        )  # fmt: skip
+        assert old.returncode != 0
+        assert "older than members already running PostgreSQL 18" in old.stderr
