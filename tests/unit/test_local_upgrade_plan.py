@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from pgshard_operator.local import layout, upgrade
+from pgshard_operator.cli import CommandError
+from pgshard_operator.instance.credentials import Credentials
+from pgshard_operator.local import commands, layout, upgrade
 from pgshard_operator.model import spec as specs
 
 OLD, NEW = "/pg15/bin", "/pg18/bin"
@@ -76,3 +79,18 @@ def test_wal_clusters_refuse_other_binaries() -> None:
     )
     with pytest.raises(layout.LayoutError, match="needs --replication-method statement"):
         layout.validate(cfg)
+
+
+def test_the_command_refuses_a_wal_cluster_and_binaries_that_are_not_postgresql(
+    tmp_path: Path,
+) -> None:
+    wal = layout.ClusterConfig(**{**CFG.__dict__, "method": specs.ReplicationMethod.WAL})
+    layout.ClusterDir(tmp_path / "wal").create(wal, Credentials.generate())
+    layout.ClusterDir(tmp_path / "st").create(CFG, Credentials.generate())
+    for name, bindir, message in (
+        ("wal", "/usr/lib/postgresql/15/bin", "this cluster streams WAL"),
+        ("st", str(tmp_path), "is not a PostgreSQL bin directory"),
+    ):
+        args = argparse.Namespace(dir=tmp_path / name, bindir=Path(bindir), timeout=10.0)
+        with pytest.raises(CommandError, match=message):
+            commands.cmd_upgrade(args)
