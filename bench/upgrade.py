@@ -7,7 +7,8 @@ PostgreSQL 15; one writer (tests/support/writer.py: autocommit inserts, each its
 transaction) through the proxy while ``local upgrade`` moves every member to 18.
 Prints how long the upgrade took, the writer's longest pause between two
 acknowledged inserts during it (the write pause), its failed requests, and whether
-every acknowledged insert is on every member afterwards. Asserts nothing.
+every acknowledged insert is on every member once the followers caught up. Asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support import localcluster, pg18, writer
+
+
+async def settled(c: localcluster.LocalCluster, timeout: float = 120) -> dict[str, Any]:
+    """Shard 0 once every follower applied all the primary logged (or after ``timeout``:
+    then what is missing on a follower may still be on its way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shard: dict[str, Any] = await asyncio.to_thread(c.shard, 0)
+        target = shard["primary"]["position"]
+        if time.monotonic() > deadline or all(
+            (f["state"], f["position"]) == ("streaming", target) for f in shard["followers"]
+        ):
+            return shard
+        await asyncio.sleep(0.3)
 
 
 async def run(base: Path, replicas: int) -> None:
@@ -42,7 +58,7 @@ async def run(base: Path, replicas: int) -> None:
         edges = [max((a.at for a in w.acks if a.at < began), default=began), *during]
         edges.append(min((a.at for a in w.acks if a.at > ended), default=ended))
         pause = max(b - a for a, b in itertools.pairwise(edges))
-        shard = c.shard(0)
+        shard = await settled(c)
         acked = set(w.acked)
         lost = {
             m["name"]: len(acked - await writer.ids_on(m["dsn"]))
