@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pool-size", type=int, help="most connections per member and database")
     p.add_argument(
+        "--pool-mode",
+        choices=["session", "transaction"],
+        help="keep a server for the whole session, or return it after each transaction",
+    )
+    p.add_argument(
+        "--pool-timeout-ms",
+        type=int,
+        help="wait this long for a connection of a full pool, then fail with 53300 [5000]",
+    )
+    p.add_argument(
         "--buffer-window-ms",
         type=int,
         help="hold a switching shard's new requests at most this long (0: off) [5000]",
@@ -101,6 +111,8 @@ def settings_from_args(args: argparse.Namespace) -> ProxySettings:
         "max_wait_ms": args.max_wait_ms,
         "zone": args.zone,
         "pool_size": args.pool_size,
+        "pool_mode": args.pool_mode,
+        "pool_timeout_ms": args.pool_timeout_ms,
         "metrics_port": args.metrics_port,
         "follower_read_timeout": args.follower_read_timeout,
         "workers": args.workers,

@@ -33,6 +33,16 @@ class Consistency(enum.Enum):
     """Everything goes to the primary."""
 
 
+class PoolMode(enum.Enum):
+    """``proxy.poolMode``: how long a session keeps a server connection."""
+
+    SESSION = "session"
+    """From its first use until the session ends."""
+    TRANSACTION = "transaction"
+    """Until the server is idle again (ReadyForQuery ``I``), unless the session pinned it
+    (temporary table, session advisory lock, LISTEN, WITH HOLD cursor, SQL PREPARE …)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class User:
     """A user clients log in to the proxy as."""
@@ -104,8 +114,11 @@ class ProxySettings:
     a ``zone``, the proxy takes its node's from the cluster's ``status.nodeZones``."""
     pool_size: int = 100
     """Most connections the proxy opens to one member for one database."""
+    pool_mode: PoolMode = PoolMode.SESSION
+    pool_timeout_ms: int = 5000
+    """How long a session waits for a connection of a full pool; then SQLSTATE 53300."""
     connect_timeout: float = 5.0
-    """Seconds to connect and log in to a member (and to wait for a free pooled one)."""
+    """Seconds to connect and log in to a member."""
     follower_read_timeout: float = 5.0
     """Seconds a read sent to a follower may go unanswered while the position monitor
     hears nothing from that follower either (frozen, hung host). Then the read is
@@ -204,7 +217,8 @@ def from_sources(
         raw.update(doc)
     for key in ("host", "port", "topology_file", "topology_cluster", "auth_method", "tls_cert",
                 "tls_key", "tls_required", "consistency", "max_wait_ms", "pool_size",
-                "follower_read_timeout", "authentication_timeout", "workers", "metrics_port",
+                "pool_mode", "pool_timeout_ms", "follower_read_timeout", "authentication_timeout",
+                "workers", "metrics_port",
                 "users", "buffer_window_ms", "buffer_max_requests", "zone",
                 "node_name", "member_root_cert", "member_server_name"):  # fmt: skip
         from_env = env.get(f"PGSHARD_PROXY_{key.upper()}")
@@ -230,7 +244,7 @@ def from_sources(
         if key in (
             "port", "max_wait_ms", "pool_size", "max_clients", "max_pending_logins",
             "max_message_bytes", "workers", "metrics_port", "buffer_window_ms",
-            "buffer_max_requests",
+            "buffer_max_requests", "pool_timeout_ms",
         ):  # fmt: skip
             changes[key] = _int(value, key, 0 if key in ("max_wait_ms", "buffer_window_ms") else 1)
         elif key in ("topology_file", "tls_cert", "tls_key", "member_root_cert"):
@@ -241,6 +255,8 @@ def from_sources(
             changes[key] = _enum(auth.AuthMethod, value, key)
         elif key == "consistency":
             changes[key] = _enum(Consistency, value, key)
+        elif key == "pool_mode":
+            changes[key] = _enum(PoolMode, value, key)
         elif key in (
             "connect_timeout", "failover_wait", "follower_read_timeout", "authentication_timeout"
         ):  # fmt: skip

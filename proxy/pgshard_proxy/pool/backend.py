@@ -157,9 +157,10 @@ class BackendConnection(asyncio.Protocol):
         self.secret = 0
         self.tx_status = messages.TxStatus.IDLE
         self.statements: dict[str, int] = {}
-        """Prepared statements on this server: client name -> the session's version of it."""
-        self.settings_applied = 0
-        """How many entries of the session's SET log this server has executed."""
+        """Prepared statements on this server: client name -> the version of it (versions
+        are unique in the process, so a copy another session prepared never matches)."""
+        self.settings: tuple[str, ...] = ()
+        """The SET log (``session.replicated``) this server has executed since its reset."""
         self.broken = False
         self.cancelled = False
         """A CancelRequest was sent for it: its pool closes it rather than lend it again."""

@@ -65,7 +65,7 @@ def epoch_check_sql(epoch: int) -> str:
 
 
 class PoolExhausted(BackendError):
-    """No connection became free within the connect timeout."""
+    """The pool was full and no connection became free within its wait (SQLSTATE 53300)."""
 
 
 class NotPrimary(BackendError):
@@ -82,6 +82,7 @@ class Pool:
         *,
         max_size: int,
         connect_timeout: float,
+        wait_timeout: float = 5.0,
         on_not_primary: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.key = key
@@ -92,7 +93,12 @@ class Pool:
         self.retired = False
         self._idle: collections.deque[BackendConnection] = collections.deque()
         self._size = 0
-        self._freed = asyncio.Condition()
+        self.wait_timeout = wait_timeout
+        """Seconds a session waits for a connection while the pool is full."""
+        self._waiters: collections.deque[asyncio.Future[BackendConnection | None]] = (
+            collections.deque()
+        )
+        """Sessions waiting while the pool is full, oldest first."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._connecting: set[asyncio.Future[BackendConnection]] = set()
         """Connects under way: a retired pool stops them (its member may never answer)."""
@@ -108,24 +114,9 @@ class Pool:
     async def acquire(self) -> BackendConnection:
         if self.retired:
             raise BackendError(f"{self.key.member_name} is no longer in this role")
-        async with asyncio.timeout(self.connect_timeout):
-            while True:
-                while self._idle:
-                    conn = self._idle.popleft()
-                    if conn.broken:
-                        self._size -= 1
-                        continue
-                    try:
-                        return self._checked(conn)
-                    except NotPrimary:
-                        self._size -= 1
-                        self._notify()
-                        raise
-                if self._size < self.max_size:
-                    break
-                async with self._freed:
-                    await self._freed.wait()
-        self._size += 1
+        conn = await self._lent_or_slot()
+        if conn is not None:
+            return conn
         connect = asyncio.ensure_future(
             BackendConnection.connect(
                 member_name=self.key.member_name,
@@ -145,8 +136,7 @@ class Pool:
                 await self._check_epoch(conn)
             return conn
         except asyncio.CancelledError:
-            self._size -= 1
-            self._notify()
+            self._slot_freed()
             current = asyncio.current_task()
             if self.retired and not (current and current.cancelling()):
                 # retire() stopped it: a new epoch named another primary meanwhile.
@@ -155,11 +145,77 @@ class Pool:
                 ) from None
             raise
         except BaseException:
-            self._size -= 1
-            self._notify()
+            self._slot_freed()
             raise
         finally:
             self._connecting.discard(connect)
+
+    async def _lent_or_slot(self) -> BackendConnection | None:
+        """An idle connection, or None with a slot counted for a new one; waits (first
+        come, first served) up to ``wait_timeout`` while the pool is full."""
+        while True:
+            while self._idle:
+                conn = self._idle.popleft()
+                if conn.broken:
+                    self._size -= 1
+                    continue
+                try:
+                    return self._checked(conn)
+                except NotPrimary:
+                    self._slot_freed()
+                    raise
+            if self._size < self.max_size and not self._waiters:
+                self._size += 1
+                return None
+            waiter: asyncio.Future[BackendConnection | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(self.wait_timeout):
+                    handed = await waiter
+            except TimeoutError:
+                raise PoolExhausted(
+                    f"all {self.max_size} connections to {self.key.member_name} are in use "
+                    f"and none became free within {self.wait_timeout * 1000:.0f} ms; "
+                    "retry later, or raise the proxy's pool size (proxy.poolSize, "
+                    "--pool-size) or its wait (proxy.poolTimeoutMs, --pool-timeout-ms)"
+                ) from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._hand_over(waiter.result())  # given to us as we were cancelled
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if handed is None:
+                return None  # a slot freed for us (counted already)
+            if handed.broken:
+                self._slot_freed()
+                continue
+            try:
+                return self._checked(handed)
+            except NotPrimary:
+                self._slot_freed()
+                raise
+
+    def _hand_over(self, conn: BackendConnection | None) -> None:
+        """A reset connection (or, None, a free slot) to the longest waiter, else idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                if conn is None:
+                    self._size += 1
+                waiter.set_result(conn)
+                return
+        if conn is not None:
+            self._idle.append(conn)
+
+    def _slot_freed(self) -> None:
+        """A connection counted in ``size`` is gone: a waiter may open a new one."""
+        self._size -= 1
+        if not self.retired:
+            self._hand_over(None)
 
     def _checked(self, conn: BackendConnection) -> BackendConnection:
         """``conn`` if this pool's member may have it for its role; else it is closed and
@@ -193,14 +249,27 @@ class Pool:
     def release(self, conn: BackendConnection) -> None:
         """Take a connection back; reset it in the background before reuse."""
         conn.attach(None)
-        if conn.broken or self.retired or not conn.idle or conn.cancelled:
-            conn.close()
-            self._size -= 1
-            self._notify()
+        if self._drop(conn):
             return
         task = asyncio.get_running_loop().create_task(self._reset(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def give_back(self, conn: BackendConnection) -> None:
+        """Transaction pooling: take back an idle connection without resetting it; what it
+        still has (prepared statements, SETs) is recorded on it and the next session
+        brings it to its own state (``session.replicated``)."""
+        conn.attach(None)
+        if not self._drop(conn):
+            self._hand_over(conn)
+
+    def _drop(self, conn: BackendConnection) -> bool:
+        """Close ``conn`` if it may not be lent again (broken, busy, dirty or cancelled)."""
+        if conn.broken or self.retired or not conn.idle or conn.cancelled:
+            conn.close()
+            self._slot_freed()
+            return True
+        return False
 
     async def _reset(self, conn: BackendConnection) -> None:
         try:
@@ -211,26 +280,22 @@ class Pool:
             if error:
                 log.info("dropping connection to %s: reset failed: %s", self.key.member_name, error)
             conn.close()
-            self._size -= 1
+            self._slot_freed()
         else:
             conn.statements.clear()
-            conn.settings_applied = 0
-            self._idle.append(conn)
-        self._notify()
-
-    def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._freed:
-                self._freed.notify()
-
-        task = asyncio.get_running_loop().create_task(wake())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            conn.settings = ()
+            self._hand_over(conn)
 
     def retire(self) -> None:
         """Never lend again; close idle connections now, borrowed ones on return, and
         stop connects under way."""
         self.retired = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    BackendError(f"{self.key.member_name} is no longer in this role")
+                )
         for connect in self._connecting:
             connect.cancel()
         while self._idle:
@@ -252,10 +317,12 @@ class Pools:
         *,
         max_size: int,
         connect_timeout: float,
+        wait_timeout: float = 5.0,
         on_not_primary: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.wait_timeout = wait_timeout
         self.on_not_primary = on_not_primary
         """Called with the reason when a primary's pool refuses a connection."""
         self._pools: dict[PoolKey, Pool] = {}
@@ -268,6 +335,7 @@ class Pools:
                 credentials,
                 max_size=self.max_size,
                 connect_timeout=self.connect_timeout,
+                wait_timeout=self.wait_timeout,
                 on_not_primary=self.on_not_primary,
             )
             self._pools[key] = pool

@@ -65,6 +65,7 @@ class ServerContext:
         self.pools = Pools(
             max_size=settings.pool_size,
             connect_timeout=settings.connect_timeout,
+            wait_timeout=settings.pool_timeout_ms / 1000,
             on_not_primary=self.doubt_topology,
         )
         self.cancel_keys = CancelRegistry(worker, alone=cancel_dir is None)

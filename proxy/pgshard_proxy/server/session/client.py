@@ -48,11 +48,13 @@ from ...execute import broadcast, copyin, copyout, exchange, multiwrite
 from ...execute import scatter as scatter_run
 from ...execute import statement_log as log_writer
 from ...pool.backend import BackendConnection, BackendError, Credentials
+from ...pool.pool import PoolExhausted
 from ...protocol import auth, codec, messages
 from ...protocol.sqlstate import Severity, SqlState, error_response
 from ...routing import copysplit, keyroute, router
 from ...routing.classify import Classified, classify, weakens_commit
 from ...routing.router import Reason, Role, Route
+from ...settings import PoolMode
 from ..context import NoPrimary, ServerContext
 from ..read_only import moved_error
 from ..read_only import problem as read_only_problem
@@ -202,7 +204,10 @@ class Session(asyncio.Protocol):
                 # Nobody will read the answer: stop the work rather than leave the server
                 # busy (PostgreSQL would go on until it next writes to the client).
                 self._background(b.cancel(self.ctx.settings.connect_timeout))
-        self._servers.release_all()  # a busy or cancelled server is closed, not pooled
+        # A busy or cancelled server is closed, not pooled (so never reused dirty).
+        self._servers.release_all(
+            pooled=self.ctx.settings.pool_mode is PoolMode.TRANSACTION and not self._requests.pinned
+        )
         for task in self._tasks:
             task.cancel()
         self._background(self.consistency.close())
@@ -331,14 +336,23 @@ class Session(asyncio.Protocol):
 
     async def _connect_first(self) -> None:
         set_log = self._replicated.set_log
+        timeout = self.ctx.settings.connect_timeout
         try:
             b = await self._acquire_primary_at_startup()
+            if b.settings:  # another session's SETs (transaction pooling): not reported
+                error = await b.run_hidden("RESET ALL", timeout)
+                b.settings = ()
+                if error:
+                    raise BackendError(f"RESET ALL failed: {error}")
             if set_log:
-                error = await b.run_hidden("; ".join(set_log), self.ctx.settings.connect_timeout)
+                error = await b.run_hidden("; ".join(set_log), timeout)
                 if error:
                     self._fatal(SqlState.INVALID_PARAMETER_VALUE, error)
                     return
-                b.settings_applied = len(set_log)
+                b.settings = set_log
+        except PoolExhausted as e:
+            self._fatal(SqlState.TOO_MANY_CONNECTIONS, str(e))
+            return
         except (BackendError, TimeoutError, router.NoPrimary) as e:
             self._fatal(SqlState.CANNOT_CONNECT_NOW, f"pgshard-proxy cannot reach the primary: {e}")
             return
@@ -350,6 +364,7 @@ class Session(asyncio.Protocol):
         out.append(messages.ready_for_query(messages.TxStatus.IDLE))
         self._transport.write(b"".join(out))
         self.state = State.READY
+        self._give_back_if_idle(b)
         self._requests.run()
 
     async def _acquire_primary_at_startup(self) -> BackendConnection:
@@ -408,6 +423,11 @@ class Session(asyncio.Protocol):
         topo = self.ctx.topology
         try:
             await self._acquire(route, shard)
+        except PoolExhausted as e:
+            self._decided = None
+            self.ctx.metrics.error_sent(SqlState.TOO_MANY_CONNECTIONS)
+            self._requests.resume_with_error(SqlState.TOO_MANY_CONNECTIONS, str(e))
+            return
         except (BackendError, TimeoutError, NoPrimary) as e:
             self._decided = None
             if self.ctx.topology is not topo:  # a new topology already: route again now
@@ -775,11 +795,12 @@ class Session(asyncio.Protocol):
             self.write(messages.ready_for_query(status))
             self._requests.done_on_shards(frames)
 
-    def _forget(self, b: BackendConnection) -> None:
+    def _forget(self, b: BackendConnection, pooled: bool = False) -> None:
+        """Let go of ``b`` (``pooled``: idle, back to its pool without a reset)."""
         if self._watch.backend is b:
             self._watch.forget()
         self._requests.forget(b)
-        self._servers.remove(b)
+        self._servers.remove(b, pooled)
 
     # --- requests.Host
 
@@ -835,8 +856,23 @@ class Session(asyncio.Protocol):
                 self.ctx.metrics.wrote(shard, backend.epoch)  # first write at an epoch
             if self.ctx.topology is not None:
                 self.consistency.after_ready(route, shard, idle=idle)
+        self._give_back_if_idle(backend)
         if self._requests.waiting_on is backend and not backend.pending:
             self._requests.resume()
+
+    def _give_back_if_idle(self, b: BackendConnection) -> None:
+        """Transaction pooling: ``b`` goes back to its pool once idle, unless the session
+        pinned it (``Classified.pins_session``) or is in the middle of something there."""
+        if (
+            self.ctx.settings.pool_mode is PoolMode.TRANSACTION
+            and b.idle
+            and not self._requests.pinned
+            and self._requests.pending_begin is None
+            and self._requests.batch is not b
+            and self.state is State.READY
+            and self._servers.pool_of(b) is not None
+        ):
+            self._forget(b, pooled=True)
 
     def _track_transaction(self, route: Route, shard: int, idle: bool) -> None:
         if idle:

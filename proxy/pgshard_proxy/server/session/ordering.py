@@ -63,27 +63,31 @@ class Servers:
         self._routes[b] = collections.deque()
         return old if old is not b else None
 
-    def remove(self, b: BackendConnection) -> None:
-        """Let go of ``b``: back to its pool (or closed, if it came from none)."""
+    def remove(self, b: BackendConnection, pooled: bool = False) -> None:
+        """Let go of ``b``: back to its pool (``pooled``: idle, without a reset), or
+        closed if it came from none."""
         for key, have in list(self._by_role.items()):
             if have is b:
                 del self._by_role[key]
         if self.current is b:
             self.current = None
-        self._release(b)
+        self._release(b, pooled)
 
-    def release_all(self) -> None:
+    def release_all(self, pooled: bool = False) -> None:
+        """The session ended (``pooled``: transaction pooling and nothing pinned)."""
         for b in list(self._by_role.values()):
-            self._release(b)
+            self._release(b, pooled)
         self._by_role.clear()
 
-    def _release(self, b: BackendConnection) -> None:
+    def _release(self, b: BackendConnection, pooled: bool) -> None:
         self._routes.pop(b, None)
         pool = self._pools.pop(b, None)
-        if pool is not None:
-            pool.release(b)
-        else:
+        if pool is None:
             b.close()
+        elif pooled:
+            pool.give_back(b)
+        else:
+            pool.release(b)
 
     def sent(self, b: BackendConnection, route: Route) -> None:
         """A request ending with a ReadyForQuery went to ``b`` by ``route``."""

@@ -9,20 +9,27 @@ before the server is used:
   on a server that has not seen the current version first gets a hidden Parse
   (answers swallowed by ``pool.backend``), after a hidden Close of a stale copy;
 * the SET log (startup parameters first): the entries a server has not run yet
-  are sent as one hidden simple query before the client's next request.
+  are sent as hidden simple queries before the client's next request.
 
-What a server has is recorded on the server connection (``statements``,
-``settings_applied``) for as long as it is lent to this session.
+What a server has is recorded on the server connection itself (``statements``,
+``settings``), so with transaction pooling a server another session used is
+brought to this session's state: statement versions are unique in the process
+(another session's copy of a name never matches), and a server whose SETs are not
+a prefix of this session's log gets ``RESET ALL`` and the whole log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable
 
 from ...pool.backend import BackendConnection, Marker
 from ...protocol import messages
 from ...routing.classify import Classified
+
+_VERSIONS = itertools.count(1)
+"""Statement versions, unique in the process (servers are shared between sessions)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +47,9 @@ class Replicated:
 
     def __init__(self) -> None:
         self.statements: dict[str, Statement] = {}
-        self.set_log: list[str] = []
-        self._version = 0
+        self.set_log: tuple[str, ...] = ()
+        self._forgetting: set[int] = set()
+        """Indexes of ``set_log`` entries that drop every prepared statement."""
 
     def classified(self, name: str) -> Classified | None:
         st = self.statements.get(name)
@@ -49,9 +57,9 @@ class Replicated:
 
     def prepared(self, name: str, parse: bytes, sql: str, c: Classified) -> int:
         """The client prepared ``name`` (anywhere, or answered by the proxy): its new version."""
-        self._version += 1
-        self.statements[name] = Statement(parse, sql, self._version, c)
-        return self._version
+        version = next(_VERSIONS)
+        self.statements[name] = Statement(parse, sql, version, c)
+        return version
 
     def parse_on(
         self, b: BackendConnection, name: str, parse: bytes, sql: str, c: Classified
@@ -93,15 +101,32 @@ class Replicated:
         for b in servers:
             b.statements.clear()
 
-    def record_setting(self, sql: str, executed_on: BackendConnection | None) -> None:
-        """A session-level SET ran: replay it on every other server before its next use."""
-        self.set_log.append(sql)
-        if executed_on is not None and executed_on.settings_applied == len(self.set_log) - 1:
-            executed_on.settings_applied = len(self.set_log)
+    def record_setting(
+        self, sql: str, executed_on: BackendConnection | None, forgets: bool = False
+    ) -> None:
+        """A session-level SET ran (``forgets``: it dropped every prepared statement):
+        replay it on every other server before its next use."""
+        before = self.set_log
+        self.set_log = (*before, sql)
+        if forgets:
+            self._forgetting.add(len(before))
+        if executed_on is not None and executed_on.settings == before:
+            executed_on.settings = self.set_log
 
     def replay_settings(self, b: BackendConnection) -> None:
-        """Before a request on ``b``: the SETs it has not run yet, as one hidden query."""
-        if b.settings_applied < len(self.set_log):
-            sql = "; ".join(self.set_log[b.settings_applied :])
-            b.send(messages.query(sql), Marker.HIDDEN_QUERY)
-            b.settings_applied = len(self.set_log)
+        """Before a request on ``b``: the SETs it has not run yet, as hidden queries (one
+        each: ``DISCARD ALL`` may not share a query string); after ``RESET ALL`` when
+        ``b`` ran another session's SETs."""
+        log, have = self.set_log, b.settings
+        if have is log:
+            return
+        start = len(have)
+        reset = start > len(log) or log[:start] != have
+        if reset:
+            start = 0
+            b.send(messages.query("RESET ALL"), Marker.HIDDEN_QUERY)
+        for i in range(start, len(log)):
+            b.send(messages.query(log[i]), Marker.HIDDEN_QUERY)
+            if i in self._forgetting:
+                b.statements.clear()
+        b.settings = log

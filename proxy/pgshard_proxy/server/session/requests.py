@@ -586,7 +586,7 @@ class RequestLoop:
         if c.deallocates is not None:
             self._replicated.closed(c.deallocates, b)
         if c.kind is Kind.SESSION_SET and c.session_sql:
-            self._replicated.record_setting(c.session_sql, b)
+            self._replicated.record_setting(c.session_sql, b, c.forgets_statements)
             if c.forgets_statements:
                 self._replicated.forget_statements(self._servers)
         elif c.kind is Kind.PROXY_SET and c.proxy_setting and c.refusal is None:
