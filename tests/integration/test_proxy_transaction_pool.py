@@ -201,8 +201,7 @@ def test_a_client_killed_mid_transaction_leaves_no_dirty_server(
     with psycopg.connect(tx_proxy.dsn, autocommit=True) as c:
         for _ in range(2 * POOL):
             pid, xid, status = c.execute(
-                "select pg_backend_pid(), txid_current_if_assigned(), "
-                "(select count(*) from doomed)"
+                "select pg_backend_pid(), txid_current_if_assigned(), (select count(*) from doomed)"
             ).fetchone() or (0, 0, 0)
             assert pid not in dirty and xid is None and status == 0
 

@@ -162,7 +162,9 @@ def test_shard_services_select_by_role() -> None:
 
 
 def test_proxy_service_and_deployment() -> None:
-    objs = build({"proxy": {"replicas": 3, "consistency": "strong", "maxWaitMs": 25, "workers": 2}})
+    pool = {"poolMode": "transaction", "poolSize": 10, "poolTimeoutMs": 250}
+    proxy = {"replicas": 3, "consistency": "strong", "maxWaitMs": 25, "workers": 2, **pool}
+    objs = build({"proxy": proxy})
     assert objs[("Service", "demo")]["spec"] == {
         "selector": {
             "app.kubernetes.io/name": "pgshard",
@@ -184,6 +186,9 @@ def test_proxy_service_and_deployment() -> None:
     assert env["PGSHARD_PROXY_CONSISTENCY"] == "strong"
     assert env["PGSHARD_PROXY_MAX_WAIT_MS"] == "25"
     assert env["PGSHARD_PROXY_WORKERS"] == "2"
+    assert env["PGSHARD_PROXY_POOL_MODE"] == "transaction"
+    assert env["PGSHARD_PROXY_POOL_SIZE"] == "10"
+    assert env["PGSHARD_PROXY_POOL_TIMEOUT_MS"] == "250"
     assert env["PGSHARD_PROXY_HOST"] == "$(PGSHARD_POD_IP)"
     assert env["PGSHARD_PROXY_PORT"] == "5432"
     assert env["PGSHARD_PROXY_TOPOLOGY_CLUSTER"] == "shop/demo"

@@ -421,6 +421,7 @@ def proxy_deployment(
                 ("PGSHARD_PROXY_TOPOLOGY_CLUSTER", f"{ref.namespace}/{ref.name}"),
                 ("PGSHARD_PROXY_USERS", "$(PGSHARD_APP_USER):$(PGSHARD_APP_PASSWORD)"),
                 ("PGSHARD_PROXY_CONSISTENCY", spec.proxy.consistency.value),
+                ("PGSHARD_PROXY_POOL_MODE", spec.proxy.pool_mode.value),
                 ("PGSHARD_PROXY_METRICS_PORT", str(naming.PROXY_METRICS_PORT)),
                 ("PGSHARD_SHARDING", sharding_json(spec)),
             ]
@@ -433,6 +434,8 @@ def proxy_deployment(
     for name, value in (
         ("PGSHARD_PROXY_BUFFER_WINDOW_MS", spec.proxy.buffer_window_ms),
         ("PGSHARD_PROXY_BUFFER_MAX_REQUESTS", spec.proxy.buffer_max_requests),
+        ("PGSHARD_PROXY_POOL_SIZE", spec.proxy.pool_size),
+        ("PGSHARD_PROXY_POOL_TIMEOUT_MS", spec.proxy.pool_timeout_ms),
     ):
         if value is not None:
             env.append({"name": name, "value": str(value)})

@@ -117,6 +117,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "change on resume ('' clears it)",
     )
     up.add_argument(
+        "--pool-mode",
+        choices=["session", "transaction"],
+        help="the proxy keeps a server for a whole session, or returns it after each "
+        "transaction [session; may change on resume]",
+    )
+    up.add_argument("--pool-size", type=int, help="the proxy's most connections per member [100]")
+    up.add_argument(
+        "--pool-timeout-ms",
+        type=int,
+        help="how long a client waits for a connection of a full pool before 53300 [5000]",
+    )
+    up.add_argument(
         "--proxy-buffer-window-ms",
         type=int,
         help="during a switchover the proxy holds a shard's new requests at most this long "
@@ -258,6 +270,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
                 f"{args.dir} (followers run {stored.follower_bindir or 'the default binaries'}); "
                 "omit it to resume, or move to other binaries with 'pgshard local upgrade'"
             )
+        pool = (stored.proxy_pool_mode, stored.proxy_pool_size, stored.proxy_pool_timeout_ms)
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
@@ -265,6 +278,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         window, most = None, None
         on_failover = False
         zones, proxy_zone = (), None
+        pool = (None, None, None)
     t = {
         "lease_ttl": args.lease_ttl,
         "detection": args.detection_seconds,
@@ -310,6 +324,9 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         proxy_zone=proxy_zone,
         follower_bindir=stored.follower_bindir if stored is not None else new_bindir(args),
         member_bindirs=stored.member_bindirs if stored is not None else (),
+        proxy_pool_mode=args.pool_mode or pool[0],
+        proxy_pool_size=pool[1] if args.pool_size is None else args.pool_size,
+        proxy_pool_timeout_ms=pool[2] if args.pool_timeout_ms is None else args.pool_timeout_ms,
     )
     validate(cfg)
     return cfg

@@ -157,6 +157,11 @@ class ClusterConfig:
     member_bindirs: tuple[tuple[str, str], ...] = ()
     """(member, bindir) for members that run other binaries than the machine's: what
     they were created with, so that restarts and rejoins use the same ones."""
+    proxy_pool_mode: str | None = None
+    proxy_pool_size: int | None = None
+    proxy_pool_timeout_ms: int | None = None
+    """``--pool-mode`` / ``--pool-size`` / ``--pool-timeout-ms`` (None: the proxy's
+    defaults); may change on resume."""
 
     def bindir_of(self, name: str, index: int) -> str | None:
         """The binaries of member ``name``: recorded, else ``follower_bindir`` for a
@@ -291,6 +296,9 @@ class ClusterConfig:
                 "bufferMaxRequests": self.proxy_buffer_max_requests,
                 "bufferOnFailover": self.proxy_buffer_on_failover,
                 "zone": self.proxy_zone,
+                "poolMode": self.proxy_pool_mode,
+                "poolSize": self.proxy_pool_size,
+                "poolTimeoutMs": self.proxy_pool_timeout_ms,
             },
             "portSlots": self.slots,
             "distributedTables": [{"name": t.name, "key": t.key} for t in self.distributed_tables],
@@ -320,6 +328,9 @@ class ClusterConfig:
                 follower_delays_ms=tuple(int(x) for x in d.get("followerDelayMs", ())),
                 follower_zones=tuple(str(x) for x in d.get("followerZones", ())),
                 proxy_zone=_optional_str(d.get("proxy", {}).get("zone")),
+                proxy_pool_mode=_optional_str(d.get("proxy", {}).get("poolMode")),
+                proxy_pool_size=_optional_int(d.get("proxy", {}).get("poolSize")),
+                proxy_pool_timeout_ms=_optional_int(d.get("proxy", {}).get("poolTimeoutMs")),
                 pg_options=tuple(str(x) for x in d.get("pgOptions", ())),
                 max_lag_bytes=int(d.get("maxLagBytes", 16 * 1024 * 1024)),
                 timings=Timings(**d.get("timings", {})),
@@ -402,6 +413,10 @@ def validate(cfg: ClusterConfig) -> None:
         raise LayoutError("--proxy-buffer-window-ms must be >= 0 (0 turns buffering off)")
     if cfg.proxy_buffer_max_requests is not None and cfg.proxy_buffer_max_requests < 1:
         raise LayoutError("--proxy-buffer-max-requests must be at least 1")
+    for flag, n in (("--pool-size", cfg.proxy_pool_size),
+                    ("--pool-timeout-ms", cfg.proxy_pool_timeout_ms)):  # fmt: skip
+        if n is not None and n < 1:
+            raise LayoutError(f"{flag} must be at least 1, not {n}")
     if cfg.proxy_buffer_on_failover and cfg.proxy_buffer_window_ms == 0:
         raise LayoutError(
             "--proxy-buffer-on-failover needs holding on, but --proxy-buffer-window-ms is 0 "

@@ -44,6 +44,9 @@ class ProxyProcess:
                 ("buffer-window-ms", self.cfg.proxy_buffer_window_ms),
                 ("buffer-max-requests", self.cfg.proxy_buffer_max_requests),
                 ("zone", self.cfg.proxy_zone),
+                ("pool-mode", self.cfg.proxy_pool_mode),
+                ("pool-size", self.cfg.proxy_pool_size),
+                ("pool-timeout-ms", self.cfg.proxy_pool_timeout_ms),
             )
             if value is not None
         ]

@@ -91,6 +91,13 @@ class Consistency(enum.Enum):
     STRONG = "strong"
 
 
+class PoolMode(enum.Enum):
+    """``proxy.poolMode``: a server per client session, or per transaction."""
+
+    SESSION = "session"
+    TRANSACTION = "transaction"
+
+
 class SpecInvalid(ValueError):
     """A spec the operator cannot act on; ``problems`` name each bad field."""
 
@@ -171,6 +178,13 @@ class ProxySpec:
     pod takes its node's ``topology.kubernetes.io/zone`` (from ``status.nodeZones``)."""
     tls_required: bool = False
     """``tls.required``: the proxy refuses clients that do not use TLS (needs ``tls.enabled``)."""
+    pool_mode: PoolMode = PoolMode.SESSION
+    """``poolMode``: the proxy's ``--pool-mode``."""
+    pool_size: int | None = None
+    """``poolSize``: connections per member and worker; None: the proxy's default (100)."""
+    pool_timeout_ms: int | None = None
+    """``poolTimeoutMs``: a client's wait for a full pool before 53300; None: the proxy's
+    default (5000)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,6 +452,9 @@ def parse_spec(raw: object) -> ClusterSpec:
             buffer_on_failover=proxy.flag("bufferOnFailover", False),
             zone=_zone(proxy),
             tls_required=proxy.child("tls").boolean("required", False),
+            pool_mode=proxy.choice("poolMode", PoolMode, PoolMode.SESSION),
+            pool_size=proxy.optional_integer("poolSize", 1, 10000),
+            pool_timeout_ms=proxy.optional_integer("poolTimeoutMs", 1, 600000),
         ),
         tls=r.child("tls").boolean("enabled", TLS_DEFAULT),
     )

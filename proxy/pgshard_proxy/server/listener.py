@@ -81,7 +81,12 @@ class ProxyServer:
             # Worker processes share the port; the kernel spreads connections over them.
             reuse_port=self.settings.workers > 1 or None,
         )
-        log.info("pgshard-proxy listening on %s", self.address)
+        log.info(
+            "pgshard-proxy listening on %s (%s pooling, %d connections per member)",
+            self.address,
+            self.settings.pool_mode.value,
+            self.settings.pool_size,
+        )
 
     async def _follow_topology(self) -> None:
         """Apply every topology the source yields. A source never ends or raises by
