@@ -121,16 +121,16 @@ def test_settings_follow_the_session_and_never_leak(tx_proxy: proxy_support.Prox
             c.execute(f"set statement_timeout = '{10 + i}ms'")
             c.execute(f"set search_path = s{i}, public")
         default_path = plain.execute("show search_path").fetchone()
-        for _ in range(3 * POOL):
+        for _ in range(2 * POOL):
             for i, c in enumerate(conns):
                 got = c.execute(
                     "select current_setting('statement_timeout'), current_setting('search_path')"
                 ).fetchone()
                 assert got == (f"{10 + i}ms", f"s{i}, public")
-                # A statement slower than the others' timeouts: canceled (57014) if leaked.
-                plain.execute("select pg_sleep(0.03)")
                 assert plain.execute("show statement_timeout").fetchone() == ("0",)
                 assert plain.execute("show search_path").fetchone() == default_path
+            # A statement slower than the others' timeouts: canceled (57014) if leaked.
+            plain.execute("select pg_sleep(0.03)")
         conns[0].execute("reset statement_timeout")
         conns[1].execute("discard all")
         for _ in range(POOL):

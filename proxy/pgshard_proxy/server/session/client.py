@@ -381,6 +381,8 @@ class Session(asyncio.Protocol):
             topo = self.ctx.topology
             try:
                 return await self._acquire(borrowing.primary_route(self.ctx, self.consistency))
+            except PoolExhausted:
+                raise  # busy, not gone: a new topology would not help
             except (BackendError, TimeoutError, router.NoPrimary):
                 timeout = self.ctx.settings.connect_timeout
                 if not await self.ctx.topology_replaced(topo, timeout):
