@@ -6,8 +6,9 @@ throwaway PostgreSQL 15 server, ``pgbench -i``, then for each workload (``-S``
 select-only and the default TPC-B-like script) and each client count, runs
 pgbench straight at the server, through ``pgshard-proxy`` (one process, and
 ``--workers 2``; routing and session consistency on: every statement classified
-and routed) and through PgBouncer in transaction pooling; the load average is
-printed before and after (other work on the machine skews the numbers). With
+and routed), through a proxy in transaction pooling (``--pool-mode transaction``,
+20 connections, as PgBouncer's pool) and through PgBouncer in transaction pooling;
+the load average is printed before and after (other work on the machine skews the numbers). With
 ``--follower`` the shard also gets a streaming follower, so the proxy's reads
 really go to it. With ``--connect`` every transaction opens a new connection
 (``pgbench -C``): the cost of a session's start, including the floor a new session's
@@ -148,12 +149,20 @@ def main() -> int:
                 base / "two", topo, "--workers", "2", user="postgres", password="bench"
             )
             stop.append(proxy2)
+            (base / "tx").mkdir()
+            (base / "tx").chmod(0o755)
+            proxy_tx = proxy_support.start_proxy(
+                base / "tx", topo, "--pool-mode", "transaction", "--pool-size", "20",
+                user="postgres", password="bench",
+            )  # fmt: skip
+            stop.append(proxy_tx)
             (base / "bouncer").mkdir()
             bouncer, bouncer_port = start_pgbouncer(base / "bouncer", server)
             targets = {
                 "direct": (server.host, server.port),
                 "pgshard-proxy": (proxy.host, proxy.port),
                 "proxy 2 workers": (proxy2.host, proxy2.port),
+                "proxy tx-pool": (proxy_tx.host, proxy_tx.port),
                 "pgbouncer": (server.host, bouncer_port),
             }
             print("load:", os.getloadavg())

@@ -3,8 +3,14 @@
 A server goes back to the pool at each idle ReadyForQuery and idle servers are lent
 oldest first, so one client's consecutive transactions land on different servers:
 every test below crosses servers that other sessions used. Real PostgreSQL, asyncpg
-and psycopg through the real proxy (~12 s in all; ``PGSHARD_TXPOOL_CLIENTS`` sizes
-the crowd, default 200).
+and psycopg through the real proxy (~15 s in all, ~8 of them the module's server and
+proxy; ``PGSHARD_TXPOOL_CLIENTS`` sizes the crowd, default 200).
+
+Existing modules also pass with ``PGSHARD_PROXY_POOL_MODE=transaction`` in the
+environment (read by every proxy the tests start): test_proxy_clients,
+test_proxy_async_clients, test_compat_features, test_compat_prepared,
+test_compat_pipeline_unsynced, test_compat_client_gone, test_compat_backend_pid,
+test_proxy_fuzz (the rest of the suite has not been run that way).
 """
 
 from __future__ import annotations

@@ -2,11 +2,17 @@
 
 A session borrows at most one connection per role (primary, follower) for as
 long as it needs it and gives it back when it ends or moves away from that
-member. A returned connection is reset with ``DISCARD ALL`` (prepared
-statements, temporary tables, advisory locks, LISTEN, SETs all go) before
-anyone else gets it; one that is mid-transaction, broken or was sent a cancel
+member (:meth:`Pool.release`: reset with ``DISCARD ALL``, so prepared statements,
+temporary tables, advisory locks, LISTEN and SETs all go, before anyone else gets
+it), or, with transaction pooling, whenever it is idle and not pinned
+(:meth:`Pool.give_back`: no reset; the next session brings it to its own state).
+One that is mid-transaction, broken or was sent a cancel
 (``BackendConnection.cancel``) is closed instead: its backend ends with the
 session, as a PostgreSQL backend ends with its client.
+
+At most ``max_size`` connections exist; a session that needs one while all are
+lent waits in line (first come, first served) for ``wait_timeout`` seconds, then
+gets :class:`PoolExhausted` (SQLSTATE 53300 for the client).
 
 On a topology change the server calls :meth:`Pools.retire` for members that
 left their role: their idle connections close at once and borrowed ones close
