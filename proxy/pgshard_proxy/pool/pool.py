@@ -70,6 +70,11 @@ def epoch_check_sql(epoch: int) -> str:
     )
 
 
+def _handed(waiter: asyncio.Future[BackendConnection | None]) -> bool:
+    """A waiter was given a connection or a slot (not cancelled, no error)."""
+    return waiter.done() and not waiter.cancelled() and waiter.exception() is None
+
+
 class PoolExhausted(BackendError):
     """The pool was full and no connection became free within its wait (SQLSTATE 53300)."""
 
@@ -181,15 +186,17 @@ class Pool:
                 async with asyncio.timeout(self.wait_timeout):
                     handed = await waiter
             except TimeoutError:
-                raise PoolExhausted(
-                    f"all {self.max_size} connections to {self.key.member_name} are in use "
-                    f"and none became free within {self.wait_timeout * 1000:.0f} ms; "
-                    "retry later, or raise the proxy's pool size (proxy.poolSize, "
-                    "--pool-size) or its wait (proxy.poolTimeoutMs, --pool-timeout-ms)"
-                ) from None
+                if _handed(waiter):  # just as the wait ended: take it after all
+                    handed = waiter.result()
+                else:
+                    raise self._exhausted() from None
             except BaseException:
-                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                    self._hand_over(waiter.result())  # given to us as we were cancelled
+                if _handed(waiter):  # given to us as we were cancelled: pass it on
+                    got = waiter.result()
+                    if got is None:
+                        self._slot_freed()  # the slot counted for us
+                    else:
+                        self._hand_over(got)
                 raise
             finally:
                 if waiter in self._waiters:
@@ -204,6 +211,14 @@ class Pool:
             except NotPrimary:
                 self._slot_freed()
                 raise
+
+    def _exhausted(self) -> PoolExhausted:
+        return PoolExhausted(
+            f"all {self.max_size} connections to {self.key.member_name} are in use "
+            f"and none became free within {self.wait_timeout * 1000:.0f} ms; "
+            "retry later, or raise the proxy's pool size (proxy.poolSize, "
+            "--pool-size) or its wait (proxy.poolTimeoutMs, --pool-timeout-ms)"
+        )
 
     def _hand_over(self, conn: BackendConnection | None) -> None:
         """A reset connection (or, None, a free slot) to the longest waiter, else idle."""

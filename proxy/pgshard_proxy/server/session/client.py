@@ -795,6 +795,8 @@ class Session(asyncio.Protocol):
             if self._requests.pending_begin is not None:  # it ran outside the transaction
                 status = self._requests.outside_transaction(failed)
             self.write(messages.ready_for_query(status))
+            for _, _, held in self._servers.held():
+                self._give_back_if_idle(held)
             self._requests.done_on_shards(frames)
 
     def _forget(self, b: BackendConnection, pooled: bool = False) -> None:
