@@ -161,6 +161,22 @@ class Pool:
         finally:
             self._connecting.discard(connect)
 
+    def lend_idle(self) -> BackendConnection | None:
+        """An idle connection at once (no await), if one is free and nobody waits."""
+        if self.retired or self._waiters:
+            return None
+        while self._idle:
+            conn = self._idle.popleft()
+            if conn.broken:
+                self._size -= 1
+                continue
+            try:
+                return self._checked(conn)
+            except NotPrimary:
+                self._slot_freed()
+                return None  # acquire() says why
+        return None
+
     async def _lent_or_slot(self) -> BackendConnection | None:
         """An idle connection, or None with a slot counted for a new one; waits (first
         come, first served) up to ``wait_timeout`` while the pool is full."""

@@ -10,6 +10,7 @@ source is asked to read it again at once (:meth:`ServerContext.doubt_topology`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Callable
@@ -210,7 +211,13 @@ class ServerContext:
         self, member: topology.Member, database: str, epoch: int
     ) -> tuple[PoolKey, Credentials]:
         try:
-            credentials = Credentials.from_dsn(member.dsn)
+            credentials = _credentials(member.dsn)
         except server_tls.TlsConfigError as e:
             raise BackendError(f"member {member.name}'s DSN: {e}") from None
         return PoolKey(member.name, member.address, database, epoch), credentials
+
+
+@functools.lru_cache(maxsize=1024)
+def _credentials(dsn: str) -> Credentials:
+    """Parsed once per DSN: transaction pooling borrows a server per transaction."""
+    return Credentials.from_dsn(dsn)

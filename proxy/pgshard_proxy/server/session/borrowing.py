@@ -35,16 +35,33 @@ async def borrow(
     """A connection to ``route.member`` (of shard ``shard_index``) from its pool, its
     ``epoch`` set; raises ``BackendError`` when it cannot be had or the client went
     away (``gone()``) meanwhile."""
-    shard = ctx.shard(shard_index)
-    epoch = shard.epoch if route.role is Role.PRIMARY else FOLLOWER_EPOCH
-    key, credentials = ctx.pool_key(route.member, database, epoch)
-    pool = ctx.pools.get(key, credentials)
+    pool, epoch = _pool(ctx, database, route, shard_index)
     b = await pool.acquire()
     if gone():
         pool.release(b)
         raise BackendError("client went away")
     b.epoch = epoch
     return b, pool
+
+
+def borrow_idle(
+    ctx: ServerContext, database: str, route: Route, shard_index: int = 0
+) -> tuple[BackendConnection, Pool] | None:
+    """Like :func:`borrow`, without waiting: an idle pooled connection, or None
+    (transaction pooling borrows once per transaction; this spares it a task)."""
+    pool, epoch = _pool(ctx, database, route, shard_index)
+    b = pool.lend_idle()
+    if b is None:
+        return None
+    b.epoch = epoch
+    return b, pool
+
+
+def _pool(ctx: ServerContext, database: str, route: Route, shard_index: int) -> tuple[Pool, int]:
+    shard = ctx.shard(shard_index)
+    epoch = shard.epoch if route.role is Role.PRIMARY else FOLLOWER_EPOCH
+    key, credentials = ctx.pool_key(route.member, database, epoch)
+    return ctx.pools.get(key, credentials), epoch
 
 
 def primary_route(

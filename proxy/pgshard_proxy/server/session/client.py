@@ -48,7 +48,7 @@ from ...execute import broadcast, copyin, copyout, exchange, multiwrite
 from ...execute import scatter as scatter_run
 from ...execute import statement_log as log_writer
 from ...pool.backend import BackendConnection, BackendError, Credentials
-from ...pool.pool import PoolExhausted
+from ...pool.pool import Pool, PoolExhausted
 from ...protocol import auth, codec, messages
 from ...protocol.sqlstate import Severity, SqlState, error_response
 from ...routing import copysplit, keyroute, router
@@ -400,6 +400,11 @@ class Session(asyncio.Protocol):
             lambda: self.state is State.CLOSED,
             shard,
         )
+        return self._hold(route, shard, b, pool)
+
+    def _hold(
+        self, route: Route, shard: int, b: BackendConnection, pool: Pool
+    ) -> BackendConnection:
         b.attach(self)
         old = self._servers.add(route.role, b, pool, shard)
         if old is not None:
@@ -531,6 +536,12 @@ class Session(asyncio.Protocol):
                 return None
             self._forget(b)
             b = None
+        if b is None and self.ctx.settings.pool_mode is PoolMode.TRANSACTION:
+            assert self._login.startup is not None
+            idle = borrowing.borrow_idle(self.ctx, self._login.startup.database, route, shard_index)
+            if idle is not None:
+                b = self._hold(route, shard_index, *idle)
+                self._topology_wait.reset()
         if b is None:
             self._decided = route
             self._decided_shard = shard_index
