@@ -250,3 +250,24 @@ def test_buffer_on_failover_is_off_by_default_kept_on_resume_and_stored(tmp_path
     assert up("--no-proxy-buffer-on-failover", stored=on).proxy_buffer_on_failover is False
     with pytest.raises(layout.LayoutError, match="--proxy-buffer-on-failover needs holding on"):
         layout.validate(_cfg(proxy_buffer_on_failover=True, proxy_buffer_window_ms=0))
+
+
+def test_pool_flags_are_stored_kept_on_resume_and_passed_to_the_proxy(tmp_path: Path) -> None:
+    parser = cli.build_parser()
+
+    def up(*flags: str, stored: layout.ClusterConfig | None) -> layout.ClusterConfig:
+        args = parser.parse_args(["local", "up", f"--dir={tmp_path}", *flags])
+        return commands._config_from_args(args, stored)
+
+    created = up("--pool-mode=transaction", "--pool-size=10", stored=None)
+    stored = layout.ClusterConfig.from_dict(created.to_dict(), tmp_path)
+    assert (stored.proxy_pool_mode, stored.proxy_pool_size) == ("transaction", 10)
+    resumed = up("--pool-timeout-ms=250", stored=stored)
+    pool = (resumed.proxy_pool_mode, resumed.proxy_pool_size, resumed.proxy_pool_timeout_ms)
+    assert pool == ("transaction", 10, 250)
+    argv = proxyproc.ProxyProcess(layout.ClusterDir(tmp_path), resumed, CREDS).argv()
+    assert {"--pool-mode=transaction", "--pool-size=10", "--pool-timeout-ms=250"} <= set(argv)
+    assert not any(a.startswith("--pool") for a in proxyproc.ProxyProcess(
+        layout.ClusterDir(tmp_path), _cfg(), CREDS).argv())  # fmt: skip
+    with pytest.raises(layout.LayoutError, match="--pool-size must be at least 1"):
+        layout.validate(_cfg(proxy_pool_size=0))
