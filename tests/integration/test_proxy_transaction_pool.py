@@ -3,8 +3,9 @@
 A server goes back to the pool at each idle ReadyForQuery and idle servers are lent
 oldest first, so one client's consecutive transactions land on different servers:
 every test below crosses servers that other sessions used. Real PostgreSQL, asyncpg
-and psycopg through the real proxy (~15 s in all, ~8 of them the module's server and
-proxy; ``PGSHARD_TXPOOL_CLIENTS`` sizes the crowd, default 200).
+and psycopg through the real proxy (22-29 s in all at a load average of 10, 8 of them
+the module's PostgreSQL and proxy starting; ``PGSHARD_TXPOOL_CLIENTS`` sizes the crowd,
+default 200).
 
 Existing modules also pass with ``PGSHARD_PROXY_POOL_MODE=transaction`` in the
 environment (read by every proxy the tests start): test_proxy_clients,
