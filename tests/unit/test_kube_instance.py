@@ -43,6 +43,10 @@ def test_agent_flags_for_a_follower_pod() -> None:
     assert held[-1] == "--hold-primary"
     assert "--bootstrap-primary" not in held
     assert instance.credentials_doc(p)["superuser_password"] == "s"
+    assert flags["--replication-method"] == "wal"
+    statement = instance.pod_env({**ENV, "PGSHARD_REPLICATION_METHOD": "statement"})
+    argv = instance.agent_argv(statement, "10.1.2.9:5432", "")
+    assert dict(zip(argv[::2], argv[1::2], strict=False))["--replication-method"] == "statement"
 
 
 def test_start_plan() -> None:

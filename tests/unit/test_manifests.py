@@ -386,3 +386,17 @@ def test_pods_of_a_root_only_test_node_keep_the_rest_of_the_restrictions() -> No
     pod = sts["spec"]["template"]["spec"]
     assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+
+
+def test_the_replication_method_is_read_back_from_the_statefulset() -> None:
+    """What reconcile compares a spec with: the method a shard's pods were made with."""
+    for method in specs.ReplicationMethod:
+        sts = build({"replication": {"method": method.value}})[("StatefulSet", "demo-shard-0")]
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        assert env_of(container)[manifests.METHOD_ENV] == method.value
+        assert manifests.created_method(sts) is method
+    assert manifests.created_method(None) is None
+    # A StatefulSet made before the variable existed streamed WAL.
+    assert manifests.created_method({"spec": {"template": {"spec": {"containers": [{}]}}}}) is (
+        specs.ReplicationMethod.WAL
+    )

@@ -10,9 +10,10 @@ The primary lease is the shard's ``coordination.k8s.io/v1`` Lease
 (``--kube-lease``, ``k8s/lease.py``), held by the agent of the primary pod. Start
 rules (:func:`start_plan`, pure): an empty volume of ordinal 0 while nobody holds
 the lease initialises the shard (initdb); any other empty volume copies the
-lease holder (else ordinal 0) and follows it; a volume with data starts with
-``--hold-primary``, so a restarted primary never serves on its own: the shard
-manager fails over (or rejoins it) first.
+lease holder (else ordinal 0) and follows it (``statement`` method: a dump at an
+exported snapshot, then the applier; ``wal``: pg_basebackup, then streaming); a
+volume with data starts with ``--hold-primary``, so a restarted primary never serves
+on its own: the shard manager fails over (or rejoins it) first.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class PodEnv:
     """``PGSHARD_TLS_DIR`` (``spec.tls``): ca.crt, server.crt, server.key."""
     tls_server_name: str | None = None
     """``PGSHARD_TLS_SERVER_NAME``: the shard's name members' certificates are verified for."""
+    method: str = "wal"
+    """``PGSHARD_REPLICATION_METHOD`` (``spec.replication.method``): ``statement`` makes
+    followers copies by dump that run the applier instead of streaming WAL."""
 
     @property
     def ordinal(self) -> int:
@@ -92,6 +96,7 @@ def pod_env(env: Mapping[str, str]) -> PodEnv:
         control_token=need("PGSHARD_CONTROL_TOKEN"),
         tls_dir=env.get("PGSHARD_TLS_DIR") or None,
         tls_server_name=env.get("PGSHARD_TLS_SERVER_NAME") or None,
+        method=env.get("PGSHARD_REPLICATION_METHOD") or "wal",
     )
 
 
@@ -154,6 +159,7 @@ def agent_argv(
         "--shard", str(p.shard),
         "--lease-ttl", p.lease_ttl,
         "--hba-network", CONNECT_FROM,
+        "--replication-method", p.method,
     ]  # fmt: skip
     if p.tls_dir is not None:
         argv += ["--tls-dir", p.tls_dir]
