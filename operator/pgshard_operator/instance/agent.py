@@ -38,6 +38,10 @@ from .supervise import PostgresSupervisor
 
 log = logging.getLogger(__name__)
 
+DRAIN_SECONDS = 5.0
+"""Statement mode, clean stop of a primary: how long it waits for a follower to apply its
+last log entry (within the pods' 30 s grace period, after up to 5 s for the write lock)."""
+
 _FOLLOWERS = """
 SELECT application_name,
        (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes,
@@ -224,6 +228,8 @@ class Agent:
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
         await self._stop_applier()
+        if self.role is Role.PRIMARY and self.s.statement_mode:
+            await self._drain_log()
         for conn in (self._probe_conn, self._log_conn):
             if conn is not None:
                 conn.terminate()
@@ -233,6 +239,24 @@ class Agent:
                 await asyncio.wait_for(self.store.release(self.s.name, wallclock.now()), 5)
             except Exception as e:  # it then simply expires
                 log.warning("could not release the lease: %s", e)
+
+    async def _drain_log(self) -> None:
+        """Statement mode: no logged commit after this, and a follower applies the last
+        entry before the server stops (up to :data:`DRAIN_SECONDS`), so a failover after
+        a deleted pod or ``local down`` promotes one that has every acknowledged write."""
+        host, port = self.s.server.host, self.s.server.port
+        try:
+            final = await asyncio.wait_for(statement_roles.stop_writes(host, port, self.creds), 5)
+            applied = await statement_roles.wait_applied(
+                host, port, self.creds, final, DRAIN_SECONDS
+            )
+        except Exception as e:  # stopping goes on: the followers may then miss entries
+            log.warning("could not drain the statement log before stopping: %s", e)
+            return
+        if not applied:
+            log.warning(
+                "no follower applied entry %d within %gs; stopping anyway", final, DRAIN_SECONDS
+            )
 
     # -- the lease ------------------------------------------------------------------
 

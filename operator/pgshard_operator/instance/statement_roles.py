@@ -73,6 +73,26 @@ async def stop_writes(host: str, port: int, creds: Credentials) -> int:
     return int(await conn.fetchval(slog.POSITION_SQL))
 
 
+async def wait_applied(host: str, port: int, creds: Credentials, seq: int, timeout: float) -> bool:
+    """Whether a follower applied entry ``seq`` (its bookmark in ``pgshard.followers``)
+    within ``timeout`` seconds; True at once when no follower ever bookmarked. A primary
+    stopping cleanly waits for this: WAL followers get the last commits from the
+    server's own shutdown, statement followers only by pulling them before it."""
+    conn = await sql.connect(host, port, creds, database=creds.app_database)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await conn.fetchval(APPLIED_SQL, seq):
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+    finally:
+        conn.terminate()
+
+
+APPLIED_SQL = f"SELECT coalesce(max(seq), $1) >= $1 FROM {slog.SCHEMA}.followers"
+
+
 async def recopy(
     bins: postgres.Binaries,
     datadir: Path,

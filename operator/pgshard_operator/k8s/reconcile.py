@@ -275,6 +275,9 @@ async def reconcile(
     return Outcome(
         status={
             "observedGeneration": generation,
+            # The proxy writes the statement log only when the status says so: published
+            # with the objects, before any pod can serve.
+            "method": spec.method.value,
             "conditions": st.merge_conditions(
                 status.get("conditions") or (), conditions, now, generation
             ),
