@@ -51,8 +51,9 @@ def shard(kube: Cluster, ns: str) -> dict[str, Any]:
     return {**entry, "phase": status.get("phase"), "method": status.get("method")}
 
 
-def settled(kube: Cluster, ns: str, followers: int = 2) -> dict[str, Any] | None:
-    """The shard once it is Ready and every follower applied the primary's last entry."""
+def settled(kube: Cluster, ns: str, least: int = 0) -> dict[str, Any] | None:
+    """The shard once it is Ready, its primary's published position is at least ``least``
+    (positions are re-published every few seconds) and both followers applied it."""
     s = shard(kube, ns)
     primary = s.get("primary") or {}
     done = [
@@ -60,8 +61,8 @@ def settled(kube: Cluster, ns: str, followers: int = 2) -> dict[str, Any] | None
         for f in s.get("followers") or ()
         if f.get("state") == "streaming" and f.get("position") == primary.get("position")
     ]
-    ready = s["phase"] == "Ready" and primary.get("position") is not None
-    return s if ready and len(done) == followers else None
+    ready = s["phase"] == "Ready" and (primary.get("position") or 0) >= least
+    return s if ready and primary.get("position") is not None and len(done) == 2 else None
 
 
 async def members(kube: Cluster, ns: str, password: str) -> dict[str, Any]:
@@ -146,6 +147,15 @@ class Writer:
             await asyncio.wait_for(task, 30)
 
 
+def dump(kube: Cluster, ns: str) -> None:
+    """The shard's status and what every pod said, for a failure's report."""
+    print(shard(kube, ns))
+    print(kube.kubectl("get", "pods,events", "-n", ns, "-o", "wide", check=False))
+    for pod in get(kube, "pods", "-n", ns)["items"]:
+        print(f"--- {pod['metadata']['name']}")
+        print(kube.kubectl("logs", "-n", ns, pod["metadata"]["name"], "--tail=60", check=False))
+
+
 async def waited(what: str, check: Any, timeout: float, every: float = 0.5) -> Any:
     return await asyncio.to_thread(wait_for, what, check, timeout, every)
 
@@ -171,8 +181,8 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(
             await conn.execute("INSERT INTO t (n) VALUES ($1)", n)
     finally:
         await conn.close()
-    s = await waited("the followers at the primary's seq", lambda: settled(kube, ns), 60)
-    assert s["primary"]["position"] >= before["primary"]["position"] + 31
+    logged = before["primary"]["position"] + 31  # the table and 30 inserts
+    s = await waited("the followers at the primary's seq", lambda: settled(kube, ns, logged), 60)
     assert not any("lagBytes" in f for f in s["followers"])
     await all_identical(kube, ns, password, 3)
 
@@ -194,8 +204,13 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(
         await conn.close()
     missing = set(w.acked) - present
     assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
-    final = await waited(f"{old} rejoined and every member at the primary's seq",
-                         lambda: settled(kube, ns), 180, every=1)  # fmt: skip
+    try:
+        final = await waited(f"{old} rejoined and every member at the primary's seq",
+                             lambda: settled(kube, ns, logged + len(w.acked)), 180,
+                             every=1)  # fmt: skip
+    except AssertionError:
+        dump(kube, ns)
+        raise
     assert final["primary"]["name"] == new
     assert old in {f["name"] for f in final["followers"]}
     await all_identical(kube, ns, password, 3)
