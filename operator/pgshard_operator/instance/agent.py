@@ -247,8 +247,9 @@ class Agent:
         host, port = self.s.server.host, self.s.server.port
         try:
             final = await asyncio.wait_for(statement_roles.stop_writes(host, port, self.creds), 5)
-            applied = await statement_roles.wait_applied(
-                host, port, self.creds, final, DRAIN_SECONDS
+            applied = await asyncio.wait_for(
+                statement_roles.wait_applied(host, port, self.creds, final, DRAIN_SECONDS),
+                DRAIN_SECONDS + 5,  # a server that stopped answering ends the wait too
             )
         except Exception as e:  # stopping goes on: the followers may then miss entries
             log.warning("could not drain the statement log before stopping: %s", e)

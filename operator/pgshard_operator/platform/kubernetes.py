@@ -378,11 +378,11 @@ class KubernetesPlatform:
             api, ref.namespace, naming.shard_lease(ref.cluster, ref.index)
         )
         self._ips: dict[str, str] = {}
-        self._agent_docs: dict[str, Mapping[str, Any] | None] = {}
-        """Each member's agent ``/status`` at the last snapshot (statement-mode states)."""
         self._served_in: dict[str, str] = {}
         """Pod name -> UID of the pod its member was last seen alive in."""
         """Pod IP per member as last read (actions go to the agent there)."""
+        self._agent_docs: dict[str, Mapping[str, Any] | None] = {}
+        """Each member's agent ``/status`` at the last snapshot (statement-mode states)."""
 
     # -- reading -----------------------------------------------------------------------
 
