@@ -6,7 +6,8 @@ tables use a serial key and ``now()``/``random()`` defaults, which the proxy cap
 on the primary. Each pod is compared directly: ordered contents and the sequence's
 value. Then the primary's pod is deleted under a writer: the follower with the highest
 applied ``seq`` is promoted, no acknowledged insert is lost, and once the old primary
-has rejoined (a fresh copy by dump) all three members are identical.
+has rejoined (a fresh copy by dump) all three members are identical; so they are again
+after that follower's pod is restarted and resumes applying from its volume.
 """
 
 from __future__ import annotations
@@ -213,6 +214,23 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(
         raise
     assert final["primary"]["name"] == new
     assert old in {f["name"] for f in final["followers"]}
+    await all_identical(kube, ns, password, 3)
+
+    # A follower's pod restarted (a roll-out, a node reboot) resumes applying from its
+    # volume: it comes back with the primary it applied the log of.
+    kube.kubectl("delete", "pod", "-n", ns, old)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute("INSERT INTO t (n) VALUES (0)")
+    finally:
+        await conn.close()
+    try:
+        await waited(f"{old} applying again after its restart",
+                     lambda: settled(kube, ns, final["primary"]["position"] + 1), 120,
+                     every=1)  # fmt: skip
+    except AssertionError:
+        dump(kube, ns)
+        raise
     await all_identical(kube, ns, password, 3)
     print(f"acknowledged {len(w.acked)} writes across the failover; "
           f"test took {time.monotonic() - started:.0f}s")  # fmt: skip
