@@ -49,6 +49,7 @@ async def test_a_stopping_primary_waits_for_a_follower_to_apply_its_last_entry(
 ) -> None:
     primary, follower = pair
     await create_app_db(primary, schema=True)
+    host, port = primary.host, primary.port
     conn = await asyncpg.connect(app_dsn(primary))
     try:
         await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
@@ -57,10 +58,11 @@ async def test_a_stopping_primary_waits_for_a_follower_to_apply_its_last_entry(
         async with running(a):
             await caught_up(a, primary)
         last = await write(conn, [Write("INSERT INTO t VALUES (1)")])  # not applied yet
+        # The primary's own row (a stale bookmark its copy may carry) is no follower's.
+        await conn.execute("INSERT INTO pgshard.followers (name, seq) VALUES ('p', $1)", last)
     finally:
         await conn.close()
-    host, port = primary.host, primary.port
-    assert not await statement_roles.wait_applied(host, port, CREDS, last, 0.3)
+    assert not await statement_roles.wait_applied(host, port, CREDS, "p", last, 0.3)
     async with running(a):
-        assert await statement_roles.wait_applied(host, port, CREDS, last, 30)
+        assert await statement_roles.wait_applied(host, port, CREDS, "p", last, 30)
     await assert_identical(primary, follower)

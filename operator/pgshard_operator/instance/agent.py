@@ -248,7 +248,9 @@ class Agent:
         try:
             final = await asyncio.wait_for(statement_roles.stop_writes(host, port, self.creds), 5)
             applied = await asyncio.wait_for(
-                statement_roles.wait_applied(host, port, self.creds, final, DRAIN_SECONDS),
+                statement_roles.wait_applied(
+                    host, port, self.creds, self.s.name, final, DRAIN_SECONDS
+                ),
                 DRAIN_SECONDS + 5,  # a server that stopped answering ends the wait too
             )
         except Exception as e:  # stopping goes on: the followers may then miss entries

@@ -73,15 +73,18 @@ async def stop_writes(host: str, port: int, creds: Credentials) -> int:
     return int(await conn.fetchval(slog.POSITION_SQL))
 
 
-async def wait_applied(host: str, port: int, creds: Credentials, seq: int, timeout: float) -> bool:
-    """Whether a follower applied entry ``seq`` (its bookmark in ``pgshard.followers``)
-    within ``timeout`` seconds; True at once when no follower ever bookmarked. A primary
+async def wait_applied(
+    host: str, port: int, creds: Credentials, me: str, seq: int, timeout: float
+) -> bool:
+    """Whether a follower applied entry ``seq`` (its bookmark in ``pgshard.followers``;
+    not the row of ``me``, the primary, which its own copy may have carried) within
+    ``timeout`` seconds; True at once when no follower ever bookmarked. A primary
     stopping cleanly waits for this: WAL followers get the last commits from the
     server's own shutdown, statement followers only by pulling them before it."""
     conn = await sql.connect(host, port, creds, database=creds.app_database)
     try:
         deadline = asyncio.get_running_loop().time() + timeout
-        while not await conn.fetchval(APPLIED_SQL, seq):
+        while not await conn.fetchval(APPLIED_SQL, seq, me):
             if asyncio.get_running_loop().time() >= deadline:
                 return False
             await asyncio.sleep(0.05)
@@ -90,7 +93,7 @@ async def wait_applied(host: str, port: int, creds: Credentials, seq: int, timeo
         conn.terminate()
 
 
-APPLIED_SQL = f"SELECT coalesce(max(seq), $1) >= $1 FROM {slog.SCHEMA}.followers"
+APPLIED_SQL = f"SELECT coalesce(max(seq), $1) >= $1 FROM {slog.SCHEMA}.followers WHERE name <> $2"
 
 
 async def recopy(
