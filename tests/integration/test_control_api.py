@@ -36,6 +36,7 @@ async def test_control_endpoints_need_the_token_and_credentials_stay_in_the_shar
             (follower + "/fence", {}),
             (supervisor + "/switchover", {"shard": 0, "to": "s0m1"}),
             (supervisor + "/scale", {"replicas": 0}),
+            (supervisor + "/upgrade", {"bindir": "/usr/lib/postgresql/15/bin"}),
         ):
             for wrong in (None, "not-the-token"):
                 code, doc = await control_http.call(url, body, wrong)

@@ -128,9 +128,21 @@ async def test_supervisor_refuses_changes_without_the_token() -> None:
         scaled.append(replicas)
         return {"replicas": replicas, "added": [], "removed": []}
 
-    app = control.build_app({0: StandInManager()}, TOKEN, scale=scale)  # type: ignore[dict-item]
+    async def upgrade(bindir: str, timeout: float) -> dict[str, Any]:
+        raise AssertionError("upgraded without the token")
+
+    app = control.build_app(
+        {0: StandInManager()},  # type: ignore[dict-item]
+        TOKEN,
+        scale=scale,
+        upgrade=upgrade,
+    )
     async for client in _client(app):
-        for path, body in (("/scale", {"replicas": 3}), ("/switchover", {"shard": 0})):
+        for path, body in (
+            ("/scale", {"replicas": 3}),
+            ("/switchover", {"shard": 0}),
+            ("/upgrade", {"bindir": "/x"}),
+        ):
             for headers in ({}, {"Authorization": "Bearer nope"}):
                 r = await client.post(path, json=body, headers=headers)
                 assert r.status == 401, (path, await r.text())

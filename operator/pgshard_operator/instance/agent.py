@@ -38,10 +38,6 @@ from .supervise import PostgresSupervisor
 
 log = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 5.0
-"""Statement mode, clean stop of a primary: how long it waits for a follower to apply its
-last log entry (within the pods' 30 s grace period, after up to 5 s for the write lock)."""
-
 _FOLLOWERS = """
 SELECT application_name,
        (pg_current_wal_lsn() - replay_lsn)::bigint AS lag_bytes,
@@ -242,24 +238,19 @@ class Agent:
 
     async def _drain_log(self) -> None:
         """Statement mode: no logged commit after this, and a follower applies the last
-        entry before the server stops (up to :data:`DRAIN_SECONDS`), so a failover after
-        a deleted pod or ``local down`` promotes one that has every acknowledged write."""
+        entry before the server stops (``stop_writes`` waits for it, as for a
+        switchover), so a failover after a deleted pod or ``local down`` promotes one
+        that has every acknowledged write."""
         host, port = self.s.server.host, self.s.server.port
         try:
-            final = await asyncio.wait_for(statement_roles.stop_writes(host, port, self.creds), 5)
-            applied = await asyncio.wait_for(
-                statement_roles.wait_applied(
-                    host, port, self.creds, self.s.name, final, DRAIN_SECONDS
-                ),
-                DRAIN_SECONDS + 5,  # a server that stopped answering ends the wait too
+            # The lock (terminating a writer after 3 s), then the follower's pull; bounded
+            # even when the server stops answering.
+            await asyncio.wait_for(
+                statement_roles.stop_writes(host, port, self.creds),
+                statement_roles.HANDOVER_SECONDS + 10,
             )
         except Exception as e:  # stopping goes on: the followers may then miss entries
-            log.warning("could not drain the statement log before stopping: %s", e)
-            return
-        if not applied:
-            log.warning(
-                "no follower applied entry %d within %gs; stopping anyway", final, DRAIN_SECONDS
-            )
+            log.warning("could not hand the statement log over before stopping: %s", e)
 
     # -- the lease ------------------------------------------------------------------
 

@@ -54,6 +54,34 @@ def missing_tools(bindir: Path) -> list[str]:
     return [t for t in TOOLS if not (bindir / t).is_file()]
 
 
+STATEMENT_TOOLS = (*TOOLS, "pg_dump", "pg_restore")
+"""What a member of a statement-method cluster runs (its bootstrap dumps and restores)."""
+
+
+def major_version(bindir: Path) -> int:
+    """The major version of ``bindir/postgres`` (``postgres --version``: "… 18.6" -> 18);
+    raises PostgresNotInstalled saying what is wrong with ``bindir``."""
+    missing = [t for t in STATEMENT_TOOLS if not (bindir / t).is_file()]
+    if not bindir.is_dir():
+        raise PostgresNotInstalled(f"{bindir} is not a directory (expected a PostgreSQL bin dir)")
+    if missing:
+        raise PostgresNotInstalled(
+            f"{bindir} is not a PostgreSQL bin directory (missing: {', '.join(missing)})"
+        )
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+            cwd="/",
+        ).stdout
+        return int(out.split()[-1].split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        raise PostgresNotInstalled(f"{bindir}/postgres does not run here: {e}") from None
+
+
 def find_bindir() -> Path:
     """The directory holding ``postgres``, ``initdb``, ``pg_basebackup``…
 

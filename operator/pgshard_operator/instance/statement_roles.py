@@ -70,30 +70,31 @@ async def stop_writes(host: str, port: int, creds: Credentials) -> int:
         )
         await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
     # Kept open (holding the lock) until the server stops.
-    return int(await conn.fetchval(slog.POSITION_SQL))
+    position = int(await conn.fetchval(slog.POSITION_SQL))
+    await _handed_over(conn, position)
+    return position
 
 
-async def wait_applied(
-    host: str, port: int, creds: Credentials, me: str, seq: int, timeout: float
-) -> bool:
-    """Whether a follower applied entry ``seq`` (its bookmark in ``pgshard.followers``;
-    not the row of ``me``, the primary, which its own copy may have carried) within
-    ``timeout`` seconds; True at once when no follower ever bookmarked. A primary
-    stopping cleanly waits for this: WAL followers get the last commits from the
-    server's own shutdown, statement followers only by pulling them before it."""
-    conn = await sql.connect(host, port, creds, database=creds.app_database)
+HANDOVER_SECONDS = 5.0
+"""How long a stopping primary waits for a follower to pull its last entries."""
+
+
+async def _handed_over(conn: asyncpg.Connection, position: int) -> None:
+    """Until a follower's applier reports ``position`` applied (``pgshard.followers``),
+    at most ``HANDOVER_SECONDS``. Appliers pull over ordinary connections, which the
+    server's stop ends: without this wait a switchover target a few entries behind
+    could never get them, and the switchover failed (the new primary must hold every
+    entry). A follower that does not come in time is left behind, as before."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDOVER_SECONDS
+    query = f"SELECT coalesce(max(seq), 0) FROM {slog.SCHEMA}.followers"
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await conn.fetchval(APPLIED_SQL, seq, me):
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-    finally:
-        conn.terminate()
-
-
-APPLIED_SQL = f"SELECT coalesce(max(seq), $1) >= $1 FROM {slog.SCHEMA}.followers WHERE name <> $2"
+        while loop.time() < deadline:
+            if int(await conn.fetchval(query)) >= position:
+                return
+            await asyncio.sleep(0.02)
+    except asyncpg.UndefinedTableError:
+        return  # no follower ever applied here
 
 
 async def recopy(

@@ -74,6 +74,14 @@ class AgentProcess:
             argv.append("--hold-primary")
         return argv
 
+    def env(self) -> dict[str, str]:
+        """The agent's environment: a member on other binaries (``--follower-bindir``,
+        ``local upgrade``) gets them as ``PGSHARD_PG_BINDIR``, the one place it looks."""
+        env = dict(os.environ)
+        if self.spec.bindir is not None:
+            env["PGSHARD_PG_BINDIR"] = self.spec.bindir
+        return env
+
     async def start(
         self, *, upstream: str | None, bootstrap_primary: bool = False, hold_primary: bool = False
     ) -> None:
@@ -95,6 +103,7 @@ class AgentProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
+                env=self.env(),
             )
         finally:
             os.close(out)

@@ -1,4 +1,4 @@
-"""``pgshard local up|status|down|kill|scale`` and ``pgshard switchover --dir`` (argparse).
+"""``pgshard local up|status|down|kill|scale|upgrade`` and ``pgshard switchover --dir`` (argparse).
 
 Registered through ``pgshard_operator.cli.COMMANDS``. The flags, the JSON of
 ``status --json`` and the files in DIR are a contract (issue 2): users' scripts
@@ -82,6 +82,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the zone of each follower of every shard, in order (one per follower; the first "
         "primary has none); published in the topology for the proxy's --proxy-zone; may "
         "change on resume ('' clears them)",
+    )
+    up.add_argument(
+        "--follower-bindir",
+        metavar="DIR",
+        help="statement method: followers run the PostgreSQL binaries in DIR (e.g. another "
+        "major version, not older than the primary's); fixed at creation",
     )
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
     up.add_argument("--host", help="loopback address members listen on [127.0.0.1]")
@@ -181,6 +187,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     sc.set_defaults(func=cmd_scale)
 
+    ug = lsub.add_parser(
+        "upgrade",
+        help="statement method: move every member onto other PostgreSQL binaries (a newer "
+        "major version) while the cluster serves; one switchover per shard",
+    )
+    ug.add_argument("--dir", required=True, type=Path)
+    ug.add_argument(
+        "--bindir", required=True, type=Path, help="the new PostgreSQL binaries' bin directory"
+    )
+    ug.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds for the whole upgrade [1800]"
+    )
+    ug.set_defaults(func=cmd_upgrade)
+
 
 def _cdir(args: argparse.Namespace) -> ClusterDir:
     return ClusterDir(Path(args.dir).resolve())
@@ -231,6 +251,13 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         window, most = stored.proxy_buffer_window_ms, stored.proxy_buffer_max_requests
         on_failover = stored.proxy_buffer_on_failover
         zones, proxy_zone = stored.follower_zones, stored.proxy_zone
+        given = None if args.follower_bindir is None else str(Path(args.follower_bindir).resolve())
+        if given is not None and given != stored.follower_bindir:
+            raise LayoutError(
+                f"--follower-bindir {args.follower_bindir} contradicts the cluster in "
+                f"{args.dir} (followers run {stored.follower_bindir or 'the default binaries'}); "
+                "omit it to resume, or move to other binaries with 'pgshard local upgrade'"
+            )
     else:
         values = {k: (DEFAULTS[k] if v is None else v) for k, v in shape.items()}
         timings, delays, options, max_lag = Timings(), (), (), ClusterConfig.max_lag_bytes
@@ -281,9 +308,40 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         tls=args.tls or (stored is not None and stored.tls),
         follower_zones=zones,
         proxy_zone=proxy_zone,
+        follower_bindir=stored.follower_bindir if stored is not None else new_bindir(args),
+        member_bindirs=stored.member_bindirs if stored is not None else (),
     )
     validate(cfg)
     return cfg
+
+
+def new_bindir(args: argparse.Namespace) -> str | None:
+    """``--follower-bindir`` of a new cluster, checked: PostgreSQL binaries that run here,
+    not of an older major version than the primaries' (an older pg_dump cannot read a
+    newer server, so such a follower could not bootstrap)."""
+    if args.follower_bindir is None:
+        return None
+    if args.replication_method != specs.ReplicationMethod.STATEMENT.value:
+        raise LayoutError(
+            "--follower-bindir needs --replication-method statement: WAL streaming "
+            "(the wal method) cannot cross PostgreSQL major versions"
+        )
+    return str(checked_bindir(Path(args.follower_bindir), "--follower-bindir"))
+
+
+def checked_bindir(bindir: Path, flag: str) -> Path:
+    """``bindir`` resolved, if it holds PostgreSQL binaries not older than the default ones."""
+    try:
+        major = postgres.major_version(bindir)
+        current = postgres.major_version(postgres.find_bindir())
+    except postgres.PostgresNotInstalled as e:
+        raise LayoutError(f"{flag}: {e}") from None
+    if major < current:
+        raise LayoutError(
+            f"{flag} {bindir}: PostgreSQL {major} is older than the primaries' ({current}); "
+            "statement followers may run the same or a newer major version"
+        )
+    return bindir.resolve()
 
 
 def _check_ports(cfg: ClusterConfig) -> None:
@@ -568,4 +626,32 @@ def cmd_scale(args: argparse.Namespace) -> int:
     changes = [f"added {', '.join(doc['added'])}"] if doc["added"] else []
     changes += [f"removed {', '.join(doc['removed'])}"] if doc["removed"] else []
     print(f"{doc['replicas']} followers per shard" + (f": {'; '.join(changes)}" if changes else ""))
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    cdir = _cdir(args)
+    try:
+        cfg = cdir.load_config()
+        if cfg.method is not specs.ReplicationMethod.STATEMENT:
+            raise LayoutError(
+                "upgrade needs --replication-method statement: this cluster streams WAL, which "
+                "cannot cross PostgreSQL major versions"
+            )
+        bindir = checked_bindir(args.bindir, "--bindir")
+        major = postgres.major_version(bindir)
+    except (LayoutError, postgres.PostgresNotInstalled) as e:
+        raise CommandError(str(e)) from None
+    running = [int(v) for v in status.server_versions(cdir, cfg).values() if v and v.isdigit()]
+    if running and major < max(running):
+        raise CommandError(
+            f"--bindir {args.bindir}: PostgreSQL {major} is older than members already running "
+            f"PostgreSQL {max(running)}; a statement follower cannot be older than its primary"
+        )
+    body: dict[str, object] = {"bindir": str(bindir), "timeout": args.timeout}
+    with progress.watching(cdir, f"upgrading to PostgreSQL {major} ({bindir})"):
+        doc = _supervisor_call(cdir, "/upgrade", body, args.timeout + 60, "upgrade")
+    rebuilt = ", ".join(doc["rebuilt"]) or "none (all members ran them already)"
+    print(f"every member runs PostgreSQL {major} from {doc['bindir']}; rebuilt: {rebuilt}; "
+          f"primaries: {', '.join(str(p) for p in doc['primaries'])}")  # fmt: skip
     return 0

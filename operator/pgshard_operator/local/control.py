@@ -6,6 +6,8 @@ or 409 ``{"error": …}`` when refused or failed; ``POST /failover`` ``{"shard":
 "timeout": S}`` forces a failover (``pgshard failover``) → the manager's status once
 the epoch changed, or 409 with its reason when it did not within S; ``POST /scale``
 ``{"replicas": N, "timeout": S}`` → ``{"replicas", "added", "removed"}`` or 409;
+``POST /upgrade`` ``{"bindir": DIR, "timeout": S}`` → ``{"bindir", "rebuilt",
+"primaries"}`` or 409 (upgrade.py);
 ``GET /metrics`` → the managers' Prometheus metrics (shard/metrics.py).
 Called by ``pgshard switchover``, ``pgshard local status`` and ``pgshard local scale``;
 served by supervisor.py on the cluster's loopback address. The POST routes need the
@@ -27,9 +29,12 @@ from .. import control_auth, control_token, exposition
 from ..shard import manager, switchover
 from ..shard import metrics as shard_metrics
 from . import scale as scaling
+from . import upgrade as upgrading
 
 Scale = Callable[[int, float], Awaitable[dict[str, Any]]]
 """``Supervisor.scale``: (replicas, timeout) → the result document."""
+Upgrade = Callable[[str, float], Awaitable[dict[str, Any]]]
+"""``Supervisor.upgrade``: (bindir, timeout) → the result document."""
 
 
 def build_app(
@@ -37,6 +42,7 @@ def build_app(
     token: str,
     scale: Scale | None = None,
     cluster: str = "local",
+    upgrade: Upgrade | None = None,
 ) -> web.Application:
     async def statuses(request: web.Request) -> web.StreamResponse:
         return web.json_response(
@@ -91,6 +97,18 @@ def build_app(
         except scaling.ScaleRefused as e:
             return web.json_response({"error": str(e)}, status=409)
 
+    async def do_upgrade(request: web.Request) -> web.StreamResponse:
+        assert upgrade is not None
+        try:
+            body = await request.json()
+            bindir, timeout = str(body["bindir"]), float(body.get("timeout", 1800.0))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise web.HTTPBadRequest(text='expected {"bindir": DIR, "timeout": S}') from None
+        try:
+            return web.json_response(await upgrade(bindir, timeout))
+        except upgrading.UpgradeRefused as e:
+            return web.json_response({"error": str(e)}, status=409)
+
     async def scrape(request: web.Request) -> web.StreamResponse:
         body = exposition.render(shard_metrics.families({cluster: managers}, time.time()))
         return web.Response(body=body, headers={"Content-Type": exposition.CONTENT_TYPE})
@@ -102,6 +120,8 @@ def build_app(
     app.router.add_post("/failover", do_failover)
     if scale is not None:
         app.router.add_post("/scale", do_scale)
+    if upgrade is not None:
+        app.router.add_post("/upgrade", do_upgrade)
     return app
 
 
@@ -112,8 +132,9 @@ async def serve(
     token: str,
     scale: Scale | None = None,
     cluster: str = "local",
+    upgrade: Upgrade | None = None,
 ) -> web.AppRunner:
-    runner = web.AppRunner(build_app(managers, token, scale, cluster), access_log=None)
+    runner = web.AppRunner(build_app(managers, token, scale, cluster, upgrade), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

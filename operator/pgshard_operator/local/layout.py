@@ -87,6 +87,9 @@ class MemberSpec:
     apply_delay_ms: int = 0
     zone: str | None = None
     """``--follower-zones``: published in the topology; proxies prefer their zone's."""
+    bindir: str | None = None
+    """PostgreSQL binaries this member runs (``--follower-bindir``, ``local upgrade``);
+    None: the machine's (``PGSHARD_PG_BINDIR`` or PostgreSQL 15's)."""
 
     @property
     def address(self) -> str:
@@ -148,6 +151,25 @@ class ClusterConfig:
     primary, has none); may change on resume."""
     proxy_zone: str | None = None
     """``--proxy-zone``: the proxy's ``--zone``; may change on resume."""
+    follower_bindir: str | None = None
+    """``--follower-bindir`` (statement method): the binaries of followers ``up`` creates
+    and ``scale`` adds; ``local upgrade`` sets it to the new ones."""
+    member_bindirs: tuple[tuple[str, str], ...] = ()
+    """(member, bindir) for members that run other binaries than the machine's: what
+    they were created with, so that restarts and rejoins use the same ones."""
+
+    def bindir_of(self, name: str, index: int) -> str | None:
+        """The binaries of member ``name``: recorded, else ``follower_bindir`` for a
+        follower at creation (index > 0), else the machine's (None)."""
+        recorded = dict(self.member_bindirs)
+        if name in recorded:
+            return recorded[name]
+        return self.follower_bindir if index > 0 else None
+
+    def with_bindir(self, name: str, bindir: str) -> ClusterConfig:
+        """This cluster with member ``name`` recorded on ``bindir``."""
+        others = tuple((n, b) for n, b in self.member_bindirs if n != name)
+        return dataclasses.replace(self, member_bindirs=(*others, (name, bindir)))
 
     @property
     def failover_buffer_seconds(self) -> float:
@@ -172,6 +194,11 @@ class ClusterConfig:
             port_slots=self.slots,
             follower_delays_ms=d,
             follower_zones=self.follower_zones[:replicas],  # new followers: no zone
+            # A removed member's binaries are forgotten: one added later under its name
+            # gets ``follower_bindir``.
+            member_bindirs=tuple(
+                (n, b) for n, b in self.member_bindirs if int(n.partition("m")[2]) <= replicas
+            ),
         )
 
     @property
@@ -226,6 +253,7 @@ class ClusterConfig:
                         status_port=self._port(s, j) + 1,
                         apply_delay_ms=self.delay_for(j) if j else 0,
                         zone=self.zone_for(j),
+                        bindir=self.bindir_of(member_name(s, j), j),
                     )
                 )
         return out
@@ -267,6 +295,8 @@ class ClusterConfig:
             "portSlots": self.slots,
             "distributedTables": [{"name": t.name, "key": t.key} for t in self.distributed_tables],
             "tls": self.tls,
+            "followerBindir": self.follower_bindir,
+            "memberBindirs": dict(self.member_bindirs),
         }
 
     @classmethod
@@ -306,6 +336,10 @@ class ClusterConfig:
                     for t in d.get("distributedTables", ())
                 ),
                 tls=bool(d.get("tls", False)),
+                follower_bindir=_optional_str(d.get("followerBindir")),
+                member_bindirs=tuple(
+                    (str(n), str(b)) for n, b in dict(d.get("memberBindirs") or {}).items()
+                ),
             )
         except (KeyError, ValueError, TypeError) as e:
             raise LayoutError(f"{where} is damaged ({e}); use a new --dir") from None
@@ -336,6 +370,13 @@ def validate(cfg: ClusterConfig) -> None:
                 "--follower-delay-ms delays WAL replay; it has no effect with "
                 "--replication-method statement: omit it"
             )
+    if cfg.method is not specs.ReplicationMethod.STATEMENT and (
+        cfg.follower_bindir or cfg.member_bindirs
+    ):
+        raise LayoutError(
+            "--follower-bindir needs --replication-method statement: WAL streaming "
+            "(the wal method) cannot cross PostgreSQL major versions"
+        )
     if cfg.mode is ReplicationMode.QUORUM and not 1 <= cfg.quorum <= cfg.replicas:
         raise LayoutError(f"--quorum must be between 1 and --replicas ({cfg.replicas})")
     if len(cfg.follower_delays_ms) > 1 and len(cfg.follower_delays_ms) != cfg.replicas:

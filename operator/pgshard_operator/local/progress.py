@@ -1,4 +1,4 @@
-"""What ``local up``/``local scale`` and ``switchover --dir`` show while they wait (issue 18).
+"""What ``local up``/``scale``/``upgrade`` and ``switchover --dir`` show while they wait (issue 18).
 
 While the command blocks on the supervisor, a thread polls the cluster every
 ``POLL_SECONDS`` (cluster.json, topology.json and each agent's ``GET /status`` with

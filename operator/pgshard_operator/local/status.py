@@ -76,6 +76,7 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
     if info["running"]:
         extra["managers"] = asyncio.run(fetch_managers(cfg))
     extra["replicationMode"] = cfg.mode.value
+    extra["serverVersions"] = server_versions(cdir, cfg)
     proxy = topology.Proxy(
         address=cfg.proxy_address,
         dsn=proxyproc.proxy_dsn(cfg, creds),
@@ -83,6 +84,18 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
         zone=cfg.proxy_zone,
     )
     return dataclasses.replace(topo, shards=shards, extra=extra, proxy=proxy)
+
+
+def server_versions(cdir: ClusterDir, cfg: ClusterConfig) -> dict[str, str | None]:
+    """Each member's PostgreSQL major version, from its data directory's ``PG_VERSION``
+    (known while it is down too; None before its first initdb)."""
+    out: dict[str, str | None] = {}
+    for m in cfg.members():
+        try:
+            out[m.name] = (cdir.datadir(m.name) / "PG_VERSION").read_text().strip()
+        except OSError:
+            out[m.name] = None
+    return out
 
 
 def _pos(p: int | None, method: str) -> str:
@@ -104,18 +117,21 @@ def render(topo: topology.Topology, console: Console) -> None:
         title=f"pgshard local cluster — supervisor {sup.get('state', '?')}"
         f" — {topo.method} replication, mode {topo.extra.get('replicationMode', '?')}"
     )
-    for col in ("shard", "epoch", "member", "role", "address", "state", "position", "lag (bytes)"):
+    cols = ("shard", "epoch", "member", "role", "address", "state", "position", "lag (bytes)", "pg")
+    for col in cols:
         table.add_column(col)
+    versions = topo.extra.get("serverVersions", {})
     for s in topo.shards:
         if s.primary is not None:
             table.add_row(
                 str(s.index), str(s.epoch), s.primary.name, "primary", s.primary.address,
-                "", _pos(s.primary.position, topo.method), "",
+                "", _pos(s.primary.position, topo.method), "", versions.get(s.primary.name) or "-",
             )  # fmt: skip
         for f in s.followers:
             table.add_row(
                 str(s.index), str(s.epoch), f.name, "follower", f.address, f.state,
                 _pos(f.position, topo.method), "-" if f.lag_bytes is None else str(f.lag_bytes),
+                versions.get(f.name) or "-",
             )  # fmt: skip
     console.print(table)
     zoned = [f"{m.name} {m.zone}" for s in topo.shards for m in (s.primary, *s.followers)

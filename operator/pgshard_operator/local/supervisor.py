@@ -34,11 +34,13 @@ from pgshard_proxy.contract import topology
 
 from .. import atomicfile, control_token, redact
 from ..instance import main as instance_main
+from ..instance import postgres
 from ..model import spec as specs
 from ..platform.local import LocalPlatform
-from ..shard import manager, observe, policy, replication
+from ..shard import manager, observe, policy, replication, switchover
 from . import control, proxy_counts, topofile, view
 from . import scale as scaling
+from . import upgrade as upgrading
 from .agents import AgentProcess
 from .layout import ClusterConfig, ClusterDir, LayoutError
 from .proxyproc import ProxyProcess
@@ -328,6 +330,7 @@ class Supervisor:
             self.cfg.control_port,
             self.token,
             scale=self.scale,
+            upgrade=self.upgrade,
             cluster=self.cdir.root.name,
         )
         try:
@@ -502,6 +505,101 @@ class Supervisor:
             if self.cdir.member_dir(m.name).exists():  # absent if it never started
                 await asyncio.to_thread(shutil.rmtree, self.cdir.member_dir(m.name))
             log.info("%s removed from shard %d", m.name, shard)
+
+    # -- upgrade ----------------------------------------------------------------
+
+    async def upgrade(self, bindir: str, timeout: float) -> dict[str, Any]:
+        """Every member onto ``bindir`` (see upgrade.py); excludes ``scale`` meanwhile."""
+        async with self._scaling:
+            if not self.ready:
+                raise upgrading.UpgradeRefused("the cluster is still starting; retry when ready")
+            default = str(postgres.find_bindir().resolve())
+            primaries = {i: self.primary_of(i) for i in range(self.cfg.shards)}
+            plans = upgrading.plan(self.cfg, bindir, default, primaries)
+            deadline = time.monotonic() + timeout
+            rebuilt: list[str] = []
+            for p in plans:
+                for m in p.followers:
+                    await self._rebuild(m.name, bindir, deadline)
+                    rebuilt.append(m.name)
+                if p.primary is not None:
+                    primary_dsn = self.creds.superuser_dsn(
+                        p.primary.address, self.creds.app_database
+                    )
+                    others = [m.name for m in self.cfg.members(p.shard) if m != p.primary]
+                    await upgrading.caught_up(primary_dsn, others, deadline)
+                    try:
+                        await self.managers[p.shard].request_switchover(None)
+                    except (switchover.SwitchoverRefused, manager.SwitchoverFailed) as e:
+                        raise upgrading.UpgradeRefused(
+                            f"the switchover of shard {p.shard} failed: {e}; the shard keeps "
+                            f"{p.primary.name} on the old binaries: run the upgrade again"
+                        ) from None
+                    await self._rebuild(p.primary.name, bindir, deadline)
+                    rebuilt.append(p.primary.name)
+            self._adopt(dataclasses.replace(self.cfg, follower_bindir=bindir))
+            return {
+                "bindir": bindir,
+                "rebuilt": rebuilt,
+                "primaries": [self.primary_of(i) for i in range(self.cfg.shards)],
+            }
+
+    async def _rebuild(self, name: str, bindir: str, deadline: float) -> None:
+        """Recreate follower ``name`` on ``bindir``: stop its agent, delete its data, and
+        let a new agent bootstrap it from the primary; returns once it applies the log."""
+        shard = self.cfg.member(name).shard
+        self._adding.add(name)
+        try:
+            # Paused until the new agent reports (bootstrapping): a manager cycle seeing
+            # the member gone would ask it to rejoin, which fails while it bootstraps.
+            async with self.managers[shard].paused():
+                agent = await self._replace_agent(name, bindir, deadline)
+            self._supervise(agent, tracked=False)
+            try:
+                failure = await self._added_streaming({name}, max(1.0, deadline - time.monotonic()))
+            except scaling.ScaleRefused as e:
+                failure = str(e)
+        finally:
+            self._adding.discard(name)
+            if (w := self._watchers.get(name)) is not None and not w.done():
+                self._tasks.append(w)
+        if failure is not None:
+            raise upgrading.UpgradeRefused(
+                f"{failure}; {name} is recorded on {bindir}: run the upgrade again to continue"
+            )
+
+    async def _replace_agent(self, name: str, bindir: str, deadline: float) -> AgentProcess:
+        """Stop ``name``'s agent, delete its data, start a new agent on ``bindir``; returns
+        it once it reports a role (it is bootstrapping then)."""
+        if (watcher := self._watchers.pop(name, None)) is not None:
+            if watcher in self._tasks:
+                self._tasks.remove(watcher)
+            watcher.cancel()  # before the stop, so that it does not restart the agent
+            await asyncio.gather(watcher, return_exceptions=True)
+        await self.agents[name].stop()
+        # Until an observation shows it gone, the topology may still call it streaming.
+        while self._streaming(name) or self._role(name) is not None:
+            if time.monotonic() > deadline:
+                raise upgrading.UpgradeRefused(f"{name} still answers after its agent stopped")
+            await asyncio.sleep(0.1)
+        if self.cdir.member_dir(name).exists():
+            await asyncio.to_thread(shutil.rmtree, self.cdir.member_dir(name))
+        self._adopt(self.cfg.with_bindir(name, bindir))
+        spec = self.cfg.member(name)
+        agent = self.agents[name] = AgentProcess(self.cdir, self.cfg, spec)
+        log.info("%s: rebuilding on %s", name, bindir)
+        await agent.start(upstream=self._upstream(spec.shard))
+        for _ in range(300):  # 30 s at most; a failed start is the watcher's to report
+            if self._role(name) is not None or not agent.alive:
+                break
+            await asyncio.sleep(0.1)
+        return agent
+
+    def _streaming(self, name: str) -> bool:
+        topo = topofile.read(self.cdir)
+        return topo is not None and any(
+            f.name == name and f.state == "streaming" for s in topo.shards for f in s.followers
+        )
 
     async def _watch_proxy(self) -> None:
         """Restart the proxy if it exits while the cluster runs (after 1 s)."""
