@@ -281,3 +281,36 @@ def test_a_member_s_zone_is_its_node_s_and_reads_back_from_the_status() -> None:
     assert back.primary.zone is None
     # ... and what the proxy reads carries it.
     assert topology.from_dict({"shards": [entry]}).shards[0].followers[0].zone == "eu-1a"
+
+
+def test_statement_mode_publishes_seq_positions_and_the_applier_s_state() -> None:
+    def member(name: str, position: int | None, state: str = "catching-up") -> topology.Member:
+        return topology.Member(name, f"{name}:5432", "", position=position, state=state)
+
+    shard = topology.Shard(
+        index=1,
+        epoch=2,
+        primary=member("c_shard_1_0", 40),
+        followers=(
+            dataclasses.replace(member("c_shard_1_1", 40), lag_bytes=0),
+            member("c_shard_1_2", 31),
+            member("c_shard_1_3", None, state="down"),
+        ),
+        hash_range=RANGE,
+    )
+    applying = {"role": "follower", "pgRunning": True, "healthy": True}
+    agents = {
+        "c_shard_1_1": {**applying, "position": 40, "applier": {"state": "applying"}},
+        "c_shard_1_2": {**applying, "position": 31, "applier": {"state": "diverged"}},
+        "c_shard_1_3": None,
+    }
+    entry = kp.status_entry(kp.statement_states(shard, agents), "statement")
+    assert entry["primary"]["position"] == 40
+    assert [(f.get("position"), f["state"]) for f in entry["followers"]] == [
+        (40, "streaming"),
+        (31, "diverged"),
+        (None, "down"),
+    ]
+    assert not any("lagBytes" in f for f in entry["followers"])
+    parsed = topology.from_dict({"method": "statement", "shards": [entry]})
+    assert parsed.shards[0].followers[0].position == 40

@@ -391,3 +391,39 @@ def test_pods_of_a_root_only_test_node_keep_the_rest_of_the_restrictions() -> No
     pod = sts["spec"]["template"]["spec"]
     assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+
+
+def test_the_replication_method_is_read_back_from_the_statefulset() -> None:
+    """What reconcile compares a spec with: the method a shard's pods were made with."""
+    for method in specs.ReplicationMethod:
+        sts = build({"replication": {"method": method.value}})[("StatefulSet", "demo-shard-0")]
+        (container,) = sts["spec"]["template"]["spec"]["containers"]
+        assert env_of(container)[manifests.METHOD_ENV] == method.value
+        assert manifests.created_method(sts) is method
+    assert manifests.created_method(None) is None
+    # A StatefulSet made before the variable existed streamed WAL.
+    assert manifests.created_method({"spec": {"template": {"spec": {"containers": [{}]}}}}) is (
+        specs.ReplicationMethod.WAL
+    )
+
+
+async def test_a_changed_method_is_refused_and_the_created_one_kept() -> None:
+    """The CRD refuses the change; an object it did not check gets SpecValid=False, and
+    the managers keep the method the pods run (reconcile.method_in_use)."""
+    from pgshard_operator.k8s import reconcile
+
+    made = build({"replication": {"method": "statement"}})[("StatefulSet", "demo-shard-0")]
+
+    class Api:
+        async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+            assert (kind, namespace, name) == ("StatefulSet", "shop", "demo-shard-0")
+            return made
+
+    api: Any = Api()
+    statement = specs.parse_spec({"replication": {"method": "statement"}})
+    wal = specs.parse_spec({})
+    assert await reconcile.method_conflict(api, REF, statement) is None
+    refused = await reconcile.method_conflict(api, REF, wal)
+    assert refused is not None and not refused.status
+    assert "created with statement: the method is fixed at creation" in refused.message
+    assert await reconcile.method_in_use(api, REF, wal) is specs.ReplicationMethod.STATEMENT

@@ -208,10 +208,18 @@ def test_parser_agrees_with_the_crd() -> None:
             specs.parse_spec(sample)
 
 
-def test_statement_replication_is_refused_on_kubernetes_for_now() -> None:
-    """The CRD keeps the contract's value; the operator refuses it with the reason."""
+def test_statement_replication_is_accepted_in_async_mode_only() -> None:
+    """Statement mode runs on Kubernetes (the managers read positions as log sequence
+    numbers); sync and quorum are refused by the CRD and the operator, as locally."""
     from tests.support import crd
 
+    spec = specs.parse_spec({"replication": {"method": "statement"}})
+    assert spec.method is specs.ReplicationMethod.STATEMENT
+    assert spec.policy.replication.statement
+    assert not specs.parse_spec({}).policy.replication.statement
     assert crd.problems(crd.cluster({"replication": {"method": "statement"}})) == []
-    with pytest.raises(specs.SpecInvalid, match=r"spec\.replication\.method: statement is not"):
-        specs.parse_spec({"replication": {"method": "statement"}})
+    for mode in ({"mode": "sync"}, {"mode": "quorum", "quorum": 1}):
+        raw = {"replication": {"method": "statement", **mode}}
+        assert crd.problems(crd.cluster(raw)), mode
+        with pytest.raises(specs.SpecInvalid, match=r"replication\.mode: .* method statement"):
+            specs.parse_spec(raw)

@@ -224,6 +224,8 @@ class Agent:
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
         await self._stop_applier()
+        if self.role is Role.PRIMARY and self.s.statement_mode:
+            await self._drain_log()
         for conn in (self._probe_conn, self._log_conn):
             if conn is not None:
                 conn.terminate()
@@ -233,6 +235,22 @@ class Agent:
                 await asyncio.wait_for(self.store.release(self.s.name, wallclock.now()), 5)
             except Exception as e:  # it then simply expires
                 log.warning("could not release the lease: %s", e)
+
+    async def _drain_log(self) -> None:
+        """Statement mode: no logged commit after this, and a follower applies the last
+        entry before the server stops (``stop_writes`` waits for it, as for a
+        switchover), so a failover after a deleted pod or ``local down`` promotes one
+        that has every acknowledged write."""
+        host, port = self.s.server.host, self.s.server.port
+        try:
+            # The lock (terminating a writer after 3 s), then the follower's pull; bounded
+            # even when the server stops answering.
+            await asyncio.wait_for(
+                statement_roles.stop_writes(host, port, self.creds),
+                statement_roles.HANDOVER_SECONDS + 10,
+            )
+        except Exception as e:  # stopping goes on: the followers may then miss entries
+            log.warning("could not hand the statement log over before stopping: %s", e)
 
     # -- the lease ------------------------------------------------------------------
 

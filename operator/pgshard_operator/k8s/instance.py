@@ -10,9 +10,11 @@ The primary lease is the shard's ``coordination.k8s.io/v1`` Lease
 (``--kube-lease``, ``k8s/lease.py``), held by the agent of the primary pod. Start
 rules (:func:`start_plan`, pure): an empty volume of ordinal 0 while nobody holds
 the lease initialises the shard (initdb); any other empty volume copies the
-lease holder (else ordinal 0) and follows it; a volume with data starts with
-``--hold-primary``, so a restarted primary never serves on its own: the shard
-manager fails over (or rejoins it) first.
+lease holder (else ordinal 0) and follows it (``statement`` method: a dump at an
+exported snapshot, then the applier; ``wal``: pg_basebackup, then streaming); a
+volume with data starts with ``--hold-primary``, so a restarted primary never serves
+on its own: the shard manager fails over (or rejoins it) first (a statement-mode
+follower's volume also gets ``--upstream``, the primary it applied the log of).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pgshard_proxy.contract import statement_log as slog
+
 from .. import atomicfile, naming
+from ..instance import config
 from . import apply, lease
 
 CONNECT_FROM = "0.0.0.0/0"
@@ -53,6 +58,9 @@ class PodEnv:
     """``PGSHARD_TLS_DIR`` (``spec.tls``): ca.crt, server.crt, server.key."""
     tls_server_name: str | None = None
     """``PGSHARD_TLS_SERVER_NAME``: the shard's name members' certificates are verified for."""
+    method: str = "wal"
+    """``PGSHARD_REPLICATION_METHOD`` (``spec.replication.method``): ``statement`` makes
+    followers copies by dump that run the applier instead of streaming WAL."""
 
     @property
     def ordinal(self) -> int:
@@ -92,6 +100,7 @@ def pod_env(env: Mapping[str, str]) -> PodEnv:
         control_token=need("PGSHARD_CONTROL_TOKEN"),
         tls_dir=env.get("PGSHARD_TLS_DIR") or None,
         tls_server_name=env.get("PGSHARD_TLS_SERVER_NAME") or None,
+        method=env.get("PGSHARD_REPLICATION_METHOD") or "wal",
     )
 
 
@@ -154,6 +163,7 @@ def agent_argv(
         "--shard", str(p.shard),
         "--lease-ttl", p.lease_ttl,
         "--hba-network", CONNECT_FROM,
+        "--replication-method", p.method,
     ]  # fmt: skip
     if p.tls_dir is not None:
         argv += ["--tls-dir", p.tls_dir]
@@ -163,11 +173,31 @@ def agent_argv(
         argv += ["--pg-option", option]
     if hold_primary:
         argv.append("--hold-primary")
+        if upstream is not None:  # a statement follower's volume: whom its applier pulls from
+            argv += ["--upstream", upstream]
     elif upstream is None:
         argv.append("--bootstrap-primary")
     else:
         argv += ["--upstream", upstream]
     return argv
+
+
+def pinned_upstream(data_dir: Path) -> str | None:
+    """``host:port`` a statement-mode follower's volume applied the log of (its agent
+    pinned it, ``pgshard.upstream`` in postgresql.auto.conf); None for any other volume.
+    A restarted follower needs it to start its applier (a WAL follower has
+    ``primary_conninfo``); if the primary moved meanwhile, the shard manager repoints it."""
+    if not (data_dir / config.STATEMENT_FOLLOWER).exists():
+        return None
+    try:
+        lines = (data_dir / "postgresql.auto.conf").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == slog.UPSTREAM_SETTING:
+            return value.strip().strip("'") or None
+    return None
 
 
 def credentials_doc(p: PodEnv) -> dict[str, str]:
@@ -219,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     empty = not (p.data_dir / "PG_VERSION").exists()
     plan = start_plan(p, empty, asyncio.run(lease_holder(p)) if empty else None)
     upstream = asyncio.run(pod_address(p, plan.copy_from)) if plan.copy_from else None
+    if plan.hold_primary and p.method == "statement":
+        upstream = pinned_upstream(p.data_dir)
     args = agent_argv(p, upstream, conf_text, hold_primary=plan.hold_primary)
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "pgshard_operator.instance.main", *args])

@@ -53,7 +53,7 @@ from ..instance.credentials import Credentials
 from ..model import spec as specs
 from ..platform import base
 from ..platform import kubernetes as kube_platform
-from ..shard import manager, policy, switchover
+from ..shard import manager, observe, policy, switchover
 from . import manifests, proxy_counts, reconcile, tls, zones
 from .apply import Api, ApiError, secret_data
 from .objects import ClusterRef
@@ -388,6 +388,9 @@ async def _converge(
     except specs.SpecInvalid:
         await _stop(running, list(running))
         return
+    # A refused change of method (reconcile.method_conflict) leaves the managers as
+    # they were: they keep the method the members run.
+    spec = specs.with_method(spec, await reconcile.method_in_use(api, ref, spec))
     shard_policy = member_policy(spec.policy)
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
@@ -396,6 +399,9 @@ async def _converge(
     found = await credentials(api, ref, tls_on) if missing else None
     if found is None:
         missing = []  # none missing, or no Secrets yet (the reconcile handler makes them)
+    observer: manager.Observer = observe.observe
+    if spec.method is specs.ReplicationMethod.STATEMENT:
+        observer = observe.statement_observer(manifests.APP_DATABASE)
     for i in missing:
         assert found is not None
         platform = kube_platform.KubernetesPlatform(
@@ -413,6 +419,7 @@ async def _converge(
         shard_manager = manager.ShardManager(
             platform,
             shard_policy,
+            observer=observer,
             logger=logging.getLogger(f"pgshard_operator.shard.{ref.name}.{i}"),
             on_status=StatusWriter(api, ref, i),
             force_command=force_command(ref, i),

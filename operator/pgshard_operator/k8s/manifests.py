@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -210,6 +210,21 @@ def _tls_volume(ref: ClusterRef, key: str) -> dict[str, Any]:
 TLS_MOUNT = {"name": "tls", "mountPath": tls.MOUNT, "readOnly": True}
 
 
+METHOD_ENV = "PGSHARD_REPLICATION_METHOD"
+
+
+def created_method(statefulset: Mapping[str, Any] | None) -> specs.ReplicationMethod | None:
+    """The replication method a shard's StatefulSet runs its pods with (None: no
+    StatefulSet yet). Fixed at creation: wal followers and statement followers hold
+    different copies, so a change could not be rolled out member by member."""
+    template = ((statefulset or {}).get("spec") or {}).get("template") or {}
+    for container in (template.get("spec") or {}).get("containers") or ():
+        for env in container.get("env") or ():
+            if env.get("name") == METHOD_ENV:
+                return specs.ReplicationMethod(env.get("value"))
+    return specs.ReplicationMethod.WAL if statefulset is not None else None
+
+
 def _instance_env(
     ref: ClusterRef, spec: specs.ClusterSpec, shard: int, extra: tuple[tuple[str, str], ...]
 ) -> list[dict[str, Any]]:
@@ -227,7 +242,7 @@ def _instance_env(
                 ("PGSHARD_STATUS_PORT", str(naming.STATUS_PORT)),
                 ("PGSHARD_DATA_DIR", f"{DATA_MOUNT}/data"),
                 ("PGSHARD_PG_CONFIG", f"{CONFIG_MOUNT}/postgresql.conf"),
-                ("PGSHARD_REPLICATION_METHOD", spec.method.value),
+                (METHOD_ENV, spec.method.value),
                 ("PGSHARD_LEASE_NAME", naming.shard_lease(ref.name, shard)),
                 ("PGSHARD_LEASE_TTL_SECONDS", f"{spec.policy.failover.lease_ttl_seconds:g}"),
             ]

@@ -108,6 +108,34 @@ async def tls_in_use(api: Api, ref: ClusterRef, spec: specs.ClusterSpec) -> bool
     return tls.in_use(first, spec.tls)
 
 
+async def method_in_use(
+    api: Api, ref: ClusterRef, spec: specs.ClusterSpec
+) -> specs.ReplicationMethod:
+    """The replication method the cluster runs with: the spec's until the first shard's
+    StatefulSet exists, then the one it was made with (``manifests.created_method``)."""
+    first = await api.get("StatefulSet", ref.namespace, naming.shard_statefulset(ref.name, 0))
+    return manifests.created_method(first) or spec.method
+
+
+async def method_conflict(
+    api: Api, ref: ClusterRef, spec: specs.ClusterSpec
+) -> st.Condition | None:
+    """A spec asking for another replication method than the cluster was created with
+    (the CRD refuses the change; this catches objects it did not check)."""
+    in_use = await method_in_use(api, ref, spec)
+    if in_use is spec.method:
+        return None
+    return st.Condition(
+        st.ConditionType.SPEC_VALID,
+        False,
+        st.Reason.SPEC_IMPOSSIBLE,
+        f"spec.replication.method is {spec.method.value} but the cluster was created with "
+        f"{in_use.value}: the method is fixed at creation (followers hold copies of "
+        f"another kind); set it back to {in_use.value}, or create a new ShardedCluster "
+        "and move the data",
+    )
+
+
 async def _certificates(
     api: Api, ref: ClusterRef, spec: specs.ClusterSpec, now: datetime.datetime
 ) -> tls.Plan:
@@ -179,6 +207,9 @@ async def reconcile(
     if isinstance(checked, st.Condition):
         return _refused(body, checked, now)
     spec = checked
+    conflict = await method_conflict(api, ref, spec)
+    if conflict is not None:
+        return _refused(body, conflict, now)
     creds = await _credentials(api, ref)
     pods = await _instance_pods(api, ref)
     events: list[EventNote] = []
@@ -244,6 +275,9 @@ async def reconcile(
     return Outcome(
         status={
             "observedGeneration": generation,
+            # The proxy writes the statement log only when the status says so: published
+            # with the objects, before any pod can serve.
+            "method": spec.method.value,
             "conditions": st.merge_conditions(
                 status.get("conditions") or (), conditions, now, generation
             ),
@@ -263,7 +297,7 @@ async def refresh(
     where the proxy pods' zones come from (None: ``nodeZones`` is left out)."""
     ref = cluster_ref(body)
     checked = check_spec(body.get("spec"), ref.name)
-    if isinstance(checked, st.Condition):
+    if isinstance(checked, st.Condition) or await method_conflict(api, ref, checked):
         return Outcome(status={})
     spec = checked
     pods = await _instance_pods(api, ref)

@@ -354,12 +354,11 @@ def _check_replication(r: _Reader) -> ReplicationMethod:
     if mode != quorum_mode and "quorum" in r.raw:
         r.bad("quorum", "is only used with mode quorum; remove it or set mode: quorum")
     method = r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
-    if method is ReplicationMethod.STATEMENT:
+    if method is ReplicationMethod.STATEMENT and mode != shard_policy.ReplicationMode.ASYNC.value:
         r.bad(
-            "method",
-            "statement is not available on Kubernetes yet (pods would still stream WAL "
-            "while the proxy treated the cluster as statement-replicated); use wal, or "
-            "'pgshard local up --replication-method statement' on one machine",
+            "mode",
+            f"{mode} is not available with method statement yet (followers apply the log "
+            "asynchronously, no commit waits for them); use mode: async, or method: wal",
         )
     return method
 
@@ -458,12 +457,21 @@ def parse_spec(raw: object) -> ClusterSpec:
         ),
         tls=r.child("tls").boolean("enabled", TLS_DEFAULT),
     )
-    spec = dataclasses.replace(spec, policy=_failover_buffer(spec, proxy))
+    spec = with_method(dataclasses.replace(spec, policy=_failover_buffer(spec, proxy)), spec.method)
     if spec.proxy.tls_required and not spec.tls:
         problems.append("spec.proxy.tls.required: needs spec.tls.enabled (the proxy's certificate)")
     if problems:
         raise SpecInvalid(tuple(problems))
     return spec
+
+
+def with_method(spec: ClusterSpec, method: ReplicationMethod) -> ClusterSpec:
+    """``spec`` replicating by ``method``; the shard managers' policy reads positions as
+    log sequence numbers in ``statement`` mode."""
+    statement = method is ReplicationMethod.STATEMENT
+    replication = dataclasses.replace(spec.policy.replication, statement=statement)
+    policy = dataclasses.replace(spec.policy, replication=replication)
+    return dataclasses.replace(spec, method=method, policy=policy)
 
 
 def impossibilities(spec: ClusterSpec, cluster: str) -> tuple[str, ...]:

@@ -53,6 +53,7 @@ from .. import naming
 from ..instance.credentials import Credentials
 from ..k8s import apply, lease, zones
 from ..k8s.instance import member_pod_name
+from ..local import view
 from ..shard import state
 from . import base
 from .agent_client import AgentClient, AgentRef
@@ -256,6 +257,25 @@ def _published_member(m: topology.Member, method: str, follower: bool) -> dict[s
     return out
 
 
+def statement_states(
+    shard: topology.Shard, agents: Mapping[str, Mapping[str, Any] | None]
+) -> topology.Shard:
+    """Statement mode: each follower's state from its agent (``agents``, by member name),
+    as ``pgshard local status`` judges it: the applier's progress, ``diverged`` when it
+    stopped at an entry it could not apply (the proxy reads only from ``streaming``
+    followers). The primary has no replication rows to judge by; a follower the manager
+    saw down or bootstrapping stays so. No ``lagBytes``: positions are entries."""
+    primary_seq = shard.primary.position if shard.primary is not None else None
+
+    def judged(f: topology.Member) -> topology.Member:
+        state_now = f.state
+        if state_now not in ("down", "bootstrapping"):
+            state_now = view.statement_follower_state(agents.get(f.name), primary_seq)
+        return dataclasses.replace(f, state=state_now, lag_bytes=None)
+
+    return dataclasses.replace(shard, followers=tuple(map(judged, shard.followers)))
+
+
 def status_entry(shard: topology.Shard, method: str) -> dict[str, Any]:
     """The ``status.shards[i]`` entry for ``shard``: pod names, no credentials, no nulls
     (the API server prunes nulls; a missing primary reads as "none")."""
@@ -361,6 +381,8 @@ class KubernetesPlatform:
         self._served_in: dict[str, str] = {}
         """Pod name -> UID of the pod its member was last seen alive in."""
         """Pod IP per member as last read (actions go to the agent there)."""
+        self._agent_docs: dict[str, Mapping[str, Any] | None] = {}
+        """Each member's agent ``/status`` at the last snapshot (statement-mode states)."""
 
     # -- reading -----------------------------------------------------------------------
 
@@ -372,9 +394,11 @@ class KubernetesPlatform:
 
     @staticmethod
     def _shape(cluster: Mapping[str, Any]) -> tuple[int, str]:
-        """Shard count and replication method from the cluster's spec (validated by then)."""
+        """Shard count and replication method: the method the operator published in the
+        status (kept when a change of it was refused), else the spec's (validated by then)."""
         spec = cluster.get("spec") or {}
-        method = str((spec.get("replication") or {}).get("method", "wal"))
+        published = (cluster.get("status") or {}).get("method")
+        method = str(published or (spec.get("replication") or {}).get("method", "wal"))
         return int(spec.get("shards", 2)), method
 
     def _record(self, cluster: Mapping[str, Any], held: state.Lease | None) -> topology.Shard:
@@ -452,6 +476,7 @@ class KubernetesPlatform:
             if info.process is state.ProcessState.ALIVE and p.uid:
                 self._served_in[p.pod] = p.uid
         self._ips = {member_name(p.pod): p.ip for p in pods if p.ip}
+        self._agent_docs = {member_name(p.pod): p.agent for p in pods}
         return state.ShardSnapshot(
             members=infos, shard=record, version=record_version(record), lease=held
         )
@@ -537,6 +562,8 @@ class KubernetesPlatform:
                         f"shard {self.ref.index}'s record changed since it was read"
                     )
                 shards, method = self._shape(cluster)
+                if method == "statement":
+                    shard = statement_states(shard, self._agent_docs)
                 entries = replace_entry(
                     (cluster.get("status") or {}).get("shards") or (),
                     status_entry(shard, method),
