@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from pgshard_proxy.contract import statement_log as slog
 from tests.support import localcluster
 from tests.support.statement_writer import Write, table_contents, write
 
@@ -31,6 +32,15 @@ async def _settled(c: localcluster.LocalCluster, timeout: float = 60) -> dict[st
             ):
                 return shard
             await asyncio.sleep(0.2)
+
+
+async def _log_range(dsn: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(f"SELECT min(seq), max(seq) FROM {slog.TABLE}")
+        return row[0], row[1]
+    finally:
+        await conn.close()
 
 
 async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
@@ -60,6 +70,12 @@ async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
         expected = await table_contents(shard["primary"]["dsn"], ["t"])
         for f in shard["followers"]:
             assert await table_contents(f["dsn"], ["t"]) == expected
+        # The agents trim what every follower applied, on each member (every 5 s).
+        async with asyncio.timeout(30):
+            for m in (shard["primary"], *shard["followers"]):
+                while (oldest_newest := await _log_range(m["dsn"])) != (22, 22):
+                    assert oldest_newest[1] == 22
+                    await asyncio.sleep(0.2)
 
         # Through the proxy: reads are answered (writes: test_proxy_statement_log.py).
         via_proxy = await asyncpg.connect(doc["proxy"]["dsn"])

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from pgshard_operator.instance import applier as applier_mod
-from pgshard_operator.instance import dumpcopy, postgres
+from pgshard_operator.instance import dumpcopy, logtrim, postgres
 from pgshard_proxy.contract import statement_log as slog
 from tests.support import pgserver
 from tests.support.statement_writer import Transaction, Write, table_contents, write
@@ -92,10 +92,20 @@ async def running(a: applier_mod.Applier) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-async def bootstrap(primary: pgserver.PgServer, follower: pgserver.PgServer) -> int:
+def address(server: pgserver.PgServer) -> str:
+    return f"{server.host}:{server.port}"
+
+
+async def bootstrap(
+    primary: pgserver.PgServer, follower: pgserver.PgServer, name: str | None = None
+) -> int:
+    """Copy ``primary`` into ``follower`` (with ``name``: its bookmark set on the primary)."""
     await create_app_db(follower, schema=False)
     pos = await dumpcopy.copy_database(
-        postgres.Binaries.detect(), endpoint(primary), endpoint(follower)
+        postgres.Binaries.detect(),
+        endpoint(primary),
+        endpoint(follower),
+        bookmark=(name, address(follower)) if name else None,
     )
     await make_read_only(follower)
     return pos
@@ -355,51 +365,6 @@ async def test_an_entry_that_fails_stops_the_applier_and_is_never_skipped(
     assert rows["t"] == [(1,), (7,)]  # 8 was not applied past the failed entry
 
 
-async def test_a_follower_repointed_to_a_promoted_follower_gets_the_entries_it_missed(
-    servers: list[pgserver.PgServer],
-    conn: asyncpg.Connection,
-) -> None:
-    """Failover's log mechanics: f1 applied more than f2; f1 becomes the writer
-    (continuing the sequence) and f2, repointed, pulls the rest from f1's own log."""
-    primary, f1, f2 = servers
-    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
-    await bootstrap(primary, f1)
-    await bootstrap(primary, f2)
-    a1 = applier_mod.Applier("f1", app_dsn(f1), app_dsn(primary))
-    a2 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(primary))
-    async with running(a1), running(a2):
-        for i in range(5):
-            await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
-        await caught_up(a2, primary)
-    async with running(a1):  # f2 is behind now
-        for i in range(5, 10):
-            await write(conn, [Write("UPDATE t SET v = v + $1", (i,))])
-        await caught_up(a1, primary)
-    primary.stop()
-    # Promote f1: writable, the sequence continues after the last entry it applied.
-    # (The reload reaches open sessions asynchronously: this one sets it itself.)
-    c1 = await asyncpg.connect(
-        app_dsn(f1), server_settings={"default_transaction_read_only": "off"}
-    )
-    try:
-        await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
-        await c1.execute("SELECT pg_reload_conf()")
-        await c1.execute(slog.CONTINUE_SQL)
-    finally:
-        await c1.close()
-    a2.repoint(app_dsn(f1))
-    c1 = await asyncpg.connect(app_dsn(f1), server_settings={
-        "default_transaction_read_only": "off"})  # fmt: skip
-    try:
-        seq = await write(c1, [Write("INSERT INTO t VALUES (100, 1)")])
-        assert seq == 12  # after CREATE, 5 inserts, 5 updates
-        async with running(a2):
-            await caught_up(a2, f1)
-    finally:
-        await c1.close()
-    await assert_identical(f1, f2)
-
-
 async def test_settings_reverted_by_rollback_to_savepoint_are_set_again(
     servers: list[pgserver.PgServer],
     conn: asyncpg.Connection,
@@ -427,3 +392,89 @@ async def test_settings_reverted_by_rollback_to_savepoint_are_set_again(
     await assert_identical(primary, follower)
     rows = await table_contents(app_dsn(follower), ["t"])
     assert rows["t"] == [(2, "2024-01-01 21:00:00+09")]
+
+
+async def log_range(server: pgserver.PgServer) -> tuple[int, int]:
+    """The oldest and newest ``seq`` in ``server``'s log."""
+    c = await asyncpg.connect(app_dsn(server))
+    try:
+        row = await c.fetchrow(f"SELECT min(seq), max(seq) FROM {slog.TABLE}")
+        return int(row[0]), int(row[1])
+    finally:
+        await c.close()
+
+
+async def trimmed_to(server: pgserver.PgServer, oldest: int, timeout: float = 30) -> None:
+    """Wait until ``server``'s applier trimmed its own log to start at ``oldest``."""
+    async with asyncio.timeout(timeout):
+        while (got := await log_range(server))[0] != oldest:
+            assert got[0] < oldest, f"trimmed past {oldest}: {got}"
+            await asyncio.sleep(0.1)
+
+
+async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging_one(
+    servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The primary trims what every follower applied (a bookmark holds it for a copy
+    not yet applying, a stopped applier for its follower), followers trim no further
+    than their primary. Failover's log mechanics: f1 applied more than f2; f1 becomes
+    the writer (continuing the sequence) and f2, repointed, pulls the rest from f1's
+    own log. Then f2 leaves the shard: its bookmark stops counting, and its applier
+    stops (diverged) rather than skip what was trimmed."""
+    monkeypatch.setattr(logtrim, "PERIOD_SECONDS", 0.0)
+    primary, f1, f2 = servers
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
+    pos = await bootstrap(primary, f1, "f1")
+    await bootstrap(primary, f2, "f2")
+    for i in range(5):
+        await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
+    await logtrim.trim_primary(conn, "p", None)
+    assert await log_range(primary) == (pos, pos + 5), "entries the copies need were trimmed"
+    a1 = applier_mod.Applier("f1", app_dsn(f1), app_dsn(primary), address=address(f1))
+    a2 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(primary), address=address(f2))
+    async with running(a1):
+        async with running(a2):
+            await caught_up(a1, primary)
+            await caught_up(a2, primary)
+            await logtrim.trim_primary(conn, "p", None)
+            last = (await log_range(primary))[1]
+            assert await log_range(primary) == (last, last)  # only the position stays
+            await trimmed_to(f1, last)
+            await trimmed_to(f2, last)
+        lagging = a2.applied  # f2's applier is stopped from here on: f2 is behind
+        for i in range(5, 10):
+            await write(conn, [Write("UPDATE t SET v = v + $1", (i,))])
+        await caught_up(a1, primary)
+        await logtrim.trim_primary(conn, "p", {address(primary)})  # f2 left, within grace
+        assert (await log_range(primary))[0] == lagging, "f2's entries were trimmed"
+        await asyncio.sleep(1.5)  # f1 polls (and trims) at least once more
+        assert (await log_range(f1))[0] == lagging
+    primary.stop()
+    # Promote f1: writable, the sequence continues after the last entry it applied.
+    # (The reload reaches open sessions asynchronously: this one sets it itself.)
+    c1 = await asyncpg.connect(app_dsn(f1), server_settings={
+        "default_transaction_read_only": "off"})  # fmt: skip
+    try:
+        await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await c1.execute("SELECT pg_reload_conf()")
+        await c1.execute(slog.CONTINUE_SQL)
+        seq = await write(c1, [Write("INSERT INTO t VALUES (100, 1)")])
+        assert seq == 12  # after CREATE, 5 inserts, 5 updates
+        a2.repoint(app_dsn(f1))
+        async with running(a2):
+            await caught_up(a2, f1)
+        await assert_identical(f1, f2)
+        # f1's own bookmark (from the dump) never counts; f2 leaves the shard.
+        for i in (101, 102):
+            await write(c1, [Write("INSERT INTO t VALUES ($1, 1)", (i,))])
+        await logtrim.trim_primary(c1, "f1", {address(f1)}, grace=0)
+        assert await log_range(f1) == (seq + 2, seq + 2)
+        async with running(a2) as task:
+            async with asyncio.timeout(30):
+                await asyncio.shield(task)
+        assert a2.state is applier_mod.State.DIVERGED
+        assert a2.status()["divergedAt"] == seq + 1 and "trimmed" in a2.status()["error"]
+    finally:
+        await c1.close()

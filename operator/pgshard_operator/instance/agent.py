@@ -26,6 +26,7 @@ from . import (
     bootstrap,
     config,
     lease,
+    logtrim,
     peers,
     postgres,
     rejoin,
@@ -219,7 +220,10 @@ class Agent:
 
     async def run(self) -> None:
         """Supervise the server and keep the lease until cancelled."""
-        await asyncio.gather(self.pg.run(), self._lease_loop())
+        loops = [self.pg.run(), self._lease_loop()]
+        if self.s.statement_mode:
+            loops.append(self._trim_loop())
+        await asyncio.gather(*loops)
 
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
@@ -409,6 +413,7 @@ class Agent:
             self.s.name,
             self._app_dsn(self.s.server.host, self.s.server.port),
             self._app_dsn(up.host, up.port),
+            address=f"{self.s.server.host}:{self.s.server.port}",
         )
         self._applier_task = asyncio.ensure_future(self.applier.run())
 
@@ -417,6 +422,33 @@ class Agent:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def _trim_loop(self) -> None:
+        """Statement mode, while primary: trim the log every period (logtrim.py)."""
+        conn: Any = None
+        try:
+            while True:
+                await asyncio.sleep(logtrim.PERIOD_SECONDS)
+                if self.role is not Role.PRIMARY or self.pg.pid is None:
+                    continue
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await sql.connect(
+                            self.s.server.host,
+                            self.s.server.port,
+                            self.creds,
+                            database=self.creds.app_database,
+                        )
+                        await conn.execute(slog.SCHEMA_SQL)  # a log made before trimming
+                    await logtrim.trim_primary(conn, self.s.name, await self.peers.members())
+                except Exception as e:  # the next period tries again
+                    log.warning("statement log not trimmed: %s", e)
+                    if conn is not None:
+                        conn.terminate()
+                        conn = None
+        finally:
+            if conn is not None:
+                conn.terminate()
 
     async def _log_position(self) -> int:
         """This member's statement log position (the highest ``seq`` in its log)."""

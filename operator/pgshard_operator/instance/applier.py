@@ -6,7 +6,10 @@ the entries after its position from the primary in bounded batches (LISTEN wakes
 a slow poll covers notifications lost while reconnecting) and applies each entry in
 one local transaction that also inserts the entry into the follower's own log, so
 data and position commit together and a crash loses neither. The primary learns
-how far it got (``pgshard.followers``), which is what it keeps entries for.
+how far it got (``pgshard.followers``), which is what it keeps entries for; the
+applier trims its own copy of the log no further than the primary did (logtrim.py).
+A primary that trimmed entries this follower still needs (it stopped counting it)
+stops the applier as diverged too: only a new copy can continue.
 
 An entry that fails to apply is never skipped: the applier stops with the entry and
 the error (``DIVERGED``) and the agent reports the follower as diverged. Lost
@@ -20,12 +23,15 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import time
 from typing import Any
 
 import asyncpg
 
 from pgshard_proxy.contract import pgtls
 from pgshard_proxy.contract import statement_log as slog
+
+from . import logtrim
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,17 @@ class Applier:
     ``pgshard`` schema and ``SET ROLE`` to every writer (the superuser).
     """
 
-    def __init__(self, name: str, local_dsn: str, source_dsn: str, batch: int = BATCH) -> None:
+    def __init__(
+        self,
+        name: str,
+        local_dsn: str,
+        source_dsn: str,
+        batch: int = BATCH,
+        address: str | None = None,
+    ) -> None:
         self.name = name
+        self.address = address
+        """This follower's ``host:port`` as the shard's members list it (its bookmark's)."""
         self.local_dsn = local_dsn
         self.source_dsn = source_dsn
         self.batch = batch
@@ -93,6 +108,7 @@ class Applier:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._repointed = asyncio.Event()
+        self._trimmed_at = 0.0
 
     def repoint(self, source_dsn: str) -> None:
         """Pull from another primary from now on (after a failover); keeps the position."""
@@ -153,8 +169,9 @@ class Applier:
             )
             try:
                 await source.add_listener(slog.CHANNEL, self._notified)
+                await local.execute(slog.SCHEMA_SQL)  # a log copied before log_trimmed existed
                 self.applied = int(await local.fetchval(slog.POSITION_SQL))
-                await source.execute(slog.BOOKMARK_SQL, self.name, self.applied)
+                await self._bookmark(source)
                 self.state = State.APPLYING
                 self.last_error = None
                 while not self._repointed.is_set():
@@ -170,9 +187,22 @@ class Applier:
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
+    async def _bookmark(self, source: Any) -> None:
+        await source.execute(slog.BOOKMARK_SQL, self.name, self.applied, self.address)
+
     async def _pull(self, local: Any, source: Any) -> bool:
         """Apply the next batch; whether there was anything to apply."""
         rows = await source.fetch(slog.READ_SQL, self.applied, self.batch)
+        # Read after the entries: a trim that removed some of them has marked it by now.
+        below = int(await source.fetchval(slog.TRIMMED_SQL))
+        if below - 1 > self.applied:
+            raise ApplyFailed(
+                self.applied + 1,
+                f"the primary trimmed its log up to entry {below - 1} before this follower "
+                f"applied it (at {self.applied}; it stopped counting this follower, e.g. "
+                "after it left the shard): copy it again (rejoin)",
+            )
+        await self._trim_own(local, below)
         if not rows:
             self.source_position = self.applied
             return False
@@ -184,8 +214,17 @@ class Applier:
             await apply_entry(local, entry, row)
             self.applied = entry.seq
         self.source_position = max(self.applied, self.source_position or 0)
-        await source.execute(slog.BOOKMARK_SQL, self.name, self.applied)
+        await self._bookmark(source)
         return True
+
+    async def _trim_own(self, local: Any, source_below: int) -> None:
+        """At most every period: drop the entries the primary dropped, never this
+        follower's newest (its position)."""
+        now = time.monotonic()
+        if now - self._trimmed_at < logtrim.PERIOD_SECONDS:
+            return
+        self._trimmed_at = now
+        await logtrim.trim(local, min(source_below, self.applied))
 
 
 async def apply_entry(conn: Any, entry: slog.Entry, row: Any) -> None:

@@ -222,7 +222,10 @@ async def copy_follower(
                 )
 
             position = await dumpcopy.copy_database(
-                bins, endpoint(up.host, up.port), endpoint(settings.host, settings.port)
+                bins,
+                endpoint(up.host, up.port),
+                endpoint(settings.host, settings.port),
+                bookmark=(settings.name, f"{settings.host}:{settings.port}"),
             )
         finally:
             # Fast shutdown: others (the proxy's position monitor) may have connected to

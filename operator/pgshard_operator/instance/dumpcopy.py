@@ -49,11 +49,24 @@ class Endpoint:
 
 
 async def copy_database(
-    bins: postgres.Binaries, source: Endpoint, target: Endpoint, timeout: float = 3600
+    bins: postgres.Binaries,
+    source: Endpoint,
+    target: Endpoint,
+    timeout: float = 3600,
+    bookmark: tuple[str, str] | None = None,
 ) -> int:
-    """Dump ``source`` at one snapshot into ``target``; the log position in that snapshot."""
+    """Dump ``source`` at one snapshot into ``target``; the log position in that snapshot.
+
+    With ``bookmark`` (the follower's name and address), first record it on ``source``
+    at its current position, no later than the snapshot's: the primary keeps the
+    entries the copy will apply after the dump (logtrim.py)."""
     conn = await asyncpg.connect(**source.connect_args(), timeout=10)
     try:
+        if bookmark is not None and await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{slog.SCHEMA}.followers"
+        ):
+            now = await conn.fetchval(slog.POSITION_SQL)
+            await conn.execute(slog.BOOKMARK_SQL, bookmark[0], now, bookmark[1])
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
             has_log = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", slog.TABLE)

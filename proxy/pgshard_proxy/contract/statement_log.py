@@ -26,8 +26,12 @@ the divergence).
 
 **Positions:** on every member ``POSITION_SQL`` (the highest ``seq`` in its log). A
 follower's applier inserts each entry it applies into its own log in the same
-transaction, so its log is a prefix of the primary's: a promoted follower serves the
+transaction, so its log is a range of the primary's: a promoted follower serves the
 entries others still miss, and a snapshot of the primary carries its position.
+
+**Trimming** (``pgshard_operator.instance.logtrim``): entries every follower applied
+are removed (:data:`TRIM_SQL`), never a member's newest one (its position);
+``log_trimmed`` says how far, so a follower that fell behind a trim knows it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 SCHEMA = "pgshard"
 TABLE = "pgshard.statement_log"
 SEQUENCE = "pgshard.statement_seq"
+TRIMMED_TABLE = "pgshard.log_trimmed"
 CHANNEL = "pgshard_statement_log"
 """NOTIFY channel the writer signals on commit; appliers LISTEN to wake."""
 
@@ -66,10 +71,17 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.followers (
     seq bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE {SCHEMA}.followers ADD COLUMN IF NOT EXISTS address text;
+CREATE TABLE IF NOT EXISTS {TRIMMED_TABLE} (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    below bigint NOT NULL
+);
 """
-"""Idempotent DDL, run by the instance agent on a primary's application database.
-``followers`` holds each follower's applied ``seq`` (written by its applier), what
-the primary keeps log entries for."""
+"""Idempotent DDL, run by the instance agent on a primary's application database (and
+by the trimmer and the applier, for logs made before a table was added).
+``followers`` holds each follower's applied ``seq`` and address (written by its
+applier, or by its snapshot copy before the dump), what the primary keeps log entries
+for; ``log_trimmed`` how far this member's log was trimmed (see :data:`TRIM_SQL`)."""
 
 LOCK_SQL = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
 """Run by the writer before the first write statement of a transaction."""
@@ -100,10 +112,33 @@ VALUES ($1, $2, $3::jsonb, $4::jsonb, $5)
 """An applier records the entry it applied in its own log, as it is (same transaction)."""
 
 BOOKMARK_SQL = f"""
-INSERT INTO {SCHEMA}.followers (name, seq) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at = now()
+INSERT INTO {SCHEMA}.followers (name, seq, address) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE
+SET seq = excluded.seq, address = excluded.address, updated_at = now()
 """
-"""An applier tells the primary how far it applied (``$1`` its name, ``$2`` its seq)."""
+"""An applier tells the primary how far it applied (``$1`` its name, ``$2`` its seq,
+``$3`` its ``host:port``); a snapshot copy sets it before the dump (a bookmark)."""
+
+TRIMMED_SQL = f"SELECT coalesce((SELECT below FROM {TRIMMED_TABLE}), 0)"
+"""Every entry with a smaller ``seq`` is gone from this member's log (none at or above
+it was removed): a follower whose position is below ``this - 1`` can no longer catch
+up from here."""
+
+TRIM_SQL = f"""
+WITH gone AS (
+    DELETE FROM {TABLE} WHERE seq IN (
+        SELECT seq FROM {TABLE} WHERE seq < $1 ORDER BY seq LIMIT $2
+    )
+    RETURNING seq
+), mark AS (
+    INSERT INTO {TRIMMED_TABLE} (below) SELECT max(seq) + 1 FROM gone HAVING count(*) > 0
+    ON CONFLICT (one) DO UPDATE SET below = greatest({TRIMMED_TABLE}.below, excluded.below)
+)
+SELECT count(*) FROM gone
+"""
+"""Remove the oldest entries below ``$1`` (at most ``$2``) and record how far, in one
+statement. Callers pass a bound no higher than their position, so the newest entry
+(the position itself) always stays."""
 
 CONTINUE_SQL = f"SELECT setval('{SEQUENCE}', greatest(1, ({POSITION_SQL})), ({POSITION_SQL}) > 0)"
 """On promotion: the new writer continues the sequence after the last entry it applied."""
