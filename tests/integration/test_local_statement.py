@@ -10,6 +10,7 @@ through the proxy are tested in test_proxy_statement_log.py.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,22 @@ async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
         assert [f["state"] for f in shard["followers"]] == ["diverged", "streaming"]
         assert shard["followers"][0]["position"] == 22
         assert shard["followers"][1]["position"] == shard["primary"]["position"] == 23
+
+        # A write straight to the primary (psql), not through the proxy: reported.
+        assert c.status()["bypass"]["0"]["transactions"] == 0
+        await asyncio.to_thread(
+            subprocess.run,
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", shard["primary"]["dsn"],
+             "-c", "UPDATE t SET v = 'direct' WHERE id = 1"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            while not (found := c.status()["bypass"]["0"])["transactions"]:
+                assert found["error"] is None, found
+                await asyncio.sleep(0.5)
+        assert found["transactions"] == 1 and found["lastTables"] == ["public.t"]
+        text = c.cli("local", "status", f"--dir={c.dir}").stdout
+        assert "1 write transaction(s) BYPASSED THE PROXY on primary s0m0" in " ".join(text.split())
 
 
 async def test_statement_failover_promotes_the_most_applied_follower_and_rejoins(

@@ -11,11 +11,14 @@ lease, a primary that cannot renew kills its server before the lease runs out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from pgshard_proxy.contract import positions, topology
 from pgshard_proxy.contract import statement_log as slog
@@ -24,6 +27,7 @@ from .. import proctree
 from . import (
     applier,
     bootstrap,
+    bypass,
     config,
     lease,
     logtrim,
@@ -131,6 +135,8 @@ class Agent:
         """Statement mode: kept connection to the application database (positions)."""
         self.applier: applier.Applier | None = None
         self._applier_task: asyncio.Task[None] | None = None
+        self.bypass = bypass.Watch()
+        """Statement mode, as primary: writes that bypassed the proxy (bypass.py)."""
         self.valid_until = 0.0
         """The lease's wall-clock expiry as the store recorded it (reported in status)."""
         self.deadline = lease.Deadline(
@@ -222,7 +228,7 @@ class Agent:
         """Supervise the server and keep the lease until cancelled."""
         loops = [self.pg.run(), self._lease_loop()]
         if self.s.statement_mode:
-            loops.append(self._trim_loop())
+            loops.append(self._log_loop())
         await asyncio.gather(*loops)
 
     async def shutdown(self) -> None:
@@ -423,8 +429,9 @@ class Agent:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _trim_loop(self) -> None:
-        """Statement mode, while primary: trim the log every period (logtrim.py)."""
+    async def _log_loop(self) -> None:
+        """Statement mode, while primary, every period: look for writes that bypassed the
+        proxy (bypass.py), trim the log (logtrim.py); each failure is retried next time."""
         conn: Any = None
         try:
             while True:
@@ -439,10 +446,14 @@ class Agent:
                             self.creds,
                             database=self.creds.app_database,
                         )
+                        # Making the slot waits for running transactions: not forever.
+                        await conn.execute("SET statement_timeout = '20s'")
                         await conn.execute(slog.SCHEMA_SQL)  # a log made before trimming
+                    with contextlib.suppress(asyncpg.PostgresError):  # kept in its status
+                        await self.bypass.check(conn)
                     await logtrim.trim_primary(conn, self.s.name, await self.peers.members())
-                except Exception as e:  # the next period tries again
-                    log.warning("statement log not trimmed: %s", e)
+                except Exception as e:
+                    log.warning("statement log upkeep failed: %s", e)
                     if conn is not None:
                         conn.terminate()
                         conn = None
@@ -536,6 +547,8 @@ class Agent:
                     doc["applier"] = self.applier.status()
                     doc["position"] = self.applier.applied
                 else:
+                    if self.role is Role.PRIMARY:
+                        doc["bypass"] = self.bypass.status()
                     try:
                         doc["position"] = await asyncio.wait_for(self._log_position(), 2.0)
                     except Exception as e:

@@ -53,6 +53,9 @@ class ServerSettings:
     """Networks (CIDR) clients and followers may connect from (``--hba-network``)."""
     tls: certs.TlsFiles | None = None
     """Serve TLS with this server certificate (``--tls-dir``) and accept nothing else."""
+    logical: bool = False
+    """``wal_level = logical``: statement mode, whose primary decodes its own WAL to find
+    writes that bypassed the proxy (bypass.py)."""
 
 
 def quote(value: str) -> str:
@@ -67,7 +70,7 @@ def render(s: ServerSettings) -> str:
         # TCP only: socket paths under a deep DIR can exceed the 107-byte limit.
         "unix_socket_directories": "''",
         "cluster_name": quote(s.name),
-        "wal_level": "replica",
+        "wal_level": "logical" if s.logical else "replica",
         "max_wal_senders": "16",
         "max_replication_slots": "16",
         # pg_rewind needs hint bits WAL-logged (or data checksums) to rejoin an old primary.

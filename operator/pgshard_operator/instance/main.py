@@ -141,6 +141,7 @@ def settings_from_args(a: argparse.Namespace) -> AgentSettings:
             extra=tuple(a.pg_option),
             hba_networks=tuple(a.hba_network) or (config.LOOPBACK,),
             tls=certs.TlsFiles(a.tls_dir.resolve()) if a.tls_dir is not None else None,
+            logical=a.replication_method == "statement",
         ),
         credentials=a.credentials,
         lease_ttl=a.lease_ttl,

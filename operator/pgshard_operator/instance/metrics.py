@@ -158,7 +158,8 @@ def _certificate_families(member: str, certificates: Mapping[str, Path]) -> list
 def _statement_log_families(member: str, status: Mapping[str, Any]) -> list[Metric]:
     """``statement`` replication: the log position (a primary's last entry, a follower's
     last applied one), what a follower's source has, and whether its applier stopped on
-    an entry it could not apply. Nothing in ``wal`` mode."""
+    an entry it could not apply; on a primary, the writes that bypassed the proxy.
+    Nothing in ``wal`` mode."""
     if status.get("method") != "statement":
         return []
     seq = GaugeMetricFamily(
@@ -180,6 +181,16 @@ def _statement_log_families(member: str, status: Mapping[str, Any]) -> list[Metr
                 "1 if the applier stopped on an entry it could not apply (re-bootstrap).",
                 member,
                 1 if applier.get("state") == "diverged" else 0,
+            )
+        )
+    if (found := status.get("bypass")) is not None:
+        out.append(
+            _gauge(
+                "pgshard_instance_statement_bypass_transactions",
+                "Write transactions committed on this primary without the proxy (not "
+                "replicated: the followers differ), seen since its agent started.",
+                member,
+                found.get("transactions") or 0,
             )
         )
     return out

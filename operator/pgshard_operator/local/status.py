@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pgshard_proxy.contract import positions, topology
@@ -77,6 +78,8 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
         extra["managers"] = asyncio.run(fetch_managers(cfg))
     extra["replicationMode"] = cfg.mode.value
     extra["serverVersions"] = server_versions(cdir, cfg)
+    if topo.method == "statement":
+        extra["bypass"] = bypass_reports(shards, statuses)
     proxy = topology.Proxy(
         address=cfg.proxy_address,
         dsn=proxyproc.proxy_dsn(cfg, creds),
@@ -96,6 +99,32 @@ def server_versions(cdir: ClusterDir, cfg: ClusterConfig) -> dict[str, str | Non
         except OSError:
             out[m.name] = None
     return out
+
+
+def bypass_reports(shards: tuple[topology.Shard, ...], statuses: dict[str, Any]) -> dict[str, Any]:
+    """Statement mode: per shard (index as text), what its primary's agent found of
+    writes that bypassed the proxy (``instance/bypass.py``) and its name."""
+    out: dict[str, Any] = {}
+    for s in shards:
+        doc = statuses.get(s.primary.name) if s.primary is not None else None
+        if s.primary is not None and doc is not None and doc.get("bypass") is not None:
+            out[str(s.index)] = {"member": s.primary.name, **doc["bypass"]}
+    return out
+
+
+def _render_bypass(reports: dict[str, Any], console: Console) -> None:
+    for shard, b in sorted(reports.items()):
+        if b.get("transactions"):
+            tables = escape(", ".join(b.get("lastTables") or []) or "?")
+            console.print(
+                f"[bold red]shard {shard}: {b['transactions']} write transaction(s) BYPASSED "
+                f"THE PROXY on primary {b['member']}[/] (last: {b.get('lastXid')} on "
+                f"{tables} at {b.get('lastAt')}): they are not replicated, the followers now "
+                "differ from the primary; write through the proxy only, and copy the "
+                "followers again"
+            )
+        if b.get("error"):
+            console.print(f"[red]shard {shard}: bypass check not working: {escape(b['error'])}[/]")
 
 
 def _pos(p: int | None, method: str) -> str:
@@ -147,6 +176,7 @@ def render(topo: topology.Topology, console: Console) -> None:
         )
         for name, why in sorted((m.get("members") or {}).items()):
             console.print(f"  {name}: {why}")
+    _render_bypass(topo.extra.get("bypass") or {}, console)
     for s in topo.shards:
         if s.last_failover:
             console.print(f"shard {s.index}: last {history.summary(s.last_failover)}")
