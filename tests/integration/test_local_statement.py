@@ -179,6 +179,13 @@ async def test_statement_failover_promotes_the_most_applied_follower_and_rejoins
         for f in shard["followers"]:
             assert await table_contents(f["dsn"], ["t"]) == expected
         assert shard["lastFailover"]["to"] == new_primary["name"]
+        async with asyncio.timeout(60):  # recorded once the rejoin is reported
+            while True:
+                last = (await asyncio.to_thread(c.shard, 0))["lastFailover"]
+                if last.get("discardedEntries") is not None:
+                    break
+                await asyncio.sleep(0.5)
+        assert last["discardedEntries"] == 0  # every entry was applied before the kill
 
         # A switchover back to the old primary: the target applies every entry first.
         done = c.cli("switchover", f"--dir={c.dir}", "--shard=0", "--to=s0m0", timeout=300)

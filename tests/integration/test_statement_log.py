@@ -17,12 +17,15 @@ import asyncpg
 import pytest
 
 from pgshard_operator.instance import applier as applier_mod
-from pgshard_operator.instance import dumpcopy, logtrim, postgres
+from pgshard_operator.instance import dumpcopy, logtrim, postgres, statement_roles
+from pgshard_operator.instance.bootstrap import Upstream
+from pgshard_operator.instance.credentials import Credentials
 from pgshard_proxy.contract import statement_log as slog
 from tests.support import pgserver
 from tests.support.statement_writer import Transaction, Write, table_contents, write
 
 DB = "app"
+BINS = postgres.Binaries.detect()
 
 
 def app_dsn(server: pgserver.PgServer) -> str:
@@ -144,7 +147,8 @@ async def assert_identical(primary: pgserver.PgServer, *followers: pgserver.PgSe
     expected = await table_contents(app_dsn(primary), tables)
     assert any(expected[t] for t in tables if not t.startswith("pgshard."))
     for f in followers:
-        got = await table_contents(app_dsn(f), [t for t in tables if t != "pgshard.followers"])
+        own = ("pgshard.followers", "pgshard.promoted")  # each member's own
+        got = await table_contents(app_dsn(f), [t for t in tables if t not in own])
         for t, rows in got.items():
             assert rows == expected[t], f"{t} differs on {f.datadir.name}"
 
@@ -451,6 +455,8 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         assert (await log_range(primary))[0] == lagging, "f2's entries were trimmed"
         await asyncio.sleep(1.5)  # f1 polls (and trims) at least once more
         assert (await log_range(f1))[0] == lagging
+    for i in (200, 201):  # committed on the primary only: discarded with it below
+        await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
     primary.stop()
     # Promote f1: writable, the sequence continues after the last entry it applied.
     # (The reload reaches open sessions asynchronously: this one sets it itself.)
@@ -460,8 +466,13 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
         await c1.execute("SELECT pg_reload_conf()")
         await c1.execute(slog.CONTINUE_SQL)
+        await c1.execute(slog.PROMOTED_SQL, await position(f1))
         seq = await write(c1, [Write("INSERT INTO t VALUES (100, 1)")])
         assert seq == 12  # after CREATE, 5 inserts, 5 updates
+        # The old primary's two entries past f1's promotion point are what it discards.
+        creds = Credentials("", "", "", "", "", DB, superuser=primary.user)
+        up = Upstream(f1.host, f1.port)
+        assert await statement_roles._discarded(BINS, primary.datadir, creds, up) == 2
         a2.repoint(app_dsn(f1))
         async with running(a2):
             await caught_up(a2, f1)

@@ -41,13 +41,19 @@ class RejoinResult:
     """Where the old primary's history left the new primary's, when known."""
     discarded_bytes: int | None
     """WAL the old primary wrote after the fork (never replicated, now discarded)."""
+    discarded_entries: int | None = None
+    """Statement mode: log entries the old primary had past the new primary's promotion
+    point (committed there, applied nowhere else, now discarded); None: unknown."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "method": self.method.value,
             "forkLsn": positions.format_lsn(self.fork_lsn) if self.fork_lsn is not None else None,
             "discardedBytes": self.discarded_bytes,
         }
+        if self.discarded_entries is not None:
+            doc["discardedEntries"] = self.discarded_entries
+        return doc
 
 
 def _end_of_wal(bins: postgres.Binaries, datadir: Path) -> int | None:

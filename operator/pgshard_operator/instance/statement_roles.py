@@ -4,13 +4,16 @@ A statement-mode follower is an ordinary server, read-only by default, whose
 applier pulls from the primary named by the ``pgshard.upstream`` setting (what
 ``primary_conninfo`` is in wal mode; the shard manager reads it to see whom a
 follower follows). Promotion makes it writable and continues the log's sequence
-after the last entry it applied; an old primary rejoins by a fresh copy (its
-entries that no follower applied are discarded with its data).
+after the last entry it applied, and records that point; an old primary rejoins by
+a fresh copy (its entries past the new primary's point are counted, then discarded
+with its data).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from pgshard_proxy.contract import statement_log as slog
 
 from . import bootstrap, config, postgres, rejoin, sql
 from .credentials import Credentials
+
+log = logging.getLogger(__name__)
 
 
 def pin_upstream(bins: postgres.Binaries, datadir: Path, up: bootstrap.Upstream) -> None:
@@ -48,6 +53,8 @@ async def make_writer(host: str, port: int, creds: Credentials, datadir: Path) -
         await conn.execute("SELECT pg_reload_conf()")
         await conn.execute(slog.CONTINUE_SQL)
         position = int(await conn.fetchval(slog.POSITION_SQL))
+        await conn.execute(slog.SCHEMA_SQL)  # a log copied before ``promoted`` existed
+        await conn.execute(slog.PROMOTED_SQL, position)
     finally:
         await conn.close()
     (datadir / config.STATEMENT_FOLLOWER).unlink(missing_ok=True)
@@ -105,10 +112,47 @@ async def recopy(
     up: bootstrap.Upstream,
     pg_log: Path,
 ) -> rejoin.RejoinResult:
-    """Replace this (stopped) member's data by a fresh copy of ``up``'s, as a follower."""
+    """Replace this (stopped) member's data by a fresh copy of ``up``'s, as a follower;
+    an old primary's entries that ``up`` never applied are counted first."""
+    discarded = None
+    if config.is_initialised(datadir) and not config.is_statement_follower(datadir):
+        discarded = await _discarded(bins, datadir, creds, up)
     await _remove(datadir)
     await bootstrap.copy_follower(bins, datadir, settings, creds, up, pg_log)
-    return rejoin.RejoinResult(rejoin.Method.RECLONE, None, 0)
+    return rejoin.RejoinResult(rejoin.Method.RECLONE, None, 0, discarded)
+
+
+async def _discarded(
+    bins: postgres.Binaries, datadir: Path, creds: Credentials, up: bootstrap.Upstream
+) -> int | None:
+    """The entries of this stopped old primary's log past ``up``'s promotion point (read
+    in single-user mode, which also recovers a crashed PGDATA); None if unknown."""
+    try:
+        conn = await sql.connect(up.host, up.port, creds, database=creds.app_database)
+        try:
+            after = await conn.fetchval(slog.FORK_SQL)
+        finally:
+            await conn.close()
+        if after is None:
+            return None
+        out = await asyncio.to_thread(
+            bins.run,
+            "postgres",
+            "--single",
+            "-D",
+            str(datadir),
+            creds.app_database,
+            input=f"SELECT count(*) AS discarded FROM {slog.TABLE} WHERE seq > {int(after)}\n",
+            timeout=300,
+        )
+    except (OSError, asyncpg.PostgresError, postgres.PostgresCommandFailed) as e:
+        log.warning("cannot count the log entries discarded with the old primary: %s", e)
+        return None
+    found = _COUNT.search(out)
+    return int(found.group(1)) if found else None
+
+
+_COUNT = re.compile(r'discarded = "(\d+)"')
 
 
 async def _remove(datadir: Path) -> None:

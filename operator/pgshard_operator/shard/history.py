@@ -113,7 +113,11 @@ def summary(last: Mapping[str, Any]) -> str:
     if failed is not None and buffered is not None:
         parts.append(f"{failed} requests failed, {buffered} held")
     discarded = last.get("discardedBytes")
-    parts.append(
-        f"discarded {discarded} bytes" if discarded is not None else "old primary not rejoined yet"
-    )
+    entries = last.get("discardedEntries")
+    if discarded is None:
+        parts.append("old primary not rejoined yet")
+    elif entries is not None:
+        parts.append(f"discarded {entries} log entries")
+    else:
+        parts.append(f"discarded {discarded} bytes")
     return ", ".join(parts)

@@ -435,6 +435,11 @@ class ShardManager:
         message = (
             f"{member} rejoined as follower of {primary} by {result.method.value}; "
             f"discarded {result.discarded_bytes} bytes of WAL"
+            + (
+                f", {result.discarded_entries} log entries"
+                if result.discarded_entries is not None
+                else ""
+            )
         )
         self._log.info(message)
         await self.platform.record_event(base.EventReason.REJOINED, message)
@@ -499,6 +504,7 @@ class ShardManager:
                 rejoin=result.method,
                 fork_lsn=result.fork_lsn,
                 discarded_bytes=result.discarded_bytes,
+                discarded_entries=result.discarded_entries,
                 requests_failed=failed,
                 requests_buffered=buffered,
                 first_write_at=first,

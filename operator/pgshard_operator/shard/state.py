@@ -63,6 +63,8 @@ class RejoinResult:
     """Where its timeline and the new primary's diverged (the promotion's switch point)."""
     discarded_bytes: int
     """WAL bytes it had past ``fork_lsn`` that no other member had: writes thrown away."""
+    discarded_entries: int | None = None
+    """Statement mode: log entries it had past the new primary's promotion point."""
 
     @classmethod
     def from_agent(cls, doc: Mapping[str, Any]) -> RejoinResult:
@@ -74,6 +76,7 @@ class RejoinResult:
             fork_lsn=positions.parse_lsn(fork) if fork else None,
             # Unknown only when the old primary's end of WAL could not be read (logged).
             discarded_bytes=int(discarded) if discarded is not None else 0,
+            discarded_entries=_int(doc.get("discardedEntries")),
         )
 
 
@@ -146,6 +149,8 @@ class LastFailover:
     """How the old primary came back; ``None`` while it has not (yet)."""
     fork_lsn: positions.Position | None = None
     discarded_bytes: int | None = None
+    discarded_entries: int | None = None
+    """Statement mode: the old primary's log entries no other member had (discarded)."""
     detected_at: float | None = None
     """Failover: when the old primary's probes first failed; switchover: when it was
     requested. Filled in when the new primary is published (``shard.history``)."""
@@ -177,6 +182,7 @@ class LastFailover:
             "rejoin": self.rejoin.value if self.rejoin else None,
             "forkLsn": positions.format_lsn(self.fork_lsn) if self.fork_lsn is not None else None,
             "discardedBytes": self.discarded_bytes,
+            "discardedEntries": self.discarded_entries,
             "detectedAt": self.detected_at,
             "promotedAt": self.promoted_at,
             "publishedAt": self.published_at,
@@ -201,6 +207,7 @@ class LastFailover:
             rejoin=RejoinMethod(rejoin) if rejoin else None,
             fork_lsn=positions.parse(d.get("forkLsn")),
             discarded_bytes=int(discarded) if discarded is not None else None,
+            discarded_entries=_int(d.get("discardedEntries")),
             detected_at=_float(d.get("detectedAt")),
             promoted_at=_float(d.get("promotedAt")),
             published_at=_float(d.get("publishedAt")),

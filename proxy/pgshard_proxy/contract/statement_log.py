@@ -76,12 +76,18 @@ CREATE TABLE IF NOT EXISTS {TRIMMED_TABLE} (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     below bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {SCHEMA}.promoted (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    after bigint NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 """
 """Idempotent DDL, run by the instance agent on a primary's application database (and
 by the trimmer and the applier, for logs made before a table was added).
 ``followers`` holds each follower's applied ``seq`` and address (written by its
 applier, or by its snapshot copy before the dump), what the primary keeps log entries
-for; ``log_trimmed`` how far this member's log was trimmed (see :data:`TRIM_SQL`)."""
+for; ``log_trimmed`` how far this member's log was trimmed (see :data:`TRIM_SQL`);
+``promoted`` the entry after which this member became the writer (:data:`PROMOTED_SQL`)."""
 
 LOCK_SQL = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
 """Run by the writer before the first write statement of a transaction."""
@@ -139,6 +145,15 @@ SELECT count(*) FROM gone
 """Remove the oldest entries below ``$1`` (at most ``$2``) and record how far, in one
 statement. Callers pass a bound no higher than their position, so the newest entry
 (the position itself) always stays."""
+
+PROMOTED_SQL = f"""
+INSERT INTO {SCHEMA}.promoted (after) VALUES ($1)
+ON CONFLICT (one) DO UPDATE SET after = excluded.after, at = now()
+"""
+"""On promotion: the last entry this member applied before it wrote its own. An old
+primary's entries after it were never applied here: discarded when it rejoins."""
+
+FORK_SQL = f"SELECT (SELECT after FROM {SCHEMA}.promoted)"
 
 CONTINUE_SQL = f"SELECT setval('{SEQUENCE}', greatest(1, ({POSITION_SQL})), ({POSITION_SQL}) > 0)"
 """On promotion: the new writer continues the sequence after the last entry it applied."""
