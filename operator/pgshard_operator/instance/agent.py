@@ -36,7 +36,6 @@ from . import (
     rejoin,
     sql,
     statement_roles,
-    timeline,
     wallclock,
 )
 from .credentials import Credentials
@@ -698,15 +697,6 @@ class Agent:
             log.info("fenced: server stopped (end of WAL %s), lease released", lsn)
             return {"role": self.role.value, "lsn": lsn}
 
-    async def _past_fork(self, up: bootstrap.Upstream) -> bool:
-        """Whether this stopped follower replayed WAL past where ``up``'s timeline forked:
-        then PostgreSQL would only exit at every start ("not a child of this server's
-        history"), so it is rewound like an old primary."""
-        why = await timeline.why_not_follow(self.bins, self.s.datadir, up, self.creds)
-        if why is not None:
-            log.warning("cannot simply follow %s: %s; rewinding", up.address, why)
-        return why is not None
-
     async def rejoin(self, up: bootstrap.Upstream) -> dict[str, Any]:
         """Become a follower of ``up``: stop, pg_rewind (or re-clone), start as standby."""
         if self.role is Role.BOOTSTRAPPING:
@@ -739,18 +729,8 @@ class Agent:
                         up,
                         self.s.pg_log,
                     )
-                elif config.is_standby(self.s.datadir) and not await self._past_fork(up):
-                    # Already a follower on up's history: just point it at the new primary.
-                    result = rejoin.RejoinResult(rejoin.Method.RESTART, None, 0)
-                    config.make_standby(
-                        self.bins,
-                        self.s.datadir,
-                        bootstrap.replication_conninfo(up, self.creds, self.s.name),
-                        self.s.name,
-                    )
-                    await bootstrap.ensure_slot(up, self.creds, self.s.name)
                 else:
-                    result = await rejoin.rejoin(
+                    result = await rejoin.follow(
                         self.bins, self.s.datadir, self.s.server, self.creds, up
                     )
             except Exception as e:

@@ -1,8 +1,9 @@
 """Turn a stopped old primary into a follower of the new one: pg_rewind, else re-clone.
 
-Called by agent.py (``POST /rejoin``) with PostgreSQL stopped. Before rewinding,
-a crashed data directory is recovered in single-user mode so its control file
-names the true end of its WAL; with the divergence point pg_rewind reports,
+Called by agent.py (``POST /rejoin``, :func:`follow`) with PostgreSQL stopped; a member
+that is already a standby is only repointed, unless it went past the new primary's fork.
+Before rewinding, a crashed data directory is recovered in single-user mode so its
+control file names the true end of its WAL; with the divergence point pg_rewind reports,
 that gives the bytes of WAL the old primary had that were never replicated
 (they are discarded) — recorded by the manager in the shard's ``lastFailover``.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pgshard_proxy.contract import positions
 
-from . import bootstrap, config, postgres, sql
+from . import bootstrap, config, postgres, sql, timeline
 from .credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -126,3 +127,31 @@ async def rejoin(
     await bootstrap.ensure_slot(up, creds, settings.name)
     discarded = max(0, end - fork) if end is not None and fork is not None else None
     return RejoinResult(method=method, fork_lsn=fork, discarded_bytes=discarded)
+
+
+async def follow(
+    bins: postgres.Binaries,
+    datadir: Path,
+    settings: config.ServerSettings,
+    creds: Credentials,
+    up: bootstrap.Upstream,
+) -> RejoinResult:
+    """Make the stopped PGDATA ``datadir`` a follower of ``up`` (agent's ``/rejoin``).
+
+    A standby is only repointed when its control file lies on ``up``'s timeline history;
+    one that replayed past the fork would exit at every start ("requested timeline N is
+    not a child of this server's history"), so it is rewound (or re-cloned) like an old
+    primary."""
+    if config.is_standby(datadir):
+        why = await timeline.why_not_follow(bins, datadir, up, creds)
+        if why is None:
+            config.make_standby(
+                bins,
+                datadir,
+                bootstrap.replication_conninfo(up, creds, settings.name),
+                settings.name,
+            )
+            await bootstrap.ensure_slot(up, creds, settings.name)
+            return RejoinResult(Method.RESTART, None, 0)
+        log.warning("cannot simply follow %s: %s; rewinding", up.address, why)
+    return await rejoin(bins, datadir, settings, creds, up)

@@ -3,7 +3,7 @@
 A follower that replayed (and checkpointed) WAL of the old timeline beyond the point
 where the new primary's timeline branched off cannot follow it: PostgreSQL refuses
 to start ("requested timeline N is not a child of this server's history") however
-often it is restarted. ``agent.rejoin`` asks :func:`can_follow` before it merely
+often it is restarted. ``rejoin.follow`` asks :func:`why_not_follow` before it merely
 repoints a follower, and rewinds it otherwise. The check is PostgreSQL's own start-up
 check: the latest checkpoint and the minimum recovery point must lie on the new
 primary's history on the timeline the control file names.
