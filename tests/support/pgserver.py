@@ -26,6 +26,8 @@ class PgServer:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     user: str = "postgres"
+    options: tuple[str, ...] = ()
+    """More ``name=value`` settings for the next start (after, so above, the defaults)."""
 
     @property
     def dsn(self) -> str:
@@ -62,6 +64,7 @@ class PgServer:
                 # Two-phase commit works (a follower needs at least its primary's value).
                 "-c",
                 "max_prepared_transactions=10",
+                *(arg for option in self.options for arg in ("-c", option)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -109,14 +112,20 @@ def make_server(base: Path, name: str = "pg", host: str | None = None) -> PgServ
 
 
 def make_follower(
-    primary: PgServer, base: Path, name: str = "follower", *, apply_delay_ms: int = 0
+    primary: PgServer,
+    base: Path,
+    name: str = "follower",
+    *,
+    apply_delay_ms: int = 0,
+    options: tuple[str, ...] = (),
 ) -> PgServer:
     """A streaming follower of ``primary`` (pg_basebackup), on its own loopback address.
 
     It streams with ``application_name`` = ``name`` so it shows up under that name in the
     primary's ``pg_stat_replication``. For tests of single pieces (probes, monitors);
     replicated shards with failover come from the local platform. ``apply_delay_ms``
-    (``recovery_min_apply_delay``) makes it lag behind the primary's commits.
+    (``recovery_min_apply_delay``) makes it lag behind the primary's commits; ``options``
+    as :attr:`PgServer.options`.
     """
     bins = postgres.Binaries.detect()
     datadir = base / name
@@ -137,6 +146,8 @@ def make_follower(
     (datadir / "standby.signal").touch()
     bins.run_as.own_tree(datadir)
     host = net.random_loopback()
-    follower = PgServer(datadir=datadir, host=host, port=net.free_port(host), user=primary.user)
+    follower = PgServer(
+        datadir=datadir, host=host, port=net.free_port(host), user=primary.user, options=options
+    )
     follower.start(bins)
     return follower
