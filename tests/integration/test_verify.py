@@ -30,6 +30,7 @@ from tests.support import localcluster, procs
 
 FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 FAULTS = int(os.environ.get("PGSHARD_VERIFY_FAULTS", "30"))
+SEED = int(os.environ.get("PGSHARD_VERIFY_SEED", "13"))
 LOST = "lost acknowledged write"
 
 pytestmark = pytest.mark.chaos
@@ -48,11 +49,13 @@ def test_random_faults_in_sync_mode_lose_nothing(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, *FAST, "--replication-mode=sync", replicas=2) as c:
         proc = c.cli(
             "verify", f"--dir={c.dir}", "--faults=kill,stop,switchover",
-            f"--fault-count={FAULTS}", "--seed=13", "--seconds=10", "--json",
+            f"--fault-count={FAULTS}", f"--seed={SEED}", "--seconds=10", "--json",
             "--settle-timeout=240",  # a follower catching up on a loaded machine
             check=False, timeout=FAULTS * 20 + 360,
         )  # fmt: skip
         report = _report(proc)
+        settle = [f["seconds"] for f in report["faults"]["list"]]
+        print(f"seed {SEED}: slowest settle {max(settle, default=0):.1f} s of {len(settle)} faults")
         assert proc.returncode == 0, proc.stderr
         assert report["ok"] and report["problem"] is None
         assert report["faults"]["injected"] == FAULTS
