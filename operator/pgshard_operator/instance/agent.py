@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,11 @@ SELECT application_name,
        extract(epoch FROM replay_lag)::float8 AS lag_seconds
 FROM pg_stat_replication WHERE state = 'streaming'
 """
+
+
+_PROMOTE_WAIT = 40.0
+"""Longest a promotion may keep its lease renewed: pg_promote(true, 30) plus a margin
+(a server that stops answering would otherwise hold the shard's lease forever)."""
 
 
 class Role(enum.Enum):
@@ -597,7 +603,7 @@ class Agent:
             self._fenced_by_control_plane = False
             conn = await sql.connect(self.s.server.host, self.s.server.port, self.creds)
             try:
-                ok = await conn.fetchval("SELECT pg_promote(true, 30)")
+                ok = await self._renewing(conn.fetchval("SELECT pg_promote(true, 30)"))
                 lsn = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
             finally:
                 await conn.close()
@@ -605,6 +611,40 @@ class Agent:
                 raise AgentConflict("pg_promote() did not complete within 30s")
             log.info("promoted to primary at %s (epoch %s)", lsn, epoch)
             return {"promoted": True, "lsn": lsn}
+
+    async def _renewing(self, promotion: Coroutine[Any, Any, Any]) -> Any:
+        """Await ``promotion`` (pg_promote: it waits for the end of replay and for the WAL
+        receiver to exit, which a stalled one delays) while renewing the lease taken for
+        it. The lease loop cannot: promote() holds the lock, and its probe counts a server
+        still in recovery as unhealthy; a promotion longer than the lease fenced the very
+        member it promoted, and the shard was left with no follower to promote. Bounded by
+        pg_promote's own wait; a renewal refused or not sent in time fences, as ever."""
+        task = asyncio.ensure_future(promotion)
+        period = max(0.05, self.s.lease_ttl / 3)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(_PROMOTE_WAIT):
+                while not (await asyncio.wait({task}, timeout=period))[0]:
+                    if self.role is not Role.PRIMARY:
+                        raise AgentConflict(f"{self.s.name} was fenced while promoting")
+                    sent_at = loop.time()
+                    try:
+                        renewed = await asyncio.wait_for(
+                            self.store.renew(self.s.name, self.s.lease_ttl, wallclock.now()),
+                            self._store_timeout,
+                        )
+                    except Exception as e:  # the deadline's timer fences if this goes on
+                        log.warning("could not renew the lease while promoting: %s", e)
+                        continue
+                    if renewed is None:
+                        self._fence("the lease was taken by another member while promoting")
+                        raise AgentConflict(f"{self.s.name} lost its lease while promoting")
+                    if self.role is Role.PRIMARY:
+                        self.valid_until, self._held = renewed.expires_at, renewed
+                        self.deadline.granted(sent_at)
+                return task.result()
+        finally:
+            task.cancel()
 
     async def _record_epoch(self, epoch: int) -> None:
         """Record the epoch this member is promoted in, before it takes writes, where the
