@@ -617,8 +617,9 @@ class Agent:
         receiver to exit, which a stalled one delays) while renewing the lease taken for
         it. The lease loop cannot: promote() holds the lock, and its probe counts a server
         still in recovery as unhealthy; a promotion longer than the lease fenced the very
-        member it promoted, and the shard was left with no follower to promote. Bounded by
-        pg_promote's own wait; a renewal refused or not sent in time fences, as ever."""
+        member it promoted, and the shard was left with no follower to promote. Renewed
+        only while the server answers, for at most :data:`_PROMOTE_WAIT`; a renewal
+        refused or not sent in time fences, as ever."""
         task = asyncio.ensure_future(promotion)
         period = max(0.05, self.s.lease_ttl / 3)
         loop = asyncio.get_running_loop()
@@ -629,12 +630,14 @@ class Agent:
                         raise AgentConflict(f"{self.s.name} was fenced while promoting")
                     sent_at = loop.time()
                     try:
+                        # Renewed only while the server answers, as by the lease loop.
+                        await asyncio.wait_for(self._query("SELECT 1"), period)
                         renewed = await asyncio.wait_for(
                             self.store.renew(self.s.name, self.s.lease_ttl, wallclock.now()),
                             self._store_timeout,
                         )
                     except Exception as e:  # the deadline's timer fences if this goes on
-                        log.warning("could not renew the lease while promoting: %s", e)
+                        log.warning("lease not renewed while promoting: %s", e)
                         continue
                     if renewed is None:
                         self._fence("the lease was taken by another member while promoting")
