@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -34,9 +35,9 @@ async def _walreceiver_pid(dsn: str) -> int:
         await conn.close()
 
 
-async def _until(what: str, check: object, timeout: float) -> None:
+async def _until(what: str, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
         await asyncio.sleep(0.1)
 
