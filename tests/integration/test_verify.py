@@ -79,6 +79,13 @@ def _walreceiver_pid(follower_dsn: str) -> int:
     return asyncio.run(one())
 
 
+PAD_SQL = """
+CREATE TABLE pgshard_test_pad AS
+SELECT repeat(md5(i::text || random()::text), 30) AS pad FROM generate_series(1, 48000) AS i
+"""
+"""About 48 MB of WAL (960-byte rows, not compressible)."""
+
+
 def _poll(what: str, check: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -120,7 +127,7 @@ def test_a_kill_with_a_frozen_wal_receiver_loses_writes_and_verify_says_so(
         verify = subprocess.Popen(
             procs.pgshard_argv(
                 "verify", f"--dir={c.dir}", "--faults=kill", "--fault-count=1",
-                "--warmup=10", "--seconds=15", "--seed=7", "--json", "--settle-timeout=240",
+                "--warmup=15", "--seconds=15", "--seed=7", "--json", "--settle-timeout=240",
             ),
             env=procs.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -139,6 +146,11 @@ def test_a_kill_with_a_frozen_wal_receiver_loses_writes_and_verify_says_so(
             )
             os.kill(receiver, signal.SIGSTOP)
             stopped = True
+            # More WAL than the kernel's socket buffers between the walsender and the frozen
+            # receiver can hold (wmem max + rmem max here: 4 + 32 MB): the writes acknowledged
+            # after it can only be in the primary's own WAL, however few a loaded machine
+            # manages before the kill (without it, a loaded run once had none to lose).
+            _sql(primary["dsn"], PAD_SQL)
             # verify kills the primary after its warm-up; the follower must wake before its
             # promotion (after the lease), which a frozen receiver would hold up.
             _poll("verify's kill of the primary", lambda: not _alive(postmaster), timeout=60)
