@@ -165,32 +165,32 @@ class Pool:
         """An idle connection at once (no await), if one is free and nobody waits."""
         if self.retired or self._waiters:
             return None
+        try:
+            return self._pop_idle()
+        except NotPrimary:
+            return None  # acquire() says why
+
+    def _pop_idle(self) -> BackendConnection | None:
+        """An idle connection checked for this pool's role, or None when none is left;
+        raises :class:`NotPrimary` (its slot freed) when the member may no longer have it."""
         while self._idle:
             conn = self._idle.popleft()
             if conn.broken:
-                self._size -= 1
+                self._slot_freed()
                 continue
             try:
                 return self._checked(conn)
             except NotPrimary:
                 self._slot_freed()
-                return None  # acquire() says why
+                raise
         return None
 
     async def _lent_or_slot(self) -> BackendConnection | None:
         """An idle connection, or None with a slot counted for a new one; waits (first
         come, first served) up to ``wait_timeout`` while the pool is full."""
         while True:
-            while self._idle:
-                conn = self._idle.popleft()
-                if conn.broken:
-                    self._size -= 1
-                    continue
-                try:
-                    return self._checked(conn)
-                except NotPrimary:
-                    self._slot_freed()
-                    raise
+            if (conn := self._pop_idle()) is not None:
+                return conn
             if self._size < self.max_size and not self._waiters:
                 self._size += 1
                 return None
