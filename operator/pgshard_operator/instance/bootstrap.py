@@ -181,18 +181,21 @@ async def _initdb_and_start(
 
 async def _create_statement_log(settings: config.ServerSettings, creds: Credentials) -> None:
     """The log's schema in the application database. The application role (what the
-    proxy logs in as) appends entries and reads positions."""
+    proxy logs in as) appends entries and reads positions, its own and (sync mode)
+    the followers'."""
     conn = await sql.connect(settings.host, settings.port, creds, database=creds.app_database)
     try:
         await conn.execute(slog.SCHEMA_SQL)
         grant = await conn.fetchval(
             "SELECT format('GRANT USAGE ON SCHEMA %1$I TO %2$I; "
-            "GRANT SELECT, INSERT ON %3$s TO %2$I; GRANT USAGE ON SEQUENCE %4$s TO %2$I', "
-            "$1::text, $2::text, $3::text, $4::text)",
+            "GRANT SELECT, INSERT ON %3$s TO %2$I; GRANT USAGE ON SEQUENCE %4$s TO %2$I; "
+            "GRANT SELECT ON %5$s TO %2$I', "
+            "$1::text, $2::text, $3::text, $4::text, $5::text)",
             slog.SCHEMA,
             creds.app_user,
             slog.TABLE,
             slog.SEQUENCE,
+            f"{slog.SCHEMA}.followers",
         )
         await conn.execute(grant)
     finally:

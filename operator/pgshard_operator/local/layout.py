@@ -369,18 +369,11 @@ def validate(cfg: ClusterConfig) -> None:
         raise LayoutError("--replicas must be 0 or more")
     if cfg.mode is not ReplicationMode.ASYNC and cfg.replicas < 1:
         raise LayoutError(f"--replication-mode {cfg.mode.value} needs --replicas 1 or more")
-    if cfg.method is specs.ReplicationMethod.STATEMENT:
-        if cfg.mode is not ReplicationMode.ASYNC:
-            raise LayoutError(
-                f"--replication-mode {cfg.mode.value} is not available with "
-                "--replication-method statement yet (followers apply the log asynchronously); "
-                "use --replication-mode async"
-            )
-        if any(cfg.follower_delays_ms):
-            raise LayoutError(
-                "--follower-delay-ms delays WAL replay; it has no effect with "
-                "--replication-method statement: omit it"
-            )
+    if cfg.method is specs.ReplicationMethod.STATEMENT and any(cfg.follower_delays_ms):
+        raise LayoutError(
+            "--follower-delay-ms delays WAL replay; it has no effect with "
+            "--replication-method statement: omit it"
+        )
     if cfg.method is not specs.ReplicationMethod.STATEMENT and (
         cfg.follower_bindir or cfg.member_bindirs
     ):

@@ -266,11 +266,17 @@ class Supervisor:
 
     def shard_policy(self) -> policy.ShardPolicy:
         t = self.cfg.timings
+        statement = self.cfg.method is specs.ReplicationMethod.STATEMENT
         return policy.ShardPolicy(
             replication=policy.ReplicationSettings(
-                mode=policy.ReplicationMode(self.cfg.mode.value),
+                # Statement sync/quorum is the proxy's wait for appliers (topology
+                # ``statementAcks``), not synchronous_standby_names: to the managers,
+                # which elect the highest applied seq, it is async.
+                mode=policy.ReplicationMode.ASYNC
+                if statement
+                else policy.ReplicationMode(self.cfg.mode.value),
                 quorum=self.cfg.quorum,
-                statement=self.cfg.method is specs.ReplicationMethod.STATEMENT,
+                statement=statement,
             ),
             failover=policy.FailoverSettings(
                 detection_seconds=t.detection,

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pgshard_proxy.contract import topology
 
 from .. import atomicfile
-from .layout import ClusterConfig, ClusterDir
+from ..model import spec as specs
+from .layout import ClusterConfig, ClusterDir, ReplicationMode
 
 MODE = 0o600
 """Owner-only: every member's ``dsn`` carries the application password."""
@@ -42,8 +43,21 @@ def initial(cfg: ClusterConfig) -> topology.Topology:
             )
         )
     return topology.Topology(
-        shards=tuple(shards), method=cfg.method.value, tables=cfg.distributed_tables
+        shards=tuple(shards),
+        method=cfg.method.value,
+        statement_acks=statement_acks(cfg),
+        tables=cfg.distributed_tables,
     )
+
+
+def statement_acks(cfg: ClusterConfig) -> int:
+    """Followers that must apply a commit's entry before the proxy acknowledges it:
+    statement method only (WAL sync is PostgreSQL's ``synchronous_standby_names``)."""
+    if cfg.method is not specs.ReplicationMethod.STATEMENT:
+        return 0
+    if cfg.mode is ReplicationMode.SYNC:
+        return 1
+    return cfg.quorum if cfg.mode is ReplicationMode.QUORUM else 0
 
 
 def update(

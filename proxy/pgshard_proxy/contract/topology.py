@@ -127,6 +127,10 @@ class Topology:
     shards: tuple[Shard, ...]
     method: str = "wal"
     """Replication method: ``wal`` or ``statement`` (how positions are read)."""
+    statement_acks: int = 0
+    """Statement method in sync (1) or quorum (k) mode: how many followers must have
+    applied a commit's log entry before the proxy acknowledges the commit (JSON
+    ``statementAcks``; 0, absent: async)."""
     version: int = 0
     """Grows with every write of the topology; lets readers skip unchanged documents."""
     proxy: Proxy | None = None
@@ -212,6 +216,8 @@ def to_dict(topo: Topology) -> dict[str, Any]:
     doc["sharding"] = {"tables": [{"name": t.name, "key": t.key} for t in topo.tables]}
     if topo.node_zones:
         doc["nodeZones"] = dict(topo.node_zones)
+    if topo.statement_acks:
+        doc["statementAcks"] = topo.statement_acks
     if topo.proxy is not None:
         doc["proxy"] = {"address": topo.proxy.address, "dsn": topo.proxy.dsn}
         if topo.proxy.metrics_url is not None:
@@ -350,10 +356,11 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
             )
         )
     proxy = doc.get("proxy")
-    known = {"version", "method", "shards", "proxy", "sharding", "nodeZones"}
+    known = {"version", "method", "shards", "proxy", "sharding", "nodeZones", "statementAcks"}
     return Topology(
         shards=tuple(shards),
         method=str(doc.get("method", "wal")),
+        statement_acks=_statement_acks(doc.get("statementAcks", 0)),
         version=int(doc.get("version", 0)),
         proxy=Proxy(
             address=str(proxy["address"]),
@@ -367,6 +374,12 @@ def from_dict(doc: Mapping[str, Any]) -> Topology:
         node_zones=_node_zones_from(doc.get("nodeZones")),
         extra={k: v for k, v in doc.items() if k not in known},
     )
+
+
+def _statement_acks(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadTopology(f"statementAcks: expected a whole number >= 0, got {value!r}")
+    return value
 
 
 def from_json(text: str) -> Topology:

@@ -17,7 +17,9 @@ follows the writer's protocol of ``contract.statement_log``:
 * just before COMMIT the transaction's statements are appended (``APPEND_SQL``,
   which draws ``seq``) with the last values of the sequences it advanced; data and
   log commit together or not at all. A statement outside a transaction block runs
-  as a one-statement transaction the proxy begins and commits.
+  as a one-statement transaction the proxy begins and commits;
+* in sync/quorum mode the client's ReadyForQuery after that COMMIT waits until enough
+  followers applied the entry (``execute.sync_wait``).
 
 Statements the rewriter refuses fail like a PostgreSQL error (inside a transaction
 block the transaction is then aborted) with the construct and what to write instead.
@@ -35,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..contract import statement_log as slog
+from ..contract import topology
 from ..pool.backend import BackendConnection, Marker
 from ..protocol import codec, messages
 from ..protocol.sqlstate import error_response
@@ -44,7 +47,7 @@ from ..rewrite import tokens as tokens_mod
 from ..rewrite.template import Capture
 from ..routing import keyroute
 from ..routing.classify import Classified, Kind, classify
-from . import bind_messages
+from . import bind_messages, sync_wait
 from .exchange import Answer, Exchange
 
 SETTINGS = (
@@ -77,7 +80,9 @@ _NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'")
 class Shared:
     """What every session of the process shares: the rewriter and the shards' catalogs."""
 
-    def __init__(self) -> None:
+    def __init__(self, current: Callable[[], topology.Topology | None] = lambda: None) -> None:
+        self.current = current
+        """The proxy's current topology (``statementAcks``, the shards' followers)."""
         self.rewriter = Rewriter()
         self._catalogs: dict[int, tuple[catalog_mod.StaticCatalog, float]] = {}
         self._version = 0
@@ -488,6 +493,8 @@ class Writer:
         if tx.ddl and not committed:
             self._shared.stale(shard)
         self.ended()
+        if committed and seq is not None:  # sync/quorum: before the ReadyForQuery
+            await sync_wait.wait_applied(ex, shard, seq, self._shared.current, self._client_write)
         return Outcome(answer.status, seq if committed else None)
 
     async def _sequence_values(self, ex: Exchange) -> dict[str, int]:

@@ -30,6 +30,7 @@ class SqlState(enum.Enum):
 class Severity(enum.Enum):
     ERROR = "ERROR"
     FATAL = "FATAL"
+    WARNING = "WARNING"
 
 
 def _fields(
@@ -61,6 +62,12 @@ def error_response(
     """An encoded ErrorResponse ('E') message."""
     body = _fields(severity, code, message, detail, hint)
     return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+def notice_response(code: str, message: str, *, detail: str | None = None) -> bytes:
+    """An encoded NoticeResponse ('N') message of severity WARNING."""
+    body = _fields(Severity.WARNING, code, message, detail, None)
+    return b"N" + struct.pack("!I", len(body) + 4) + body
 
 
 def parse_error_fields(body: bytes) -> dict[str, str]:

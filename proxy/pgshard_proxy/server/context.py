@@ -97,7 +97,7 @@ class ServerContext:
         """Sessions still logging in, oldest first (also in ``sessions``)."""
         self.key_types = keytypes.KeyTypes()
         """Key column types of distributed tables, shared by all sessions."""
-        self.statement_log = statement_log.Shared()
+        self.statement_log = statement_log.Shared(lambda: self.topology)
         """Statement replication: the rewriter and the shards' catalogs, for all sessions."""
 
     def scram_verifier(self, user: str) -> auth.ScramVerifier:
