@@ -10,7 +10,8 @@ import pytest
 from pgshard_operator import cli
 from pgshard_operator.instance import config, lease, supervise
 from pgshard_operator.instance.credentials import Credentials
-from pgshard_operator.local import commands, layout, proxyproc, view
+from pgshard_operator.local import commands, layout, proxyproc, topofile, view
+from pgshard_operator.model import spec as specs
 from pgshard_proxy.contract import topology
 
 CREDS = Credentials("su", "replicator", "rp", "app", "secret", "app")
@@ -107,6 +108,20 @@ def test_member_ports_and_delays() -> None:
 def test_invalid_configs_are_refused(kw: dict[str, object], message: str) -> None:
     with pytest.raises(layout.LayoutError, match=message):
         layout.validate(_cfg(**kw))
+
+
+def test_statement_sync_and_quorum_are_accepted_and_published_as_statement_acks() -> None:
+    """Statement sync/quorum: the proxy's wait count (``statementAcks``); 0 otherwise."""
+    statement = specs.ReplicationMethod.STATEMENT
+    for mode, quorum, acks in [
+        (layout.ReplicationMode.ASYNC, 1, 0),
+        (layout.ReplicationMode.SYNC, 1, 1),
+        (layout.ReplicationMode.QUORUM, 2, 2),
+    ]:
+        cfg = _cfg(method=statement, mode=mode, quorum=quorum)
+        layout.validate(cfg)
+        assert topofile.initial(cfg).statement_acks == acks
+    assert topofile.initial(_cfg(mode=layout.ReplicationMode.SYNC)).statement_acks == 0
 
 
 def test_bad_delay_list_is_explained() -> None:

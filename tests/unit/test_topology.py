@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import pytest
@@ -42,6 +43,13 @@ def test_json_round_trip_keeps_every_field() -> None:
         "until": 1700000040.5,
     }
     assert doc["sharding"] == {"tables": [{"name": "orders", "key": "customer_id"}]}
+    assert topology.from_json(topology.to_json(topo)) == topo
+
+
+def test_statement_acks_are_kept_and_absent_in_async_mode() -> None:
+    assert "statementAcks" not in topology.to_dict(sample())
+    topo = dataclasses.replace(sample(), method="statement", statement_acks=2)
+    assert topology.to_dict(topo)["statementAcks"] == 2
     assert topology.from_json(topology.to_json(topo)) == topo
 
 
@@ -95,6 +103,7 @@ def test_hash_ranges_cover_the_space_without_gaps() -> None:
             },
             "shards[0].primary.zone: expected a string",
         ),
+        ({"shards": [], "statementAcks": "1"}, "statementAcks: expected a whole number"),
     ],
 )
 def test_bad_documents_name_the_field(doc: dict[str, object], needle: str) -> None:

@@ -357,8 +357,9 @@ def _check_replication(r: _Reader) -> ReplicationMethod:
     if method is ReplicationMethod.STATEMENT and mode != shard_policy.ReplicationMode.ASYNC.value:
         r.bad(
             "mode",
-            f"{mode} is not available with method statement yet (followers apply the log "
-            "asynchronously, no commit waits for them); use mode: async, or method: wal",
+            f"{mode} is not available with method statement on Kubernetes yet (the "
+            "operator does not publish statementAcks to the proxy; pgshard local has it); "
+            "use mode: async, or method: wal",
         )
     return method
 
