@@ -66,9 +66,10 @@ async def test_sync_statement_commit_waits_for_a_follower_and_failover_keeps_ack
             notices: list[str] = []
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as pc:
                 pc.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+                await pc.execute("SET statement_timeout = 500")  # does not end the wait
                 canceled = asyncio.ensure_future(pc.execute("INSERT INTO items VALUES (2)"))
                 await _until_on_primary(primary["dsn"], 2)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
                 assert not canceled.done()
                 await pc.cancel_safe()
                 await asyncio.wait_for(canceled, 30)

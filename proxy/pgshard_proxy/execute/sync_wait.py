@@ -46,13 +46,16 @@ def _quoted(text: str) -> str:
 
 
 def round_sql(seq: int, addresses: list[str], acks: int) -> str:
-    """One round: wait (at most ``ROUND_POLLS`` polls) on the server, then count."""
+    """One round: wait (at most ``ROUND_POLLS`` polls) on the server, then count. The
+    client's ``statement_timeout`` is off for it (local to the round): as in
+    PostgreSQL, it does not end a sync-rep wait, only a cancel does."""
     array = "ARRAY[" + ", ".join(_quoted(a) for a in addresses) + "]::text[]"
     count = (
         f"SELECT count(*) FROM {slog.SCHEMA}.followers "
         f"WHERE seq >= {int(seq)} AND address = ANY({array})"
     )
     return (
+        "SELECT set_config('statement_timeout', '0', true); "
         "DO $pgshard_wait$ BEGIN "
         f"FOR i IN 1..{ROUND_POLLS} LOOP "
         f"EXIT WHEN ({count}) >= {int(acks)}; "
