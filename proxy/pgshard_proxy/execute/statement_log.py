@@ -38,6 +38,7 @@ from typing import Protocol
 
 from ..contract import statement_log as slog
 from ..contract import topology
+from ..contract.sqltext import literal
 from ..pool.backend import BackendConnection, Marker
 from ..protocol import codec, messages
 from ..protocol.sqlstate import error_response
@@ -445,7 +446,7 @@ class Writer:
             return Outcome(messages.TxStatus.IDLE)
         body = (
             f"BEGIN RAISE EXCEPTION USING ERRCODE = '{refusal.sqlstate}', "
-            f"MESSAGE = {_literal(message)}, HINT = {_literal(hint)}; END"
+            f"MESSAGE = {literal(message)}, HINT = {literal(hint)}; END"
         )
         answer = await ex.relay(messages.query(f"DO {_dollar(body)}"))
         return Outcome(answer.status)
@@ -472,9 +473,9 @@ class Writer:
         if tx.writes == 0:
             return None
         sequences = await self._sequence_values(ex)
-        statements = _literal(slog.Entry.statements_json(tx.statements)) + "::jsonb"
+        statements = literal(slog.Entry.statements_json(tx.statements)) + "::jsonb"
         append = slog.APPEND_SQL.replace("$1::jsonb", statements).replace(
-            "$2::jsonb", _literal(json.dumps(sequences)) + "::jsonb"
+            "$2::jsonb", literal(json.dumps(sequences)) + "::jsonb"
         )
         return int(str((await ex.query(append)).one()[0]))
 
@@ -501,7 +502,7 @@ class Writer:
         names = sorted(self._tx.sequences)
         if not names:
             return {}
-        columns = ", ".join(f"pg_sequence_last_value({_literal(n)}::regclass)" for n in names)
+        columns = ", ".join(f"pg_sequence_last_value({literal(n)}::regclass)" for n in names)
         row = (await ex.query(f"SELECT {columns}")).one()
         return {n: int(v) for n, v in zip(names, row, strict=True) if v is not None}
 
@@ -560,10 +561,6 @@ def _zone(name: str) -> str:
     except ValueError:
         return "UTC"
     return name
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _dollar(body: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from ..contract import statement_log as slog
 from ..contract import topology
+from ..contract.sqltext import literal
 from ..protocol.sqlstate import SqlState, notice_response, parse_error_fields
 from .exchange import Exchange, ExchangeFailed
 
@@ -41,15 +42,11 @@ CANCELED = notice_response(
 """What PostgreSQL says when a sync-rep wait is canceled, the commit kept."""
 
 
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def round_sql(seq: int, addresses: list[str], acks: int) -> str:
     """One round: wait (at most ``ROUND_POLLS`` polls) on the server, then count. The
     client's ``statement_timeout`` is off for it (local to the round): as in
     PostgreSQL, it does not end a sync-rep wait, only a cancel does."""
-    array = "ARRAY[" + ", ".join(_quoted(a) for a in addresses) + "]::text[]"
+    array = "ARRAY[" + ", ".join(literal(a) for a in addresses) + "]::text[]"
     count = (
         f"SELECT count(*) FROM {slog.SCHEMA}.followers "
         f"WHERE seq >= {int(seq)} AND address = ANY({array})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..contract.sqltext import literal
 from . import catalog
 
 _COLUMNS = """
@@ -58,10 +59,6 @@ GROUP BY p.proname
 """
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 async def load(conn: Any, version: int = 0) -> catalog.StaticCatalog:
     """Read tables, defaults, unique keys and function volatility through ``conn``
     (an ``asyncpg.Connection``)."""
@@ -70,7 +67,7 @@ async def load(conn: Any, version: int = 0) -> catalog.StaticCatalog:
         identity = catalog.Identity(row["attidentity"])
         default = row["def"]
         if identity is not catalog.Identity.NONE and row["identity_seq"]:
-            default = f"nextval({_literal(row['identity_seq'])}::regclass)"
+            default = f"nextval({literal(row['identity_seq'])}::regclass)"
         columns.setdefault(row["relname"], []).append(
             catalog.ColumnInfo(row["attname"], default, identity)
         )

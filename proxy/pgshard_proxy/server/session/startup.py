@@ -17,6 +17,7 @@ import enum
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 
+from ...contract.sqltext import literal
 from ...protocol import auth, codec, messages
 from ...protocol.sqlstate import SqlState
 from ...routing.classify import PROXY_PREFIX
@@ -24,10 +25,6 @@ from ..context import ServerContext
 
 # Startup parameters that are not server settings to replay.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _ident(name: str) -> str:
@@ -88,7 +85,7 @@ def split_settings(params: Mapping[str, str]) -> tuple[dict[str, str], list[tupl
 
 
 def set_statements(settings: Iterable[tuple[str, str]]) -> str:
-    return "; ".join(f"SET {_ident(k)} TO {_literal(v)}" for k, v in settings)
+    return "; ".join(f"SET {_ident(k)} TO {literal(v)}" for k, v in settings)
 
 
 class Step(enum.Enum):
