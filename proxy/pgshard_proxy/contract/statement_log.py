@@ -159,6 +159,13 @@ CONTINUE_SQL = f"SELECT setval('{SEQUENCE}', greatest(1, ({POSITION_SQL})), ({PO
 """On promotion: the new writer continues the sequence after the last entry it applied."""
 
 
+KINDS = frozenset(("sql", "rows"))
+"""Statement kinds: ``sql`` a client's statement (rewritten), ``rows`` the row images
+of a statement the rewriter refused (``pgshard_proxy.execute.row_image``): a
+self-contained statement writing them by primary key. An applier refuses (diverges
+on) a kind it does not know rather than guess."""
+
+
 class BadEntry(ValueError):
     """A log row that does not follow this schema."""
 
@@ -174,9 +181,14 @@ class Statement:
     """Parameter type names, when the client gave them (else PostgreSQL infers them)."""
     settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Session settings that change results (TimeZone, search_path, DateStyle, …)."""
+    kind: str = "sql"
+    """What the statement is (:data:`KINDS`): informational for the applier, which runs
+    every kind the same way, so an older applier applies newer kinds correctly."""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"sql": self.sql}
+        if self.kind != "sql":
+            d["kind"] = self.kind
         if self.params:
             d["params"] = list(self.params)
         if self.types:
@@ -193,7 +205,11 @@ class Statement:
         if not all(p is None or isinstance(p, str) for p in params):
             raise BadEntry(f"parameters must be text or null, got {params!r}")
         settings = d.get("settings") or {}
+        kind = d.get("kind", "sql")
+        if kind not in KINDS:
+            raise BadEntry(f"unknown statement kind {kind!r}: upgrade this follower's applier")
         return cls(
+            kind=kind,
             sql=d["sql"],
             params=tuple(params),
             types=tuple(str(t) for t in d.get("types") or ()),

@@ -48,7 +48,7 @@ from ..rewrite import tokens as tokens_mod
 from ..rewrite.template import Capture
 from ..routing import keyroute
 from ..routing.classify import Classified, Kind, classify
-from . import bind_messages, sync_wait
+from . import bind_messages, row_image, sync_wait
 from .exchange import Answer, Exchange
 
 SETTINGS = (
@@ -197,6 +197,8 @@ class Writer:
             answer_or_refusal = await self._write(ex, shard, sql, c)
         else:
             answer_or_refusal = refusal
+        if isinstance(answer_or_refusal, NotDeterministic) and refusal is None:
+            answer_or_refusal = await self._row_images(ex, shard, sql, answer_or_refusal)
         if isinstance(answer_or_refusal, NotDeterministic):
             return await self._refuse(ex, answer_or_refusal, autocommit)
         answer = answer_or_refusal
@@ -207,6 +209,49 @@ class Writer:
             self._after_rollback(shard)
             return Outcome(messages.TxStatus.IDLE)
         return await self._append_and_commit(ex, shard, None)
+
+    async def _row_images(
+        self, ex: Exchange, shard: int, sql: str, refusal: NotDeterministic
+    ) -> Answer | NotDeterministic:
+        """The row-image fallback (``row_image``) for a statement the rewriter refused:
+        its answer (already sent to the client), or the refusal to send instead."""
+        tgt = row_image.target(sql)
+        if tgt is None:
+            return refusal
+        found = await _JsonRows(ex).fetch(row_image.TABLE_SQL.replace("$1", literal(tgt.table)))
+        checked = row_image.check(tgt, found[0] if found else None, refusal)
+        if isinstance(checked, NotDeterministic):
+            return checked
+        table, columns = checked
+        try:
+            await self._lock(ex)
+        except _Failed as e:
+            if e.answer.error is not None:
+                self._client_write(e.answer.error)
+            return e.answer
+        row = (await ex.query(f"SELECT {_SETTINGS_SQL}, ({row_image.CHANGES_SQL})")).one()
+        settings = dict(zip(SETTINGS, map(str, row[: len(SETTINGS)]), strict=True))
+        answer = await ex.query(row_image.capture_sql(tgt, columns))
+        if answer.error is not None:
+            self._client_write(answer.error)
+            return answer
+        after = (await ex.query(row_image.CHANGES_SQL)).one()[0]
+        elsewhere = row_image.changed_elsewhere(found[0], row[-1], after)
+        if elsewhere:
+            return NotDeterministic(
+                f"{refusal.construct}, and the row-image fallback cannot run it: it also "
+                f"wrote rows of other tables ({', '.join(elsewhere)}; a function or a "
+                "foreign-key cascade), which row images of one table do not carry",
+                refusal.position,
+                refusal.hint,
+            )
+        if answer.rows:
+            image = row_image.image_statement(tgt.op, table, columns, answer.rows, settings)
+            self._tx.statements.append(image)
+            self._tx.writes += 1
+        for tag in answer.tags:
+            self._client_write(messages.command_complete(tag))
+        return answer
 
     async def extended(
         self, ex: Exchange, shard: int, frames: Sequence[codec.Frame], fwd: Forward
