@@ -29,8 +29,10 @@ SCHEMA = [
     "CREATE TABLE acc (k int PRIMARY KEY, v bigint NOT NULL)",
     "CREATE TABLE snap (k int, n int, total bigint, at timestamptz, PRIMARY KEY (k, n))",
     "CREATE TABLE nokey (a int, r float8)",
+    "CREATE TABLE par (id int PRIMARY KEY)",
+    "CREATE TABLE chi (id int PRIMARY KEY, p int REFERENCES par ON DELETE CASCADE)",
 ]
-TABLES = ["items", "ident", "acc", "snap"]
+TABLES = ["items", "ident", "acc", "snap", "par", "chi"]
 SEQUENCES = ["items_id_seq", "ident_id_seq"]
 
 
@@ -121,6 +123,12 @@ async def row_images(conn: asyncpg.Connection) -> None:
     await conn.execute("UPDATE items SET rnd = -1 WHERE random() < 2")
     await conn.execute("ROLLBACK")
     assert await conn.fetchval("SELECT count(*) FROM items WHERE rnd = -1") == 0
+    # A cascade writes another table, which row images of one table do not carry.
+    await conn.execute("INSERT INTO par VALUES (1), (2)")
+    await conn.execute("INSERT INTO chi VALUES (1, 1), (2, 2)")
+    with pytest.raises(asyncpg.FeatureNotSupportedError, match="wrote rows of other tables"):
+        await conn.execute("DELETE FROM par WHERE random() < 2")
+    assert await conn.fetchval("SELECT count(*) FROM chi") == 2
     # What the client gets is PostgreSQL's answer to its statement, not to the capture.
     assert await conn.execute("UPDATE items AS i SET rnd = random() WHERE i.id < 0") == "UPDATE 0"
 
