@@ -29,11 +29,12 @@ SCHEMA = [
     "CREATE TABLE acc (k int PRIMARY KEY, v bigint NOT NULL)",
     "CREATE TABLE snap (k int, n int, total bigint, at timestamptz, PRIMARY KEY (k, n))",
     "CREATE TABLE nokey (a int, r float8)",
+    "CREATE SEQUENCE tick",
     "CREATE TABLE par (id int PRIMARY KEY)",
     "CREATE TABLE chi (id int PRIMARY KEY, p int REFERENCES par ON DELETE CASCADE)",
 ]
 TABLES = ["items", "ident", "acc", "snap", "par", "chi"]
-SEQUENCES = ["items_id_seq", "ident_id_seq"]
+SEQUENCES = ["items_id_seq", "ident_id_seq", "tick"]
 
 
 async def settled(c: localcluster.LocalCluster, timeout: float = 90) -> dict[str, Any]:
@@ -118,6 +119,8 @@ async def row_images(conn: asyncpg.Connection) -> None:
     deleted = await conn.execute("DELETE FROM items WHERE random() < 0.5")
     assert deleted.startswith("DELETE ")
     await conn.execute("COMMIT")
+    # A sequence the statement advanced is set on the followers too.
+    await conn.execute("UPDATE items SET v = nextval('tick') WHERE random() < 2")
     await conn.execute("BEGIN")
     await conn.execute("DELETE FROM items WHERE random() < 0.9")
     await conn.execute("UPDATE items SET rnd = -1 WHERE random() < 2")

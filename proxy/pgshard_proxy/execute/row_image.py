@@ -11,13 +11,14 @@ column's type on the follower, so it stores exactly what the primary did.
 Only where the images are the whole effect: a single UPDATE/DELETE without its own
 RETURNING (the client's answer, ``UPDATE n``, stays exactly PostgreSQL's), on a
 table with a primary key, no user triggers and no inheritance children, not
-changing the key; :data:`CHANGES_SQL` taken before and after proves that no other
+changing the key; :data:`CHANGES_COLUMNS` read before and after proves that no other
 table changed (a volatile function writing elsewhere, a cascade).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,12 +51,15 @@ WHERE c.oid = to_regclass($1)
 """What the fallback needs of the target table (``$1``: its name as written, as a
 literal)."""
 
-CHANGES_SQL = (
-    "SELECT coalesce(string_agg(relid::int::text || ':' || "
+CHANGES_COLUMNS = (
+    "(SELECT coalesce(string_agg(relid::int::text || ':' || "
     "(n_tup_ins + n_tup_upd + n_tup_del)::text, ',' ORDER BY relid), '') "
-    "FROM pg_stat_xact_user_tables"
+    "FROM pg_stat_xact_user_tables), "
+    "(SELECT coalesce(json_object_agg(format('%I.%I', schemaname, sequencename), "
+    "last_value), '{}')::text FROM pg_sequences)"
 )
-"""Rows this transaction wrote so far, per table (taken before and after the statement)."""
+"""Rows this transaction wrote so far, per table, and the sequences' last values (read
+before and after the statement: a sequence it advanced is set on the followers too)."""
 
 _END_WORDS = frozenset(("from", "where", "returning"))
 
@@ -189,10 +193,16 @@ def check(
 
 def changed_elsewhere(info: Mapping[str, Any], before: str | None, after: str | None) -> list[str]:
     """Tables (oids) other than the target (and its partitions) whose written-rows
-    counters moved between two :data:`CHANGES_SQL` readings."""
+    counters moved between two :data:`CHANGES_COLUMNS` readings."""
     own = set(str(info["relids"] or "").split(","))
     old, new = _counters(before), _counters(after)
     return sorted(r for r, n in new.items() if r not in own and old.get(r) != n)
+
+
+def advanced(before: str | None, after: str | None) -> list[str]:
+    """Sequences (qualified, quoted) whose last value moved between two readings."""
+    old, new = json.loads(before or "{}"), json.loads(after or "{}")
+    return sorted(n for n, v in new.items() if v is not None and old.get(n) != v)
 
 
 def _counters(text: str | None) -> dict[str, str]:

@@ -229,14 +229,14 @@ class Writer:
             if e.answer.error is not None:
                 self._client_write(e.answer.error)
             return e.answer
-        row = (await ex.query(f"SELECT {_SETTINGS_SQL}, ({row_image.CHANGES_SQL})")).one()
+        row = (await ex.query(f"SELECT {_SETTINGS_SQL}, {row_image.CHANGES_COLUMNS}")).one()
         settings = dict(zip(SETTINGS, map(str, row[: len(SETTINGS)]), strict=True))
         answer = await ex.query(row_image.capture_sql(tgt, columns))
         if answer.error is not None:
             self._client_write(answer.error)
             return answer
-        after = (await ex.query(row_image.CHANGES_SQL)).one()[0]
-        elsewhere = row_image.changed_elsewhere(found[0], row[-1], after)
+        after = (await ex.query(f"SELECT {row_image.CHANGES_COLUMNS}")).one()
+        elsewhere = row_image.changed_elsewhere(found[0], row[-2], after[0])
         if elsewhere:
             return NotDeterministic(
                 f"{refusal.construct}, and the row-image fallback cannot run it: it also "
@@ -245,6 +245,7 @@ class Writer:
                 refusal.position,
                 refusal.hint,
             )
+        self._tx.sequences.update(row_image.advanced(row[-1], after[1]))
         if answer.rows:
             image = row_image.image_statement(tgt.op, table, columns, answer.rows, settings)
             self._tx.statements.append(image)
