@@ -132,6 +132,10 @@ async def row_images(conn: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.FeatureNotSupportedError, match="wrote rows of other tables"):
         await conn.execute("DELETE FROM par WHERE random() < 2")
     assert await conn.fetchval("SELECT count(*) FROM chi") == 2
+    # Prepared (extended protocol): still refused, saying what works.
+    with pytest.raises(asyncpg.FeatureNotSupportedError) as e:
+        await conn.execute("UPDATE items SET rnd = random() WHERE id < $1", 10)
+    assert "simple query protocol" in str(e.value.hint)
     # What the client gets is PostgreSQL's answer to its statement, not to the capture.
     assert await conn.execute("UPDATE items AS i SET rnd = random() WHERE i.id < 0") == "UPDATE 0"
 

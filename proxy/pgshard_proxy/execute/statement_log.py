@@ -75,6 +75,10 @@ LOGGED = frozenset((Kind.WRITE, Kind.DDL, Kind.OTHER, Kind.SAVEPOINT))
 """What runs through the writer; COMMIT too while its transaction wrote."""
 
 _TRANSACTION_WORDS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"))
+_SIMPLE_ONLY = (
+    "the row-image fallback runs such an UPDATE/DELETE only when sent by the simple "
+    "query protocol, without parameters"
+)
 _NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'")
 
 
@@ -296,6 +300,8 @@ class Writer:
                     got = await self._bound(ex, shard, sql, types, f.body)
                     if isinstance(got, NotDeterministic):
                         b.statements.pop("", None)
+                        if row_image.target(sql) is not None:
+                            got = dataclasses.replace(got, hint=f"{got.hint} ({_SIMPLE_ONLY})")
                         return await self._refuse(ex, got, autocommit)
                     replaced[i], stmt = got
                     logged.append(stmt)
