@@ -1,13 +1,19 @@
-"""``pgshard switchover``: flag checks, and how ``--kube`` reads the operator's answer (pure)."""
+"""``pgshard switchover``: flag checks, how ``--kube`` reads the operator's answer (pure),
+and how it retries its request on a conflict (an in-memory API)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import datetime
+from typing import Any
 
 import pytest
 
 from pgshard_operator import cli
+from pgshard_operator.cli import CommandError
 from pgshard_operator.k8s import switchover_request as sr
+from pgshard_operator.k8s.apply import ApiError
 
 SINCE = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -72,3 +78,49 @@ def test_dir_and_kube_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         cli.main(["switchover", "--dir", "d", "--kube", "--shard", "0"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+class ChangingCluster:
+    """An API whose object changes (a status write) between each read and the request's
+    conditional patch ``conflicts`` times: the patch gets 409 as from the API server."""
+
+    def __init__(self, conflicts: int) -> None:
+        self.conflicts = conflicts
+        self.version = 1
+        self.annotations: dict[str, str] = {}
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, object]:
+        meta = {"resourceVersion": str(self.version), "annotations": dict(self.annotations),
+                "uid": "u"}  # fmt: skip
+        return {"metadata": meta, "spec": {"shards": 2}, "status": cluster(3)["status"]}
+
+    async def merge_patch(self, kind: str, ns: str, name: str, patch: dict[str, Any]) -> None:
+        if self.conflicts:
+            self.conflicts -= 1
+            self.version += 1
+        if patch["metadata"]["resourceVersion"] != str(self.version):
+            raise ApiError(409, "the object has been modified")
+        self.annotations.update(patch["metadata"]["annotations"])
+        self.version += 1
+
+    async def list(self, *args: object) -> list[object]:
+        return []
+
+
+def _request(api: ChangingCluster) -> sr.Outcome:
+    args = argparse.Namespace(cluster="c", shard=1, to=None, timeout=0.0)
+    return asyncio.run(sr.request(api, args, "ns"))  # type: ignore[arg-type]
+
+
+def test_a_cluster_changed_between_read_and_request_is_read_again() -> None:
+    api = ChangingCluster(conflicts=3)
+    outcome = _request(api)  # no time to wait for an outcome: the request is withdrawn
+    assert "did not take the request up" in outcome.message
+    assert api.conflicts == 0
+
+
+def test_a_cluster_that_keeps_changing_is_an_error_not_a_hang() -> None:
+    api = ChangingCluster(conflicts=sr.ANNOTATE_ATTEMPTS)
+    with pytest.raises(CommandError, match="kept changing"):
+        _request(api)
+    assert api.annotations == {}

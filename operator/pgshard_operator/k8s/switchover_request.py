@@ -117,30 +117,31 @@ async def _request(args: argparse.Namespace) -> Outcome:
             raise CommandError(f"the Kubernetes API server did not answer: {e}") from None
 
 
+ANNOTATE_ATTEMPTS = 10
+"""Reads and conditional writes of the request; each 409 means the object changed in
+between (the operator publishes status every few seconds), so it is read again."""
+
+
 async def request(api: Api, args: argparse.Namespace, namespace: str) -> Outcome:
     """Annotate, then wait for the outcome (``args``: cluster, shard, to, timeout)."""
     name = args.cluster
-    cluster = await api.get(naming.KIND, namespace, name)
-    if cluster is None:
-        raise CommandError(f"no ShardedCluster {name!r} in namespace {namespace!r}")
-    shards = int((cluster.get("spec") or {}).get("shards") or 1)
     value = f"{args.shard}:{args.to}" if args.to else str(args.shard)
-    try:
-        managers.parse_switchover(value, name, shards)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    meta = cluster["metadata"]
-    pending = (meta.get("annotations") or {}).get(naming.SWITCHOVER_ANNOTATION)
-    if pending is not None:
+    for _ in range(ANNOTATE_ATTEMPTS):
+        cluster = await api.get(naming.KIND, namespace, name)
+        before, version = _checked(cluster, args, namespace, value)
+        since = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        try:
+            await _annotate(api, namespace, name, version, value)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            continue  # changed since it was read: check it again, then retry
+        break
+    else:
         raise CommandError(
-            f"a switchover of {name} is already requested ({naming.SWITCHOVER_ANNOTATION}="
-            f"{pending!r}); wait for it, or remove the annotation if the operator is not running"
+            f"ShardedCluster {name!r} kept changing while the request was being set "
+            f"({ANNOTATE_ATTEMPTS} tries); try again"
         )
-    before = shard_entry(cluster, args.shard)
-    if args.to and (before.get("primary") or {}).get("name") == args.to:
-        raise CommandError(f"{args.to} is already the primary of shard {args.shard}")
-    since = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    await _annotate(api, namespace, name, meta["resourceVersion"], value)
     epoch = int(before.get("epoch") or 0)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -154,6 +155,31 @@ async def request(api: Api, args: argparse.Namespace, namespace: str) -> Outcome
         if result is not None:
             return result
     return await _timed_out(api, namespace, name, value, args.timeout)
+
+
+def _checked(
+    cluster: dict[str, Any] | None, args: argparse.Namespace, namespace: str, value: str
+) -> tuple[dict[str, Any], str]:
+    """The shard's status entry and the object's ``resourceVersion``, once the request
+    makes sense for ``cluster``; else ``CommandError`` saying why."""
+    name = args.cluster
+    if cluster is None:
+        raise CommandError(f"no ShardedCluster {name!r} in namespace {namespace!r}")
+    shards = int((cluster.get("spec") or {}).get("shards") or 1)
+    try:
+        managers.parse_switchover(value, name, shards)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    pending = (cluster["metadata"].get("annotations") or {}).get(naming.SWITCHOVER_ANNOTATION)
+    if pending is not None:
+        raise CommandError(
+            f"a switchover of {name} is already requested ({naming.SWITCHOVER_ANNOTATION}="
+            f"{pending!r}); wait for it, or remove the annotation if the operator is not running"
+        )
+    before = shard_entry(cluster, args.shard)
+    if args.to and (before.get("primary") or {}).get("name") == args.to:
+        raise CommandError(f"{args.to} is already the primary of shard {args.shard}")
+    return before, str(cluster["metadata"]["resourceVersion"])
 
 
 async def _annotate(api: Api, namespace: str, name: str, version: str, value: str | None) -> None:
