@@ -118,9 +118,14 @@ def test_instance_and_proxy_serve_from_the_image(
     ], *mounts)  # fmt: skip
     app = creds.app_dsn(addr)
     try:
+        # The agent logs "postgres started" for the server it keeps; the one initdb's set-up
+        # starts first (same port) shuts down again, and a client may have reached it.
         wait_for(
             "the primary in the container",
-            lambda: psql(netns, app, "SELECT 1").returncode == 0,
+            lambda: (
+                "postgres started" in podman.logs(instance)
+                and psql(netns, app, "SELECT 1").returncode == 0
+            ),
             120,
         )
     except AssertionError:

@@ -21,17 +21,26 @@ from tests.support import localcluster
 
 
 async def _wait_rows(dsn: str, table: str, expected: int, timeout: float = 30) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
-            n = await conn.fetchval(f"SELECT count(*) FROM {table}") if exists else 0
-            if n >= expected or time.monotonic() > deadline:
-                return int(n)
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
+    """Rows of ``table`` once there are ``expected`` (or at the deadline). A follower may
+    be restarted meanwhile (the shard manager's rejoin of a member it saw gone: a
+    "restart"), so connection losses and "starting up" are retried until the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            try:
+                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+                n = await conn.fetchval(f"SELECT count(*) FROM {table}") if exists else 0
+            finally:
+                await conn.close()
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        if n >= expected or time.monotonic() > deadline:
+            return int(n)
+        await asyncio.sleep(0.05)
 
 
 async def test_up_streams_to_followers_then_resumes_after_down(pg_tmp: Path) -> None:
