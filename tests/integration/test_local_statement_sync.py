@@ -14,6 +14,7 @@ import asyncpg
 import psycopg
 
 from tests.support import localcluster
+from tests.support.proxy_writers import kill_primary_under_writers
 from tests.support.statement_writer import table_contents
 
 
@@ -88,47 +89,10 @@ async def test_sync_statement_commit_waits_for_a_follower_and_failover_keeps_ack
 
         # kill -9 of the primary under 2 writers through the proxy: every acknowledged
         # insert is on the new primary.
-        acked: list[int] = []
-        stop = asyncio.Event()
-
-        async def writer(i: int) -> None:
-            n = 0
-            while not stop.is_set():
-                try:
-                    w = await asyncpg.connect(dsn, timeout=5)
-                except (OSError, asyncpg.PostgresError, TimeoutError):
-                    await asyncio.sleep(0.2)
-                    continue
-                try:
-                    while not stop.is_set():
-                        n += 1
-                        key = (i + 1) * 100000 + n
-                        await w.execute(f"INSERT INTO items VALUES ({key})")
-                        acked.append(key)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await asyncio.sleep(0.2)
-                finally:
-                    w.terminate()
-
-        tasks = [asyncio.ensure_future(writer(i)) for i in range(2)]
-        try:
-            async with asyncio.timeout(60):
-                while len(acked) < 30:  # noqa: ASYNC110 - the writers append
-                    await asyncio.sleep(0.1)
-            c.kill(0, primary["name"])
-            async with asyncio.timeout(90):
-                while True:
-                    shard = await asyncio.to_thread(c.shard, 0)
-                    if shard["epoch"] >= 2 and shard["primary"]["name"] != primary["name"]:
-                        break
-                    await asyncio.sleep(0.3)
-            before = len(acked)
-            async with asyncio.timeout(60):
-                while len(acked) < before + 10:  # noqa: ASYNC110 - the writers append
-                    await asyncio.sleep(0.2)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
+        acked, _, _ = await kill_primary_under_writers(
+            c, dsn, lambda i, n: (f"INSERT INTO items VALUES ({(i + 1) * 100000 + n})",
+                                  (i + 1) * 100000 + n), writers=2, after=10,
+        )  # fmt: skip
         shard = await asyncio.to_thread(c.shard, 0)
         present = {
             row[0] for row in (await table_contents(shard["primary"]["dsn"], ["items"]))["items"]

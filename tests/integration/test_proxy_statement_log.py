@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.support import localcluster
+from tests.support.proxy_writers import kill_primary_under_writers
 from tests.support.statement_writer import table_contents
 
 SCHEMA = [
@@ -340,46 +341,10 @@ async def test_kill_9_of_the_primary_under_writes_through_the_proxy(pg_tmp: Path
             await conn.execute(SCHEMA[0])
         finally:
             await conn.close()
-        acked: list[int] = []
-        stop = asyncio.Event()
-
-        async def writer(i: int) -> None:
-            n = 0
-            while not stop.is_set():
-                try:
-                    w = await asyncpg.connect(dsn, timeout=5)
-                except (OSError, asyncpg.PostgresError, TimeoutError):
-                    await asyncio.sleep(0.2)
-                    continue
-                try:
-                    while not stop.is_set():
-                        n += 1
-                        key = i * 100000 + n
-                        await w.execute(f"INSERT INTO items (k, v) VALUES ({key}, {n})")
-                        acked.append(key)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await asyncio.sleep(0.2)
-                finally:
-                    w.terminate()
-
-        tasks = [asyncio.ensure_future(writer(i)) for i in range(3)]
-        async with asyncio.timeout(60):  # the writers are under way before the kill
-            while len(acked) < 30:  # noqa: ASYNC110 - the writers append
-                await asyncio.sleep(0.1)
-        old = c.shard(0)["primary"]["name"]
-        c.kill(0, old)
-        async with asyncio.timeout(90):
-            while True:
-                shard = await asyncio.to_thread(c.shard, 0)
-                if shard["epoch"] >= 2 and shard["primary"]["name"] != old:
-                    break
-                await asyncio.sleep(0.3)
-        before = len(acked)
-        async with asyncio.timeout(60):
-            while len(acked) < before + 20:  # noqa: ASYNC110 - the writers append
-                await asyncio.sleep(0.2)
-        stop.set()
-        await asyncio.gather(*tasks)
+        acked, old, before = await kill_primary_under_writers(
+            c, dsn, lambda i, n: (f"INSERT INTO items (k, v) VALUES ({i * 100000 + n}, {n})",
+                                  i * 100000 + n), writers=3, after=20,
+        )  # fmt: skip
         async with asyncio.timeout(180):
             while True:
                 shard = await asyncio.to_thread(c.shard, 0)
