@@ -33,6 +33,9 @@ STATUS_TIMEOUT = 2.0
 FENCE_TIMEOUT = 45.0
 """Agent-side clean stop is bounded by 30 s (then immediate); this bounds the request."""
 ACTION_TIMEOUT = 45.0
+PARAMETER_TIMEOUT = 10.0
+"""ALTER SYSTEM + reload take milliseconds: a primary that does not answer in 10 s is
+frozen or gone, and the manager must get back to noticing that (it retries next tick)."""
 REJOIN_TIMEOUT = 1800.0
 """A re-clone copies the whole primary; bounded, but generously."""
 
@@ -94,7 +97,7 @@ class AgentClient:
         return state.RejoinResult.from_agent(doc)
 
     async def set_parameter(self, agent: AgentRef, name: str, value: str) -> None:
-        await self._post(agent, "/parameter", {"name": name, "value": value}, ACTION_TIMEOUT)
+        await self._post(agent, "/parameter", {"name": name, "value": value}, PARAMETER_TIMEOUT)
 
     async def _post(
         self, agent: AgentRef, path: str, body: dict[str, Any] | None, timeout: float
