@@ -37,6 +37,7 @@ from . import (
     rejoin,
     sql,
     statement_roles,
+    timeline,
     wallclock,
 )
 from .credentials import Credentials
@@ -420,6 +421,30 @@ class Agent:
             and not self._applier_task.done()
         )
 
+    async def _streams_from(self, up: bootstrap.Upstream) -> bool:
+        """A WAL follower pointed at ``up`` and streaming from it on ``up``'s timeline.
+
+        It came back (or never left) before a rejoin the manager decided while it looked
+        gone reached it: restarting it would only take it away for a while. A follower
+        that replayed past the fork cannot stream on the new timeline, so it is not
+        mistaken for one that can."""
+        if self.s.statement_mode or self.role is not Role.FOLLOWER or self.pg.pid is None:
+            return False
+        try:
+            row = await asyncio.wait_for(self._probe(), 5.0)
+            rows = await asyncio.wait_for(self._query("SHOW primary_conninfo"), 5.0)
+            tli, _ = await timeline.primary_history(up, self.creds)
+        except Exception as e:  # not provable now: rejoin as asked
+            log.info("could not tell whether it already streams from %s: %s", up.address, e)
+            return False
+        wanted = bootstrap.replication_conninfo(up, self.creds, self.s.name)
+        return (
+            row is not None
+            and row["receiver"] == "streaming"
+            and row["receiver_tli"] == tli
+            and rows[0][0] == wanted
+        )
+
     def _start_applier(self, up: bootstrap.Upstream) -> None:
         self.applier = applier.Applier(
             self.s.name,
@@ -757,6 +782,9 @@ class Agent:
                 # A statement-mode follower copied from (or repointed to) ``up`` that has
                 # not diverged: a re-copy would only restart it and take it away.
                 log.info("already applying the log of %s: nothing to rejoin", up.address)
+                return rejoin.RejoinResult(rejoin.Method.RESTART, None, 0).to_dict()
+            if await self._streams_from(up):
+                log.info("already streaming from %s on its timeline: nothing to rejoin", up.address)
                 return rejoin.RejoinResult(rejoin.Method.RESTART, None, 0).to_dict()
             previous = self.role
             self.role = Role.REJOINING
