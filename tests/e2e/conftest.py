@@ -7,6 +7,9 @@ is stopped by recorded pids at the end of the session, failures included.
 ``PGSHARD_E2E_PODS=image`` runs the session in image mode: the image is built first
 (scripts/image-build) and pods naming it (the operator's Deployment from the chart, the
 shard and proxy pods it creates) run from it with podman; other pods stay processes.
+
+``PGSHARD_E2E_KUBECONFIG`` runs the suite against an existing cluster instead
+(tests/e2e/external.py); tests marked ``test_node`` and the ``faults`` fixture skip there.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import external
 from tests.e2e.helpers import operator_namespace
 from tests.kube import cluster as kube_cluster
 from tests.kube.faults import Faults
@@ -32,6 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     mode = os.environ.get("PGSHARD_E2E_PODS", "process")
     if mode not in POD_MODES:
         raise pytest.UsageError(f"PGSHARD_E2E_PODS={mode!r} is not one of {', '.join(POD_MODES)}")
+    if kubeconfig := external.kubeconfig():
+        external.check_settings(kubeconfig, os.environ.get("PGSHARD_E2E_PODS", "image"))
+        return
     if mode == "process" or os.geteuid() != 0:
         return
     if missing := containers.missing_tools():
@@ -47,8 +54,19 @@ def _pod_image() -> str:
     return os.environ["PGSHARD_TEST_IMAGE"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if external.kubeconfig():
+        for item in items:
+            if item.get_closest_marker("test_node"):
+                item.add_marker(pytest.mark.skip(reason=external.EXTERNAL_SKIP))
+
+
 @pytest.fixture(scope="session")
-def kube() -> Iterator[kube_cluster.Cluster]:
+def kube() -> Iterator[kube_cluster.Kube]:
+    if kubeconfig := external.kubeconfig():
+        with tempfile.TemporaryDirectory(prefix="pgshard-e2e-") as d:
+            yield external.connect(kubeconfig, Path(d), os.environ.get("PGSHARD_E2E_PODS", "image"))
+        return
     if os.geteuid() != 0:
         pytest.skip("the local Kubernetes node needs root (network namespaces, bind mounts)")
     with tempfile.TemporaryDirectory(prefix="pgshard-kube-") as d:
@@ -64,12 +82,14 @@ def kube() -> Iterator[kube_cluster.Cluster]:
 
 
 @pytest.fixture(scope="session")
-def faults(kube: kube_cluster.Cluster) -> Faults:
+def faults(kube: kube_cluster.Kube) -> Faults:
+    if not isinstance(kube, kube_cluster.Cluster):
+        pytest.skip(external.EXTERNAL_SKIP)
     return Faults(kube.control_socket)
 
 
 @pytest.fixture(scope="module")
-def ns(kube: kube_cluster.Cluster) -> Iterator[str]:
+def ns(kube: kube_cluster.Kube) -> Iterator[str]:
     """A namespace per test module with the operator (the chart, defaults) watching it;
     modules that need another operator setup define their own ``ns``."""
     with operator_namespace(kube) as name:

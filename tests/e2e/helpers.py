@@ -11,13 +11,13 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import crd, procs
 
 T = TypeVar("T")
 
 
-def get(kube: Cluster, *args: str) -> Any:
+def get(kube: Kube, *args: str) -> Any:
     return json.loads(kube.kubectl("get", *args, "-o", "json"))
 
 
@@ -42,7 +42,7 @@ def wait_for(
 
 
 def ready_pods(
-    kube: Cluster, namespace: str, selector: str, count: int
+    kube: Kube, namespace: str, selector: str, count: int
 ) -> list[dict[str, Any]] | None:
     """The pods matching ``selector`` if exactly ``count`` exist and all are Running and Ready."""
     pods = get(kube, "pods", "-n", namespace, *(["-l", selector] if selector else []))["items"]
@@ -56,14 +56,14 @@ def ready_pods(
     return live
 
 
-def node_ready(kube: Cluster) -> str:
+def node_ready(kube: Kube) -> str:
     node = get(kube, "node", kube.node)
     return {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
 
 
 @contextlib.contextmanager
 def operator_namespace(
-    kube: Cluster,
+    kube: Kube,
     prefix: str = "pg",
     env: Mapping[str, str] | None = None,
     log_level: str | None = None,
@@ -97,7 +97,7 @@ def operator_namespace(
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def create_cluster(kube: Cluster, ns: str, name: str, spec: dict[str, Any]) -> None:
+def create_cluster(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> None:
     """Applies a ShardedCluster ``name`` with ``spec`` in namespace ``ns`` (fails on refusal)."""
     doc = crd.cluster(spec, name=name)
     doc["metadata"]["namespace"] = ns

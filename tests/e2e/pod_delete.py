@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from tests.e2e.helpers import get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import writer
 
 
@@ -42,13 +42,13 @@ class Round:
     """Wall-clock time of the delete (to find the round in the pods' logs)."""
 
 
-def shard(kube: Cluster, ns: str, name: str) -> dict[str, Any]:
+def shard(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
     entry: dict[str, Any] = (status.get("shards") or [{}])[0]
     return {**entry, "phase": status.get("phase")}
 
 
-def healthy(kube: Cluster, ns: str, name: str) -> dict[str, Any] | None:
+def healthy(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
     """Shard 0's status once every shard has a primary and two streaming followers."""
     status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
     shards = status.get("shards") or []
@@ -69,7 +69,7 @@ def outage(w: writer.Writer, start: float, end: float) -> tuple[float, float]:
     return gap, ended - start
 
 
-async def delete_primary(kube: Cluster, ns: str, name: str, w: writer.Writer) -> Round:
+async def delete_primary(kube: Kube, ns: str, name: str, w: writer.Writer) -> Round:
     """One round (module docstring)."""
     before = await asyncio.to_thread(
         wait_for, "a healthy shard", lambda: healthy(kube, ns, name), 300, 1

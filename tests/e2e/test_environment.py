@@ -25,7 +25,8 @@ from tests.e2e.helpers import get, node_ready, ready_pods, wait_for
 from tests.kube.cluster import Cluster
 from tests.kube.faults import Faults
 
-pytestmark = pytest.mark.e2e
+# The test node itself is under test here: pods run this machine's interpreter.
+pytestmark = [pytest.mark.e2e, pytest.mark.test_node]
 
 CHARTS = Path(__file__).parent / "charts"
 

@@ -42,7 +42,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.kube.faults import Faults
 from tests.support import procs, switch_load
 
@@ -61,7 +61,7 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def cluster(kube: Cluster, ns: str) -> dict[str, str]:
+def cluster(kube: Kube, ns: str) -> dict[str, str]:
     """The running cluster: its app password and the proxy's address."""
     create_cluster(kube, ns, NAME, SPEC)
     wait_for("a Ready cluster with two streaming followers", lambda: healthy(kube, ns), 300, 2)
@@ -72,25 +72,25 @@ def cluster(kube: Cluster, ns: str) -> dict[str, str]:
     return {"password": password, "proxy": f"{ip}:5432"}
 
 
-def shard(kube: Cluster, ns: str) -> dict[str, Any]:
+def shard(kube: Kube, ns: str) -> dict[str, Any]:
     status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
     entry: dict[str, Any] = (status.get("shards") or [{}])[0]
     return {**entry, "phase": status.get("phase")}
 
 
-def healthy(kube: Cluster, ns: str) -> dict[str, Any] | None:
+def healthy(kube: Kube, ns: str) -> dict[str, Any] | None:
     """The shard's status entry once it has a primary and two streaming followers."""
     s = shard(kube, ns)
     streaming = [f for f in s.get("followers") or () if f.get("state") == "streaming"]
     return s if s.get("primary") and len(streaming) == 2 and s["phase"] == "Ready" else None
 
 
-def promoted(kube: Cluster, ns: str, epoch: int) -> dict[str, Any] | None:
+def promoted(kube: Kube, ns: str, epoch: int) -> dict[str, Any] | None:
     s = shard(kube, ns)
     return s if s.get("epoch", 0) > epoch and s.get("primary") else None
 
 
-def streaming_follower(kube: Cluster, ns: str, pod: str) -> dict[str, Any] | None:
+def streaming_follower(kube: Kube, ns: str, pod: str) -> dict[str, Any] | None:
     s = shard(kube, ns)
     ok = any(f["name"] == pod and f.get("state") == "streaming" for f in s.get("followers") or ())
     return s if ok else None
@@ -165,13 +165,13 @@ async def waited(what: str, check: Any, timeout: float, every: float = 0.5) -> A
     return await asyncio.to_thread(wait_for, what, check, timeout, every)
 
 
-def pod_ip(kube: Cluster, ns: str, pod: str) -> str:
+def pod_ip(kube: Kube, ns: str, pod: str) -> str:
     ip: str = get(kube, "pod", "-n", ns, pod)["status"]["podIP"]
     return ip
 
 
 async def unnoticed(
-    kube: Cluster, ns: str, cluster: dict[str, str], load: switch_load.Load, primary: str
+    kube: Kube, ns: str, cluster: dict[str, str], load: switch_load.Load, primary: str
 ) -> list[str]:
     """What the four writers should not have seen (``switch_load.problems``), the
     acknowledged ids read on the primary's pod; prints each writer's longest pause."""
@@ -182,7 +182,7 @@ async def unnoticed(
 
 
 async def test_deleting_the_primary_pod_fails_over_without_losing_writes(
-    kube: Cluster, ns: str, cluster: dict[str, str]
+    kube: Kube, ns: str, cluster: dict[str, str]
 ) -> None:
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
     conn = await asyncpg.connect(dsn, timeout=10)
@@ -216,7 +216,7 @@ async def test_deleting_the_primary_pod_fails_over_without_losing_writes(
 
 
 async def test_a_frozen_primary_is_replaced_only_after_its_lease_expired(
-    kube: Cluster, ns: str, faults: Faults, cluster: dict[str, str]
+    kube: Kube, ns: str, faults: Faults, cluster: dict[str, str]
 ) -> None:
     before = await waited("a healthy shard after the last failover",
                           lambda: healthy(kube, ns), 120)  # fmt: skip
@@ -252,7 +252,7 @@ async def test_a_frozen_primary_is_replaced_only_after_its_lease_expired(
 
 
 async def test_switchover_on_request_loses_nothing(
-    kube: Cluster, ns: str, cluster: dict[str, str]
+    kube: Kube, ns: str, cluster: dict[str, str]
 ) -> None:
     before = await waited("a healthy shard after the last failover",
                           lambda: healthy(kube, ns), 120)  # fmt: skip
@@ -297,12 +297,12 @@ async def test_switchover_on_request_loses_nothing(
     }, 30)  # fmt: skip
 
 
-def revision(kube: Cluster, ns: str) -> str:
+def revision(kube: Kube, ns: str) -> str:
     sts = get(kube, "statefulset", "-n", ns, f"{NAME}-shard-0")
     return str(sts["status"].get("updateRevision"))
 
 
-def rolled_out(kube: Cluster, ns: str, old_revision: str) -> dict[str, Any] | None:
+def rolled_out(kube: Kube, ns: str, old_revision: str) -> dict[str, Any] | None:
     """The healthy shard once every pod runs a StatefulSet template newer than
     ``old_revision``."""
     current = revision(kube, ns)
@@ -323,7 +323,7 @@ ROLLOUT_IDS = 1_000_000
 
 
 async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
-    kube: Cluster, ns: str, cluster: dict[str, str]
+    kube: Kube, ns: str, cluster: dict[str, str]
 ) -> None:
     before = await waited("a healthy shard after the last switchover",
                           lambda: healthy(kube, ns), 120)  # fmt: skip
@@ -353,7 +353,7 @@ async def test_a_parameter_change_rolls_out_with_a_switchover_and_loses_nothing(
             await conn.close()
 
 
-def pgshard(kube: Cluster, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+def pgshard(kube: Kube, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         procs.pgshard_argv("switchover", "--kube", "--cluster", NAME, "-n", ns, *args),
         env=procs.env(KUBECONFIG=str(kube.kubeconfig)),
@@ -362,7 +362,7 @@ def pgshard(kube: Cluster, ns: str, *args: str) -> subprocess.CompletedProcess[s
 
 
 async def test_switchover_command_waits_for_the_outcome(
-    kube: Cluster, ns: str, cluster: dict[str, str]
+    kube: Kube, ns: str, cluster: dict[str, str]
 ) -> None:
     before = await waited("a healthy shard", lambda: healthy(kube, ns), 120)
     target = f"{NAME}-shard-0-2"
@@ -384,12 +384,12 @@ async def test_switchover_command_waits_for_the_outcome(
     assert shard(kube, ns)["primary"]["name"] == target
 
 
-def primary_on(kube: Cluster, ns: str, pod: str) -> dict[str, Any] | None:
+def primary_on(kube: Kube, ns: str, pod: str) -> dict[str, Any] | None:
     s = healthy(kube, ns)
     return s if s and s["primary"]["name"] == pod else None
 
 
-def scaled_down(kube: Cluster, ns: str) -> dict[str, Any] | None:
+def scaled_down(kube: Kube, ns: str) -> dict[str, Any] | None:
     s = shard(kube, ns)
     pods = get(
         kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},pgshard.io/shard=0"
@@ -400,7 +400,7 @@ def scaled_down(kube: Cluster, ns: str) -> dict[str, Any] | None:
 
 
 async def test_scaling_down_moves_the_primary_off_the_removed_pod_first(
-    kube: Cluster, ns: str, cluster: dict[str, str]
+    kube: Kube, ns: str, cluster: dict[str, str]
 ) -> None:
     removed = f"{NAME}-shard-0-2"
     before = await waited("the primary on the last pod", lambda: primary_on(kube, ns, removed), 120)

@@ -38,20 +38,23 @@ from pgshard_operator.instance import postgres
 from pgshard_operator.k8s import apply
 from pgshard_operator.k8s import lease as kube_lease
 from tests.e2e.helpers import get, operator_namespace, ready_pods, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import crd
 
 pytestmark = pytest.mark.e2e
 
-STAND_IN = f"{sys.executable} -m http.server 5432 --bind $(PGSHARD_POD_IP)"
+STAND_IN = "{python} -m http.server 5432 --bind $(PGSHARD_POD_IP)"
 
 
 @pytest.fixture(scope="module")
-def ns(kube: Cluster) -> Iterator[str]:
+def ns(kube: Kube) -> Iterator[str]:
     """A namespace with the chart installed, watching only that namespace."""
     env = {
         "PGSHARD_OPERATOR_REAPPLY_SECONDS": "3",
-        "PGSHARD_OPERATOR_INSTANCE_COMMAND": STAND_IN,
+        # Pods from the image run its python (on PATH), process pods this interpreter.
+        "PGSHARD_OPERATOR_INSTANCE_COMMAND": STAND_IN.format(
+            python="python" if kube.pod_image else sys.executable
+        ),
         "PGSHARD_OPERATOR_METRICS_PORT": "9188",
     }
     with operator_namespace(kube, "op", env, log_level="info") as name:
@@ -59,7 +62,7 @@ def ns(kube: Cluster) -> Iterator[str]:
 
 
 def apply_cluster(
-    kube: Cluster, ns: str, name: str, spec: dict[str, Any]
+    kube: Kube, ns: str, name: str, spec: dict[str, Any]
 ) -> subprocess.CompletedProcess[str]:
     doc = json.dumps(crd.cluster(spec, name=name) | {"metadata": {"name": name, "namespace": ns}})
     return subprocess.run(
@@ -68,17 +71,17 @@ def apply_cluster(
     )  # fmt: skip
 
 
-def cluster(kube: Cluster, ns: str, name: str) -> dict[str, Any]:
+def cluster(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     result: dict[str, Any] = get(kube, "shardedcluster", "-n", ns, name)
     return result
 
 
-def phase(kube: Cluster, ns: str, name: str, wanted: str) -> dict[str, Any] | None:
+def phase(kube: Kube, ns: str, name: str, wanted: str) -> dict[str, Any] | None:
     c = cluster(kube, ns, name)
     return c if (c.get("status") or {}).get("phase") == wanted else None
 
 
-def test_invalid_cluster_is_refused_by_the_api_server(kube: Cluster, ns: str) -> None:
+def test_invalid_cluster_is_refused_by_the_api_server(kube: Kube, ns: str) -> None:
     done = apply_cluster(kube, ns, "bad", {"shards": 0, "replication": {"mode": "quorum"}})
     assert done.returncode != 0
     assert "spec.shards" in done.stderr and "greater than or equal to 1" in done.stderr
@@ -87,7 +90,7 @@ def test_invalid_cluster_is_refused_by_the_api_server(kube: Cluster, ns: str) ->
     assert get(kube, "shardedclusters", "-n", ns)["items"] == []
 
 
-def test_impossible_cluster_gets_a_condition_and_an_event(kube: Cluster, ns: str) -> None:
+def test_impossible_cluster_gets_a_condition_and_an_event(kube: Kube, ns: str) -> None:
     spec = {"shards": 1, "replicasPerShard": 1, "replication": {"mode": "quorum", "quorum": 2}}
     assert apply_cluster(kube, ns, "impossible", spec).returncode == 0
     c = wait_for("phase Invalid", lambda: phase(kube, ns, "impossible", "Invalid"), 60)
@@ -111,7 +114,7 @@ def test_impossible_cluster_gets_a_condition_and_an_event(kube: Cluster, ns: str
     kube.kubectl("delete", "shardedcluster", "-n", ns, "impossible")
 
 
-def owned(kube: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+def owned(kube: Kube, ns: str, name: str) -> list[tuple[str, str]]:
     kinds = ",".join(
         [
             "statefulsets",
@@ -130,7 +133,7 @@ def owned(kube: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
     return sorted((i["kind"], i["metadata"]["name"]) for i in items)
 
 
-def test_operator_serves_its_shard_managers_metrics(kube: Cluster, ns: str) -> None:
+def test_operator_serves_its_shard_managers_metrics(kube: Kube, ns: str) -> None:
     assert apply_cluster(kube, ns, "watched", {"shards": 2, "replicasPerShard": 0}).returncode == 0
     (pod,) = get(kube, "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator")["items"]
     url = f"http://{pod['status']['podIP']}:9188/metrics"
@@ -150,7 +153,7 @@ def test_operator_serves_its_shard_managers_metrics(kube: Cluster, ns: str) -> N
     kube.kubectl("delete", "pgsc", "-n", ns, "watched", "--wait=false")
 
 
-def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:
+def test_cluster_lifecycle(kube: Kube, ns: str) -> None:
     name = "shop"
     assert (
         apply_cluster(
@@ -266,7 +269,7 @@ def test_cluster_lifecycle(kube: Cluster, ns: str) -> None:
     )
 
 
-async def test_primary_lease_is_compare_and_set_on_the_api_server(kube: Cluster, ns: str) -> None:
+async def test_primary_lease_is_compare_and_set_on_the_api_server(kube: Kube, ns: str) -> None:
     cfg = k8s_client.Configuration()
     await k8s_config.load_kube_config(config_file=str(kube.kubeconfig), client_configuration=cfg)
     async with k8s_client.ApiClient(cfg) as api_client:

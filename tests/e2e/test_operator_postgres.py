@@ -20,12 +20,12 @@ import pytest
 
 from pgshard_operator.instance import postgres
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 
 pytestmark = pytest.mark.e2e
 
 
-def test_postgres_pods_roles_and_proxy(kube: Cluster, ns: str) -> None:
+def test_postgres_pods_roles_and_proxy(kube: Kube, ns: str) -> None:
     name = "pg"
     spec = {"shards": 2, "replicasPerShard": 2, "proxy": {"replicas": 1}}
     create_cluster(kube, ns, name, spec)

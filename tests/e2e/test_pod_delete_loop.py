@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e import pod_delete
 from tests.e2e.helpers import create_cluster, get, operator_namespace, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import crd, writer
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ SPEC = crd.FAST_FAILOVER
 
 
 @pytest.fixture(scope="module")
-def dsn(kube: Cluster) -> Iterator[tuple[str, str]]:
+def dsn(kube: Kube) -> Iterator[tuple[str, str]]:
     """The namespace and the proxy Service's DSN of a Ready cluster."""
     with operator_namespace(kube, "pd") as ns:
         create_cluster(kube, ns, NAME, SPEC)
@@ -45,7 +45,7 @@ def dsn(kube: Cluster) -> Iterator[tuple[str, str]]:
 
 
 async def test_writes_resume_after_every_primary_pod_delete(
-    kube: Cluster, dsn: tuple[str, str]
+    kube: Kube, dsn: tuple[str, str]
 ) -> None:
     ns, url = dsn
     rounds: list[pod_delete.Round] = []

@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e import pod_delete
 from tests.e2e.helpers import create_cluster, get, operator_namespace, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import crd, writer
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +33,7 @@ BOUND = 90.0
 target (the issue's shard had no primary eight minutes later)."""
 
 
-def _conditions(kube: Cluster, ns: str) -> dict[str, str]:
+def _conditions(kube: Kube, ns: str) -> dict[str, str]:
     status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
     return {c["type"]: c["status"] for c in status.get("conditions") or ()}
 
@@ -44,7 +44,7 @@ def _conditions(kube: Cluster, ns: str) -> dict[str, str]:
     ids=["sync", "quorum"],
 )
 async def test_a_second_pod_delete_while_the_old_primary_rejoins(
-    kube: Cluster, replication: dict[str, Any]
+    kube: Kube, replication: dict[str, Any]
 ) -> None:
     with operator_namespace(kube, "sf") as ns:
         create_cluster(kube, ns, NAME, {**SPEC, "replication": replication})

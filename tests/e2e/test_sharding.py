@@ -17,12 +17,12 @@ import pytest
 
 from pgshard_operator.instance import postgres
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 
 pytestmark = pytest.mark.e2e
 
 
-def test_distributed_table_rows_land_on_their_shards(kube: Cluster, ns: str) -> None:
+def test_distributed_table_rows_land_on_their_shards(kube: Kube, ns: str) -> None:
     name = "sh"
     spec = {
         "shards": 2,

@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 
 pytestmark = pytest.mark.e2e
 
@@ -46,13 +46,13 @@ CREATE TABLE t (
 """
 
 
-def shard(kube: Cluster, ns: str) -> dict[str, Any]:
+def shard(kube: Kube, ns: str) -> dict[str, Any]:
     status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
     entry: dict[str, Any] = (status.get("shards") or [{}])[0]
     return {**entry, "phase": status.get("phase"), "method": status.get("method")}
 
 
-def settled(kube: Cluster, ns: str, least: int = 0) -> dict[str, Any] | None:
+def settled(kube: Kube, ns: str, least: int = 0) -> dict[str, Any] | None:
     """The shard once it is Ready, its primary's published position is at least ``least``
     (positions are re-published every few seconds) and both followers applied it."""
     s = shard(kube, ns)
@@ -66,7 +66,7 @@ def settled(kube: Cluster, ns: str, least: int = 0) -> dict[str, Any] | None:
     return s if ready and primary.get("position") is not None and len(done) == 2 else None
 
 
-async def members(kube: Cluster, ns: str, password: str) -> dict[str, Any]:
+async def members(kube: Kube, ns: str, password: str) -> dict[str, Any]:
     """Each pod's ordered rows of ``t`` and its sequence's last value, by pod name."""
     out = {}
     for pod in get(kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},"
@@ -82,7 +82,7 @@ async def members(kube: Cluster, ns: str, password: str) -> dict[str, Any]:
     return out
 
 
-async def all_identical(kube: Cluster, ns: str, password: str, count: int) -> None:
+async def all_identical(kube: Kube, ns: str, password: str, count: int) -> None:
     found = await members(kube, ns, password)
     assert len(found) == count, sorted(found)
     rows, last = next(iter(found.values()))
@@ -148,7 +148,7 @@ class Writer:
             await asyncio.wait_for(task, 30)
 
 
-def dump(kube: Cluster, ns: str) -> None:
+def dump(kube: Kube, ns: str) -> None:
     """The shard's status and what every pod said, for a failure's report."""
     print(shard(kube, ns))
     print(kube.kubectl("get", "pods,events", "-n", ns, "-o", "wide", check=False))
@@ -161,9 +161,7 @@ async def waited(what: str, check: Any, timeout: float, every: float = 0.5) -> A
     return await asyncio.to_thread(wait_for, what, check, timeout, every)
 
 
-async def test_statement_replication_on_pods_fails_over_by_applied_seq(
-    kube: Cluster, ns: str
-) -> None:
+async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kube, ns: str) -> None:
     started = time.monotonic()
     create_cluster(kube, ns, NAME, SPEC)
     before = await waited("a Ready cluster, both followers applying", lambda: settled(kube, ns),

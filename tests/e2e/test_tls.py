@@ -23,17 +23,17 @@ import pytest
 
 from pgshard_operator.instance import postgres
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 
 pytestmark = pytest.mark.e2e
 
 
-def _secret(kube: Cluster, ns: str, name: str) -> dict[str, str]:
+def _secret(kube: Kube, ns: str, name: str) -> dict[str, str]:
     data = get(kube, "secret", "-n", ns, name)["data"]
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
 
-def _dump(kube: Cluster, ns: str) -> None:
+def _dump(kube: Kube, ns: str) -> None:
     """What the pods said, for a failure's report."""
     print(kube.kubectl("get", "pods,events", "-n", ns, "-o", "wide", check=False))
     for pod in get(kube, "pods", "-n", ns)["items"]:
@@ -55,7 +55,7 @@ def _served(ip: str, server_name: str, ca: Path) -> bytes:
 
 
 def test_members_replication_and_proxy_use_verified_tls(
-    kube: Cluster, ns: str, tmp_path: Path
+    kube: Kube, ns: str, tmp_path: Path
 ) -> None:
     name = "tl"
     spec = {

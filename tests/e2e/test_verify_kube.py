@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.helpers import create_cluster, get, wait_for
-from tests.kube.cluster import Cluster
+from tests.kube.cluster import Kube
 from tests.support import procs
 
 pytestmark = pytest.mark.e2e
@@ -35,14 +35,14 @@ SPEC = {
 }
 
 
-def healthy(kube: Cluster, ns: str) -> bool:
+def healthy(kube: Kube, ns: str) -> bool:
     status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
     entry: dict[str, Any] = (status.get("shards") or [{}])[0]
     streaming = [f for f in entry.get("followers") or () if f.get("state") == "streaming"]
     return bool(entry.get("primary")) and len(streaming) == 2 and status.get("phase") == "Ready"
 
 
-def verify(kube: Cluster, ns: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def verify(kube: Kube, ns: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         procs.pgshard_argv("verify", "--kube", "--cluster", NAME, "-n", ns, *args),
         env=procs.env(KUBECONFIG=str(kube.kubeconfig)),
@@ -50,8 +50,9 @@ def verify(kube: Cluster, ns: str, *args: str, timeout: float) -> subprocess.Com
     )  # fmt: skip
 
 
+@pytest.mark.test_node  # the partitions' NetworkPolicies are enforced by the test node
 @pytest.mark.timeout(FAULTS * 60 + 420)
-def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Cluster, ns: str) -> None:
+def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Kube, ns: str) -> None:
     create_cluster(kube, ns, NAME, SPEC)
     wait_for("a Ready cluster with two streaming followers", lambda: healthy(kube, ns), 300, 2)
 
@@ -79,7 +80,7 @@ def test_kills_switchovers_and_partitions_in_sync_mode_lose_nothing(kube: Cluste
     assert report["writes"]["acknowledged"] > 0 and report["final"]["commitRecords"] > 0
 
 
-def test_faults_kubernetes_cannot_give_are_refused(kube: Cluster, ns: str) -> None:
+def test_faults_kubernetes_cannot_give_are_refused(kube: Kube, ns: str) -> None:
     proc = verify(kube, ns, "--faults=kill,stop", timeout=60)
     assert proc.returncode == 2
     assert "stop is not available with --kube" in proc.stderr

@@ -52,21 +52,14 @@ class ClusterError(RuntimeError):
     """The cluster could not be started; the message says which part and where its log is."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Cluster:
-    """A running cluster as recorded in ``DIR/cluster.json``."""
+class Kube:
+    """What the e2e tests use of a cluster, local or external (tests/e2e/external.py):
+    kubectl and helm bound to its kubeconfig (wrappers in ``bin``), a scratch
+    ``directory``, the image pods run from ("" for process pods) and its one node."""
 
     directory: Path
-    index: int
-    server: str
+    pod_image: str
     node: str
-    # Image mode (tests/kube/agent/imagepods.py): pods naming this image run from it.
-    pod_image: str = ""
-    # The control-plane processes when this Python process started them; held so they are
-    # not garbage-collected as "still running" while the cluster is up (down() stops them).
-    processes: tuple[subprocess.Popen[bytes], ...] = dataclasses.field(
-        default=(), repr=False, compare=False
-    )
 
     @property
     def kubeconfig(self) -> Path:
@@ -75,18 +68,6 @@ class Cluster:
     @property
     def bin(self) -> Path:
         return self.directory / "bin"
-
-    @property
-    def control_socket(self) -> Path:
-        return self.directory / "agent.sock"
-
-    @property
-    def pod_cidr(self) -> str:
-        return network.pod_cidr(self.index)
-
-    @property
-    def service_cidr(self) -> str:
-        return network.service_cidr(self.index)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         """Run this cluster's kubectl; returns stdout, raises CalledProcessError with stderr."""
@@ -117,6 +98,35 @@ class Cluster:
                 done.returncode, done.args, done.stdout, done.stderr
             )
         return done.stdout
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster(Kube):
+    """A running cluster as recorded in ``DIR/cluster.json``."""
+
+    directory: Path
+    index: int
+    server: str
+    node: str
+    # Image mode (tests/kube/agent/imagepods.py): pods naming this image run from it.
+    pod_image: str = ""
+    # The control-plane processes when this Python process started them; held so they are
+    # not garbage-collected as "still running" while the cluster is up (down() stops them).
+    processes: tuple[subprocess.Popen[bytes], ...] = dataclasses.field(
+        default=(), repr=False, compare=False
+    )
+
+    @property
+    def control_socket(self) -> Path:
+        return self.directory / "agent.sock"
+
+    @property
+    def pod_cidr(self) -> str:
+        return network.pod_cidr(self.index)
+
+    @property
+    def service_cidr(self) -> str:
+        return network.service_cidr(self.index)
 
 
 def build() -> Path:
@@ -483,26 +493,26 @@ def _up(
         directory / "logs/kube-controller-manager.log",
         procs,
     )
-    _write_tools(directory, bin_dir)
+    write_tools(directory, directory / "kubeconfig", bin_dir / "kubectl", bin_dir / "helm")
     return dataclasses.replace(load(directory), processes=tuple(procs.values()))
 
 
-def _write_tools(directory: Path, bin_dir: Path) -> None:
-    """DIR/bin/kubectl and DIR/bin/helm: the built tools, bound to this cluster's kubeconfig."""
+def write_tools(directory: Path, kubeconfig: Path, kubectl: Path, helm: Path) -> None:
+    """DIR/bin/kubectl and DIR/bin/helm: those tools bound to ``kubeconfig`` (helm's own
+    cache and config under DIR/helm)."""
     helm_home = directory / "helm"
     wrappers = {
-        "kubectl": f'KUBECONFIG="{directory}/kubeconfig" exec "{bin_dir}/kubectl" "$@"\n',
+        "kubectl": f'KUBECONFIG="{kubeconfig}" exec "{kubectl}" "$@"\n',
         "helm": (
-            f'export KUBECONFIG="{directory}/kubeconfig" HELM_CACHE_HOME="{helm_home}/cache" '
+            f'export KUBECONFIG="{kubeconfig}" HELM_CACHE_HOME="{helm_home}/cache" '
             f'HELM_CONFIG_HOME="{helm_home}/config" HELM_DATA_HOME="{helm_home}/data"\n'
-            f'exec "{bin_dir}/helm" "$@"\n'
+            f'exec "{helm}" "$@"\n'
         ),
     }
+    (directory / "bin").mkdir(exist_ok=True)
     for name, body in wrappers.items():
         path = directory / "bin" / name
-        path.write_text(
-            f"#!/bin/sh\n# {name} for the cluster in {directory} (written by kube-up)\n{body}"
-        )
+        path.write_text(f"#!/bin/sh\n# {name} for the cluster of {kubeconfig}\n{body}")
         path.chmod(0o755)
 
 
