@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import external
+from tests.e2e.helpers import wait_for
 from tests.kube.cluster import CLUSTER_STATE, ROOT, Cluster, Kube
 
 # The child needs the local control plane to exist: it is the external cluster here.
@@ -53,6 +54,7 @@ def test_the_suite_runs_against_an_external_cluster(kube: Kube, tmp_path: Path) 
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
+        wait_for("the namespace watch's first list", lambda: "/default" in seen.read_text())
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
              f"--junitxml={report}", *PASS, *SKIP],
