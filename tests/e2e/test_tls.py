@@ -54,6 +54,32 @@ def _served(ip: str, server_name: str, ca: Path) -> bytes:
     return cert
 
 
+def _agent_get(ip: str, server_name: str, ca: Path, path: str) -> tuple[bytes, bytes]:
+    """``GET path`` at the agent of the pod at ``ip`` over HTTPS, verified for
+    ``server_name`` with ``ca``: the status line and the body."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection((ip, 8008), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        tls.sendall(f"GET {path} HTTP/1.0\r\nHost: {server_name}\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def _agent_answers_plain_http(ip: str) -> bool:
+    """Whether the agent at ``ip`` answers an HTTP request sent in clear text."""
+    with socket.create_connection((ip, 8008), timeout=10) as raw:
+        raw.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        try:
+            return raw.recv(16).startswith(b"HTTP/")
+        except OSError:
+            return False
+
+
 def test_members_replication_and_proxy_use_verified_tls(
     kube: Kube, ns: str, tmp_path: Path
 ) -> None:
@@ -123,6 +149,15 @@ def test_members_replication_and_proxy_use_verified_tls(
         return done.stdout.strip() or None
 
     assert wait_for("the follower's walsender", walsenders_on_tls, 60, every=1) == "true"
+
+    # The agent's API is HTTPS with the shard's certificate (reached at the pod IP,
+    # verified for the shard's name), and nothing in clear text.
+    shard_name = f"{name}-shard-0.{ns}.svc"
+    status, body = _agent_get(primary_ip, shard_name, ca, "/status")
+    assert status.endswith(b" 200 OK") and b'"role": "primary"' in body, (status, body)
+    status, body = _agent_get(primary_ip, shard_name, ca, "/metrics")
+    assert b"pgshard_instance_tls_certificate_expiry_timestamp_seconds" in body, status
+    assert not _agent_answers_plain_http(primary_ip)
 
     # Through the proxy: verify-full for the proxy Service's name at its address.
     ip = get(kube, "service", "-n", ns, name)["spec"]["clusterIP"]

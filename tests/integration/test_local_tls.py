@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import http.client
 import json
 import socket
 import ssl
 import stat
 import struct
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -90,9 +92,10 @@ async def _replication_over_tls(dsn: str) -> list[Any]:
         await conn.close()
 
 
-def _expiries(metrics_url: str) -> dict[str, float]:
+def _expiries(metrics_url: str, ca: Path) -> dict[str, float]:
     """``pgshard_instance_tls_certificate_expiry_timestamp_seconds`` by certificate."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(metrics_url, timeout=5, context=context) as r:
         text = r.read().decode()
     return {
         s.labels["certificate"]: s.value
@@ -100,6 +103,29 @@ def _expiries(metrics_url: str) -> dict[str, float]:
         for s in family.samples
         if s.name == "pgshard_instance_tls_certificate_expiry_timestamp_seconds"
     }
+
+
+def _agent_api_is_https_only(metrics_url: str, ca: Path, other_ca: Path) -> None:
+    """An agent's API (here ``/status`` and ``/fence``) answers only over TLS verified
+    with the cluster CA: not in clear text, not to a client trusting another CA."""
+    url = urllib.parse.urlsplit(metrics_url)
+    assert url.scheme == "https", metrics_url
+    status = f"{url.netloc}/status"
+    with urllib.request.urlopen(
+        f"https://{status}", timeout=5, context=ssl.create_default_context(cafile=ca)
+    ) as r:
+        assert json.loads(r.read())["role"] == "primary"
+    with pytest.raises((OSError, http.client.HTTPException)):  # no HTTP answer in clear
+        urllib.request.urlopen(f"http://{status}", timeout=5).read()
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(
+            f"https://{status}", timeout=5, context=ssl.create_default_context(cafile=other_ca)
+        )
+    assert isinstance(refused.value.reason, ssl.SSLCertVerificationError), refused.value
+    fence = urllib.request.Request(f"https://{url.netloc}/fence", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as unauthorized:
+        urllib.request.urlopen(fence, timeout=5, context=ssl.create_default_context(cafile=ca))
+    assert unauthorized.value.code == 401
 
 
 def test_local_tls_everywhere(pg_tmp: Path) -> None:
@@ -131,10 +157,15 @@ def test_local_tls_everywhere(pg_tmp: Path) -> None:
             psycopg.connect(_superuser_dsn(c, primary, "sslmode=disable"))
 
         # The agents' metrics say when the served certificate and the CA expire.
-        assert _expiries(doc["shards"][0]["primary"]["metricsUrl"]) == {
+        assert _expiries(doc["shards"][0]["primary"]["metricsUrl"], tls.ca_cert) == {
             "served": certs.expires(tls.server_cert).timestamp(),
             "ca": certs.expires(tls.ca_cert).timestamp(),
         }
+
+        # The agents' API is HTTPS with the members' certificate, verified with the CA.
+        other_ca = pg_tmp / "other-ca.crt"
+        other_ca.write_text(certs.new_ca("other").cert)
+        _agent_api_is_https_only(doc["shards"][0]["primary"]["metricsUrl"], tls.ca_cert, other_ca)
 
         # Followers stream over TLS (their primary_conninfo verifies the primary).
         verify = f"sslmode=verify-full&sslrootcert={tls.ca_cert}"
@@ -174,7 +205,7 @@ def test_local_tls_everywhere(pg_tmp: Path) -> None:
         shard = _wait_streaming(c, 2)
         for member in (shard["primary"], *shard["followers"]):
             assert _served_certificate(member["address"]) == new_der
-            served = _expiries(member["metricsUrl"])["served"]
+            served = _expiries(member["metricsUrl"], tls.ca_cert)["served"]
             assert served == certs.expires(tls.server_cert).timestamp() > soon.timestamp()
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute("select count(*) from t").fetchone() == (2,)

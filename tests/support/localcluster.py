@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pgshard_operator import agent_tls
 from pgshard_operator.instance import postgres
 from pgshard_operator.local import layout
 
@@ -117,8 +118,12 @@ class LocalCluster:
 
     def agent_status(self, member: str) -> dict[str, Any]:
         """The member's instance agent's ``GET /status`` document."""
-        url = layout.ClusterDir(self.dir).load_config().member(member).status_url + "/status"
-        with urllib.request.urlopen(url, timeout=3) as r:
+        cdir = layout.ClusterDir(self.dir)
+        cfg = cdir.load_config()
+        url = cfg.member(member).status_url + "/status"
+        ca = cdir.agent_ca(cfg)  # with TLS the agent serves HTTPS, verified with the CA
+        context = agent_tls.client_context(ca) if ca is not None else None
+        with urllib.request.urlopen(url, timeout=3, context=context) as r:
             doc: dict[str, Any] = json.load(r)
             return doc
 

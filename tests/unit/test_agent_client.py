@@ -2,20 +2,25 @@
 
 A stand-in agent endpoint on a random loopback address answers as
 ``instance/health.py`` does (JSON, 409 with ``{"error": …}`` for a request that
-does not fit the role, 500 for a failure); the real agents behind both platforms
-are exercised by the integration (local) and e2e (Kubernetes) failover tests.
+does not fit the role, 500 for a failure), in clear text or, as a member with TLS
+serves it, over HTTPS with a shard certificate (``agent_tls.py``); the real agents
+behind both platforms are exercised by the integration (local) and e2e (Kubernetes)
+failover tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from pgshard_operator import agent_tls, certs
 from pgshard_operator.platform import base
+from pgshard_operator.platform import kubernetes as kube_platform
 from pgshard_operator.platform.agent_client import AgentClient, AgentRef
 from pgshard_operator.shard import state
 from pgshard_proxy.contract import positions
@@ -40,18 +45,24 @@ class StandIn:
         return web.json_response(doc, status=status)
 
 
-@pytest.fixture
-async def agent() -> AsyncIterator[tuple[StandIn, AgentRef]]:
-    stand_in = StandIn()
+async def _serve(stand_in: StandIn, tls: certs.TlsFiles | None) -> tuple[web.AppRunner, str]:
+    """The stand-in on a random loopback address; its ``host:port``."""
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", stand_in.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host = net.random_loopback()
-    await web.TCPSite(runner, host, 0).start()  # port 0: the kernel picks a free one
-    port = runner.addresses[0][1]
+    context = agent_tls.server_context(tls) if tls is not None else None
+    await web.TCPSite(runner, host, 0, ssl_context=context).start()  # port 0: any free one
+    return runner, f"{host}:{runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[tuple[StandIn, AgentRef]]:
+    stand_in = StandIn()
+    runner, address = await _serve(stand_in, None)
     try:
-        yield stand_in, AgentRef("m_1", f"http://{host}:{port}")
+        yield stand_in, AgentRef("m_1", f"http://{address}")
     finally:
         await runner.cleanup()
 
@@ -122,3 +133,45 @@ async def test_an_agent_that_is_not_there(client: AgentClient) -> None:
     assert await client.status(ref) is None
     with pytest.raises(base.PlatformError, match=r"^m_2/rejoin: agent did not answer"):
         await client.rejoin(ref, "127.1.2.3:5433")
+
+
+SHARD_NAME = "tl-shard-0.ns.svc"
+
+
+def _tls_files(directory: Path, ca: certs.Pem) -> certs.TlsFiles:
+    """A shard's certificate as on Kubernetes: it names the shard, not the pod's IP."""
+    directory.mkdir()
+    server = certs.issue(ca, [SHARD_NAME, f"*.{SHARD_NAME}"])
+    files = certs.TlsFiles(directory)
+    for path, text in ((files.ca_cert, ca.cert), (files.server_cert, server.cert),
+                       (files.server_key, server.key)):  # fmt: skip
+        path.write_text(text)
+    return files
+
+
+async def test_agents_with_tls_are_verified_for_the_shards_name(tmp_path: Path) -> None:
+    files = _tls_files(tmp_path / "tls", certs.new_ca("tl"))
+    other = _tls_files(tmp_path / "other", certs.new_ca("other"))
+    stand_in = StandIn()
+    stand_in.answers["/status"] = (200, {"role": "primary"})
+    runner, address = await _serve(stand_in, files)
+    ip = address.rpartition(":")[0]
+    try:
+        async with aiohttp.ClientSession() as http:
+            trusting = AgentClient(http, "tok", files.ca_cert)
+            ref = kube_platform.agent_ref("m_1", ip, SHARD_NAME)
+            assert ref.url == f"https://{ip}:8008"
+            ref = AgentRef(ref.member, f"https://{address}", ref.server_name)
+            assert await trusting.status(ref) == {"role": "primary"}
+            await trusting.promote(ref, 2)
+            assert stand_in.auth == {"/promote": "Bearer tok"}
+            # Another shard's name, another CA, or clear text: no answer.
+            wrong_name = AgentRef("m_1", ref.url, "tl-shard-1.ns.svc")
+            assert await trusting.status(wrong_name) is None
+            assert await AgentClient(http, "tok", other.ca_cert).status(ref) is None
+            with pytest.raises(base.PlatformError, match=r"^m_1/fence: agent did not answer"):
+                await AgentClient(http, "tok", other.ca_cert).fence(ref)
+            assert await trusting.status(AgentRef("m_1", f"http://{address}")) is None
+            assert set(stand_in.bodies) == {"/promote"}
+    finally:
+        await runner.cleanup()

@@ -152,6 +152,9 @@ def test_monitoring_objects_are_off_by_default_and_render_when_on(helm: str) -> 
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     ports = [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]]
     assert ports == ["status", "metrics"]
+    agents, others = monitor["spec"]["podMetricsEndpoints"]
+    assert agents["scheme"] == "https" and agents["tlsConfig"] == {"insecureSkipVerify": True}
+    assert "scheme" not in others and "tlsConfig" not in others
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert {"PgshardPrimaryMissing", "PgshardFollowerLagBytes", "PgshardFailoverHappened",

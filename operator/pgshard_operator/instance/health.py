@@ -10,6 +10,8 @@ plane acts on a member: ``/promote`` ``{"epoch": N}``, ``/repoint`` and
 gets 409 with ``{"error": …}``. Every POST needs the cluster's control token
 (``control_token.py``; 401 without it). Locally bound to loopback; on Kubernetes to
 the pod IP, which the cluster's NetworkPolicy opens only to the operator and peers.
+A member that serves TLS serves this API over HTTPS only, with its server
+certificate (``agent_tls.py``), so the token never travels in clear text.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import control_auth, exposition
+from .. import agent_tls, certs, control_auth, exposition
 from . import bootstrap, metrics, peers
 from .agent import Agent, AgentConflict
 
@@ -114,8 +116,12 @@ def build_app(agent: Agent, token: str) -> web.Application:
     return app
 
 
-async def serve(agent: Agent, host: str, port: int, token: str) -> web.AppRunner:
+async def serve(
+    agent: Agent, host: str, port: int, token: str, tls: certs.TlsFiles | None = None
+) -> web.AppRunner:
+    """Serve on ``host:port``; HTTPS only with ``tls`` (the member's certificate)."""
+    ssl_context = agent_tls.server_context(tls) if tls is not None else None
     runner = web.AppRunner(build_app(agent, token), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner

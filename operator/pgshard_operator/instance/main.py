@@ -208,7 +208,9 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.ensure_future(_watch_parent(stop)) if exit_with_parent else None
     try:
-        runner = await health.serve(agent, settings.server.host, status_port, token)
+        runner = await health.serve(
+            agent, settings.server.host, status_port, token, settings.server.tls
+        )
     except OSError as e:
         log.error("cannot serve status on %s:%d: %s", settings.server.host, status_port, e)
         return 2

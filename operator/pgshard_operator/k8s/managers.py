@@ -40,7 +40,6 @@ import asyncio
 import dataclasses
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Any
 
 import aiohttp
 
-from .. import atomicfile, control_token, naming
+from .. import control_token, naming
 from ..instance.credentials import Credentials
 from ..model import spec as specs
 from ..platform import base
@@ -124,16 +123,6 @@ def member_policy(pol: policy.ShardPolicy) -> policy.ShardPolicy:
     )
 
 
-def ca_file(ref: ClusterRef, ca_cert: str) -> Path:
-    """The cluster CA as a file (DSNs name their ``sslrootcert`` by path), rewritten
-    whole when it changes."""
-    path = Path(tempfile.gettempdir()) / "pgshard-operator" / f"{ref.namespace}.{ref.name}.ca.crt"
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    if not path.exists() or path.read_text() != ca_cert:
-        atomicfile.atomic_write(path, ca_cert, 0o644)
-    return path
-
-
 async def credentials(
     api: Api, ref: ClusterRef, tls_on: bool = False
 ) -> tuple[Credentials, str] | None:
@@ -146,11 +135,9 @@ async def credentials(
         return None
     root: Path | None = None
     if tls_on:
-        certificates = await api.get("Secret", ref.namespace, naming.tls_secret(ref.name))
-        ca_cert = secret_data(certificates).get(tls.CA_CERT) if certificates else None
-        if not ca_cert:
+        root = await reconcile.cluster_ca_file(api, ref)
+        if root is None:
             return None
-        root = ca_file(ref, ca_cert)
     i, a = secret_data(internal), secret_data(app)
     if control_token.SECRET_KEY not in i:
         return None

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from .. import control_token, naming
+from .. import atomicfile, control_token, naming
 from ..model import spec as specs
 from . import manifests, roles, rollout, tls, zones
 from . import settings as operator_settings
@@ -106,6 +108,23 @@ async def tls_in_use(api: Api, ref: ClusterRef, spec: specs.ClusterSpec) -> bool
     """Whether the cluster runs with TLS (``tls.in_use``: decided when it was created)."""
     first = await api.get("StatefulSet", ref.namespace, naming.shard_statefulset(ref.name, 0))
     return tls.in_use(first, spec.tls)
+
+
+def ca_file(ref: ClusterRef, ca_cert: str) -> Path:
+    """The cluster CA as a file (DSNs name their ``sslrootcert`` by path, the agent
+    client its CA), rewritten whole when it changes."""
+    path = Path(tempfile.gettempdir()) / "pgshard-operator" / f"{ref.namespace}.{ref.name}.ca.crt"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    if not path.exists() or path.read_text() != ca_cert:
+        atomicfile.atomic_write(path, ca_cert, 0o644)
+    return path
+
+
+async def cluster_ca_file(api: Api, ref: ClusterRef) -> Path | None:
+    """:func:`ca_file` of the CA in ``<name>-tls`` (None: no certificates yet)."""
+    certificates = await api.get("Secret", ref.namespace, naming.tls_secret(ref.name))
+    ca_cert = secret_data(certificates).get(tls.CA_CERT) if certificates else None
+    return ca_file(ref, ca_cert) if ca_cert else None
 
 
 async def method_in_use(
@@ -301,7 +320,8 @@ async def refresh(
         return Outcome(status={})
     spec = checked
     pods = await _instance_pods(api, ref)
-    for pod, role in zip(pods, await roles.observe_all(pods), strict=True):
+    ca = await cluster_ca_file(api, ref) if await tls_in_use(api, ref, spec) else None
+    for pod, role in zip(pods, await roles.observe_all(pods, ref, ca), strict=True):
         patch = roles.label_patch(pod, role)
         if patch is not None:
             updated = await api.merge_patch("Pod", ref.namespace, pod["metadata"]["name"], patch)

@@ -1,7 +1,8 @@
 """Role labels on shard pods, from what each member's instance agent reports.
 
 Called by ``reconcile.refresh`` on every status refresh: asks each pod's agent
-(``GET http://<pod IP>:8008/status``) for its role and sets the pod's
+(``GET http://<pod IP>:8008/status``; ``https`` verified with the cluster CA for the
+shard's DNS name when the cluster serves TLS, ``agent_tls.py``) for its role and sets the pod's
 ``pgshard.io/role`` label to ``primary`` or ``replica`` (removed otherwise), so the
 ``-rw``/``-ro`` Services follow the members. The shard manager
 (``platform/kubernetes.py``) changes roles through the agents and leaves the
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from .. import naming
 from ..platform import agent_client
+from ..platform import kubernetes as kube_platform
+from . import tls
+from .objects import ClusterRef
 
 AGENT_ROLES = {"primary": naming.Role.PRIMARY, "follower": naming.Role.REPLICA}
 """The agent's role names (``instance/agent.py``) that map to a pod label."""
@@ -38,18 +43,23 @@ def label_patch(pod: Mapping[str, Any], role: naming.Role | None) -> dict[str, A
     return {"metadata": {"labels": {naming.ROLE_LABEL: wanted}}}
 
 
-async def observe_all(pods: list[dict[str, Any]]) -> list[naming.Role | None]:
-    """The role each pod's agent reports, asked all at once over one HTTP session."""
+async def observe_all(
+    pods: list[dict[str, Any]], cluster: ClusterRef, ca_cert: Path | None
+) -> list[naming.Role | None]:
+    """The role each pod's agent reports, asked all at once over one HTTP session;
+    ``ca_cert``: the cluster CA when the cluster serves TLS."""
     async with aiohttp.ClientSession() as http:
-        agents = agent_client.AgentClient(http, None)
+        agents = agent_client.AgentClient(http, None, ca_cert)
 
         async def one(pod: dict[str, Any]) -> naming.Role | None:
             ip = (pod.get("status") or {}).get("podIP")
             if not ip:
                 return None
-            ref = agent_client.AgentRef(
-                pod["metadata"]["name"], f"http://{ip}:{naming.STATUS_PORT}"
-            )
+            name = None
+            if ca_cert is not None:
+                shard = int(pod["metadata"]["labels"][naming.SHARD_LABEL])
+                name = tls.shard_server_name(cluster.name, cluster.namespace, shard)
+            ref = kube_platform.agent_ref(pod["metadata"]["name"], ip, name)
             return role_of(await agents.status(ref))
 
         return list(await asyncio.gather(*(one(p) for p in pods)))

@@ -29,7 +29,7 @@ from typing import Any
 
 from pgshard_proxy.contract import topology
 
-from .. import atomicfile, certs, control_token
+from .. import agent_tls, atomicfile, certs, control_token
 from ..instance.credentials import Credentials
 from ..model import spec as specs
 
@@ -83,13 +83,15 @@ class MemberSpec:
     port: int
     """PostgreSQL's port."""
     status_port: int
-    """The instance agent's HTTP status endpoint."""
+    """The instance agent's HTTP status endpoint (HTTPS when ``tls``)."""
     apply_delay_ms: int = 0
     zone: str | None = None
     """``--follower-zones``: published in the topology; proxies prefer their zone's."""
     bindir: str | None = None
     """PostgreSQL binaries this member runs (``--follower-bindir``, ``local upgrade``);
     None: the machine's (``PGSHARD_PG_BINDIR`` or PostgreSQL 15's)."""
+    tls: bool = False
+    """The member serves TLS (``--tls``): its agent too, over HTTPS (``agent_tls.py``)."""
 
     @property
     def address(self) -> str:
@@ -97,7 +99,7 @@ class MemberSpec:
 
     @property
     def status_url(self) -> str:
-        return f"http://{self.host}:{self.status_port}"
+        return f"{agent_tls.scheme(self.tls)}://{self.host}:{self.status_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -259,6 +261,7 @@ class ClusterConfig:
                         apply_delay_ms=self.delay_for(j) if j else 0,
                         zone=self.zone_for(j),
                         bindir=self.bindir_of(member_name(s, j), j),
+                        tls=self.tls,
                     )
                 )
         return out
@@ -513,6 +516,10 @@ class ClusterDir:
     @property
     def tls(self) -> certs.TlsFiles:
         return certs.TlsFiles(self.root / "tls")
+
+    def agent_ca(self, cfg: ClusterConfig) -> Path | None:
+        """The CA that agents' HTTPS is verified with (None: ``cfg`` has no TLS)."""
+        return self.tls.ca_cert if cfg.tls else None
 
     def load_credentials(self, cfg: ClusterConfig) -> Credentials:
         """The generated credentials; with ``cfg.tls`` their DSNs verify members (CA)."""

@@ -69,7 +69,7 @@ def snapshot(cdir: ClusterDir, shards: frozenset[int] | None = None) -> Snapshot
     """The cluster as its files and agents show it now (``shards``: only those)."""
     cfg = cdir.load_config()
     topo = topofile.read(cdir)
-    docs = asyncio.run(status.fetch_statuses(cfg))
+    docs = asyncio.run(status.fetch_statuses(cdir, cfg))
     out_shards: list[Shard] = []
     members: list[Member] = []
     records = {s.index: s for s in topo.shards} if topo is not None else {}

@@ -18,18 +18,23 @@ from rich.table import Table
 
 from pgshard_proxy.contract import positions, topology
 
-from .. import atomicfile, redact
+from .. import agent_tls, atomicfile, redact
 from ..shard import history
 from . import control, proxyproc, topofile, view
 from .layout import ClusterConfig, ClusterDir, LayoutError
 
 
-async def fetch_statuses(cfg: ClusterConfig, timeout: float = 1.5) -> dict[str, Any]:
+async def fetch_statuses(
+    cdir: ClusterDir, cfg: ClusterConfig, timeout: float = 1.5
+) -> dict[str, Any]:
+    """Every member's agent ``/status`` (None: no answer), HTTPS verified with the CA
+    when the cluster serves TLS."""
+    ssl = agent_tls.client_ssl(cdir.agent_ca(cfg))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
 
         async def one(url: str) -> dict[str, Any] | None:
             try:
-                async with http.get(url + "/status") as r:
+                async with http.get(url + "/status", ssl=ssl) as r:
                     doc: dict[str, Any] = await r.json()
                     return doc
             except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -67,7 +72,7 @@ def live_topology(cdir: ClusterDir) -> topology.Topology:
     topo = topofile.read(cdir)
     if topo is None:
         raise LayoutError(f"{cdir.root} has no topology yet: run 'pgshard local up --dir …'")
-    statuses = asyncio.run(fetch_statuses(cfg))
+    statuses = asyncio.run(fetch_statuses(cdir, cfg))
     shards = tuple(
         view.build_shard(s, cfg.members(s.index), statuses, creds, topo.method) for s in topo.shards
     )

@@ -32,7 +32,7 @@ import aiohttp
 
 from pgshard_proxy.contract import topology
 
-from .. import atomicfile, control_token, redact
+from .. import agent_tls, atomicfile, control_token, redact
 from ..instance import main as instance_main
 from ..instance import postgres
 from ..model import spec as specs
@@ -83,6 +83,8 @@ class Supervisor:
         """Members ``scale`` is adding: their failed bootstrap fails the request."""
         self._scaling = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
+        self._agent_ssl = agent_tls.client_ssl(cdir.agent_ca(self.cfg))
+        """Agents serve HTTPS with the cluster's TLS (verified with its CA)."""
 
     # -- state file -------------------------------------------------------------
 
@@ -215,7 +217,7 @@ class Supervisor:
     async def _fetch(self, agent: AgentProcess) -> dict[str, Any] | None:
         assert self._http is not None
         try:
-            async with self._http.get(agent.spec.status_url + "/status") as r:
+            async with self._http.get(agent.spec.status_url + "/status", ssl=self._agent_ssl) as r:
                 doc: dict[str, Any] = await r.json()
                 return doc
         except (aiohttp.ClientError, TimeoutError, ValueError):

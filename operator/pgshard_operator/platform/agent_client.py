@@ -8,6 +8,11 @@ own concerns: where a member's agent is (:class:`AgentRef`: the member's spec
 locally, its pod IP on Kubernetes), the lease, and what to do when a request
 fails (kill by pid locally, rely on the Lease on Kubernetes).
 
+A member that serves TLS serves this API over HTTPS (``agent_tls.py``): its
+:class:`AgentRef` has an ``https`` URL, and the client verifies the agent's
+certificate against the cluster CA it was given (for ``AgentRef.server_name`` when
+the certificate names the shard rather than the address connected to).
+
 Every POST carries the cluster's control token (``control_token.py``); an agent
 answers 401 without it. Every request is bounded (the timeouts below). An answer of
 409 (the request does not fit the member's role) raises
@@ -19,13 +24,14 @@ the member and the route.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from pgshard_proxy.contract import positions
 
-from .. import control_token
+from .. import agent_tls, control_token
 from ..shard import state
 from . import base
 
@@ -51,7 +57,10 @@ class AgentRef:
     member: str
     """The member's name (in error messages)."""
     url: str
-    """The agent endpoint's base URL, ``http://host:port``."""
+    """The agent endpoint's base URL, ``http://host:port`` (``https`` with TLS)."""
+    server_name: str | None = None
+    """With ``https``: the name the agent's certificate is verified for, when it is not
+    the URL's host (Kubernetes: the shard's DNS name, the pod reached at its IP)."""
 
 
 def upstream(address: str) -> dict[str, Any]:
@@ -63,16 +72,23 @@ def upstream(address: str) -> dict[str, Any]:
 class AgentClient:
     """The control API of the instance agents, over one shared HTTP session."""
 
-    def __init__(self, http: aiohttp.ClientSession, token: str | None) -> None:
-        """``token`` None: status reads only (a POST without the token is refused)."""
+    def __init__(
+        self, http: aiohttp.ClientSession, token: str | None, ca_cert: Path | None = None
+    ) -> None:
+        """``token`` None: status reads only (a POST without the token is refused);
+        ``ca_cert``: the cluster CA that ``https`` agents are verified against."""
         self.http = http
         self.headers = control_token.headers(token) if token is not None else {}
+        self.ssl = agent_tls.client_ssl(ca_cert)
 
     async def status(self, agent: AgentRef) -> dict[str, Any] | None:
         """The agent's ``/status`` document; None when it does not answer in time."""
         try:
             async with self.http.get(
-                agent.url + "/status", timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT)
+                agent.url + "/status",
+                timeout=aiohttp.ClientTimeout(total=STATUS_TIMEOUT),
+                ssl=self.ssl,
+                server_hostname=agent.server_name,
             ) as r:
                 doc = await r.json()
         except _NO_ANSWER:
@@ -108,6 +124,8 @@ class AgentClient:
                 json=body or {},
                 headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                ssl=self.ssl,
+                server_hostname=agent.server_name,
             ) as r:
                 doc: dict[str, Any] = await r.json()
                 if r.status == 409:

@@ -43,13 +43,14 @@ import datetime
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from pgshard_proxy.contract import positions, topology
 
-from .. import naming
+from .. import agent_tls, naming
 from ..instance.credentials import Credentials
 from ..k8s import apply, lease, zones
 from ..k8s.instance import member_pod_name
@@ -345,8 +346,11 @@ def event_object(
 # -- the platform --------------------------------------------------------------------------
 
 
-def _agent_ref(member: str, ip: str) -> AgentRef:
-    return AgentRef(member, f"http://{ip}:{naming.STATUS_PORT}")
+def agent_ref(member: str, ip: str, server_name: str | None) -> AgentRef:
+    """The agent at pod IP ``ip``: HTTPS verified for ``server_name`` (the shard's DNS
+    name, ``k8s/tls.py``) when the cluster serves TLS, else plain HTTP."""
+    scheme = agent_tls.scheme(server_name is not None)
+    return AgentRef(member, f"{scheme}://{ip}:{naming.STATUS_PORT}", server_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +374,8 @@ class KubernetesPlatform:
         self.api = api
         self.node_zones = node_zones
         """Where members' zones come from (None: members carry no zone)."""
-        self.agents = AgentClient(http, token)
+        root = Path(creds.root_cert) if creds.root_cert else None
+        self.agents = AgentClient(http, token, root)
         self.ref = ref
         self.creds = creds
         self.lease_ttl = lease_ttl
@@ -416,10 +421,13 @@ class KubernetesPlatform:
         except topology.BadTopology as e:
             raise base.PlatformError(f"status.shards[{self.ref.index}] is unreadable: {e}") from e
 
+    def _agent_ref(self, member: str, ip: str) -> AgentRef:
+        return agent_ref(member, ip, self.creds.tls_server_name if self.creds.root_cert else None)
+
     async def _agent_status(self, member: str, ip: str | None) -> dict[str, Any] | None:
         if not ip:
             return None
-        return await self.agents.status(_agent_ref(member, ip))
+        return await self.agents.status(self._agent_ref(member, ip))
 
     async def _pods(self) -> list[PodState]:
         sts = await self.api.get(
@@ -487,7 +495,7 @@ class KubernetesPlatform:
         ip = self._ips.get(member)
         if ip is None:
             raise base.PlatformError(f"{member} has no pod (or no pod IP) now")
-        return _agent_ref(member, ip)
+        return self._agent_ref(member, ip)
 
     async def _status(self, member: str) -> dict[str, Any] | None:
         """The member's agent status now (None: no pod IP, or no answer)."""

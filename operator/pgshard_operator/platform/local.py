@@ -64,7 +64,7 @@ class LocalPlatform:
         self.cfg = cfg
         self.creds = creds
         self.index = shard
-        self.agents = AgentClient(http, token)
+        self.agents = AgentClient(http, token, cdir.agent_ca(cfg))
         self._agent_alive = agent_alive
         self._statuses = statuses
         self.members = {m.name: m for m in cfg.members(shard)}
