@@ -125,6 +125,7 @@ def _agent_api_is_https_only(metrics_url: str, ca: Path, other_ca: Path) -> None
     fence = urllib.request.Request(f"https://{url.netloc}/fence", data=b"{}", method="POST")
     with pytest.raises(urllib.error.HTTPError) as unauthorized:
         urllib.request.urlopen(fence, timeout=5, context=ssl.create_default_context(cafile=ca))
+    unauthorized.value.close()  # the error holds the answer's connection
     assert unauthorized.value.code == 401
 
 
