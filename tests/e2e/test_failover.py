@@ -34,13 +34,13 @@ import contextlib
 import datetime
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
+from tests.e2e.acked_writer import Writer
 from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Kube
 from tests.kube.faults import Faults
@@ -96,63 +96,6 @@ def streaming_follower(kube: Kube, ns: str, pod: str) -> dict[str, Any] | None:
     return s if ok else None
 
 
-class Writer:
-    """Inserts n + 1, n + 2, … through the proxy (n: the largest id already in ``t``);
-    ``acked`` holds the acknowledged ones."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.acked: list[int] = []
-        self.errors: list[str] = []
-        self._stop = asyncio.Event()
-
-    async def run(self, n: int) -> None:
-        conn: Any = None
-        while not self._stop.is_set():
-            n += 1
-            try:
-                if conn is None:
-                    conn = await asyncpg.connect(self.dsn, timeout=5)
-                insert = asyncio.ensure_future(conn.execute("insert into t values ($1)", n))
-                done, _ = await asyncio.wait({insert}, timeout=10)
-                if not done:
-                    # Give up on the connection rather than on the statement: cancelling
-                    # asyncpg's query waits for the server side (the proxy) to answer.
-                    conn.terminate()
-                    insert.add_done_callback(lambda t: t.cancelled() or t.exception())
-                    insert.cancel()
-                    raise TimeoutError(f"insert {n} got no answer within 10s")
-                insert.result()
-                self.acked.append(n)
-            except Exception as e:  # any failure: the insert is not acknowledged
-                self.errors.append(f"{type(e).__name__}: {e}")
-                if conn is not None:
-                    conn.terminate()
-                conn = None
-                await asyncio.sleep(0.2)
-        if conn is not None:
-            await conn.close()
-
-    async def acked_more(self, count: int, timeout: float) -> None:
-        target = len(self.acked) + count
-        deadline = time.monotonic() + timeout
-        while len(self.acked) < target:
-            assert time.monotonic() < deadline, (
-                f"the proxy did not acknowledge {count} more writes within {timeout}s "
-                f"(last errors: {self.errors[-3:]})"
-            )
-            await asyncio.sleep(0.1)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Writer]:
-        task = asyncio.create_task(self.run(max(await rows(self.dsn), default=0)))
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            await asyncio.wait_for(task, 30)
-
-
 async def rows(dsn: str) -> set[int]:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
@@ -192,7 +135,7 @@ async def test_deleting_the_primary_pod_fails_over_without_losing_writes(
         await conn.close()
     before = await waited("a healthy shard", lambda: healthy(kube, ns), 60)
     old = before["primary"]["name"]
-    async with Writer(dsn).running() as w:
+    async with Writer(dsn).running(max(await rows(dsn), default=0)) as w:
         await w.acked_more(20, 60)
         kube.kubectl("delete", "pod", "-n", ns, old, "--wait=false")
         after = await waited(
@@ -405,7 +348,7 @@ async def test_scaling_down_moves_the_primary_off_the_removed_pod_first(
     removed = f"{NAME}-shard-0-2"
     before = await waited("the primary on the last pod", lambda: primary_on(kube, ns, removed), 120)
     dsn = f"postgresql://app:{cluster['password']}@{cluster['proxy']}/app"
-    async with Writer(dsn).running() as w:
+    async with Writer(dsn).running(max(await rows(dsn), default=0)) as w:
         await w.acked_more(10, 60)
         kube.kubectl("patch", "shardedcluster", "-n", ns, NAME, "--type=merge",
                      "-p", '{"spec":{"replicasPerShard":1}}')  # fmt: skip

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
+from tests.e2e.acked_writer import Writer
 from tests.e2e.helpers import create_cluster, get, wait_for
 from tests.kube.cluster import Kube
 
@@ -92,60 +91,15 @@ async def all_identical(kube: Kube, ns: str, password: str, count: int) -> None:
         assert other == (rows, last), f"{name} differs from the others"
 
 
-class Writer:
-    """Inserts n + 1, n + 2, … through the proxy (every third in an explicit transaction
-    that also updates a row by key); ``acked`` holds the acknowledged ``n``."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.acked: list[int] = []
-        self.errors: list[str] = []
-        self._stop = asyncio.Event()
-
-    async def _insert(self, conn: Any, n: int) -> None:
-        if n % 3:
-            await conn.execute("INSERT INTO t (n) VALUES ($1)", n)
-            return
-        async with conn.transaction():
-            await conn.execute("INSERT INTO t (n) VALUES ($1)", n)
-            await conn.execute("UPDATE t SET at = now(), r = r + 1 WHERE n = $1", n - 1)
-
-    async def run(self, n: int) -> None:
-        conn: Any = None
-        while not self._stop.is_set():
-            n += 1
-            try:
-                if conn is None:
-                    conn = await asyncpg.connect(self.dsn, timeout=5)
-                await asyncio.wait_for(self._insert(conn, n), 10)
-                self.acked.append(n)
-            except Exception as e:  # any failure: the insert is not acknowledged
-                self.errors.append(f"{type(e).__name__}: {e}")
-                if conn is not None:
-                    conn.terminate()
-                conn = None
-                await asyncio.sleep(0.2)
-        if conn is not None:
-            await conn.close()
-
-    async def acked_more(self, count: int, timeout: float) -> None:
-        target = len(self.acked) + count
-        deadline = time.monotonic() + timeout
-        while len(self.acked) < target:
-            assert time.monotonic() < deadline, (
-                f"the proxy did not acknowledge {count} more writes within {timeout}s "
-                f"(last errors: {self.errors[-3:]})"
-            )
-            await asyncio.sleep(0.1)
-
-    @contextlib.asynccontextmanager
-    async def running(self, start: int) -> AsyncIterator[Writer]:
-        task = asyncio.create_task(self.run(start))
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            await asyncio.wait_for(task, 30)
+async def insert_and_touch(conn: Any, n: int) -> None:
+    """Insert ``n``; every third in an explicit transaction that also updates the row
+    before it by key (now() and r + 1: values the rewriter captures)."""
+    if n % 3:
+        await conn.execute("INSERT INTO t (n) VALUES ($1)", n)
+        return
+    async with conn.transaction():
+        await conn.execute("INSERT INTO t (n) VALUES ($1)", n)
+        await conn.execute("UPDATE t SET at = now(), r = r + 1 WHERE n = $1", n - 1)
 
 
 def dump(kube: Kube, ns: str) -> None:
@@ -186,7 +140,7 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kub
     await all_identical(kube, ns, password, 3)
 
     old = s["primary"]["name"]
-    async with Writer(dsn).running(30) as w:
+    async with Writer(dsn, insert_and_touch).running(30) as w:
         await w.acked_more(20, 60)
         kube.kubectl("delete", "pod", "-n", ns, old, "--wait=false")
         after = await waited("a promotion",
