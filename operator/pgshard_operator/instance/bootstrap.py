@@ -218,16 +218,10 @@ async def copy_follower(
     try:
         proc = await _initdb_and_start(bins, partial, settings, creds, log)
         try:
-
-            def endpoint(host: str, port: int) -> dumpcopy.Endpoint:
-                return dumpcopy.Endpoint(
-                    host, port, creds.superuser, creds.app_database, creds.superuser_password
-                )
-
             position = await dumpcopy.copy_database(
                 bins,
-                endpoint(up.host, up.port),
-                endpoint(settings.host, settings.port),
+                dumpcopy.Endpoint.member(creds, up.host, up.port),
+                dumpcopy.Endpoint.member(creds, settings.host, settings.port),
                 bookmark=(settings.name, f"{settings.host}:{settings.port}"),
             )
         finally:

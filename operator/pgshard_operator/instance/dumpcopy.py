@@ -8,7 +8,9 @@ state while writes go on, and ``pg_restore`` loads it into the follower in one
 transaction. The dump carries the log itself, so the restored follower's position
 is the snapshot's, and its applier continues with the next entry.
 The follower's own ``pg_dump``/``pg_restore`` are used: a newer pg_dump reads an
-older server, which is what a follower on a newer major version needs.
+older server, which is what a follower on a newer major version needs. When members
+serve TLS every connection here verifies the server (verify-full), as replication and
+``pg_basebackup`` do: the dump carries the superuser's password and all the data.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 import asyncpg
 
+from pgshard_proxy.contract import pgtls
 from pgshard_proxy.contract import statement_log as slog
 
 from . import postgres
+from .credentials import Credentials
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,18 +38,54 @@ class Endpoint:
     user: str
     database: str
     password: str | None = None
+    root_cert: str | None = None
+    """The cluster CA when members serve TLS: connections then verify the server."""
+    server_name: str | None = None
+    """With ``root_cert``: the name verified while connecting to ``host`` (libpq's
+    ``hostaddr``, ``Credentials.tls_server_name``); None: ``host`` itself."""
+
+    @classmethod
+    def member(cls, creds: Credentials, host: str, port: int) -> Endpoint:
+        """The application database of the member at ``host:port``, as the superuser,
+        verified as every connection between members is."""
+        return cls(
+            host,
+            port,
+            creds.superuser,
+            creds.app_database,
+            creds.superuser_password,
+            creds.root_cert,
+            creds.tls_server_name if creds.root_cert else None,
+        )
 
     def connect_args(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "host": self.host,
             "port": self.port,
             "user": self.user,
             "password": self.password,
             "database": self.database,
         }
+        if self.root_cert is not None:
+            args["ssl"] = pgtls.verifying_context(self.root_cert, self.server_name)
+        return args
 
     def tool_args(self) -> list[str]:
-        return ["-h", self.host, "-p", str(self.port), "-U", self.user, "--no-password"]
+        """``pg_dump``/``pg_restore`` arguments reaching the database (``--dbname`` a
+        libpq conninfo asking for ``sslmode=verify-full`` when ``root_cert`` is set)."""
+        host, dbname = self.host, self.database
+        if self.root_cert is not None:
+            words = {"dbname": self.database, "sslmode": "verify-full"}
+            words["sslrootcert"] = self.root_cert
+            if self.server_name is not None:
+                host, words["hostaddr"] = self.server_name, self.host.strip("[]")
+            dbname = " ".join(f"{k}={_quoted(v)}" for k, v in words.items())
+        return ["-h", host, "-p", str(self.port), "-U", self.user, "--no-password", "-d", dbname]
+
+
+def _quoted(value: str) -> str:
+    """A libpq conninfo value, quoted."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 async def copy_database(
@@ -78,8 +118,6 @@ async def copy_database(
                 await bins.run_async(
                     "pg_dump",
                     *source.tool_args(),
-                    "--dbname",
-                    source.database,
                     "--snapshot",
                     snapshot,
                     "--format=custom",
@@ -91,8 +129,6 @@ async def copy_database(
                 await bins.run_async(
                     "pg_restore",
                     *target.tool_args(),
-                    "--dbname",
-                    target.database,
                     "--single-transaction",
                     "--exit-on-error",
                     dump,
