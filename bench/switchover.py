@@ -140,9 +140,9 @@ async def run(switchovers: int, base: Path) -> None:
             user=urllib.parse.unquote(url.username or ""),
             password=urllib.parse.unquote(url.password or ""),
         )  # fmt: skip
-        off_dsn = urllib.parse.urlunsplit(
-            url._replace(netloc=f"{url.username}:{url.password}@{plain.host}:{plain.port}")
-        )
+        # The second proxy serves no TLS: its DSN drops the cluster's sslmode/sslrootcert.
+        netloc = f"{url.username}:{url.password}@{plain.host}:{plain.port}"
+        off_dsn = urllib.parse.urlunsplit(url._replace(netloc=netloc, query=""))
 
         async def settled() -> str:
             deadline = time.monotonic() + 180

@@ -43,7 +43,12 @@ async def settled(c: localcluster.LocalCluster, timeout: float = 120) -> dict[st
 async def run(base: Path, replicas: int) -> None:
     new = pg18.install()
     with localcluster.running(
-        base, "--replication-method=statement", "--cooldown-seconds=0", shards=1, replicas=replicas
+        base,
+        "--replication-method=statement",
+        "--cooldown-seconds=0",
+        "--no-tls",  # the PostgreSQL 18 of scripts/install-postgres18 is built without SSL
+        shards=1,
+        replicas=replicas,
     ) as c:
         dsn = c.status()["proxy"]["dsn"]
         async with writer.running(dsn, timeout=10) as w:

@@ -189,14 +189,15 @@ async def test_scale_on_a_full_disk_is_refused_and_the_cluster_keeps_its_shape(
             primary = shard["primary"]
             assert primary["name"] == "s0m0"
             assert [(f["name"], f["state"]) for f in shard["followers"]] == [("s0m1", "streaming")]
+            dsn = c.reachable(primary["dsn"])  # DIR (and its CA) is in the tmpfs's namespace
             slots = await fetchval(
-                primary["dsn"],
+                dsn,
                 "SELECT array_agg(slot_name ORDER BY slot_name) FROM pg_replication_slots",
             )
             assert slots == ["s0m1"]
-            standbys = await fetchval(primary["dsn"], "SHOW synchronous_standby_names")
+            standbys = await fetchval(dsn, "SHOW synchronous_standby_names")
             assert standbys == 'ANY 1 ("s0m1")'
-            conn = await asyncpg.connect(primary["dsn"], timeout=10)
+            conn = await asyncpg.connect(dsn, timeout=10)
             try:  # still a sync cluster that commits (s0m1 confirms)
                 await conn.execute("CREATE TABLE after_scale (id int)", timeout=15)
                 await conn.execute("INSERT INTO after_scale VALUES (1)", timeout=15)

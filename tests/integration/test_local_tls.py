@@ -1,4 +1,5 @@
-"""``pgshard local up --tls``: TLS between every part of a local cluster.
+"""``pgshard local up`` (TLS on by default, ``--tls``): TLS between every part of a
+local cluster.
 
 A CA and a server certificate in DIR/tls (keys 0600); members accept only TLS
 (``hostssl``), followers stream over TLS verified against the CA, the proxy reaches
@@ -6,6 +7,7 @@ members with ``verify-full`` and requires TLS from clients; ``status --json``'s 
 carry ``sslmode=verify-full`` and the CA, so asyncpg and psycopg verify the proxy.
 A failover (the old primary rejoins with pg_rewind through TLS) keeps all of it, and
 a certificate near its expiry is issued again by the next ``up`` and then served.
+TLS cannot be turned off on resume (``--no-tls``; the choice itself: test_local_pure).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def _agent_api_is_https_only(metrics_url: str, ca: Path, other_ca: Path) -> None
 
 
 def test_local_tls_everywhere(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, "--tls", shards=1, replicas=2) as c:
+    with localcluster.running(pg_tmp, shards=1, replicas=2) as c:  # the default
         tls = certs.TlsFiles(c.files / "tls")
         for key in (tls.ca_key, tls.server_key):
             assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -194,12 +196,14 @@ def test_local_tls_everywhere(pg_tmp: Path) -> None:
         # Rotation: a certificate with less than a third of its validity left is issued
         # again by the next `up`, and members then serve the new one.
         c.down()
+        refused = c.cli("local", "up", f"--dir={c.dir}", "--no-tls", check=False)
+        assert refused.returncode != 0 and "cannot be turned off" in refused.stderr, refused
         soon = datetime.datetime.now(datetime.UTC) - certs.SERVER_VALIDITY + certs.RENEW_BEFORE
         tls.server_cert.unlink()
         names = layout.ClusterDir(c.files).load_config().tls_names
         certs.ensure(tls.directory, "test", names, now=soon - datetime.timedelta(days=1))
         old_der = _der(tls.server_cert)
-        out = c.up().stdout
+        out = c.up("--tls").stdout  # the flag of before the default, kept
         assert "issued the server certificate" in out and "expires on" in out, out
         new_der = _der(tls.server_cert)
         assert new_der != old_der

@@ -81,7 +81,7 @@ STATEMENT_ONLY = {
 }
 """Series only members in ``statement`` replication offer."""
 TLS_ONLY = "pgshard_instance_tls_certificate_expiry_timestamp_seconds"
-"""Offered only by members of a TLS cluster (``up --tls``)."""
+"""Offered only by members of a TLS cluster (the default; not with ``up --no-tls``)."""
 
 
 def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) -> None:
@@ -130,8 +130,9 @@ def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) 
 
 
 def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, "--follower-delay-ms=1500", replicas=1) as c:
+    with localcluster.running(pg_tmp, "--follower-delay-ms=1500", "--no-tls", replicas=1) as c:
         shard = c.shard(0)
+        assert "sslmode" not in shard["primary"]["dsn"] and not (c.files / "tls").exists()
         primary_url = shard["primary"]["metricsUrl"]
         (follower,) = shard["followers"]
         m = scrape(primary_url)

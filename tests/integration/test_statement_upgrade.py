@@ -11,6 +11,7 @@ applier held back until the primary is fenced); then ``local upgrade`` to 18 und
 writer through the proxy loses no acknowledged insert.
 
 Tests skip when the PostgreSQL 18 binaries are absent (the handover part runs first).
+Those binaries are built without SSL, so these clusters run ``--no-tls``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ async def test_a_pg18_follower_of_a_pg15_primary_stays_identical(pg_tmp: Path) -
         pg_tmp,
         "--replication-method=statement",
         f"--follower-bindir={new}",
+        "--no-tls",
         "--cooldown-seconds=0",
         shards=1,
         replicas=1,
@@ -90,7 +92,12 @@ async def test_switchover_hands_over_the_last_entries_then_upgrade_under_a_write
     follower (s0m0) is rebuilt on 18, the shard switches over to it, the old primary
     is rebuilt; every acknowledged insert is on both members afterwards."""
     with localcluster.running(
-        pg_tmp, "--replication-method=statement", "--cooldown-seconds=0", shards=1, replicas=1
+        pg_tmp,
+        "--replication-method=statement",
+        "--cooldown-seconds=0",
+        "--no-tls",  # upgraded to the PostgreSQL 18 binaries, built without SSL
+        shards=1,
+        replicas=1,
     ) as c:
         shard = c.shard(0)
         primary = await asyncpg.connect(shard["primary"]["dsn"])

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,14 @@ class LocalCluster:
     def files(self) -> Path:
         """DIR as this process can read it (inside the tmpfs's namespace, if any)."""
         return self.disk.view(self.dir) if self.disk is not None else self.dir
+
+    def reachable(self, dsn: str) -> str:
+        """A DSN of ``status --json`` as this process can use it: its CA
+        (``sslrootcert``, in DIR/tls) read through :attr:`files`."""
+        return dsn.replace(
+            urllib.parse.quote(str(self.dir / "tls"), safe="/"),
+            urllib.parse.quote(str(self.files / "tls"), safe="/"),
+        )
 
     def create_args(self, shards: int, replicas: int) -> list[str]:
         """``local up`` flags creating a cluster on this address with free ports."""

@@ -286,3 +286,30 @@ def test_pool_flags_are_stored_kept_on_resume_and_passed_to_the_proxy(tmp_path: 
         layout.ClusterDir(tmp_path), _cfg(), CREDS).argv())  # fmt: skip
     with pytest.raises(layout.LayoutError, match="--pool-size must be at least 1"):
         layout.validate(_cfg(proxy_pool_size=0))
+
+
+def test_tls_is_on_for_a_new_dir_kept_on_resume_and_never_turned_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = cli.build_parser()
+
+    def up(*flags: str, stored: layout.ClusterConfig | None) -> layout.ClusterConfig:
+        args = parser.parse_args(["local", "up", f"--dir={tmp_path}", *flags])
+        return commands._config_from_args(args, stored)
+
+    assert up(stored=None).tls is True
+    assert up("--tls", stored=None).tls is True
+    plain = up("--no-tls", stored=None)
+    assert plain.tls is False
+    # A DIR created without TLS (or before it was the default: no "tls" in cluster.json)
+    # keeps running without it, and says so; --tls turns it on.
+    old = plain.to_dict()
+    del old["tls"]
+    for stored in (plain, layout.ClusterConfig.from_dict(old, tmp_path)):
+        capsys.readouterr()
+        assert up(stored=stored).tls is False
+        assert "was created without TLS: it keeps running without TLS" in capsys.readouterr().out
+    assert up("--tls", stored=plain).tls is True
+    assert up(stored=up(stored=None)).tls is True
+    with pytest.raises(layout.LayoutError, match=r"--no-tls contradicts .* cannot be turned off"):
+        up("--no-tls", stored=up(stored=None))

@@ -150,10 +150,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--tls",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="TLS everywhere: a cluster CA and server certificate in DIR/tls; members accept "
         "only TLS and are verified (verify-full) by the proxy, followers and the control "
-        "plane; the proxy requires TLS from clients (kept in DIR; cannot be turned off)",
+        "plane; the proxy requires TLS from clients (kept in DIR; cannot be turned off) "
+        "[on for a new DIR; a DIR created without TLS keeps running without it unless "
+        "--tls is given; --no-tls: a new DIR without TLS]",
     )
     up.add_argument(
         "--distributed-table",
@@ -319,7 +322,7 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
         distributed_tables=merge_distributed_tables(
             stored.distributed_tables if stored is not None else (), args.distributed_table
         ),
-        tls=args.tls or (stored is not None and stored.tls),
+        tls=tls_choice(args.tls, stored, args.dir),
         follower_zones=zones,
         proxy_zone=proxy_zone,
         follower_bindir=stored.follower_bindir if stored is not None else new_bindir(args),
@@ -330,6 +333,25 @@ def _config_from_args(args: argparse.Namespace, stored: ClusterConfig | None) ->
     )
     validate(cfg)
     return cfg
+
+
+def tls_choice(flag: bool | None, stored: ClusterConfig | None, where: Path) -> bool:
+    """Whether the cluster runs TLS: ``--tls/--no-tls`` if given, else DIR's setting
+    (a DIR created without TLS keeps it, so that its clients' plain connections keep
+    working), else on. TLS once on stays on: clients by then verify the cluster's CA."""
+    if stored is None:
+        return True if flag is None else flag
+    if flag is False and stored.tls:
+        raise LayoutError(
+            f"--no-tls contradicts the cluster in {where} (created with TLS, which cannot be "
+            "turned off); omit --no-tls to resume it, or use a new --dir"
+        )
+    if flag is None and not stored.tls:
+        print(
+            f"{where} was created without TLS: it keeps running without TLS "
+            "(give --tls to turn TLS on; clients must then use TLS)"
+        )
+    return stored.tls or bool(flag)
 
 
 def new_bindir(args: argparse.Namespace) -> str | None:

@@ -7,7 +7,7 @@ platform. Layout of DIR (file locations are relied on by users and the proxy)::
     DIR/secrets.json          generated credentials, owner-only (0600)
     DIR/control.token         the control endpoints' token, owner-only (control_token.py)
     DIR/topology.json         the topology contract (pgshard_proxy.contract.topology)
-    DIR/tls/                  with --tls: ca.crt, ca.key, server.crt, server.key (certs.py)
+    DIR/tls/                  unless --no-tls: ca.crt, ca.key, server.crt, server.key (certs.py)
     DIR/topology.lock         fcntl lock for compare-and-set of topology.json
     DIR/leases/shard-I.json   the primary lease of shard I (+ .lock)
     DIR/supervisor.lock       held by the running supervisor for its whole life
@@ -147,7 +147,8 @@ class ClusterConfig:
     scale`` moves no running member's port; members added beyond it use ports after the
     control port (``MAX_ADDED_PER_SHARD`` pairs per shard)."""
     tls: bool = False
-    """``--tls``: members and the proxy serve TLS only, with certificates in ``DIR/tls``."""
+    """``--[no-]tls``: members and the proxy serve TLS only, with certificates in ``DIR/tls``
+    (on for a new DIR; False here for a ``cluster.json`` of before, which has no "tls")."""
     follower_zones: tuple[str, ...] = ()
     """``--follower-zones``: the zone of followers 1..replicas (member 0, the first
     primary, has none); may change on resume."""
