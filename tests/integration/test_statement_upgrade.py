@@ -11,7 +11,8 @@ applier held back until the primary is fenced); then ``local upgrade`` to 18 und
 writer through the proxy loses no acknowledged insert.
 
 Tests skip when the PostgreSQL 18 binaries are absent (the handover part runs first).
-Those binaries are built without SSL, so these clusters run ``--no-tls``.
+Those binaries are built without SSL: a TLS cluster (the default) is refused with
+them before anything starts, so these clusters run ``--no-tls``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
+from pgshard_operator.instance import postgres
 from tests.integration.test_proxy_statement_log import (
     SCHEMA,
     asyncpg_session,
@@ -36,6 +38,12 @@ from tests.support.statement_writer import Write, table_contents, write
 async def test_a_pg18_follower_of_a_pg15_primary_stays_identical(pg_tmp: Path) -> None:
     new = pg18.required()
     seed = random.randrange(1 << 30)
+    if not postgres.ssl_library(postgres.Binaries(new, postgres.RunAs.detect())):
+        c = localcluster.new(pg_tmp, shards=1, replicas=1)
+        flags = ("--replication-method=statement", f"--follower-bindir={new}")
+        refused = c.cli("local", "up", f"--dir={c.dir}", *c.create_args(1, 1), *flags, check=False)
+        assert refused.returncode != 0 and "built without SSL support" in refused.stderr
+        assert not c.dir.exists(), "refused before anything starts"
     with localcluster.running(
         pg_tmp,
         "--replication-method=statement",

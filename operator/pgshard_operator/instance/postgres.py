@@ -82,6 +82,18 @@ def major_version(bindir: Path) -> int:
         raise PostgresNotInstalled(f"{bindir}/postgres does not run here: {e}") from None
 
 
+def ssl_library(bins: Binaries) -> str:
+    """The SSL library ``bins``' server is built with ("" without SSL support: it cannot
+    serve a TLS cluster), from ``postgres -C ssl_library`` on an empty configuration."""
+    with tempfile.TemporaryDirectory(prefix="pgshard-ssl-") as d:
+        conf = Path(d)
+        for name in ("postgresql.conf", "postgresql.auto.conf"):
+            (conf / name).write_text("")
+            bins.run_as.chown(conf / name)
+        bins.run_as.own(conf)
+        return bins.run("postgres", "-C", "ssl_library", "-D", d, timeout=30).strip()
+
+
 def find_bindir() -> Path:
     """The directory holding ``postgres``, ``initdb``, ``pg_basebackup``…
 

@@ -368,6 +368,21 @@ def new_bindir(args: argparse.Namespace) -> str | None:
     return str(checked_bindir(Path(args.follower_bindir), "--follower-bindir"))
 
 
+def require_ssl(bindir: Path, flag: str) -> None:
+    """Refuse binaries built without SSL for a TLS cluster, before anything starts (their
+    server would not start with ``ssl = on``, nor their pg_dump verify the primary)."""
+    try:
+        library = postgres.ssl_library(postgres.Binaries(bindir, postgres.RunAs.detect()))
+    except postgres.PostgresCommandFailed as e:
+        raise LayoutError(f"{flag} {bindir}: cannot tell whether it supports SSL: {e}") from None
+    if not library:
+        raise LayoutError(
+            f"{flag} {bindir}: this PostgreSQL is built without SSL support, and the cluster "
+            "runs TLS (the default); use binaries built with SSL (--with-ssl=openssl), or "
+            "create the cluster with --no-tls"
+        )
+
+
 def checked_bindir(bindir: Path, flag: str) -> Path:
     """``bindir`` resolved, if it holds PostgreSQL binaries not older than the default ones."""
     try:
@@ -421,6 +436,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         stored = cdir.load_config() if cdir.config.exists() else None
         cfg = _config_from_args(args, stored)
+        bindirs = [b for b in (cfg.follower_bindir, *(b for _, b in cfg.member_bindirs)) if b]
+        for bindir in dict.fromkeys(bindirs) if cfg.tls else ():
+            flag = "--follower-bindir" if bindir == cfg.follower_bindir else "a member's binaries"
+            require_ssl(Path(bindir), flag)
     except LayoutError as e:
         raise CommandError(str(e)) from None
     _check_ports(cfg)
@@ -679,6 +698,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             )
         bindir = checked_bindir(args.bindir, "--bindir")
         major = postgres.major_version(bindir)
+        if cfg.tls:
+            require_ssl(bindir, "--bindir")
     except (LayoutError, postgres.PostgresNotInstalled) as e:
         raise CommandError(str(e)) from None
     running = [int(v) for v in status.server_versions(cdir, cfg).values() if v and v.isdigit()]
