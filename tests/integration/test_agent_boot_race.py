@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -21,12 +22,12 @@ from tests.support import control_http, localcluster
 pytestmark = pytest.mark.integration
 
 
-async def _bootstrapping(url: str) -> None:
+async def _bootstrapping(url: str, context: ssl.SSLContext | None) -> None:
     """Wait until the agent at ``url`` answers and says it is bootstrapping."""
     async with asyncio.timeout(30):
         while True:
             try:
-                code, doc = await control_http.call(url + "/status", None)
+                code, doc = await control_http.call(url + "/status", None, context=context)
                 if code == 200 and doc.get("role") == "bootstrapping":
                     return
             except (aiohttp.ClientError, OSError):
@@ -40,13 +41,14 @@ async def test_rejoin_during_a_bootstrap_copy_is_refused_and_the_copy_completes(
     with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=1) as c:
         token = (c.dir / "control.token").read_text().strip()
         host, _, port = c.shard()["primary"]["address"].rpartition(":")
-        follower = f"http://{c.host}:{c.base_port + 3}"  # s0m1's agent
+        follower = c.agent_url("s0m1")
+        context = c.agent_context()
         c.kill(0, "s0m1")
         # The supervisor restarts the agent after a second; with no data it copies again.
         shutil.rmtree(c.dir / "members" / "s0m1" / "data")
-        await _bootstrapping(follower)
+        await _bootstrapping(follower, context)
         code, doc = await control_http.call(
-            follower + "/rejoin", {"host": host, "port": int(port)}, token
+            follower + "/rejoin", {"host": host, "port": int(port)}, token, context
         )
         assert code == 409, doc
         assert "bootstrap" in doc["error"]

@@ -9,6 +9,7 @@ replication password in the startup packet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 from pathlib import Path
@@ -27,7 +28,8 @@ async def test_control_endpoints_need_the_token_and_credentials_stay_in_the_shar
         token_file = c.dir / "control.token"
         assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
         token = token_file.read_text().strip()
-        follower = f"http://{c.host}:{c.base_port + 3}"  # s0m1's agent
+        follower = c.agent_url("s0m1")  # https: TLS is the default
+        call = functools.partial(control_http.call, context=c.agent_context())
         supervisor = f"http://{c.host}:{c.base_port + 4}"
 
         for url, body in (
@@ -39,13 +41,13 @@ async def test_control_endpoints_need_the_token_and_credentials_stay_in_the_shar
             (supervisor + "/upgrade", {"bindir": "/usr/lib/postgresql/15/bin"}),
         ):
             for wrong in (None, "not-the-token"):
-                code, doc = await control_http.call(url, body, wrong)
+                code, doc = await call(url, body, wrong)
                 assert code == 401, (url, doc)
-        code, doc = await control_http.call(follower + "/status", None, None)
+        code, doc = await call(follower + "/status", None, None)
         assert (code, doc["role"]) == (200, "follower")
         assert c.shard()["primary"]["name"] == "s0m0"
 
-        code, doc = await control_http.call(
+        code, doc = await call(
             follower + "/parameter", {"name": "archive_command", "value": "sh -c x"}, token
         )
         assert code == 400 and "not managed" in doc["error"]
@@ -62,16 +64,14 @@ async def test_control_endpoints_need_the_token_and_credentials_stay_in_the_shar
         port = server.sockets[0].getsockname()[1]
         try:
             for path in ("/repoint", "/rejoin"):
-                code, doc = await control_http.call(
-                    follower + path, {"host": host, "port": port}, token
-                )
+                code, doc = await call(follower + path, {"host": host, "port": port}, token)
                 assert code == 403, doc
                 assert "not a member of this shard" in doc["error"]
         finally:
             server.close()
             await server.wait_closed()
         assert connected == []
-        status = (await control_http.call(follower + "/status", None, None))[1]
+        status = (await call(follower + "/status", None, None))[1]
         assert (status["role"], status["walReceiver"]) == ("follower", "streaming")
 
         # The commands carry the token: a switchover through the CLI goes through.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,8 +24,8 @@ T = TypeVar("T")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def scrape(c: localcluster.LocalCluster, url: str) -> Samples:
+    with c.open_url(url) as r:
         assert r.headers["Content-Type"].startswith("text/plain; version=")
         text = r.read().decode()
     return {
@@ -36,10 +35,10 @@ def scrape(url: str) -> Samples:
     }
 
 
-def names(url: str) -> set[str]:
+def names(c: localcluster.LocalCluster, url: str) -> set[str]:
     """Every series name a scrape of ``url`` offers, also for families with no sample yet
     (a counter nothing incremented: its ``_total`` is what rules name)."""
-    with urllib.request.urlopen(url, timeout=5) as r:
+    with c.open_url(url) as r:
         text = r.read().decode()
     out: set[str] = set()
     for family in text_string_to_metric_families(text):
@@ -94,12 +93,12 @@ def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) 
             for i in range(5):
                 conn.execute("INSERT INTO t VALUES (%s)", (i,))
             written = value(
-                scrape(shard["primary"]["metricsUrl"]), "pgshard_instance_statement_log_seq"
+                scrape(c, shard["primary"]["metricsUrl"]), "pgshard_instance_statement_log_seq"
             )
             assert written and written >= 6
 
             def applied() -> Samples | None:
-                f = scrape(follower["metricsUrl"])
+                f = scrape(c, follower["metricsUrl"])
                 return (
                     f
                     if value(f, "pgshard_instance_statement_log_seq", position="applied") == written
@@ -111,7 +110,7 @@ def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) 
                 value(f, "pgshard_instance_statement_log_seq", position="source") or 0
             ) >= written
             assert value(f, "pgshard_instance_statement_applier_diverged") == 0
-            offered = names(shard["primary"]["metricsUrl"]) | names(follower["metricsUrl"])
+            offered = names(c, shard["primary"]["metricsUrl"]) | names(c, follower["metricsUrl"])
             assert offered >= STATEMENT_ONLY, offered
 
             # Someone writes on the follower by hand: the next entry cannot apply there.
@@ -123,7 +122,9 @@ def test_statement_mode_metrics_follow_the_log_and_its_divergence(pg_tmp: Path) 
         eventually(
             "the applier's divergence in its metrics",
             lambda: (
-                value(scrape(follower["metricsUrl"]), "pgshard_instance_statement_applier_diverged")
+                value(
+                    scrape(c, follower["metricsUrl"]), "pgshard_instance_statement_applier_diverged"
+                )
                 == 1
             ),
         )
@@ -135,7 +136,7 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
         assert "sslmode" not in shard["primary"]["dsn"] and not (c.files / "tls").exists()
         primary_url = shard["primary"]["metricsUrl"]
         (follower,) = shard["followers"]
-        m = scrape(primary_url)
+        m = scrape(c, primary_url)
         primary = shard["primary"]["name"]
         assert value(m, "pgshard_instance_role", member=primary, role="primary") == 1
         assert value(m, "pgshard_instance_role", member=primary, role="follower") == 0
@@ -146,12 +147,12 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
         assert value(m, "pgshard_instance_followers_connected") == 1
         table = c.cli("local", "status", f"--dir={c.dir}").stdout
         assert f"{primary} {primary_url}" in table.replace("\n", "")
-        f = scrape(follower["metricsUrl"])
+        f = scrape(c, follower["metricsUrl"])
         assert value(f, "pgshard_instance_role", member=follower["name"], role="follower") == 1
         assert value(f, "pgshard_instance_lease_held") == 0
         assert value(f, "pgshard_instance_wal_position_bytes", position="replayed")
         assert not (STATEMENT_ONLY | {TLS_ONLY}) & (
-            names(follower["metricsUrl"]) | names(primary_url)
+            names(c, follower["metricsUrl"]) | names(c, primary_url)
         )
 
         # Writes the delayed follower has received but not replayed: lag in bytes and
@@ -163,7 +164,7 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
                 conn.execute(
                     "INSERT INTO lagged SELECT repeat('x', 1000) FROM generate_series(1, 200)"
                 )
-                s = scrape(primary_url)
+                s = scrape(c, primary_url)
                 lag = value(s, "pgshard_instance_follower_lag_bytes", follower=follower["name"])
                 return s if lag and lag > 0 else None
 
@@ -172,14 +173,17 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
         eventually(
             "replay delay on the follower",
             lambda: (
-                (value(scrape(follower["metricsUrl"]), "pgshard_instance_replay_delay_bytes") or 0)
+                (
+                    value(scrape(c, follower["metricsUrl"]), "pgshard_instance_replay_delay_bytes")
+                    or 0
+                )
                 > 0
             ),
         )
         eventually(
             "lag in seconds on the primary",
             lambda: (
-                (value(scrape(primary_url), "pgshard_instance_follower_lag_seconds") or 0) > 0.5
+                (value(scrape(c, primary_url), "pgshard_instance_follower_lag_seconds") or 0) > 0.5
             ),
         )
 
@@ -193,7 +197,7 @@ def test_manager_metrics_count_a_failover(pg_tmp: Path) -> None:
         m = eventually(
             "a probe of every member",
             lambda: (
-                (s := scrape(url))
+                (s := scrape(c, url))
                 and value(s, "pgshard_shard_member_last_probe_age_seconds", member="s0m1")
                 is not None
                 and s
@@ -206,7 +210,7 @@ def test_manager_metrics_count_a_failover(pg_tmp: Path) -> None:
         c.kill(0, old)
 
         def failed_over() -> Samples | None:
-            s = scrape(url)
+            s = scrape(c, url)
             counted = value(s, "pgshard_shard_failovers_total", shard="0", kind="failover")
             return s if counted == 1 and value(s, "pgshard_shard_epoch", shard="0") == 2 else None
 
@@ -221,7 +225,7 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, replicas=1) as c:
         status = c.status()
         url = status["proxy"]["metricsUrl"]
-        before = scrape(url)
+        before = scrape(c, url)
         assert value(before, "pgshard_proxy_routes_total", role="follower", reason="follower") == 0
         assert value(before, "pgshard_proxy_first_write_epoch", shard="0") is None
         started = time.time()
@@ -230,7 +234,7 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
             for _ in range(3):
                 conn.execute("SELECT count(*) FROM t").fetchone()
             conn.execute("SHOW pgshard.consistency").fetchone()
-            during = scrape(url)
+            during = scrape(c, url)
         assert value(during, "pgshard_proxy_client_connections", state="idle") == 1
         assert total(during, "pgshard_proxy_routes_total", role="primary") >= 1
         assert total(during, "pgshard_proxy_routes_total", role="follower") >= 1, during
@@ -257,7 +261,7 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
         after = eventually(
             "the client gone",
             lambda: (
-                (s := scrape(url))
+                (s := scrape(c, url))
                 and value(s, "pgshard_proxy_client_connections", state="idle") == 0
                 and s
             ),
@@ -266,10 +270,10 @@ def test_proxy_metrics_and_every_metric_the_chart_names(pg_tmp: Path) -> None:
 
         # Every metric the chart's alert rules and dashboard panels name is in a real
         # scrape of the agents, the managers or the proxy.
-        offered = names(url) | names(status["supervisor"]["metricsUrl"])
+        offered = names(c, url) | names(c, status["supervisor"]["metricsUrl"])
         for shard in status["shards"]:
             for member in (shard["primary"], *shard["followers"]):
-                offered |= names(member["metricsUrl"])
+                offered |= names(c, member["metricsUrl"])
         files = procs.ROOT / "charts" / "pgshard" / "files"
         rules = yaml.safe_load((files / "alerts.yaml").read_text())
         exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]

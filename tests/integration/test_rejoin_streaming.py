@@ -8,6 +8,7 @@ restarting it would only take a healthy follower away (before: a restart each ti
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,15 @@ pytestmark = pytest.mark.integration
 async def test_rejoin_of_a_streaming_follower_keeps_it_running(pg_tmp: Path) -> None:
     with localcluster.running(pg_tmp, shards=1, replicas=1) as c:
         token = (c.dir / "control.token").read_text().strip()
-        primary = f"http://{c.host}:{c.base_port + 1}"  # s0m0's agent
-        follower = f"http://{c.host}:{c.base_port + 3}"  # s0m1's agent
-        _, up = await control_http.call(primary + "/status", None)
-        _, before = await control_http.call(follower + "/status", None)
+        primary, follower = c.agent_url("s0m0"), c.agent_url("s0m1")
+        call = functools.partial(control_http.call, context=c.agent_context())
+        _, up = await call(primary + "/status", None)
+        _, before = await call(follower + "/status", None)
         assert (before["role"], before["walReceiver"]) == ("follower", "streaming")
         host, _, port = up["address"].rpartition(":")
 
-        code, doc = await control_http.call(
-            follower + "/rejoin", {"host": host, "port": int(port)}, token
-        )
+        code, doc = await call(follower + "/rejoin", {"host": host, "port": int(port)}, token)
         assert (code, doc["method"]) == (200, "restart"), doc
-        _, after = await control_http.call(follower + "/status", None)
+        _, after = await call(follower + "/status", None)
         assert after["pgPid"] == before["pgPid"], "the follower was restarted"
         assert (after["restarts"], after["walReceiver"]) == (before["restarts"], "streaming")

@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -125,14 +126,24 @@ class LocalCluster:
         shard: dict[str, Any] = self.status()["shards"][index]
         return shard
 
+    def agent_url(self, member: str) -> str:
+        """The member's instance agent's base URL (``https://`` in a TLS cluster)."""
+        return layout.ClusterDir(self.dir).load_config().member(member).status_url
+
+    def agent_context(self) -> ssl.SSLContext | None:
+        """What verifies the agents' HTTPS (the cluster's CA); None without TLS."""
+        cdir = layout.ClusterDir(self.dir)
+        ca = cdir.agent_ca(cdir.load_config())
+        return agent_tls.client_context(ca) if ca is not None else None
+
+    def open_url(self, url: str, timeout: float = 5) -> Any:
+        """``urlopen`` of an agent's or the cluster's own endpoints (HTTPS verified)."""
+        context = self.agent_context() if url.startswith("https:") else None
+        return urllib.request.urlopen(url, timeout=timeout, context=context)
+
     def agent_status(self, member: str) -> dict[str, Any]:
         """The member's instance agent's ``GET /status`` document."""
-        cdir = layout.ClusterDir(self.dir)
-        cfg = cdir.load_config()
-        url = cfg.member(member).status_url + "/status"
-        ca = cdir.agent_ca(cfg)  # with TLS the agent serves HTTPS, verified with the CA
-        context = agent_tls.client_context(ca) if ca is not None else None
-        with urllib.request.urlopen(url, timeout=3, context=context) as r:
+        with self.open_url(self.agent_url(member) + "/status", timeout=3) as r:
             doc: dict[str, Any] = json.load(r)
             return doc
 
