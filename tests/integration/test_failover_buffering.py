@@ -37,8 +37,6 @@ import pytest
 
 from tests.support import localcluster, switch_load
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
-
 
 def _read_json(path: Path) -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError):
@@ -192,7 +190,11 @@ async def _reconnected(k: _Cluster) -> None:
 @pytest.mark.parametrize("on", [True, False], ids=["buffer-on-failover", "default-off"])
 async def test_writes_sent_after_the_failover_decision(pg_tmp: Path, on: bool) -> None:
     # A window long enough for a loaded machine: held requests wait for the promotion.
-    flags = (*FAST, "--proxy-buffer-on-failover", "--proxy-buffer-window-ms=20000") if on else FAST
+    flags = (
+        (*localcluster.FAST, "--proxy-buffer-on-failover", "--proxy-buffer-window-ms=20000")
+        if on
+        else localcluster.FAST
+    )
     with localcluster.running(pg_tmp, *flags, replicas=1) as c:
         status = c.status()
         dsn = status["proxy"]["dsn"]

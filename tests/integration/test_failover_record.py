@@ -24,8 +24,6 @@ import pytest
 
 from tests.support import localcluster, switch_load
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
-
 
 def _plausible(last: dict[str, Any], kind: str) -> None:
     print(kind, {k: last.get(k) for k in sorted(last)})
@@ -83,7 +81,7 @@ def _first_write(last: dict[str, Any], acked_at: float) -> None:
 
 
 async def test_switchover_kill9_and_sigstop_are_recorded(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=2) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=2) as c:
         shard = await _settled_first(c)
         dsn = c.status()["proxy"]["dsn"]
         await switch_load.create_table(dsn)

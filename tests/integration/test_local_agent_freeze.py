@@ -24,7 +24,6 @@ import pytest
 
 from tests.support import localcluster, writer
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 TTL = 2.5
 ROUNDS = int(os.environ.get("PGSHARD_AGENT_FREEZE_ROUNDS", "2"))
 
@@ -54,7 +53,9 @@ async def test_a_frozen_agent_never_leaves_two_primaries(pg_tmp: Path, mode: str
     seed = int(os.environ.get("PGSHARD_FAULT_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     report: list[str] = []
-    with localcluster.running(pg_tmp, f"--replication-mode={mode}", *FAST, replicas=2) as c:
+    with localcluster.running(
+        pg_tmp, f"--replication-mode={mode}", *localcluster.FAST, replicas=2
+    ) as c:
         follow = writer.Writer(c.dir / "topology.json", timeout=3, connect_timeout=3, first_id=1)
         async with writer.running_writer(follow):
             for r in range(1, ROUNDS + 1):

@@ -22,7 +22,6 @@ from pgshard_proxy.contract import topology
 from tests.support import localcluster, writer
 
 # Short enough for a quick test, long enough not to fence a healthy primary on a busy machine.
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 T = TypeVar("T")
 
 
@@ -58,7 +57,9 @@ def streaming(c: localcluster.LocalCluster, name: str) -> Callable[[], dict[str,
 async def test_kill9_of_the_primary_in_sync_mode_loses_no_acknowledged_row(
     pg_tmp: Path,
 ) -> None:
-    with localcluster.running(pg_tmp, "--replication-mode=sync", *FAST, replicas=2) as c:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=sync", *localcluster.FAST, replicas=2
+    ) as c:
         old = c.shard(0)["primary"]["name"]
         async with writer.running(c.dir / "topology.json") as w:
             await w.wait_acked(50)
@@ -90,7 +91,7 @@ async def test_kill9_of_the_primary_in_sync_mode_loses_no_acknowledged_row(
 async def test_a_hung_primary_is_replaced_only_after_its_lease_and_then_refuses_writes(
     pg_tmp: Path,
 ) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=1) as c:
         first = c.shard(0)["primary"]
         lease_before = json.loads((c.dir / "leases" / "shard-0.json").read_text())
         assert lease_before["holder"] == first["name"]
@@ -118,7 +119,7 @@ async def test_a_hung_primary_is_replaced_only_after_its_lease_and_then_refuses_
 
 
 async def test_switchover_under_write_load_loses_nothing(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=2) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=2) as c:
         old = c.shard(0)["primary"]["name"]
         async with writer.running(c.dir / "topology.json") as w:
             await w.wait_acked(50)
@@ -168,7 +169,7 @@ async def test_quorum_mode_blocks_commits_without_k_followers_and_resumes(
     pg_tmp: Path,
 ) -> None:
     with localcluster.running(
-        pg_tmp, "--replication-mode=quorum", "--quorum=2", *FAST, replicas=2
+        pg_tmp, "--replication-mode=quorum", "--quorum=2", *localcluster.FAST, replicas=2
     ) as c:
         shard = c.shard(0)
         conn = await asyncpg.connect(shard["primary"]["dsn"])
@@ -190,7 +191,7 @@ async def test_quorum_mode_blocks_commits_without_k_followers_and_resumes(
 
 
 async def test_a_follower_bootstrapped_while_writes_run_misses_no_row(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=1) as c:
         c.down()
         shutil.rmtree(c.dir / "members" / "s0m1" / "data")
         up = asyncio.ensure_future(asyncio.to_thread(c.up))
@@ -225,7 +226,7 @@ def _try(fn: Callable[[], Any]) -> bool | None:
 
 
 async def test_an_old_primary_that_cannot_be_rewound_is_recloned(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=1) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=1) as c:
         old = c.shard(0)["primary"]
         async with writer.running(c.dir / "topology.json") as w:
             await w.wait_acked(20)

@@ -15,7 +15,6 @@ import pytest
 from tests.support import localcluster, writer
 from tests.support import repeated_failures as rf
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 BUDGET = 30.0
 """Kill to first write on the next primary, with room for a busy shared machine (a kill
 -9 is failed over without waiting for detection or the lease: ~2-5 s when idle)."""
@@ -34,7 +33,7 @@ async def _lost(c: localcluster.LocalCluster, w: writer.Writer) -> set[int]:
 async def test_a_second_failure_while_the_old_primary_rejoins(
     pg_tmp: Path, mode: tuple[str, ...]
 ) -> None:
-    with localcluster.running(pg_tmp, *mode, *FAST, replicas=2) as c:
+    with localcluster.running(pg_tmp, *mode, *localcluster.FAST, replicas=2) as c:
         async with writer.running(c.status()["proxy"]["dsn"]) as w:
             await w.wait_acked(30)
             first, shard = await rf.fail_primary(c, w, await asyncio.to_thread(c.shard, 0))
@@ -48,7 +47,9 @@ async def test_a_second_failure_while_the_old_primary_rejoins(
 
 
 async def test_three_failures_in_a_row_in_sync_mode(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, "--replication-mode=sync", *FAST, replicas=2) as c:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=sync", *localcluster.FAST, replicas=2
+    ) as c:
         async with writer.running(c.status()["proxy"]["dsn"]) as w:
             await w.wait_acked(30)
             outages = []
@@ -68,7 +69,9 @@ async def test_a_missing_follower_that_streamed_blocks_until_forced(pg_tmp: Path
     """The other side of the rule: a follower that may hold acknowledged commits (it
     streamed at this epoch) is frozen when the primary dies, so the shard stays without
     a primary, says why and how to force it; the forced failover promotes the other."""
-    with localcluster.running(pg_tmp, "--replication-mode=sync", *FAST, replicas=2) as c:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=sync", *localcluster.FAST, replicas=2
+    ) as c:
         shard = await rf.until_all_streaming(c)
         members = sorted(f["name"] for f in shard["followers"])
         shard = await rf.poll_shard(c, lambda s: s.get("syncStandbys") == members, "both listed")

@@ -189,8 +189,7 @@ def test_agent_metrics_show_roles_lease_and_follower_lag(pg_tmp: Path) -> None:
 
 
 def test_manager_metrics_count_a_failover(pg_tmp: Path) -> None:
-    fast = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
-    with localcluster.running(pg_tmp, *fast, replicas=1) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=1) as c:
         status = c.status()
         url = status["supervisor"]["metricsUrl"]
         old = status["shards"][0]["primary"]["name"]

@@ -18,8 +18,6 @@ from typing import Any
 
 from tests.support import localcluster, switch_load
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
-
 
 async def _all_streaming(c: localcluster.LocalCluster, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -33,7 +31,7 @@ async def _all_streaming(c: localcluster.LocalCluster, timeout: float = 120) -> 
 
 
 async def test_switchovers_under_writers_through_the_proxy(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, replicas=2) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, replicas=2) as c:
         dsn = c.status()["proxy"]["dsn"]
         await switch_load.create_table(dsn)
         async with switch_load.running(dsn) as load:

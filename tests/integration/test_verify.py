@@ -28,7 +28,6 @@ from pgshard_operator.instance import postgres
 from pgshard_operator.local import layout
 from tests.support import localcluster, procs
 
-FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
 FAULTS = int(os.environ.get("PGSHARD_VERIFY_FAULTS", "50"))
 SEED = int(os.environ.get("PGSHARD_VERIFY_SEED", "13"))
 LOST = "lost acknowledged write"
@@ -46,7 +45,9 @@ def _report(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 @pytest.mark.timeout(FAULTS * 20 + 420)
 def test_random_faults_in_sync_mode_lose_nothing(pg_tmp: Path) -> None:
-    with localcluster.running(pg_tmp, *FAST, "--replication-mode=sync", replicas=2) as c:
+    with localcluster.running(
+        pg_tmp, *localcluster.FAST, "--replication-mode=sync", replicas=2
+    ) as c:
         proc = c.cli(
             "verify", f"--dir={c.dir}", "--faults=kill,stop,switchover",
             f"--fault-count={FAULTS}", f"--seed={SEED}", "--seconds=10", "--json",
@@ -118,7 +119,7 @@ def test_a_kill_with_a_frozen_wal_receiver_loses_writes_and_verify_says_so(
 ) -> None:
     # Async replication, and the bound on how much a failover may discard lifted.
     unsafe = ("--max-lag-bytes=1000000000",)
-    with localcluster.running(pg_tmp, *FAST, *unsafe, replicas=1) as c:
+    with localcluster.running(pg_tmp, *localcluster.FAST, *unsafe, replicas=1) as c:
         shard = c.shard(0)
         primary, follower = shard["primary"], shard["followers"][0]
         receiver = _walreceiver_pid(follower["dsn"])

@@ -36,6 +36,10 @@ from pgshard_operator.local import layout
 
 from . import mountns, net, procs, terminal
 
+FAST = ("--lease-ttl=2.5", "--detection-seconds=1", "--cooldown-seconds=2")
+"""``up`` flags for failover tests: a dead primary is replaced within seconds, and a
+healthy one is not fenced on a busy machine (the lease outlives a slow renewal)."""
+
 
 def free_base_port(host: str, count: int) -> int:
     """A port p such that p .. p+count-1 are all free on ``host`` now."""
