@@ -489,3 +489,58 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         assert a2.status()["divergedAt"] == seq + 1 and "trimmed" in a2.status()["error"]
     finally:
         await c1.close()
+
+
+async def test_a_follower_left_ahead_of_the_promoted_one_stops_to_be_copied_again(
+    servers: list[pgserver.PgServer], conn: asyncpg.Connection
+) -> None:
+    """The race a failover leaves: f2 applied entries f1 never did (f2's applier was
+    still applying a batch from the dying primary when f1, then the furthest, was
+    elected). f1 writes its own entries under the same numbers; f2, repointed, must not
+    pull on past them as if nothing happened (its data would silently differ): its
+    applier stops as diverged and asks for a new copy (AheadOfSource)."""
+    primary, f1, f2 = servers
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, v int)")])
+    await bootstrap(primary, f1, "f1")
+    await bootstrap(primary, f2, "f2")
+    a1 = applier_mod.Applier("f1", app_dsn(f1), app_dsn(primary), address=address(f1))
+    a2 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(primary), address=address(f2))
+    async with running(a1):
+        await caught_up(a1, primary)
+    async with running(a2):
+        for i in range(3):  # applied by f2 only: f1's applier is stopped
+            await write(conn, [Write("INSERT INTO t VALUES ($1, 0)", (i,))])
+        await caught_up(a2, primary)
+    primary.stop()
+    c1 = await asyncpg.connect(app_dsn(f1), server_settings={
+        "default_transaction_read_only": "off"})  # fmt: skip
+    try:  # promoted as the other test does it
+        await c1.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        await c1.execute("SELECT pg_reload_conf()")
+        await c1.execute(slog.CONTINUE_SQL)
+        await c1.execute(slog.PROMOTED_SQL, await position(f1))
+        for i in (100, 101):  # f1's own entries, numbered as two of f2's
+            await write(c1, [Write("INSERT INTO t VALUES ($1, 1)", (i,))])
+    finally:
+        await c1.close()
+    assert await position(f1) < a2.applied  # f1's log ends below f2's position
+    a2.repoint(app_dsn(f1))
+    async with running(a2) as task:
+        async with asyncio.timeout(15):  # without the check: applying on, forever
+            await asyncio.shield(task)
+    assert a2.state is applier_mod.State.DIVERGED and a2.divergence is not None
+    assert a2.divergence.recopy and a2.status()["divergedAt"] == a2.applied
+    assert "never had" in a2.status()["error"]
+    c1 = await asyncpg.connect(app_dsn(f1), server_settings={
+        "default_transaction_read_only": "off"})  # fmt: skip
+    try:  # f1 writes on past f2's position: now f2's last entry is another one there
+        for i in (102, 103):
+            await write(c1, [Write("INSERT INTO t VALUES ($1, 1)", (i,))])
+    finally:
+        await c1.close()
+    a3 = applier_mod.Applier("f2", app_dsn(f2), app_dsn(f1), address=address(f2))
+    async with running(a3) as task:
+        async with asyncio.timeout(30):
+            await asyncio.shield(task)
+    assert a3.divergence is not None and a3.divergence.recopy
+    assert "another entry" in a3.status()["error"]

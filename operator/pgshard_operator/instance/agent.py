@@ -142,6 +142,9 @@ class Agent:
         """Statement mode: kept connection to the application database (positions)."""
         self.applier: applier.Applier | None = None
         self._applier_task: asyncio.Task[None] | None = None
+        self._source: bootstrap.Upstream | None = None
+        """Statement mode: the primary whose log the applier applies."""
+        self._recopy_task: asyncio.Task[None] | None = None
         self.bypass = bypass.Watch()
         """Statement mode, as primary: writes that bypassed the proxy (bypass.py)."""
         self.valid_until = 0.0
@@ -240,6 +243,10 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
+        recopy, self._recopy_task = self._recopy_task, None
+        if recopy is not None:
+            recopy.cancel()
+            await asyncio.gather(recopy, return_exceptions=True)
         await self._stop_applier()
         if self.role is Role.PRIMARY and self.s.statement_mode:
             await self._drain_log()
@@ -446,13 +453,32 @@ class Agent:
         )
 
     def _start_applier(self, up: bootstrap.Upstream) -> None:
+        self._source = up
         self.applier = applier.Applier(
             self.s.name,
             self._app_dsn(self.s.server.host, self.s.server.port),
             self._app_dsn(up.host, up.port),
             address=f"{self.s.server.host}:{self.s.server.port}",
         )
-        self._applier_task = asyncio.ensure_future(self.applier.run())
+        self._applier_task = asyncio.ensure_future(self._apply(self.applier))
+
+    async def _apply(self, a: applier.Applier) -> None:
+        """Run the applier. One that found this follower ahead of its primary (entries of
+        a former primary the current one never had) is repaired at once by a new copy of
+        the current primary, as the manager's rejoin of an old primary would."""
+        await a.run()
+        up = self._source
+        if a.divergence is not None and a.divergence.recopy and up is not None:
+            log.warning("applier: %s (%s)", a.divergence.error, up.address)
+            self._recopy_task = asyncio.ensure_future(self._recopy(up))
+
+    async def _recopy(self, up: bootstrap.Upstream) -> None:
+        try:
+            result = await self.rejoin(up)
+        except Exception as e:  # reported as diverged; a rejoin by the manager can retry
+            log.error("copying %s again failed: %s", up.address, e)
+            return
+        log.info("copied %s again: %s", up.address, result)
 
     async def _stop_applier(self) -> None:
         task, self._applier_task = self._applier_task, None
@@ -697,6 +723,7 @@ class Agent:
                 await statement_roles.set_upstream(
                     self.s.server.host, self.s.server.port, self.creds, up
                 )
+                self._source = up
                 if self.applier is not None:
                     self.applier.repoint(self._app_dsn(up.host, up.port))
                 log.info("now applying the log of %s", up.address)

@@ -67,15 +67,32 @@ class State(enum.Enum):
 class Divergence:
     seq: int
     error: str
+    recopy: bool = False
+    """Only a new copy of the primary can repair it, and it is safe to make one at once:
+    the follower holds entries its primary never wrote (see :class:`AheadOfSource`)."""
 
 
 class ApplyFailed(Exception):
     """An entry could not be applied (the follower's data no longer matches)."""
 
+    recopy = False
+
     def __init__(self, seq: int, error: str) -> None:
         super().__init__(f"entry {seq} could not be applied: {error}")
         self.seq = seq
         self.error = error
+
+
+class AheadOfSource(ApplyFailed):
+    """The follower applied an entry its primary does not have (or has otherwise).
+
+    A failover elects the follower that had applied the most when the manager looked;
+    another one's applier may still apply a batch it had fetched from the dying primary
+    after that, and so hold entries past the new primary's promotion point that the new
+    primary then writes differently under the same numbers. Pulling on from there would
+    skip the new primary's entries and never notice."""
+
+    recopy = True
 
 
 class Applier:
@@ -133,7 +150,7 @@ class Applier:
                 try:
                     await self._session()
                 except ApplyFailed as e:
-                    self.divergence = Divergence(e.seq, e.error)
+                    self.divergence = Divergence(e.seq, e.error, e.recopy)
                     self.state = State.DIVERGED
                     log.error("applier stopped, follower diverged: %s", e)
                     return
@@ -171,6 +188,7 @@ class Applier:
                 await source.add_listener(slog.CHANNEL, self._notified)
                 await local.execute(slog.SCHEMA_SQL)  # a log copied before log_trimmed existed
                 self.applied = int(await local.fetchval(slog.POSITION_SQL))
+                await self._check_same_history(local, source)
                 await self._bookmark(source)
                 self.state = State.APPLYING
                 self.last_error = None
@@ -183,6 +201,38 @@ class Applier:
                 source.terminate()
         finally:
             local.terminate()
+
+    async def _check_same_history(self, local: Any, source: Any) -> None:
+        """Raise :class:`AheadOfSource` when the entry applied last here is not the
+        source's entry of that number (absent or different). Entries trimmed from either
+        log cannot be compared: the pull's trim check covers the source's side."""
+        if self.applied == 0:
+            return
+        mine = await local.fetchrow(slog.ENTRY_SQL, self.applied)
+        theirs = await source.fetchrow(slog.ENTRY_SQL, self.applied)
+        if mine is None:
+            return
+        if theirs is None:
+            if int(await source.fetchval(slog.TRIMMED_SQL)) > self.applied:
+                return
+            source_at = int(await source.fetchval(slog.POSITION_SQL))
+            fork = await source.fetchval(slog.FORK_SQL)
+            if source_at < self.applied:
+                why = f"its primary's log ends at entry {source_at}"
+            elif fork is not None and self.applied > fork:
+                why = f"its primary, writing its own entries after {fork}, has none so numbered"
+            else:
+                return  # a number the source never used, below anything it wrote itself
+        elif tuple(theirs) != tuple(mine):
+            why = "its primary wrote another entry under that number"
+        else:
+            return
+        raise AheadOfSource(
+            self.applied,
+            f"this follower applied entry {self.applied} but {why}: it holds entries of a "
+            "former primary that the current one never had (a failover promoted a member "
+            "that had not applied them); it is copied again",
+        )
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

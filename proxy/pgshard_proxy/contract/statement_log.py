@@ -111,6 +111,13 @@ FROM {TABLE} WHERE seq > $1 ORDER BY seq LIMIT $2
 """
 """The next entries after ``$1`` (at most ``$2``), in order: what an applier pulls."""
 
+ENTRY_SQL = f"""
+SELECT seq, role, statements::text AS statements, sequences::text AS sequences, committed_at
+FROM {TABLE} WHERE seq = $1
+"""
+"""One entry, as :data:`READ_SQL` returns it: a follower and its primary compare the
+entry the follower applied last (the same history, or a failover left it ahead)."""
+
 COPY_SQL = f"""
 INSERT INTO {TABLE} (seq, role, statements, sequences, committed_at)
 VALUES ($1, $2, $3::jsonb, $4::jsonb, $5)
