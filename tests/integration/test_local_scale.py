@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.integration.test_local_failover import FAST, eventually
+from tests.integration.test_local_failover import eventually
 from tests.support import localcluster, writer
 
 
@@ -29,7 +29,9 @@ async def _fetchval(dsn: str, sql: str) -> object:
 async def test_a_follower_added_under_writes_misses_no_row_and_leaves_cleanly(
     pg_tmp: Path,
 ) -> None:
-    with localcluster.running(pg_tmp, "--replication-mode=sync", *FAST, replicas=1) as c:
+    with localcluster.running(
+        pg_tmp, "--replication-mode=sync", *localcluster.FAST, replicas=1
+    ) as c:
         async with writer.running(c.dir / "topology.json") as w:
             await w.wait_acked(30)
             out = await asyncio.to_thread(
@@ -94,7 +96,7 @@ async def test_a_follower_added_under_writes_misses_no_row_and_leaves_cleanly(
 
 async def test_quorum_shards_grow_and_shrink_together(pg_tmp: Path) -> None:
     with localcluster.running(
-        pg_tmp, "--replication-mode=quorum", "--quorum=2", *FAST, shards=2, replicas=2
+        pg_tmp, "--replication-mode=quorum", "--quorum=2", *localcluster.FAST, shards=2, replicas=2
     ) as c:
         refused = await asyncio.to_thread(
             c.cli, "local", "scale", f"--dir={c.dir}", "--replicas=1", check=False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.integration.test_local_failover import FAST, eventually
+from tests.integration.test_local_failover import eventually
 from tests.support import localcluster
 
 ROWS = 400_000
@@ -25,7 +25,12 @@ ROUNDS = int(os.environ.get("PGSHARD_SCATTER_FAILOVER_ROUNDS", "4"))
 
 def test_a_scatter_read_during_a_failover_fails_clearly_or_is_complete(pg_tmp: Path) -> None:
     with localcluster.running(
-        pg_tmp, "--distributed-table=t:k", "--replication-mode=sync", *FAST, shards=2, replicas=1
+        pg_tmp,
+        "--distributed-table=t:k",
+        "--replication-mode=sync",
+        *localcluster.FAST,
+        shards=2,
+        replicas=1,
     ) as c:
         asyncio.run(_rounds(c))
 
