@@ -7,7 +7,8 @@ copied from it by ``pg_dump --snapshot``). Prints, asserting nothing:
 - write transactions/s of N sessions doing one-row UPDATEs by key, plain vs under the
   log writer's protocol (write lock + appended entry, tests/support/statement_writer.py),
   and their ratio (the proxy does not write the log yet: this is the protocol's cost);
-- the applier's rate catching up that backlog (entries/s);
+- the applier's rate catching up that backlog (entries/s), in batches per local
+  transaction and one entry per transaction (two followers copied at the same point);
 - the lag (entries) sampled while the writers and the applier run together;
 - bootstrap time of a database of ``--mb`` MB: ``pg_dump --snapshot`` + ``pg_restore``
   (statement mode) vs ``pg_basebackup`` (wal mode), same run.
@@ -35,6 +36,7 @@ from tests.support.statement_writer import Write, write  # noqa: E402
 
 from pgshard_operator.instance import applier, dumpcopy, postgres  # noqa: E402
 from pgshard_proxy.contract import statement_log as slog  # noqa: E402
+from pgshard_proxy.execute.statement_log import SETTINGS as CAPTURED  # noqa: E402
 
 ROWS = 1000
 
@@ -43,8 +45,8 @@ def dsn(s: pgserver.PgServer, db: str = "app") -> str:
     return f"postgresql://{s.user}@{s.host}:{s.port}/{db}"
 
 
-async def setup(primary: pgserver.PgServer, follower: pgserver.PgServer, mb: int) -> None:
-    for s in (primary, follower):
+async def setup(primary: pgserver.PgServer, followers: list[pgserver.PgServer], mb: int) -> None:
+    for s in (primary, *followers):
         c = await asyncpg.connect(s.dsn)
         await c.execute("CREATE DATABASE app")
         await c.close()
@@ -73,11 +75,17 @@ async def run_sessions(
         nonlocal done
         conn = await asyncpg.connect(dsn(primary))
         try:
+            # Logged with the settings the proxy captures for every statement.
+            row = await conn.fetchrow(
+                "SELECT " + ", ".join(f"current_setting('{n}')" for n in CAPTURED)
+            )
+            settings = dict(zip(CAPTURED, row, strict=True))
             n = i
             while time.monotonic() < stop:
                 key = n % ROWS + 1
                 if logged:
-                    await write(conn, [Write("UPDATE acc SET v = v + 1 WHERE id = $1", (key,))])
+                    update = Write("UPDATE acc SET v = v + 1 WHERE id = $1", (key,), settings)
+                    await write(conn, [update])
                 else:
                     await conn.execute("UPDATE acc SET v = v + 1 WHERE id = $1", key)
                 done += 1
@@ -87,6 +95,25 @@ async def run_sessions(
 
     await asyncio.gather(*(one(i) for i in range(sessions)))
     return done
+
+
+async def catch_up(
+    primary: pgserver.PgServer, follower: pgserver.PgServer, batch: int, target: int
+) -> float:
+    """Seconds an applier pulling ``batch`` entries at a time takes to reach ``target``."""
+    a = applier.Applier(f"bench-{batch}", dsn(follower), dsn(primary), batch=batch)
+    task = asyncio.ensure_future(a.run())
+    try:
+        t0 = time.monotonic()
+        for _ in range(60_000):  # at most 10 minutes
+            if a.applied >= target:
+                break
+            await asyncio.sleep(0.01)
+        return time.monotonic() - t0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def position(s: pgserver.PgServer) -> int:
@@ -101,8 +128,14 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
     bins = postgres.Binaries.detect()
     primary = pgserver.make_server(base, "p")
     follower = pgserver.make_server(base, "f")
+    single = pgserver.make_server(base, "f1")
     try:
-        await setup(primary, follower, args.mb)
+        await setup(primary, [follower, single], args.mb)
+        await dumpcopy.copy_database(
+            bins,
+            dumpcopy.Endpoint(primary.host, primary.port, primary.user, "app"),
+            dumpcopy.Endpoint(single.host, single.port, single.user, "app"),
+        )
         t0 = time.monotonic()
         await dumpcopy.copy_database(
             bins,
@@ -130,18 +163,17 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
               f"{plain / args.seconds:.0f}, with the log {logged / args.seconds:.0f} "
               f"(ratio {logged / max(1, plain):.2f})")  # fmt: skip
 
-        a = applier.Applier("bench", dsn(follower), dsn(primary))
         start, target = await position(follower), await position(primary)
+        rates = {}
+        for batch, f in ((1, single), (applier.BATCH, follower)):
+            rates[batch] = (target - start) / await catch_up(primary, f, batch, target)
+        print(f"applier catching up {target - start} entries: {rates[applier.BATCH]:.0f} "
+              f"entries/s in batches of up to {applier.BATCH} per local transaction, "
+              f"{rates[1]:.0f} one entry per transaction (ratio "
+              f"{rates[applier.BATCH] / rates[1]:.1f}x)")  # fmt: skip
+        a = applier.Applier("bench", dsn(follower), dsn(primary))
         task = asyncio.ensure_future(a.run())
         try:
-            t0 = time.monotonic()
-            for _ in range(60_000):  # at most 10 minutes
-                if a.applied >= target:
-                    break
-                await asyncio.sleep(0.01)
-            t_apply = time.monotonic() - t0
-            print(f"applier catching up {target - start} entries: "
-                  f"{(target - start) / t_apply:.0f} entries/s")  # fmt: skip
             lags: list[int] = []
 
             async def sample() -> None:
@@ -166,6 +198,7 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
+        single.stop()
         follower.stop()
         primary.stop()
 

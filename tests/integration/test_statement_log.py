@@ -398,6 +398,31 @@ async def test_settings_reverted_by_rollback_to_savepoint_are_set_again(
     assert rows["t"] == [(2, "2024-01-01 21:00:00+09")]
 
 
+async def test_settings_of_one_entry_do_not_reach_the_next_in_the_same_batch(
+    servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
+) -> None:
+    """The applier replays a batch of entries in one local transaction: a setting the
+    first entry pinned must be back to the session's value for an entry that does not
+    name it, as in the separate transactions the primary ran."""
+    primary, follower, _ = servers
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY, shown text)")])
+    await bootstrap(primary, follower)
+    shown = "'2024-01-01 12:00+00'::timestamptz::text"
+    await write(
+        conn, [Write(f"INSERT INTO t VALUES (1, {shown})", settings={"TimeZone": "Asia/Tokyo"})]
+    )
+    await write(conn, [Write(f"INSERT INTO t VALUES (2, {shown})")])
+    await write(conn, [Write(f"INSERT INTO t VALUES (3, {shown})", settings={"TimeZone": "UTC"})])
+    a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
+    async with running(a):
+        await caught_up(a, primary)
+    await assert_identical(primary, follower)
+    rows = await table_contents(app_dsn(follower), ["t"])
+    assert rows["t"][0] == (1, "2024-01-01 21:00:00+09")
+    assert "+09" not in rows["t"][1][1]
+
+
 async def log_range(server: pgserver.PgServer) -> tuple[int, int]:
     """The oldest and newest ``seq`` in ``server``'s log."""
     c = await asyncpg.connect(app_dsn(server))

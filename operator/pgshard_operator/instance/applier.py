@@ -3,11 +3,12 @@
 Run by the instance agent of a follower in ``statement`` mode (DESIGN §4; the log's
 schema and ordering rules are in ``pgshard_proxy.contract.statement_log``). It pulls
 the entries after its position from the primary in bounded batches (LISTEN wakes it;
-a slow poll covers notifications lost while reconnecting) and applies each entry in
-one local transaction that also inserts the entry into the follower's own log, so
-data and position commit together and a crash loses neither. The primary learns
-how far it got (``pgshard.followers``), which is what it keeps entries for; the
-applier trims its own copy of the log no further than the primary did (logtrim.py).
+a slow poll covers notifications lost while reconnecting) and applies each batch in
+one local transaction (:func:`apply_entries`) that also inserts its entries into the
+follower's own log, so data and position commit together and a crash loses neither.
+The primary learns how far it got (``pgshard.followers``), which is what it keeps
+entries for; the applier trims its own copy of the log no further than the primary
+did (logtrim.py).
 A primary that trimmed entries this follower still needs (it stopped counting it)
 stops the applier as diverged too: only a new copy can continue.
 
@@ -256,16 +257,37 @@ class Applier:
         if not rows:
             self.source_position = self.applied
             return False
+        batch: list[tuple[slog.Entry, Any]] = []
+        bad: ApplyFailed | None = None
         for row in rows:
             try:
-                entry = slog.Entry.from_row(row)
+                batch.append((slog.Entry.from_row(row), row))
             except slog.BadEntry as e:
-                raise ApplyFailed(int(row["seq"]), str(e)) from None
-            await apply_entry(local, entry, row)
-            self.applied = entry.seq
+                bad = ApplyFailed(int(row["seq"]), str(e))
+                break
+        await self._apply(local, batch)
+        if bad is not None:
+            raise bad
         self.source_position = max(self.applied, self.source_position or 0)
         await self._bookmark(source)
         return True
+
+    async def _apply(self, local: Any, batch: list[tuple[slog.Entry, Any]]) -> None:
+        """The batch in one local transaction; when it fails, entry by entry (a
+        transaction each), so the entries before the wrong one are applied and the
+        divergence names that one."""
+        if not batch:
+            return
+        try:
+            await apply_entries(local, batch)
+        except ApplyFailed:
+            if len(batch) == 1:
+                raise
+            for one in batch:
+                await apply_entries(local, [one])
+                self.applied = one[0].seq
+        else:
+            self.applied = batch[-1][0].seq
 
     async def _trim_own(self, local: Any, source_below: int) -> None:
         """At most every period: drop the entries the primary dropped, never this
@@ -277,40 +299,68 @@ class Applier:
         await logtrim.trim(local, min(source_below, self.applied))
 
 
-async def apply_entry(conn: Any, entry: slog.Entry, row: Any) -> None:
-    """Run ``entry`` as its writer did, and record it, in one transaction on ``conn``.
+_PIN_SQL = "SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)"
+"""Settings for the rest of the transaction in one round trip (a NULL value resets)."""
+_SETVAL_SQL = (
+    "SELECT count(setval(s::regclass, v)) FROM unnest($1::text[], $2::bigint[]) AS q(s, v)"
+)
 
-    Raises :class:`ApplyFailed` for an error of the entry's own statements (the
-    transaction is rolled back); connection errors pass through unchanged.
+
+async def apply_entries(conn: Any, batch: list[tuple[slog.Entry, Any]]) -> None:
+    """Run each entry as its writer did, and record them all, in one transaction.
+
+    Replaying several committed transactions as one gives the same data: each was
+    valid alone in this order (deferred checks included), and every statement pins the
+    settings it ran with. Raises :class:`ApplyFailed` for an error of the entries' own
+    statements (the transaction is rolled back; ``seq`` is the entry that was running);
+    connection errors pass through unchanged.
     """
+    seq = batch[0][0].seq
     try:
         async with conn.transaction():
-            await conn.execute("SELECT set_config('role', $1, true)", entry.role)
-            pinned: dict[str, str] = {}
-            for stmt in entry.statements:
-                for name, value in stmt.settings.items():
-                    if pinned.get(name) != value:
-                        await conn.execute("SELECT set_config($1, $2, true)", name, value)
-                        pinned[name] = value
-                await _run(conn, stmt)
-                if stmt.sql.lstrip()[:8].upper() == "ROLLBACK":
-                    # ROLLBACK TO SAVEPOINT also undid the settings pinned after it.
-                    pinned.clear()
-            for sequence, last in entry.sequences.items():
-                await conn.execute("SELECT setval($1::regclass, $2)", sequence, last)
+            pinned_here: set[str] = set()
+            for entry, _row in batch:
+                seq = entry.seq
+                pinned_here = await _replay(conn, entry, pinned_here)
             await conn.execute("RESET ROLE")
             await conn.execute(
                 slog.COPY_SQL,
-                entry.seq,
-                entry.role,
-                row["statements"],
-                row["sequences"],
-                row["committed_at"],
+                [e.seq for e, _ in batch],
+                [e.role for e, _ in batch],
+                [r["statements"] for _, r in batch],
+                [r["sequences"] for _, r in batch],
+                [r["committed_at"] for _, r in batch],
             )
     except _TRANSIENT:
         raise
     except asyncpg.PostgresError as e:
-        raise ApplyFailed(entry.seq, f"{type(e).__name__}: {e}") from None
+        raise ApplyFailed(seq, f"{type(e).__name__}: {e}") from None
+
+
+async def _replay(conn: Any, entry: slog.Entry, earlier: set[str]) -> set[str]:
+    """One entry's statements with its role and their settings pinned; the names of the
+    settings it left pinned. Those an earlier entry of the transaction pinned (``earlier``)
+    and this one's first statement does not name go back to the session's value, as in a
+    transaction of its own."""
+    pinned: dict[str, str] = {}
+    named: set[str] = set()
+    change: dict[str, str | None] = {"role": entry.role, **dict.fromkeys(earlier)}
+    for stmt in entry.statements:
+        change.update((n, v) for n, v in stmt.settings.items() if pinned.get(n) != v)
+        if change:
+            await conn.execute(_PIN_SQL, list(change), list(change.values()))
+            change = {}
+        pinned.update(stmt.settings)
+        named |= stmt.settings.keys()
+        await _run(conn, stmt)
+        if stmt.sql.lstrip()[:8].upper() == "ROLLBACK":
+            # ROLLBACK TO SAVEPOINT also undid the settings pinned after it.
+            pinned.clear()
+    if change:  # no statements
+        await conn.execute(_PIN_SQL, list(change), list(change.values()))
+    if entry.sequences:
+        await conn.execute(_SETVAL_SQL, list(entry.sequences), list(entry.sequences.values()))
+    return named
 
 
 async def _run(conn: Any, stmt: slog.Statement) -> None:
@@ -326,5 +376,4 @@ async def _run(conn: Any, stmt: slog.Statement) -> None:
         " FROM unnest($1::text[]) WITH ORDINALITY AS t(p, i)",
         list(stmt.params),
     )
-    await conn.execute(call or "EXECUTE pgshard_apply")
-    await conn.execute("DEALLOCATE pgshard_apply")
+    await conn.execute(f"{call or 'EXECUTE pgshard_apply'}; DEALLOCATE pgshard_apply")

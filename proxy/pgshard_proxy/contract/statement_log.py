@@ -120,9 +120,12 @@ entry the follower applied last (the same history, or a failover left it ahead).
 
 COPY_SQL = f"""
 INSERT INTO {TABLE} (seq, role, statements, sequences, committed_at)
-VALUES ($1, $2, $3::jsonb, $4::jsonb, $5)
+SELECT seq, role, statements::jsonb, sequences::jsonb, committed_at
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    AS e(seq, role, statements, sequences, committed_at)
 """
-"""An applier records the entry it applied in its own log, as it is (same transaction)."""
+"""An applier records the entries it applied in its own log, as they are (same
+transaction): arrays of :data:`READ_SQL`'s columns, one element per entry."""
 
 BOOKMARK_SQL = f"""
 INSERT INTO {SCHEMA}.followers (name, seq, address) VALUES ($1, $2, $3)
