@@ -186,3 +186,45 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kub
     await all_identical(kube, ns, password, 3)
     print(f"acknowledged {len(w.acked)} writes across the failover; "
           f"test took {time.monotonic() - started:.0f}s")  # fmt: skip
+
+
+SYNC_NAME = "stmtsync"
+
+
+async def test_statement_sync_mode_on_pods_acknowledges_applied_commits(
+    kube: Kube, ns: str
+) -> None:
+    """``mode: sync`` with ``method: statement``: the operator publishes
+    ``statementAcks: 1`` and the proxy acknowledges a commit only once the follower has
+    applied it, so the follower, read directly the moment each insert is acknowledged,
+    already has every row (async mode answers before the applier pulled the entry)."""
+    spec = {**SPEC, "replicasPerShard": 1, "replication": {"method": "statement", "mode": "sync"}}
+    create_cluster(kube, ns, SYNC_NAME, spec)
+
+    def ready() -> dict[str, Any] | None:
+        status = get(kube, "shardedcluster", "-n", ns, SYNC_NAME).get("status") or {}
+        s = (status.get("shards") or [{}])[0]
+        streaming = [f for f in s.get("followers") or () if f.get("state") == "streaming"]
+        return status if status.get("phase") == "Ready" and streaming else None
+
+    status = await waited("a Ready cluster, its follower applying", ready, 300, 2)
+    assert status["statementAcks"] == 1
+    secret = get(kube, "secret", "-n", ns, f"{SYNC_NAME}-app")["data"]
+    password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
+    ip = get(kube, "service", "-n", ns, SYNC_NAME)["spec"]["clusterIP"]
+    follower = status["shards"][0]["followers"][0]["address"]
+    proxied = await asyncpg.connect(f"postgresql://app:{password}@{ip}:5432/app", timeout=10)
+    try:
+        await proxied.execute("CREATE TABLE t (n int PRIMARY KEY)")
+        direct = await asyncpg.connect(f"postgresql://app:{password}@{follower}/app", timeout=10)
+        try:
+            missing = []
+            for n in range(1, 41):
+                await proxied.execute("INSERT INTO t VALUES ($1)", n)
+                if not await direct.fetchval("SELECT count(*) FROM t WHERE n = $1", n):
+                    missing.append(n)
+        finally:
+            await direct.close()
+    finally:
+        await proxied.close()
+    assert not missing, f"acknowledged before the follower applied them: {missing}"

@@ -152,11 +152,6 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"replication": {"mode": "quorum"}}, "spec.replication", "required when replication.mode"),
     ({"replication": {"quorum": 1}}, "spec.replication", "only used with replication.mode"),
     ({"replication": {"mode": "quorum", "quorum": 0}}, "spec.replication.quorum", "minimum"),
-    (
-        {"replication": {"method": "statement", "mode": "sync"}},
-        "spec.replication",
-        "not available with method statement",
-    ),
     ({"sharding": {"tables": [{"name": "orders"}]}}, "spec.sharding.tables.0", "'key'"),
     (
         {"sharding": {"referenceTables": ["countries"]}},

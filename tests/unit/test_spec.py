@@ -208,18 +208,23 @@ def test_parser_agrees_with_the_crd() -> None:
             specs.parse_spec(sample)
 
 
-def test_statement_replication_is_accepted_in_async_mode_only() -> None:
+def test_statement_replication_in_every_mode_publishes_the_proxy_wait() -> None:
     """Statement mode runs on Kubernetes (the managers read positions as log sequence
-    numbers); sync and quorum are refused by the CRD and the operator, as locally."""
-    from tests.support import crd
-
+    numbers). Sync and quorum are the proxy's wait for the appliers (``statementAcks``):
+    the shard managers run async (no synchronous_standby_names), as locally."""
     spec = specs.parse_spec({"replication": {"method": "statement"}})
     assert spec.method is specs.ReplicationMethod.STATEMENT
     assert spec.policy.replication.statement
+    assert spec.statement_acks == 0
     assert not specs.parse_spec({}).policy.replication.statement
     assert crd.problems(crd.cluster({"replication": {"method": "statement"}})) == []
-    for mode in ({"mode": "sync"}, {"mode": "quorum", "quorum": 1}):
+    for mode, acks in (({"mode": "sync"}, 1), ({"mode": "quorum", "quorum": 2}, 2)):
         raw = {"replication": {"method": "statement", **mode}}
-        assert crd.problems(crd.cluster(raw)), mode
-        with pytest.raises(specs.SpecInvalid, match=r"replication\.mode: .* method statement"):
-            specs.parse_spec(raw)
+        assert crd.problems(crd.cluster(raw)) == [], mode
+        spec = specs.parse_spec(raw)
+        assert spec.statement_acks == acks
+        assert spec.manager_policy.replication.mode is policy.ReplicationMode.ASYNC
+        assert spec.manager_policy.replication.statement
+        wal = specs.parse_spec({"replication": mode})
+        assert wal.statement_acks == 0
+        assert wal.manager_policy == wal.policy

@@ -94,3 +94,13 @@ def test_with_a_cluster_ca_member_dsns_verify_the_shards_name_at_the_address() -
         "postgresql://app:pw@c-shard-3.ns.svc:5432/app?hostaddr=198.18.1.3"
         "&sslmode=verify-full&sslrootcert=/etc/pgshard-tls/ca.crt"
     )
+
+
+def test_statement_acks_in_the_status_reach_the_proxy() -> None:
+    """Statement sync/quorum: the operator publishes how many followers must apply a
+    commit (``status.statementAcks``); the proxy waits for that many."""
+    status = {**STATUS, "method": "statement", "statementAcks": 2}
+    assert kube_source.from_status(status, CREDS).statement_acks == 2
+    assert kube_source.from_status(STATUS, CREDS).statement_acks == 0
+    with pytest.raises(topology.BadTopology, match="statementAcks"):
+        kube_source.from_status({**status, "statementAcks": "2"}, CREDS)

@@ -378,7 +378,7 @@ async def _converge(
     # A refused change of method (reconcile.method_conflict) leaves the managers as
     # they were: they keep the method the members run.
     spec = specs.with_method(spec, await reconcile.method_in_use(api, ref, spec))
-    shard_policy = member_policy(spec.policy)
+    shard_policy = member_policy(spec.manager_policy)
     stale = [i for i, r in running.items() if i >= spec.shards or r.policy != shard_policy]
     await _stop(running, stale)
     missing = [i for i in range(spec.shards) if i not in running]

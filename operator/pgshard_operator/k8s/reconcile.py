@@ -297,6 +297,8 @@ async def reconcile(
             # The proxy writes the statement log only when the status says so: published
             # with the objects, before any pod can serve.
             "method": spec.method.value,
+            # Statement sync/quorum: the followers a commit waits for (absent: async).
+            "statementAcks": spec.statement_acks or None,
             "conditions": st.merge_conditions(
                 status.get("conditions") or (), conditions, now, generation
             ),
@@ -399,6 +401,7 @@ async def refresh(
             # The printer column "Last failover": the latest change of primary, one line.
             "lastFailover": st.last_failover_column(status.get("shards") or ()),
             "method": spec.method.value,
+            "statementAcks": spec.statement_acks or None,
             # Distributed tables, in the topology contract's form: the proxy follows them.
             "sharding": {"tables": [{"name": t.name, "key": t.key} for t in spec.sharding.tables]},
             # Per shard, the roll-out step in progress (absent: nothing to roll).

@@ -210,6 +210,27 @@ class ClusterSpec:
     def members_per_shard(self) -> int:
         return 1 + self.replicas_per_shard
 
+    @property
+    def statement_acks(self) -> int:
+        """Statement method: the followers that must apply a commit's log entry before the
+        proxy acknowledges it (1 in sync, k in quorum mode; published to the proxies as
+        ``status.statementAcks``); 0 in async mode and with the wal method."""
+        if self.method is not ReplicationMethod.STATEMENT:
+            return 0
+        return self.policy.replication.required_acks
+
+    @property
+    def manager_policy(self) -> shard_policy.ShardPolicy:
+        """The shard managers' policy. Statement sync/quorum is the proxy's wait for the
+        appliers, not ``synchronous_standby_names`` (statement followers send no WAL): to
+        the managers, which elect the highest applied entry, it is async."""
+        if self.method is not ReplicationMethod.STATEMENT:
+            return self.policy
+        replication = dataclasses.replace(
+            self.policy.replication, mode=shard_policy.ReplicationMode.ASYNC
+        )
+        return dataclasses.replace(self.policy, replication=replication)
+
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -353,15 +374,7 @@ def _check_replication(r: _Reader) -> ReplicationMethod:
         r.bad("quorum", "is required when mode is quorum (how many followers confirm a commit)")
     if mode != quorum_mode and "quorum" in r.raw:
         r.bad("quorum", "is only used with mode quorum; remove it or set mode: quorum")
-    method = r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
-    if method is ReplicationMethod.STATEMENT and mode != shard_policy.ReplicationMode.ASYNC.value:
-        r.bad(
-            "mode",
-            f"{mode} is not available with method statement on Kubernetes yet (the "
-            "operator does not publish statementAcks to the proxy; pgshard local has it); "
-            "use mode: async, or method: wal",
-        )
-    return method
+    return r.choice("method", ReplicationMethod, ReplicationMethod.WAL)
 
 
 def _policy(raw: Mapping[str, Any], problems: list[str]) -> shard_policy.ShardPolicy:

@@ -105,6 +105,7 @@ def from_status(status: Mapping[str, Any], creds: Credentials) -> Topology:
     doc = {
         "version": status.get("topologyVersion", 0),
         "method": status.get("method", "wal"),
+        "statementAcks": status.get("statementAcks") or 0,
         "shards": shards,
         "sharding": status.get("sharding") or {},
         # The zones of the proxies' nodes (the operator's status refresh writes them).
