@@ -107,26 +107,62 @@ async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
         assert "--replication-method wal contradicts" in refused.stderr
         c.up()
 
-        # Someone writes on follower s0m1 by hand: the next entry touching it fails there.
+        # Someone writes on a follower by hand (read-only turned off), a row no entry
+        # touches: its agent sees a write that did not come from the applier, stops it as
+        # diverged and copies the primary again. Then a hand write that the next entry
+        # collides with: the same, whichever of the two notices first.
         doc = c.status()
         assert doc["bypass"]["0"]["member"] == "s0m0"  # counted since the agent started
         shard = doc["shards"][0]
-        hand = await asyncpg.connect(
-            shard["followers"][0]["dsn"], server_settings={"default_transaction_read_only": "off"}
-        )
-        try:
-            await hand.execute("INSERT INTO t VALUES (100, 'by hand')")
-        finally:
-            await hand.close()
+        name = shard["followers"][0]["name"]
+        expected = await table_contents(shard["primary"]["dsn"], ["t"])
+        await _by_hand(shard["followers"][0]["dsn"], "INSERT INTO t VALUES (101, 'by hand')")
+        await _copied_again(c, name, expected, writes=1)
+        await _by_hand(shard["followers"][0]["dsn"], "INSERT INTO t VALUES (100, 'by hand')")
         conn = await asyncpg.connect(shard["primary"]["dsn"])
         try:
             await write(conn, [Write("INSERT INTO t VALUES (100, 'logged')")])
         finally:
             await conn.close()
+        expected = await table_contents(shard["primary"]["dsn"], ["t"])
+        await _copied_again(c, name, expected, writes=2)
         shard = await _settled(c)
-        assert [f["state"] for f in shard["followers"]] == ["diverged", "streaming"]
-        assert shard["followers"][0]["position"] == 22
-        assert shard["followers"][1]["position"] == shard["primary"]["position"] == 23
+        assert [f["state"] for f in shard["followers"]] == ["streaming", "streaming"]
+        assert [f["position"] for f in shard["followers"]] == [23, 23]
+
+
+async def _by_hand(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, server_settings={"default_transaction_read_only": "off"})
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _copied_again(
+    c: localcluster.LocalCluster, name: str, expected: Any, writes: int, timeout: float = 60
+) -> None:
+    """Until follower ``name``'s agent counted ``writes`` foreign writes and the follower,
+    copied again, has the primary's ``t`` (``expected``), applies the log and watches
+    its new copy (a check done since: the copy's slot exists, nothing goes unseen)."""
+    async with asyncio.timeout(timeout):
+        checks = None
+        while True:
+            doc = await asyncio.to_thread(c.agent_status, name)
+            watch = doc.get("foreignWrites") or {}
+            if checks is not None and watch.get("checks", 0) > checks:
+                return
+            seen = watch.get("transactions", 0)
+            if (
+                checks is None
+                and seen >= writes
+                and (doc.get("applier") or {}).get("state") == "applying"
+            ):
+                member = next(f for f in c.shard(0)["followers"] if f["name"] == name)
+                if await table_contents(member["dsn"], ["t"]) == expected:
+                    assert seen == writes, doc
+                    checks = watch.get("checks", 0)
+            await asyncio.sleep(0.3)
 
 
 async def test_statement_failover_promotes_the_most_applied_follower_and_rejoins(

@@ -147,6 +147,8 @@ class Agent:
         self._recopy_task: asyncio.Task[None] | None = None
         self.bypass = bypass.Watch()
         """Statement mode, as primary: writes that bypassed the proxy (bypass.py)."""
+        self.foreign = bypass.Watch(follower=True)
+        """Statement mode, as follower: writes that did not come from the applier."""
         self.valid_until = 0.0
         """The lease's wall-clock expiry as the store recorded it (reported in status)."""
         self.deadline = lease.Deadline(
@@ -472,6 +474,30 @@ class Agent:
             log.warning("applier: %s (%s)", a.divergence.error, up.address)
             self._recopy_task = asyncio.ensure_future(self._recopy(up))
 
+    def _recopying(self) -> bool:
+        return self._recopy_task is not None and not self._recopy_task.done()
+
+    async def _watch_follower(self, conn: Any) -> None:
+        """A statement follower written by anyone but its applier (read-only turned off by
+        hand) no longer matches its primary, whatever its applier says: it is stopped as
+        diverged (the proxy stops reading from it) and copied again."""
+        try:
+            found = await self.foreign.check(conn)
+        except asyncpg.PostgresError:
+            return  # in its status (logged once); tried again next period
+        a, up = self.applier, self._source
+        if not found or a is None or up is None or self.role is not Role.FOLLOWER:
+            return
+        error = (
+            f"{found} transaction(s) wrote {', '.join(self.foreign.last_tables)} on this "
+            f"follower, not through its applier (last: {self.foreign.last_xid}): it no "
+            "longer matches its primary; it is copied again"
+        )
+        await self._stop_applier()
+        a.stopped_diverged(error)
+        log.warning("applier: %s (%s)", error, up.address)
+        self._recopy_task = asyncio.ensure_future(self._recopy(up))
+
     async def _recopy(self, up: bootstrap.Upstream) -> None:
         try:
             result = await self.rejoin(up)
@@ -487,25 +513,39 @@ class Agent:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _log_loop(self) -> None:
-        """Statement mode, while primary, every period: look for writes that bypassed the
-        proxy (bypass.py), trim the log (logtrim.py); each failure is retried next time."""
+        """Statement mode, every period. While primary: look for writes that bypassed the
+        proxy (bypass.py), trim the log (logtrim.py). While follower: look for writes that
+        did not come from the applier. Each failure is retried next time."""
         conn: Any = None
+        conn_role: Role | None = None
         try:
             while True:
                 await asyncio.sleep(logtrim.PERIOD_SECONDS)
-                if self.role is not Role.PRIMARY or self.pg.pid is None:
+                role = self.role
+                watched = role is Role.PRIMARY or (
+                    role is Role.FOLLOWER and self.applier is not None and not self._recopying()
+                )
+                if not watched or self.pg.pid is None:
                     continue
                 try:
-                    if conn is None or conn.is_closed():
+                    if conn is not None and (conn.is_closed() or conn_role is not role):
+                        conn.terminate()
+                        conn = None
+                    if conn is None:
                         conn = await sql.connect(
                             self.s.server.host,
                             self.s.server.port,
                             self.creds,
                             database=self.creds.app_database,
                         )
+                        conn_role = role
                         # Making the slot waits for running transactions: not forever.
                         await conn.execute("SET statement_timeout = '20s'")
-                        await conn.execute(slog.SCHEMA_SQL)  # a log made before trimming
+                        if role is Role.PRIMARY:
+                            await conn.execute(slog.SCHEMA_SQL)  # a log made before trimming
+                    if role is Role.FOLLOWER:
+                        await self._watch_follower(conn)
+                        continue
                     with contextlib.suppress(asyncpg.PostgresError):  # kept in its status
                         await self.bypass.check(conn)
                     await logtrim.trim_primary(conn, self.s.name, await self.peers.members())
@@ -603,6 +643,7 @@ class Agent:
                 if self.applier is not None and self.role is Role.FOLLOWER:
                     doc["applier"] = self.applier.status()
                     doc["position"] = self.applier.applied
+                    doc["foreignWrites"] = self.foreign.status()
                 else:
                     if self.role is Role.PRIMARY:
                         doc["bypass"] = self.bypass.status()

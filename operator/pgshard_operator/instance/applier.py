@@ -134,6 +134,13 @@ class Applier:
         self._repointed.set()
         self._wake.set()
 
+    def stopped_diverged(self, error: str) -> None:
+        """This (stopped) applier's follower was found to differ from its primary by
+        other means than an entry (a write that did not come from it): only a new copy
+        repairs it."""
+        self.divergence = Divergence(self.applied, error, recopy=True)
+        self.state = State.DIVERGED
+
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state.value,

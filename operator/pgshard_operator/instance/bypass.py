@@ -10,6 +10,10 @@ appends in the same transaction as the data, and the agents write only ``pgshard
 tables, so nothing else is counted. The server does the decoding and the grouping;
 only the offending transactions come back.
 
+A statement follower's agent decodes its own WAL the same way: the applier appends
+every entry it applies to the follower's log in the same transaction, so a transaction
+that changed a table without it was someone else's (read-only was turned off by hand).
+
 Blind spots (README): DDL and sequence changes are not decoded; nothing is seen
 before the slot exists (it is created when the member becomes primary) nor while
 its WAL was dropped (``max_slot_wal_keep_size``); other databases are not watched.
@@ -48,7 +52,12 @@ HAVING bool_or(data LIKE 'table %' AND data NOT LIKE 'table {slog.SCHEMA}.%')
 
 @dataclasses.dataclass
 class Watch:
-    """What the primary's agent found so far (reported in its status)."""
+    """What the primary's agent found so far (reported in its status).
+
+    A statement follower's agent runs one too (``follower``): there a transaction that
+    changed a table without appending to the log did not come from the applier."""
+
+    follower: bool = False
 
     transactions: int = 0
     """Committed transactions that bypassed the log since the watch began."""
@@ -91,7 +100,10 @@ class Watch:
             self.last_tables = tuple(row["tables"] or ())
             self.last_at = _now()
             log.error(
-                "transaction %s wrote %s on the primary without going through the proxy: "
+                "transaction %s wrote %s on this follower, not through its applier: the "
+                "follower no longer matches its primary"
+                if self.follower
+                else "transaction %s wrote %s on the primary without going through the proxy: "
                 "it is not replicated, the followers now differ from the primary",
                 row["xid"],
                 ", ".join(self.last_tables),
