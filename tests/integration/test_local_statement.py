@@ -1,6 +1,6 @@
 """``pgshard local up --replication-method statement``: followers copied by dump, applying
 the primary's statement log; positions are log sequence numbers; a follower whose data
-was changed by hand is reported ``diverged``.
+was changed by hand is stopped ``diverged`` and copied again.
 
 Writes follow the log writer's protocol on a direct connection to the primary
 (tests/support/statement_writer.py), as the application role the proxy uses; writes
