@@ -91,6 +91,10 @@ def statements(rnd: random.Random, i: int, n: int, simple: bool = True) -> list[
         return [f"UPDATE items SET rnd = random(), at = clock_timestamp() WHERE k = {k}"]
     if choice == 9 and simple:
         return [f"DELETE FROM items WHERE k = {k} AND random() < 0.3"]
+    if choice == 10 and simple:
+        return [
+            f"INSERT INTO items (rnd, k, v) SELECT random(), {k}, g FROM generate_series(1, 3) g"
+        ]
     return [f"INSERT INTO items (k, v) VALUES ({k}, (SELECT count(*) FROM items))"]
 
 
@@ -127,6 +131,26 @@ async def row_images(conn: asyncpg.Connection) -> None:
     await conn.execute("UPDATE items SET rnd = -1 WHERE random() < 2")
     await conn.execute("ROLLBACK")
     assert await conn.fetchval("SELECT count(*) FROM items WHERE rnd = -1") == 0
+    # INSERTs: a volatile value per row; an upsert; one that would move a key; no key.
+    got = await conn.execute(
+        "INSERT INTO items (k, v, rnd) SELECT g % 20, g, random() FROM generate_series(1, 5) g"
+    )
+    assert got == "INSERT 0 5"
+    await conn.execute(
+        "INSERT INTO ident (v, at) SELECT g, clock_timestamp() FROM generate_series(1, 3) g"
+    )
+    got = await conn.execute(
+        "INSERT INTO acc SELECT g, (random() * 100)::int FROM generate_series(1, 3) g "
+        "ON CONFLICT (k) DO UPDATE SET v = acc.v + excluded.v"
+    )
+    assert got == "INSERT 0 3"
+    with pytest.raises(asyncpg.FeatureNotSupportedError, match="may change the primary key"):
+        await conn.execute(
+            "INSERT INTO acc VALUES (1, 1) ON CONFLICT (k) DO UPDATE SET k = (random() * 1e6)::int"
+        )
+    with pytest.raises(asyncpg.FeatureNotSupportedError, match="nokey has no primary key") as e:
+        await conn.execute("INSERT INTO nokey SELECT g, random() FROM generate_series(1, 2) g")
+    assert "ADD PRIMARY KEY" in str(e.value.hint)
     # A cascade writes another table, which row images of one table do not carry.
     await conn.execute("INSERT INTO par VALUES (1), (2)")
     await conn.execute("INSERT INTO chi VALUES (1, 1), (2, 2)")

@@ -18,12 +18,30 @@ def test_target_reads_table_alias_and_set_list() -> None:
     assert d is not None and (d.op, d.table, d.ref) == ("DELETE", "items", "items")
 
 
+def test_target_reads_an_insert_its_alias_and_its_conflict_update_list() -> None:
+    i = row_image.target("INSERT INTO s.items (k, r) SELECT g, random() FROM generate_series(1, 3)")
+    assert i is not None and (i.op, i.table, i.ref) == ("INSERT", "s.items", "s.items")
+    assert i.set_words == frozenset()
+    up = row_image.target(
+        "INSERT INTO items AS it VALUES (1, random()) ON CONFLICT (k) DO UPDATE "
+        "SET r = excluded.r + it.r WHERE it.k > 0"
+    )
+    assert up is not None and up.ref == "it"
+    assert "r" in up.set_words and "k" not in up.set_words
+    cols = [row_image.Column("k", "integer", True), row_image.Column("r", "real", False)]
+    assert row_image.capture_sql(up, cols).endswith(" RETURNING it.k, it.r")
+    image = row_image.image_statement("INSERT", "public.items", cols, [["1", "0.5"]], {})
+    assert image.sql.startswith("INSERT INTO public.items (k, r) OVERRIDING SYSTEM VALUE")
+    assert image.sql.endswith("ON CONFLICT (k) DO UPDATE SET r = excluded.r")
+
+
 @pytest.mark.parametrize(
     "sql",
     [
         "UPDATE t SET r = random() RETURNING r",
         "UPDATE t SET r = random(); UPDATE t SET r = 1",
-        "INSERT INTO t VALUES (random())",
+        "INSERT INTO t VALUES (random()) RETURNING id",
+        "INSERT t VALUES (1)",
         "WITH x AS (SELECT 1) UPDATE t SET r = random()",
     ],
 )

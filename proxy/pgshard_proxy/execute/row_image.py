@@ -1,18 +1,20 @@
 """The row-image fallback of ``statement`` replication (MySQL's MIXED format).
 
-An UPDATE or DELETE the rewriter refuses (``SET r = random()``, a volatile WHERE…)
-runs on the primary as the client wrote it, with a ``RETURNING`` of the rows it
-wrote appended; instead of the statement, the log gets what those rows became: one
-upsert by primary key of every updated row's full image, or one delete by primary
-key of every deleted row (:func:`image_statement`). Values travel in PostgreSQL's
+An INSERT, UPDATE or DELETE the rewriter refuses (``SET r = random()``, a volatile
+WHERE, ``INSERT … SELECT random() FROM …``) runs on the primary as the client wrote it,
+with a ``RETURNING`` of the rows it wrote appended; instead of the statement, the log
+gets what those rows became: one upsert by primary key of every inserted or updated
+row's full image, or one delete by primary key of every deleted row
+(:func:`image_statement`). Values travel in PostgreSQL's
 text form, with the session settings that shaped it, and are cast back to each
 column's type on the follower, so it stores exactly what the primary did.
 
-Only where the images are the whole effect: a single UPDATE/DELETE without its own
-RETURNING (the client's answer, ``UPDATE n``, stays exactly PostgreSQL's), on a
-table with a primary key, no user triggers and no inheritance children, not
-changing the key; :data:`CHANGES_COLUMNS` read before and after proves that no other
-table changed (a volatile function writing elsewhere, a cascade).
+Only where the images are the whole effect: a single INSERT/UPDATE/DELETE without its
+own RETURNING (the client's answer, ``UPDATE n``, stays exactly PostgreSQL's), on a
+table with a primary key, no user triggers and no inheritance children, not changing
+the key (an UPDATE's SET, an INSERT's ``ON CONFLICT … DO UPDATE SET``);
+:data:`CHANGES_COLUMNS` read before and after proves that no other table changed (a
+volatile function writing elsewhere, a cascade).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class Target:
     """The refused statement and the table it writes."""
 
     op: str
-    """``UPDATE`` or ``DELETE``."""
+    """``INSERT``, ``UPDATE`` or ``DELETE``."""
     text: str
     """The statement without its terminating semicolon."""
     table: str
@@ -77,7 +79,8 @@ class Target:
     ref: str
     """How RETURNING names the table's columns (the alias, else the name)."""
     set_words: frozenset[str]
-    """Identifiers in the SET list (an UPDATE that may change the key is not imaged)."""
+    """Identifiers in the SET list (an UPDATE, or an INSERT's ON CONFLICT DO UPDATE,
+    that may change the key is not imaged)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +92,8 @@ class Column:
 
 
 def target(sql: str) -> Target | None:
-    """The statement's target, or ``None`` when it is not one UPDATE/DELETE without
-    RETURNING whose table the fallback can read."""
+    """The statement's target, or ``None`` when it is not one INSERT/UPDATE/DELETE
+    without RETURNING whose table the fallback can read."""
     try:
         statements = tokens_mod.split(sql, tokens_mod.tokenize(sql))
     except Exception:
@@ -102,8 +105,8 @@ def target(sql: str) -> Target | None:
     words = [t.text.lower() if t.token_type != TokenType.IDENTIFIER else "" for t in toks]
     op = st.first_word
     i = 1
-    if op == "DELETE":
-        if words[1:2] != ["from"]:
+    if op in ("DELETE", "INSERT"):
+        if words[1:2] != ["from" if op == "DELETE" else "into"]:
             return None
         i = 2
     elif op != "UPDATE":
@@ -120,9 +123,12 @@ def target(sql: str) -> Target | None:
     if i < len(toks) and toks[i].token_type == TokenType.STAR:
         i += 1
     ref = table
-    if words[i : i + 1] == ["as"]:
+    aliased = words[i : i + 1] == ["as"]
+    if aliased:
         i += 1
-    if i < len(toks) and words[i] not in ("set", "using", "where", "returning", ""):
+    if op == "INSERT" and not aliased:
+        pass  # an INSERT's alias needs AS: what follows is its columns or its rows
+    elif i < len(toks) and words[i] not in ("set", "using", "where", "returning", ""):
         ref = toks[i].text
         i += 1
     elif i < len(toks) and toks[i].token_type == TokenType.IDENTIFIER:
@@ -140,6 +146,8 @@ def target(sql: str) -> Target | None:
             if words[j] == "returning":
                 return None
             in_set = False
+        elif op == "INSERT" and depth == 0 and words[j] == "set":
+            in_set = True  # ON CONFLICT … DO UPDATE SET
         elif in_set and j > i:
             set_words.add(t.text if t.token_type == TokenType.IDENTIFIER else t.text.lower())
     return Target(op, sql[st.start : st.end], table, ref, frozenset(set_words))
@@ -185,7 +193,8 @@ def check(
         )
     if any(c["raw"] in tgt.set_words or c["name"] in tgt.set_words for c in keys):
         return refuse(
-            f"the UPDATE may change the primary key of {name}",
+            f"the {'ON CONFLICT DO UPDATE' if tgt.op == 'INSERT' else 'UPDATE'} may "
+            f"change the primary key of {name}",
             "change the key in a statement of its own",
         )
     return name, columns
@@ -211,7 +220,7 @@ def _counters(text: str | None) -> dict[str, str]:
 
 def capture_sql(tgt: Target, columns: Sequence[Column]) -> str:
     """The client's statement with the RETURNING of what the log needs."""
-    wanted = columns if tgt.op == "UPDATE" else [c for c in columns if c.key]
+    wanted = columns if tgt.op != "DELETE" else [c for c in columns if c.key]
     return f"{tgt.text} RETURNING " + ", ".join(f"{tgt.ref}.{c.name}" for c in wanted)
 
 
@@ -223,12 +232,12 @@ def image_statement(
     settings: Mapping[str, str],
 ) -> slog.Statement:
     """One logged statement writing ``rows`` (text values, as RETURNING gave them) by
-    primary key: an upsert of full images (UPDATE) or a delete by key (DELETE)."""
-    wanted = list(columns) if op == "UPDATE" else [c for c in columns if c.key]
+    primary key: an upsert of full images (INSERT, UPDATE) or a delete by key (DELETE)."""
+    wanted = list(columns) if op != "DELETE" else [c for c in columns if c.key]
     names = ", ".join(c.name for c in wanted)
     arrays = ", ".join(f"${k + 1}::text[]" for k in range(len(wanted)))
     source = f"unnest({arrays}) AS u({names})"
-    if op == "UPDATE":
+    if op != "DELETE":
         values = ", ".join(f"u.{c.name}::{c.type}" for c in wanted)
         keys = ", ".join(c.name for c in wanted if c.key)
         rest = [c for c in wanted if not c.key]

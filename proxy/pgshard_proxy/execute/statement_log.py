@@ -76,7 +76,7 @@ LOGGED = frozenset((Kind.WRITE, Kind.DDL, Kind.OTHER, Kind.SAVEPOINT))
 
 _TRANSACTION_WORDS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"))
 _SIMPLE_ONLY = (
-    "the row-image fallback runs such an UPDATE/DELETE only when sent by the simple "
+    "the row-image fallback runs such an INSERT/UPDATE/DELETE only when sent by the simple "
     "query protocol, without parameters"
 )
 _NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'")
