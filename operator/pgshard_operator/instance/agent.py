@@ -493,8 +493,11 @@ class Agent:
             f"follower, not through its applier (last: {self.foreign.last_xid}): it no "
             "longer matches its primary; it is copied again"
         )
-        await self._stop_applier()
-        a.stopped_diverged(error)
+        async with self._lock:  # not while a promotion or a rejoin is under way
+            if self.role is not Role.FOLLOWER or self.applier is not a:
+                return
+            await self._stop_applier()
+            a.stopped_diverged(error)
         log.warning("applier: %s (%s)", error, up.address)
         self._recopy_task = asyncio.ensure_future(self._recopy(up))
 
