@@ -63,7 +63,7 @@ def pgbench(host: str, port: int, args: list[str], env: dict[str, str]) -> Resul
 
 
 def start_pgbouncer(
-    workdir: Path, server: pgserver.PgServer
+    workdir: Path, server: pgserver.PgServer, max_clients: int = 200, pool_size: int = 20
 ) -> tuple[subprocess.Popen[bytes], int]:
     bins = postgres.Binaries.detect()
     port = net.free_port(server.host)
@@ -75,7 +75,8 @@ def start_pgbouncer(
         "[pgbouncer]\n"
         f"listen_addr = {server.host}\nlisten_port = {port}\n"
         f"unix_socket_dir =\nauth_type = trust\nauth_file = {workdir / 'userlist.txt'}\n"
-        "pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\n"
+        f"pool_mode = transaction\nmax_client_conn = {max_clients}\n"
+        f"default_pool_size = {pool_size}\n"
         f"logfile = {workdir / 'pgbouncer.log'}\n"
     )
     bins.run_as.own_tree(workdir)
