@@ -124,7 +124,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pgshard-bench-") as d:
         base = Path(d)
         base.chmod(0o755)
-        server = pgserver.make_server(base, "primary")
+        # Every proxy and PgBouncer keep their server connections between the runs.
+        most = max(int(c) for c in args.clients.split(","))
+        server = pgserver.make_server(
+            base, "primary", options=(f"max_connections={5 * max(most, 20) + 20}",)
+        )
         stop: list[object] = []
         try:
             followers: tuple[topology.Member, ...] = ()

@@ -97,14 +97,17 @@ class PgServer:
             self.proc.wait()
 
 
-def make_server(base: Path, name: str = "pg", host: str | None = None) -> PgServer:
-    """initdb + start a server under ``base`` on a random loopback address."""
+def make_server(
+    base: Path, name: str = "pg", host: str | None = None, options: tuple[str, ...] = ()
+) -> PgServer:
+    """initdb + start a server under ``base`` on a random loopback address (``options``:
+    ``name=value`` settings, as :attr:`PgServer.options`)."""
     bins = postgres.Binaries.detect()
     bins.run_as.own(base, 0o755)
     datadir = base / name
     postgres.initdb(bins, datadir)
     host = host or net.random_loopback()
-    server = PgServer(datadir=datadir, host=host, port=net.free_port(host))
+    server = PgServer(datadir=datadir, host=host, port=net.free_port(host), options=options)
     if bins.run_as.uid is not None:
         os.chown(base, bins.run_as.uid, bins.run_as.gid or -1)
     server.start(bins)
