@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
@@ -97,11 +98,30 @@ class Pem:
     key: str
 
 
+COMMON_NAME_MAX = 64
+"""X.509's upper bound on a common name (RFC 5280 ``ub-common-name``)."""
+
+
+def common_name(text: str) -> str:
+    """``text``, or when longer than X.509 allows (a local cluster in a deep directory, a
+    long namespace) its end after a hash of the whole, which keeps names apart. Only a
+    label: clients verify the certificates' subjectAltName, never the common name."""
+    if len(text.encode()) <= COMMON_NAME_MAX:  # the limit counts UTF-8 bytes
+        return text
+    prefix = f"{hashlib.sha256(text.encode()).hexdigest()[:8]} ..."
+    tail = text[-(COMMON_NAME_MAX - len(prefix)) :]
+    while len((prefix + tail).encode()) > COMMON_NAME_MAX:
+        tail = tail[1:]
+    return prefix + tail
+
+
 def new_ca(cluster: str, now: datetime.datetime | None = None) -> Pem:
     """A cluster CA (EC P-256, ``CA_VALIDITY``)."""
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"pgshard CA {cluster}")])
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name(f"pgshard CA {cluster}"))]
+    )
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -128,7 +148,7 @@ def issue(ca: Pem, names: list[str], now: datetime.datetime | None = None) -> Pe
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(names[0]))]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -68,3 +68,22 @@ def test_member_dsn_tls_reads_like_libpq(
 def test_bad_sslmode_says_what_is_allowed() -> None:
     with pytest.raises(server_tls.TlsConfigError, match="sslmode must be one of disable"):
         server_tls.ServerTls.from_dsn("postgresql://u@h:1/db?sslmode=yes")
+
+
+def test_long_cluster_and_host_names_still_make_certificates(tmp_path: Path) -> None:
+    """X.509 caps a common name at 64 characters: a local cluster in a deep directory
+    (``pgshard local up`` failed with a ValueError) or a long namespace/name on
+    Kubernetes gets a shortened, still distinct, label; the names clients verify are
+    the subjectAltNames, kept whole."""
+    deep = "/home/someone/projects/" + "nested/" * 12 + "cluster"
+    long_dns = "a" * 60 + ".example.internal"
+    files, why = certs.ensure(tmp_path / "tls", deep, [long_dns, "127.0.0.7"])
+    assert why == "a new CA"
+    assert certs.server_names(files.server_cert) == {long_dns, "127.0.0.7"}
+    other = certs.common_name(f"pgshard CA {deep}x")
+    mine = certs.common_name(f"pgshard CA {deep}")
+    assert len(mine) <= certs.COMMON_NAME_MAX and mine != other and mine.endswith("/cluster")
+    assert certs.common_name("pgshard CA demo") == "pgshard CA demo"
+    accented = certs.common_name("pgshard CA /home/jösé/" + "ü" * 40)
+    assert len(accented.encode()) <= certs.COMMON_NAME_MAX and accented.endswith("ü")
+    ssl.create_default_context(cafile=str(files.ca_cert))
