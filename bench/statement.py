@@ -6,7 +6,8 @@ copied from it by ``pg_dump --snapshot``). Prints, asserting nothing:
 
 - write transactions/s of N sessions doing one-row UPDATEs by key, plain vs under the
   log writer's protocol (write lock + appended entry, tests/support/statement_writer.py),
-  and their ratio (the proxy does not write the log yet: this is the protocol's cost);
+  and their ratio (the protocol's cost on direct connections; ``bench.statement_proxy``
+  measures it through the proxy);
 - the applier's rate catching up that backlog (entries/s), in batches per local
   transaction and one entry per transaction (two followers copied at the same point);
 - the lag (entries) sampled while the writers and the applier run together;
@@ -174,6 +175,10 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
         a = applier.Applier("bench", dsn(follower), dsn(primary))
         task = asyncio.ensure_future(a.run())
         try:
+            for _ in range(3000):  # it reads its position when it connects (at most 30 s)
+                if a.applied >= target:
+                    break
+                await asyncio.sleep(0.01)
             lags: list[int] = []
 
             async def sample() -> None:

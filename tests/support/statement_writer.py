@@ -51,8 +51,12 @@ class Transaction:
     async def run(self, w: Write) -> None:
         if not self.done and self.lock_first:
             await self.conn.execute(slog.LOCK_SQL)
-        for name, value in w.settings.items():
-            await self.conn.execute("SELECT set_config($1, $2, true)", name, value)
+        if w.settings:  # one round trip, as the proxy reads them in one
+            await self.conn.execute(
+                "SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) s(n, v)",
+                list(w.settings),
+                list(w.settings.values()),
+            )
         await self.conn.execute(w.sql, *w.args)
         self.done.append(w)
 
