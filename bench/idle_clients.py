@@ -88,7 +88,6 @@ async def measure(name: str, pid: int, host: str, port: int, n: int) -> float:
 
 async def bench(args: argparse.Namespace, base: Path) -> None:
     server = pgserver.make_server(base, "primary")
-    stop: list[object] = []
     try:
         primary = topology.Member("primary", f"{server.host}:{server.port}", server.dsn)
         topo = topology.Topology(shards=(topology.Shard(index=0, epoch=1, primary=primary),))
@@ -99,25 +98,25 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
             "--auth-method", "trust", "--config", str(config),
             user="postgres", password="bench",
         )  # fmt: skip
-        stop.append(proxy)
-        (base / "bouncer").mkdir()
-        bouncer, bouncer_port = start_pgbouncer(
-            base / "bouncer", server, max_clients=args.clients + 100, pool_size=args.pool_size
-        )
         try:
-            print(f"load: {os.getloadavg()}; {args.clients} idle clients, pool of "
-                  f"{args.pool_size} server connections each", flush=True)  # fmt: skip
-            mine = await measure("pgshard-proxy", proxy.proc.pid, proxy.host, proxy.port,
-                                 args.clients)  # fmt: skip
-            theirs = await measure("pgbouncer", bouncer.pid, server.host, bouncer_port,
-                                   args.clients)  # fmt: skip
-            print(f"proxy / pgbouncer resident memory with the clients: {mine / theirs:.1f}x")
+            (base / "bouncer").mkdir()
+            bouncer, bouncer_port = start_pgbouncer(
+                base / "bouncer", server, max_clients=args.clients + 100, pool_size=args.pool_size
+            )
+            try:
+                print(f"load: {os.getloadavg()}; {args.clients} idle clients, pool of "
+                      f"{args.pool_size} server connections each", flush=True)  # fmt: skip
+                mine = await measure("pgshard-proxy", proxy.proc.pid, proxy.host, proxy.port,
+                                     args.clients)  # fmt: skip
+                theirs = await measure("pgbouncer", bouncer.pid, server.host, bouncer_port,
+                                       args.clients)  # fmt: skip
+                print(f"proxy / pgbouncer resident memory with the clients: {mine / theirs:.1f}x")
+            finally:
+                bouncer.terminate()
+                bouncer.wait(10)
         finally:
-            bouncer.terminate()
-            bouncer.wait(10)
+            proxy.stop()
     finally:
-        for s in reversed(stop):
-            s.stop()  # type: ignore[attr-defined]
         server.stop()
 
 
