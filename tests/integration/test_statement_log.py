@@ -339,11 +339,23 @@ async def test_bootstrap_from_a_snapshot_while_writes_go_on(
         await conn.close()
 
 
+@pytest.mark.parametrize("params", [False, True], ids=["simple", "parameters"])
 async def test_an_entry_that_fails_stops_the_applier_and_is_never_skipped(
     servers: list[pgserver.PgServer],
     conn: asyncpg.Connection,
+    params: bool,
 ) -> None:
+    """The batch fails, is applied again entry by entry, and stops at the failing entry;
+    with parameters the failed EXECUTE must not leave its prepared statement behind."""
     primary, follower, _ = servers
+
+    def insert(n: int) -> Write:
+        return (
+            Write("INSERT INTO t VALUES ($1::int)", (n,))
+            if params
+            else Write(f"INSERT INTO t VALUES ({n})")
+        )
+
     await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
     await bootstrap(primary, follower)
     # Someone changes the follower's table by hand (bypassing read-only).
@@ -354,9 +366,9 @@ async def test_an_entry_that_fails_stops_the_applier_and_is_never_skipped(
         await fconn.execute("INSERT INTO t VALUES (7)")
     finally:
         await fconn.close()
-    await write(conn, [Write("INSERT INTO t VALUES (1)")])
-    bad = await write(conn, [Write("INSERT INTO t VALUES (7)")])
-    await write(conn, [Write("INSERT INTO t VALUES (8)")])
+    await write(conn, [insert(1)])
+    bad = await write(conn, [insert(7)])
+    await write(conn, [insert(8)])
     a = applier_mod.Applier("f1", app_dsn(follower), app_dsn(primary))
     async with running(a) as task:
         async with asyncio.timeout(30):

@@ -341,7 +341,17 @@ async def apply_entries(conn: Any, batch: list[tuple[slog.Entry, Any]]) -> None:
     except _TRANSIENT:
         raise
     except asyncpg.PostgresError as e:
+        await _forget_prepared(conn)
         raise ApplyFailed(seq, f"{type(e).__name__}: {e}") from None
+
+
+async def _forget_prepared(conn: Any) -> None:
+    """A prepared statement outlives the transaction rolled back around it: left by an
+    EXECUTE that failed, it would fail the next PREPARE (the retry entry by entry)."""
+    if await conn.fetchval(
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = 'pgshard_apply'"
+    ):
+        await conn.execute("DEALLOCATE pgshard_apply")
 
 
 async def _replay(conn: Any, entry: slog.Entry, earlier: set[str]) -> set[str]:
@@ -377,10 +387,14 @@ async def _run(conn: Any, stmt: slog.Statement) -> None:
     # Text-form parameters of unknown types: let the server type them as it did for the
     # writer (PREPARE infers the types, EXECUTE casts the quoted literals to them).
     types = f"({', '.join(stmt.types)})" if stmt.types else ""
-    await conn.execute(f"PREPARE pgshard_apply{types} AS {stmt.sql}")
     call = await conn.fetchval(
         "SELECT 'EXECUTE pgshard_apply(' || string_agg(quote_nullable(p), ', ' ORDER BY i) || ')'"
         " FROM unnest($1::text[]) WITH ORDINALITY AS t(p, i)",
         list(stmt.params),
     )
-    await conn.execute(f"{call or 'EXECUTE pgshard_apply'}; DEALLOCATE pgshard_apply")
+    # One round trip for the three: the client's text is one statement (its Parse
+    # accepted it on the primary); the newline ends a trailing ``--`` comment.
+    await conn.execute(
+        f"PREPARE pgshard_apply{types} AS {stmt.sql}\n;"
+        f"{call or 'EXECUTE pgshard_apply'}; DEALLOCATE pgshard_apply"
+    )
