@@ -37,13 +37,17 @@ from tests.support.statement_writer import Write, write  # noqa: E402
 
 from pgshard_operator.instance import applier, dumpcopy, postgres  # noqa: E402
 from pgshard_proxy.contract import statement_log as slog  # noqa: E402
-from pgshard_proxy.execute.statement_log import SETTINGS as CAPTURED  # noqa: E402
+from pgshard_proxy.execute.statement_log import SETTINGS, SETTINGS_SQL  # noqa: E402
 
 ROWS = 1000
 
 
 def dsn(s: pgserver.PgServer, db: str = "app") -> str:
     return f"postgresql://{s.user}@{s.host}:{s.port}/{db}"
+
+
+def endpoint(s: pgserver.PgServer) -> dumpcopy.Endpoint:
+    return dumpcopy.Endpoint(s.host, s.port, s.user, "app")
 
 
 async def setup(primary: pgserver.PgServer, followers: list[pgserver.PgServer], mb: int) -> None:
@@ -77,10 +81,8 @@ async def run_sessions(
         conn = await asyncpg.connect(dsn(primary))
         try:
             # Logged with the settings the proxy captures for every statement.
-            row = await conn.fetchrow(
-                "SELECT " + ", ".join(f"current_setting('{n}')" for n in CAPTURED)
-            )
-            settings = dict(zip(CAPTURED, row, strict=True))
+            row = await conn.fetchrow(f"SELECT {SETTINGS_SQL}")
+            settings = dict(zip(SETTINGS, row, strict=True))
             n = i
             while time.monotonic() < stop:
                 key = n % ROWS + 1
@@ -98,6 +100,14 @@ async def run_sessions(
     return done
 
 
+async def reached(a: applier.Applier, target: int, seconds: float) -> None:
+    """Until ``a`` has applied ``target`` (at most ``seconds``)."""
+    for _ in range(int(seconds * 100)):
+        if a.applied >= target:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def catch_up(
     primary: pgserver.PgServer, follower: pgserver.PgServer, batch: int, target: int
 ) -> float:
@@ -106,10 +116,7 @@ async def catch_up(
     task = asyncio.ensure_future(a.run())
     try:
         t0 = time.monotonic()
-        for _ in range(60_000):  # at most 10 minutes
-            if a.applied >= target:
-                break
-            await asyncio.sleep(0.01)
+        await reached(a, target, 600)
         return time.monotonic() - t0
     finally:
         task.cancel()
@@ -134,14 +141,14 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
         await setup(primary, [follower, single], args.mb)
         await dumpcopy.copy_database(
             bins,
-            dumpcopy.Endpoint(primary.host, primary.port, primary.user, "app"),
-            dumpcopy.Endpoint(single.host, single.port, single.user, "app"),
+            endpoint(primary),
+            endpoint(single),
         )
         t0 = time.monotonic()
         await dumpcopy.copy_database(
             bins,
-            dumpcopy.Endpoint(primary.host, primary.port, primary.user, "app"),
-            dumpcopy.Endpoint(follower.host, follower.port, follower.user, "app"),
+            endpoint(primary),
+            endpoint(follower),
         )
         t_dump = time.monotonic() - t0
         bins.run_as.own(base / "bb")
@@ -175,10 +182,7 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
         a = applier.Applier("bench", dsn(follower), dsn(primary))
         task = asyncio.ensure_future(a.run())
         try:
-            for _ in range(3000):  # it reads its position when it connects (at most 30 s)
-                if a.applied >= target:
-                    break
-                await asyncio.sleep(0.01)
+            await reached(a, target, 30)  # it reads its position when it connects
             lags: list[int] = []
 
             async def sample() -> None:

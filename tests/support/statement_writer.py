@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from pgshard_operator.instance import applier
 from pgshard_proxy.contract import statement_log as slog
 
 
@@ -52,11 +53,7 @@ class Transaction:
         if not self.done and self.lock_first:
             await self.conn.execute(slog.LOCK_SQL)
         if w.settings:  # one round trip, as the proxy reads them in one
-            await self.conn.execute(
-                "SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) s(n, v)",
-                list(w.settings),
-                list(w.settings.values()),
-            )
+            await self.conn.execute(applier.PIN_SQL, list(w.settings), list(w.settings.values()))
         await self.conn.execute(w.sql, *w.args)
         self.done.append(w)
 

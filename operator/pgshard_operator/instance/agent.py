@@ -246,9 +246,7 @@ class Agent:
     async def shutdown(self) -> None:
         """Clean stop (SIGTERM): fast shutdown, then hand the lease back."""
         recopy, self._recopy_task = self._recopy_task, None
-        if recopy is not None:
-            recopy.cancel()
-            await asyncio.gather(recopy, return_exceptions=True)
+        await _cancelled(recopy)
         await self._stop_applier()
         if self.role is Role.PRIMARY and self.s.statement_mode:
             await self._drain_log()
@@ -469,10 +467,8 @@ class Agent:
         a former primary the current one never had) is repaired at once by a new copy of
         the current primary, as the manager's rejoin of an old primary would."""
         await a.run()
-        up = self._source
-        if a.divergence is not None and a.divergence.recopy and up is not None:
-            log.warning("applier: %s (%s)", a.divergence.error, up.address)
-            self._recopy_task = asyncio.ensure_future(self._recopy(up))
+        if a.divergence is not None and a.divergence.recopy:
+            self._copy_again(a.divergence.error)
 
     def _recopying(self) -> bool:
         return self._recopy_task is not None and not self._recopy_task.done()
@@ -485,8 +481,8 @@ class Agent:
             found = await self.foreign.check(conn)
         except asyncpg.PostgresError:
             return  # in its status (logged once); tried again next period
-        a, up = self.applier, self._source
-        if not found or a is None or up is None or self.role is not Role.FOLLOWER:
+        a = self.applier
+        if not found or a is None or self.role is not Role.FOLLOWER:
             return
         error = (
             f"{found} transaction(s) wrote {', '.join(self.foreign.last_tables)} on this "
@@ -498,7 +494,15 @@ class Agent:
                 return
             await self._stop_applier()
             a.stopped_diverged(error)
-        log.warning("applier: %s (%s)", error, up.address)
+        self._copy_again(error)
+
+    def _copy_again(self, why: str) -> None:
+        """In the background: replace this diverged follower by a new copy of the primary
+        it applied the log of (a rejoin, as the manager would ask for)."""
+        up = self._source
+        if up is None:
+            return
+        log.warning("applier: %s (%s)", why, up.address)
         self._recopy_task = asyncio.ensure_future(self._recopy(up))
 
     async def _recopy(self, up: bootstrap.Upstream) -> None:
@@ -511,9 +515,7 @@ class Agent:
 
     async def _stop_applier(self) -> None:
         task, self._applier_task = self._applier_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancelled(task)
 
     async def _log_loop(self) -> None:
         """Statement mode, every period. While primary: look for writes that bypassed the
@@ -886,3 +888,10 @@ class Agent:
                 self._start_applier(up)
             log.info("rejoined as follower of %s: %s", up.address, result.to_dict())
             return result.to_dict()
+
+
+async def _cancelled(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

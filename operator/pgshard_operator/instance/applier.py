@@ -306,7 +306,7 @@ class Applier:
         await logtrim.trim(local, min(source_below, self.applied))
 
 
-_PIN_SQL = "SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)"
+PIN_SQL = "SELECT count(set_config(n, v, true)) FROM unnest($1::text[], $2::text[]) AS s(n, v)"
 """Settings for the rest of the transaction in one round trip (a NULL value resets)."""
 _SETVAL_SQL = (
     "SELECT count(setval(s::regclass, v)) FROM unnest($1::text[], $2::bigint[]) AS q(s, v)"
@@ -365,7 +365,7 @@ async def _replay(conn: Any, entry: slog.Entry, earlier: set[str]) -> set[str]:
     for stmt in entry.statements:
         change.update((n, v) for n, v in stmt.settings.items() if pinned.get(n) != v)
         if change:
-            await conn.execute(_PIN_SQL, list(change), list(change.values()))
+            await conn.execute(PIN_SQL, list(change), list(change.values()))
             change = {}
         pinned.update(stmt.settings)
         named |= stmt.settings.keys()
@@ -374,7 +374,7 @@ async def _replay(conn: Any, entry: slog.Entry, earlier: set[str]) -> set[str]:
             # ROLLBACK TO SAVEPOINT also undid the settings pinned after it.
             pinned.clear()
     if change:  # no statements
-        await conn.execute(_PIN_SQL, list(change), list(change.values()))
+        await conn.execute(PIN_SQL, list(change), list(change.values()))
     if entry.sequences:
         await conn.execute(_SETVAL_SQL, list(entry.sequences), list(entry.sequences.values()))
     return named

@@ -105,16 +105,14 @@ JSON (:func:`Entry.statements_json`), ``$2`` the sequences; returns the entry's 
 
 POSITION_SQL = f"SELECT coalesce(max(seq), 0) FROM {TABLE}"
 
-READ_SQL = f"""
-SELECT seq, role, statements::text AS statements, sequences::text AS sequences, committed_at
-FROM {TABLE} WHERE seq > $1 ORDER BY seq LIMIT $2
-"""
+_ENTRY_COLUMNS = (
+    "seq, role, statements::text AS statements, sequences::text AS sequences, committed_at"
+)
+
+READ_SQL = f"SELECT {_ENTRY_COLUMNS} FROM {TABLE} WHERE seq > $1 ORDER BY seq LIMIT $2"
 """The next entries after ``$1`` (at most ``$2``), in order: what an applier pulls."""
 
-ENTRY_SQL = f"""
-SELECT seq, role, statements::text AS statements, sequences::text AS sequences, committed_at
-FROM {TABLE} WHERE seq = $1
-"""
+ENTRY_SQL = f"SELECT {_ENTRY_COLUMNS} FROM {TABLE} WHERE seq = $1"
 """One entry, as :data:`READ_SQL` returns it: a follower and its primary compare the
 entry the follower applied last (the same history, or a failover left it ahead)."""
 

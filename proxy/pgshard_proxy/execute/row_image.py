@@ -220,7 +220,7 @@ def _counters(text: str | None) -> dict[str, str]:
 
 def capture_sql(tgt: Target, columns: Sequence[Column]) -> str:
     """The client's statement with the RETURNING of what the log needs."""
-    wanted = columns if tgt.op != "DELETE" else [c for c in columns if c.key]
+    wanted = _imaged(tgt.op, columns)
     return f"{tgt.text} RETURNING " + ", ".join(f"{tgt.ref}.{c.name}" for c in wanted)
 
 
@@ -233,7 +233,7 @@ def image_statement(
 ) -> slog.Statement:
     """One logged statement writing ``rows`` (text values, as RETURNING gave them) by
     primary key: an upsert of full images (INSERT, UPDATE) or a delete by key (DELETE)."""
-    wanted = list(columns) if op != "DELETE" else [c for c in columns if c.key]
+    wanted = _imaged(op, columns)
     names = ", ".join(c.name for c in wanted)
     arrays = ", ".join(f"${k + 1}::text[]" for k in range(len(wanted)))
     source = f"unnest({arrays}) AS u({names})"
@@ -257,6 +257,12 @@ def image_statement(
     return slog.Statement(
         sql, params=params, types=("text[]",) * len(wanted), settings=settings, kind="rows"
     )
+
+
+def _imaged(op: str, columns: Sequence[Column]) -> list[Column]:
+    """What an image carries: every column of an inserted or updated row, the key of a
+    deleted one."""
+    return list(columns) if op != "DELETE" else [c for c in columns if c.key]
 
 
 def _array(values: Sequence[str | None]) -> str:

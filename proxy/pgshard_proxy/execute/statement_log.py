@@ -65,7 +65,8 @@ SETTINGS = (
 )
 """Session settings that change what a statement writes: logged with each statement."""
 
-_SETTINGS_SQL = ", ".join(f"current_setting('{s}')" for s in SETTINGS)
+SETTINGS_SQL = ", ".join(f"current_setting('{s}')" for s in SETTINGS)
+"""The values of :data:`SETTINGS`, as select-list items (in that order)."""
 _NOW_SQL = "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
 
 CATALOG_SECONDS = 10.0
@@ -233,7 +234,7 @@ class Writer:
             if e.answer.error is not None:
                 self._client_write(e.answer.error)
             return e.answer
-        row = (await ex.query(f"SELECT {_SETTINGS_SQL}, {row_image.CHANGES_COLUMNS}")).one()
+        row = (await ex.query(f"SELECT {SETTINGS_SQL}, {row_image.CHANGES_COLUMNS}")).one()
         settings = dict(zip(SETTINGS, map(str, row[: len(SETTINGS)]), strict=True))
         answer = await ex.query(row_image.capture_sql(tgt, columns))
         if answer.error is not None:
@@ -374,7 +375,7 @@ class Writer:
         values = [
             *(f"${k + 1}::text" for k in range(n)),
             _NOW_SQL,
-            _SETTINGS_SQL,
+            SETTINGS_SQL,
             *(f"({cap.sql})::text" for cap in captures),
             *(f"format_type({oid}, NULL)" for oid in oids),
         ]
@@ -472,7 +473,7 @@ class Writer:
             await self._lock(ex)
         except _Failed as e:
             return e.answer
-        values = [_NOW_SQL, _SETTINGS_SQL, *(f"({cap.sql})::text" for cap in captures)]
+        values = [_NOW_SQL, SETTINGS_SQL, *(f"({cap.sql})::text" for cap in captures)]
         row = (await ex.query(f"SELECT {', '.join(values)}")).one()
         settings = dict(zip(SETTINGS, map(str, row[1 : 1 + len(SETTINGS)]), strict=True))
         ctx = self._context(base, str(row[0]), settings)
