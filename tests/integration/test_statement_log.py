@@ -479,7 +479,13 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         async with running(a2):
             await caught_up(a1, primary)
             await caught_up(a2, primary)
-            await logtrim.trim_primary(conn, "p", None)
+            # A member without a bookmark holds everything (a follower that has not told
+            # a just-promoted primary its position yet).
+            before = await log_range(primary)
+            members = {address(primary), address(f1), address(f2), "127.0.0.1:1"}
+            assert await logtrim.trim_primary(conn, "p", members, address(primary)) == 0
+            assert await log_range(primary) == before
+            await logtrim.trim_primary(conn, "p", members - {"127.0.0.1:1"}, address(primary))
             last = (await log_range(primary))[1]
             assert await log_range(primary) == (last, last)  # only the position stays
             await trimmed_to(f1, last)
@@ -488,7 +494,8 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         for i in range(5, 10):
             await write(conn, [Write("UPDATE t SET v = v + $1", (i,))])
         await caught_up(a1, primary)
-        await logtrim.trim_primary(conn, "p", {address(primary)})  # f2 left, within grace
+        # f2 left, within grace
+        await logtrim.trim_primary(conn, "p", {address(primary)}, address(primary))
         assert (await log_range(primary))[0] == lagging, "f2's entries were trimmed"
         await asyncio.sleep(1.5)  # f1 polls (and trims) at least once more
         assert (await log_range(f1))[0] == lagging
@@ -517,7 +524,7 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         # f1's own bookmark (from the dump) never counts; f2 leaves the shard.
         for i in (101, 102):
             await write(c1, [Write("INSERT INTO t VALUES ($1, 1)", (i,))])
-        await logtrim.trim_primary(c1, "f1", {address(f1)}, grace=0)
+        await logtrim.trim_primary(c1, "f1", {address(f1)}, address(f1), grace=0)
         assert await log_range(f1) == (seq + 2, seq + 2)
         async with running(a2) as task:
             async with asyncio.timeout(30):
@@ -526,6 +533,36 @@ async def test_log_trimmed_once_applied_and_a_promoted_follower_serves_a_lagging
         assert a2.status()["divergedAt"] == seq + 1 and "trimmed" in a2.status()["error"]
     finally:
         await c1.close()
+
+
+async def test_stopped_writes_stay_stopped_until_released(
+    servers: list[pgserver.PgServer],
+    conn: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``stop_writes`` (a switchover, a clean stop of a primary) holds the shard's write
+    lock until its caller releases it, after the server stopped. It used to return with
+    its session dropped: a writer waiting for the lock committed one more entry before
+    the stop, acknowledged, that the promoted follower never had."""
+    monkeypatch.setattr(statement_roles, "HANDOVER_SECONDS", 0.1)  # no follower here
+    primary = servers[0]
+    await write(conn, [Write("CREATE TABLE t (id int PRIMARY KEY)")])
+    creds = Credentials("", "", "", "", "", DB, superuser=primary.user)
+    held = await statement_roles.stop_writes(primary.host, primary.port, creds)
+    assert held.position == await position(primary)
+    other = await asyncpg.connect(app_dsn(primary))
+    try:
+        await other.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await other.execute(slog.LOCK_SQL)  # what a writer takes before its first write
+        held.release()
+        async with asyncio.timeout(10):  # the released session's backend ends shortly
+            while True:
+                with contextlib.suppress(asyncpg.LockNotAvailableError):
+                    await other.execute(slog.LOCK_SQL)
+                    break
+    finally:
+        await other.close()
 
 
 async def test_a_follower_left_ahead_of_the_promoted_one_stops_to_be_copied_again(

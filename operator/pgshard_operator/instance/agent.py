@@ -248,33 +248,40 @@ class Agent:
         recopy, self._recopy_task = self._recopy_task, None
         await _cancelled(recopy)
         await self._stop_applier()
+        held = None
         if self.role is Role.PRIMARY and self.s.statement_mode:
-            await self._drain_log()
+            held = await self._drain_log()
         for conn in (self._probe_conn, self._log_conn):
             if conn is not None:
                 conn.terminate()
-        await self.pg.stop()
+        try:
+            await self.pg.stop()
+        finally:
+            if held is not None:
+                held.release()
         if self.role is Role.PRIMARY:
             try:
                 await asyncio.wait_for(self.store.release(self.s.name, wallclock.now()), 5)
             except Exception as e:  # it then simply expires
                 log.warning("could not release the lease: %s", e)
 
-    async def _drain_log(self) -> None:
+    async def _drain_log(self) -> statement_roles.WritesStopped | None:
         """Statement mode: no logged commit after this, and a follower applies the last
         entry before the server stops (``stop_writes`` waits for it, as for a
         switchover), so a failover after a deleted pod or ``local down`` promotes one
-        that has every acknowledged write."""
+        that has every acknowledged write. The lock is the caller's to release once the
+        server is down."""
         host, port = self.s.server.host, self.s.server.port
         try:
             # The lock (terminating a writer after 3 s), then the follower's pull; bounded
             # even when the server stops answering.
-            await asyncio.wait_for(
+            return await asyncio.wait_for(
                 statement_roles.stop_writes(host, port, self.creds),
                 statement_roles.HANDOVER_SECONDS + 10,
             )
         except Exception as e:  # stopping goes on: the followers may then miss entries
             log.warning("could not hand the statement log over before stopping: %s", e)
+            return None
 
     # -- the lease ------------------------------------------------------------------
 
@@ -464,8 +471,9 @@ class Agent:
 
     async def _apply(self, a: applier.Applier) -> None:
         """Run the applier. One that found this follower ahead of its primary (entries of
-        a former primary the current one never had) is repaired at once by a new copy of
-        the current primary, as the manager's rejoin of an old primary would."""
+        a former primary the current one never had), or behind what the primary still
+        keeps, is repaired at once by a new copy of the current primary, as the manager's
+        rejoin of an old primary would."""
         await a.run()
         if a.divergence is not None and a.divergence.recopy:
             self._copy_again(a.divergence.error)
@@ -553,7 +561,12 @@ class Agent:
                         continue
                     with contextlib.suppress(asyncpg.PostgresError):  # kept in its status
                         await self.bypass.check(conn)
-                    await logtrim.trim_primary(conn, self.s.name, await self.peers.members())
+                    await logtrim.trim_primary(
+                        conn,
+                        self.s.name,
+                        await self.peers.members(),
+                        f"{self.s.server.host}:{self.s.server.port}",
+                    )
                 except Exception as e:
                     log.warning("statement log upkeep failed: %s", e)
                     if conn is not None:
@@ -811,14 +824,20 @@ class Agent:
                 self._fenced_by_control_plane = True
                 self.deadline.cancel()
                 self.error = "fenced by the control plane"
+                held = None
                 if self.s.statement_mode:
                     try:
-                        final = await statement_roles.stop_writes(
+                        held = await statement_roles.stop_writes(
                             self.s.server.host, self.s.server.port, self.creds
                         )
+                        final = held.position
                     except Exception as e:  # then the end is unknown: no switchover
                         log.warning("could not take the write lock before stopping: %s", e)
-                await self.pg.stop()
+                try:
+                    await self.pg.stop()
+                finally:
+                    if held is not None:
+                        held.release()
                 try:
                     await asyncio.wait_for(
                         self.store.release(self.s.name, wallclock.now()), self._store_timeout

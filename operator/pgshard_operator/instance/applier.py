@@ -70,7 +70,8 @@ class Divergence:
     error: str
     recopy: bool = False
     """Only a new copy of the primary can repair it, and it is safe to make one at once:
-    the follower holds entries its primary never wrote (see :class:`AheadOfSource`)."""
+    the follower holds entries its primary never wrote (see :class:`AheadOfSource`), or
+    its primary no longer has entries it needs (:class:`TrimmedAway`)."""
 
 
 class ApplyFailed(Exception):
@@ -92,6 +93,13 @@ class AheadOfSource(ApplyFailed):
     after that, and so hold entries past the new primary's promotion point that the new
     primary then writes differently under the same numbers. Pulling on from there would
     skip the new primary's entries and never notice."""
+
+    recopy = True
+
+
+class TrimmedAway(ApplyFailed):
+    """The primary trimmed entries this follower has not applied: nothing it can pull
+    brings it back, a new copy does."""
 
     recopy = True
 
@@ -254,11 +262,11 @@ class Applier:
         # Read after the entries: a trim that removed some of them has marked it by now.
         below = int(await source.fetchval(slog.TRIMMED_SQL))
         if below - 1 > self.applied:
-            raise ApplyFailed(
+            raise TrimmedAway(
                 self.applied + 1,
                 f"the primary trimmed its log up to entry {below - 1} before this follower "
                 f"applied it (at {self.applied}; it stopped counting this follower, e.g. "
-                "after it left the shard): copy it again (rejoin)",
+                "after it left the shard): it is copied again",
             )
         await self._trim_own(local, below)
         if not rows:

@@ -12,7 +12,10 @@ A bookmark stops counting when it is the primary's own (a stale row carried by t
 dump it was copied from) or when its address is no longer a member of the shard and
 it was not updated for :data:`GRACE_SECONDS` (a removed follower; the grace covers a
 new member not yet listed). With the membership unknown, every bookmark counts.
-A follower stopped for any time keeps its entries.
+A follower stopped for any time keeps its entries. Nothing is trimmed while a member
+has no bookmark at all: a primary just promoted holds only the bookmarks its own copy
+carried, and a follower that set its own later (copied at the same time, say) would
+otherwise find the entries it still needs gone.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ _HORIZON = f"""
 SELECT least((SELECT min(seq) FROM {slog.SCHEMA}.followers), ({slog.POSITION_SQL}))
 """
 
+_UNMARKED = f"""
+SELECT m FROM unnest($1::text[]) AS m
+WHERE NOT EXISTS (SELECT 1 FROM {slog.SCHEMA}.followers f WHERE f.address = m)
+ORDER BY m
+"""
+
 
 async def trim(conn: Any, below: int, batch: int = BATCH, rounds: int = ROUNDS) -> int:
     """Remove entries with ``seq < below``, oldest first, in bounded batches; how many."""
@@ -62,15 +71,21 @@ async def trim_primary(
     conn: Any,
     own_name: str,
     members: Collection[str] | None,
+    own_address: str | None = None,
     grace: float = GRACE_SECONDS,
     batch: int = BATCH,
 ) -> int:
     """On the primary (``conn`` to its application database, as the superuser): forget
-    bookmarks that stop counting, then trim below the horizon; entries removed."""
+    bookmarks that stop counting, then trim below the horizon; entries removed. Members
+    (``host:port``; ``own_address`` is this primary's) without a bookmark hold it all."""
     known = sorted(members) if members else None  # empty means "not known" too
     for row in await conn.fetch(_FORGET, own_name, known, grace):
         if row["name"] != own_name:
             log.info("follower %s is no longer a member: its bookmark stops counting", row[0])
+    others = [m for m in known or () if m != own_address]
+    if unmarked := [r[0] for r in await conn.fetch(_UNMARKED, others)]:
+        log.debug("not trimming: no position yet from %s", ", ".join(unmarked))
+        return 0
     horizon = int(await conn.fetchval(_HORIZON))
     n = await trim(conn, horizon, batch)
     if n:

@@ -12,6 +12,7 @@ with its data).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import shutil
@@ -61,12 +62,37 @@ async def make_writer(host: str, port: int, creds: Credentials, datadir: Path) -
     return position
 
 
-async def stop_writes(host: str, port: int, creds: Credentials) -> int:
-    """Before a switchover stops this primary: take the shard's write lock for good (no
-    logged transaction can commit after it) and return the last entry's ``seq``, the
-    position the new primary must have applied. A writer holding the lock longer than a
-    few seconds has its session terminated (its transaction never committed)."""
+@dataclasses.dataclass
+class WritesStopped:
+    """The shard's write lock, held by an open session of this primary until
+    :meth:`release`, which its caller calls once the server has stopped: released any
+    earlier (this session closed), a writer waiting for the lock would commit an entry
+    past ``position`` that no follower may ever get (CI saw acknowledged inserts lost
+    after a primary's pod was deleted, and promoted followers missing them)."""
+
+    position: int
+    """The last entry's ``seq``: what the new primary must have applied."""
+    conn: asyncpg.Connection
+
+    def release(self) -> None:
+        self.conn.terminate()
+
+
+async def stop_writes(host: str, port: int, creds: Credentials) -> WritesStopped:
+    """Before this primary stops (a switchover, a clean shutdown): take the shard's
+    write lock for good (no logged transaction can commit after it, until released)
+    and wait for a follower to apply the last entry. A writer holding the lock longer
+    than a few seconds has its session terminated (its transaction never committed)."""
     conn = await sql.connect(host, port, creds, database=creds.app_database)
+    try:
+        return await _stop_writes(conn)
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+async def _stop_writes(conn: asyncpg.Connection) -> WritesStopped:
+    log.info("stopping writes: taking the shard's write lock")
     await conn.execute("SET lock_timeout = '3s'")
     try:
         await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
@@ -76,32 +102,47 @@ async def stop_writes(host: str, port: int, creds: Credentials) -> int:
             "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
         )
         await conn.execute(f"SELECT pg_advisory_lock({slog.LOCK_KEY})")
-    # Kept open (holding the lock) until the server stops.
     position = int(await conn.fetchval(slog.POSITION_SQL))
-    await _handed_over(conn, position)
-    return position
+    name, applied = await _handed_over(conn, position)
+    if applied < position:
+        log.warning(
+            "no follower applied the last entry %d within %gs (the furthest, %s, is at %d): "
+            "a failover now loses what they lack",
+            position,
+            HANDOVER_SECONDS,
+            name,
+            applied,
+        )
+    else:
+        log.info("writes stopped at entry %d, which %s applied", position, name)
+    return WritesStopped(position, conn)
 
 
 HANDOVER_SECONDS = 5.0
 """How long a stopping primary waits for a follower to pull its last entries."""
 
 
-async def _handed_over(conn: asyncpg.Connection, position: int) -> None:
+async def _handed_over(conn: asyncpg.Connection, position: int) -> tuple[str | None, int]:
     """Until a follower's applier reports ``position`` applied (``pgshard.followers``),
     at most ``HANDOVER_SECONDS``. Appliers pull over ordinary connections, which the
     server's stop ends: without this wait a switchover target a few entries behind
     could never get them, and the switchover failed (the new primary must hold every
-    entry). A follower that does not come in time is left behind, as before."""
+    entry). A follower that does not come in time is left behind, as before. Returns
+    the furthest follower and its position."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HANDOVER_SECONDS
-    query = f"SELECT coalesce(max(seq), 0) FROM {slog.SCHEMA}.followers"
+    query = f"SELECT name, seq FROM {slog.SCHEMA}.followers ORDER BY seq DESC, name LIMIT 1"
+    furthest: tuple[str | None, int] = (None, 0)
     try:
         while loop.time() < deadline:
-            if int(await conn.fetchval(query)) >= position:
-                return
+            row = await conn.fetchrow(query)
+            furthest = (row["name"], int(row["seq"])) if row is not None else (None, 0)
+            if furthest[1] >= position:
+                break
             await asyncio.sleep(0.02)
     except asyncpg.UndefinedTableError:
-        return  # no follower ever applied here
+        return None, position  # no follower ever applied here
+    return furthest
 
 
 async def recopy(
