@@ -10,6 +10,7 @@ and the member kept being re-copied while the test asked for a switchover to it
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import ssl
 from pathlib import Path
@@ -41,8 +42,11 @@ async def test_rejoin_during_a_bootstrap_copy_is_refused_and_the_copy_completes(
     with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=1) as c:
         token = (c.dir / "control.token").read_text().strip()
         host, _, port = c.shard()["primary"]["address"].rpartition(":")
+        member_port = int(c.shard()["followers"][0]["address"].rpartition(":")[2])
         follower = c.agent_url("s0m1")
         context = c.agent_context()
+        pg_log = c.dir / "logs" / "s0m1.postgres.log"
+        logged = pg_log.stat().st_size
         c.kill(0, "s0m1")
         # The supervisor restarts the agent after a second; with no data it copies again.
         shutil.rmtree(c.dir / "members" / "s0m1" / "data")
@@ -61,3 +65,8 @@ async def test_rejoin_during_a_bootstrap_copy_is_refused_and_the_copy_completes(
                 await asyncio.sleep(0.3)
         agent_log = (c.dir / "logs" / "s0m1.agent.log").read_text()
         assert "bootstrap failed" not in agent_log
+        # The copy's server restored on a port of its own: the member's port opened only
+        # once it served (a roll-out's readiness probe, the proxies' monitors).
+        ports = re.findall(r'listening on IPv4 address "[^"]+", port (\d+)',
+                           pg_log.read_text()[logged:])  # fmt: skip
+        assert len(ports) == 2 and int(ports[0]) != member_port == int(ports[1]), ports

@@ -72,7 +72,14 @@ async def test_statement_cluster_applies_the_log_reports_seq_and_divergence(
         for f in shard["followers"]:
             assert await table_contents(f["dsn"], ["t"]) == expected
         # A write straight to the primary (psql), not through the proxy: reported. And
-        # the primary's agent trims what every follower applied (both every 5 s).
+        # the primary's agent trims what every follower applied (both every 5 s). The
+        # watch sees what commits after it began (its first check, 5 s after the start):
+        # a cluster ready sooner wrote before it and waited in vain.
+        async with asyncio.timeout(30):
+            while True:
+                if (await asyncio.to_thread(c.agent_status, "s0m0"))["bypass"]["checks"]:
+                    break
+                await asyncio.sleep(0.2)
         await asyncio.to_thread(
             subprocess.run,
             ["psql", "-X", "-v", "ON_ERROR_STOP=1", shard["primary"]["dsn"],

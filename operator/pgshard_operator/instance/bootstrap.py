@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import asyncpg
@@ -211,24 +212,30 @@ async def copy_follower(
     log: Path,
 ) -> int:
     """A statement-mode follower: a new server holding a snapshot of ``up``'s application
-    database (dumpcopy.py); the log position it starts applying after."""
+    database (dumpcopy.py); the log position it starts applying after.
+
+    The copy's server listens on a free port of the member's address, not on the
+    member's port: that port open means the member serves (the pods' readiness probe,
+    which a roll-out waits for; the proxies' position monitors), and a half-restored
+    copy does not."""
     partial = _partial(datadir)
     shutil.rmtree(partial, ignore_errors=True)
     what = f"copy (pg_dump) of primary {up.address}"
     try:
-        proc = await _initdb_and_start(bins, partial, settings, creds, log)
+        restoring = dataclasses.replace(settings, port=_free_port(settings.host))
+        proc = await _initdb_and_start(bins, partial, restoring, creds, log)
         try:
             position = await dumpcopy.copy_database(
                 bins,
                 dumpcopy.Endpoint.member(creds, up.host, up.port),
-                dumpcopy.Endpoint.member(creds, settings.host, settings.port),
+                dumpcopy.Endpoint.member(creds, restoring.host, restoring.port),
                 bookmark=(settings.name, f"{settings.host}:{settings.port}"),
             )
         finally:
-            # Fast shutdown: others (the proxy's position monitor) may have connected to
-            # the member's port meanwhile, and a smart shutdown would wait for them.
+            # Fast shutdown: a smart one would wait for any client still connected.
             proc.send_signal(signal.SIGINT)
             await proc.wait()
+        config.write_server_files(bins, partial, settings)  # the member's own port
         config.make_statement_follower(bins, partial, up.address)
     except (postgres.PostgresCommandFailed, OSError, RuntimeError, TimeoutError) as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -238,6 +245,16 @@ async def copy_follower(
         raise BootstrapFailed(f"{what} failed: {e}") from None
     partial.rename(datadir)
     return position
+
+
+def _free_port(host: str) -> int:
+    """A TCP port of ``host`` nobody listens on now (the kernel's pick). Another process
+    may take it before the server binds it: the copy then fails, and is retried as any
+    failed copy is."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def ensure_slot(up: Upstream, creds: Credentials, slot: str) -> bool:
