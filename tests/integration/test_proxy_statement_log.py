@@ -1,7 +1,7 @@
 """The proxy writes the statement log: writes through it reach statement-mode followers.
 
 A local cluster replicating by statement (one shard, two followers); clients write
-through the real proxy only (asyncpg and psycopg, simple query protocol), with
+through the real proxy only (asyncpg and psycopg, simple and extended protocol), with
 values PostgreSQL would choose differently on every server (serial and identity
 keys, ``now()``, ``random()``, ``gen_random_uuid()`` defaults and values). Afterwards
 each follower's tables and sequences equal the primary's, row by row.
@@ -62,9 +62,8 @@ async def snapshot(dsn: str) -> dict[str, Any]:
     return rows
 
 
-def statements(rnd: random.Random, i: int, n: int, simple: bool = True) -> list[str]:
-    """One random write (or a few, for a transaction) of session ``i`` (row images only
-    by the ``simple`` query protocol: the extended one refuses them)."""
+def statements(rnd: random.Random, i: int, n: int) -> list[str]:
+    """One random write (or a few, for a transaction) of session ``i``."""
     k = rnd.randrange(20)
     choice = rnd.randrange(11)
     if choice == 0:
@@ -87,11 +86,11 @@ def statements(rnd: random.Random, i: int, n: int, simple: bool = True) -> list[
         return [f"INSERT INTO snap SELECT {i}, {n}, coalesce(sum(v), 0), now() FROM acc"]
     if choice == 7:
         return [f"UPDATE items SET u = gen_random_uuid() WHERE id = {rnd.randrange(200)}"]
-    if choice == 8 and simple:  # row images (the rewriter refuses both)
+    if choice == 8:  # row images (the rewriter refuses these three)
         return [f"UPDATE items SET rnd = random(), at = clock_timestamp() WHERE k = {k}"]
-    if choice == 9 and simple:
+    if choice == 9:
         return [f"DELETE FROM items WHERE k = {k} AND random() < 0.3"]
-    if choice == 10 and simple:
+    if choice == 10:
         return [
             f"INSERT INTO items (rnd, k, v) SELECT random(), {k}, g FROM generate_series(1, 3) g"
         ]
@@ -109,6 +108,9 @@ def with_parameters(rnd: random.Random, i: int, n: int) -> tuple[str, tuple[Any,
             ("INSERT INTO acc VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = acc.v + $2",
              (k, n)),
             ("DELETE FROM items WHERE id = $1", (rnd.randrange(200),)),
+            # Row images with parameters.
+            ("UPDATE items SET rnd = random() * $1 WHERE k = $2", (n, k)),
+            ("DELETE FROM items WHERE k = $1 AND random() < $2", (k, 0.3)),
         ]
     )  # fmt: skip
 
@@ -157,10 +159,27 @@ async def row_images(conn: asyncpg.Connection) -> None:
     with pytest.raises(asyncpg.FeatureNotSupportedError, match="wrote rows of other tables"):
         await conn.execute("DELETE FROM par WHERE random() < 2")
     assert await conn.fetchval("SELECT count(*) FROM chi") == 2
-    # Prepared (extended protocol): still refused, saying what works.
-    with pytest.raises(asyncpg.FeatureNotSupportedError) as e:
-        await conn.execute("UPDATE items SET rnd = random() WHERE id < $1", 10)
-    assert "simple query protocol" in str(e.value.hint)
+    # Prepared (extended protocol): the client's parameters, its statement prepared once
+    # and run again, inside a transaction and out, refusals as by the simple protocol.
+    for below in (300, 200):
+        n = await conn.fetchval("SELECT count(*) FROM items WHERE id < $1", below)
+        got = await conn.execute("UPDATE items SET rnd = random() WHERE id < $1", below)
+        assert got == f"UPDATE {n}" and n > 0
+    async with conn.transaction():
+        got = await conn.execute(
+            "INSERT INTO items (k, v, rnd) SELECT $1::int, g, random() "
+            "FROM generate_series(1, $2) g",
+            77,
+            3,
+        )
+        assert got == "INSERT 0 3"
+        assert (await conn.execute("DELETE FROM items WHERE k = $1 AND random() < 2", 77)) == (
+            "DELETE 3"
+        )
+    with pytest.raises(asyncpg.FeatureNotSupportedError, match="nokey has no primary key"):
+        await conn.execute("UPDATE nokey SET r = random() WHERE a > $1", 0)
+    with pytest.raises(asyncpg.UndefinedColumnError):  # the statement's own error
+        await conn.execute("UPDATE items SET nothere = random() WHERE id < $1", 3)
     # What the client gets is PostgreSQL's answer to its statement, not to the capture.
     assert await conn.execute("UPDATE items AS i SET rnd = random() WHERE i.id < 0") == "UPDATE 0"
 
@@ -212,7 +231,7 @@ async def psycopg_session(dsn: str, rnd: random.Random, i: int, rounds: int) -> 
         for n in range(rounds):
             kind = rnd.random()
             if kind < 0.3:
-                await conn.execute(statements(rnd, i, n, False)[0])
+                await conn.execute(statements(rnd, i, n)[0])
                 committed += 1
                 continue
             if kind < 0.4:
@@ -222,14 +241,20 @@ async def psycopg_session(dsn: str, rnd: random.Random, i: int, rounds: int) -> 
                 committed += 1
                 continue
             if kind < 0.5:
+                # Pipelined: Bind/Execute pairs of one statement before one Sync, row
+                # images among them (each runs after the pairs before it).
+                sql = rnd.choice(
+                    [
+                        "INSERT INTO items (k, v) VALUES (%s, %s)",
+                        "UPDATE items SET rnd = random() WHERE k = %s AND v > %s",
+                    ]
+                )
                 async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "INSERT INTO items (k, v) VALUES (%s, %s)", [(i, n), (i, n + 1)]
-                    )
+                    await cur.executemany(sql, [(i, n), (i, n + 1), (rnd.randrange(20), 0)])
                 committed += 1
                 continue
             await conn.execute("BEGIN")
-            for sql in statements(rnd, i, n, False) + statements(rnd, i, n + 1000, False):
+            for sql in statements(rnd, i, n) + statements(rnd, i, n + 1000):
                 await conn.execute(sql)
             if rnd.random() < 0.2:
                 # An error aborts the transaction; its COMMIT rolls back.
@@ -310,6 +335,62 @@ async def test_random_concurrent_writes_through_the_proxy_replay_identically(
                 assert found["error"] is None, found
                 await asyncio.sleep(0.3)
         assert found["transactions"] == 0, found
+
+
+def _pipelined(dsn: str, statements: list[tuple[bytes, list[bytes]]]) -> list[Any]:
+    """``statements`` sent in one libpq pipeline, one Sync at its end: each one's
+    ``(status, command tag or error)``."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        pg = c.pgconn
+        pg.enter_pipeline_mode()
+        for sql, args in statements:
+            pg.send_query_params(sql, args)
+        pg.pipeline_sync()
+        assert pg.flush() == 0
+        out = []
+        while True:
+            r = pg.get_result()
+            if r is None:
+                continue
+            if r.status == psycopg.pq.ExecStatus.PIPELINE_SYNC:
+                break
+            status = psycopg.pq.ExecStatus(r.status).name
+            out.append((status, (r.error_message or r.command_status or b"").decode()))
+        pg.exit_pipeline_mode()
+    return out
+
+
+async def test_row_images_in_a_pipelined_batch_run_after_what_came_before(
+    pg_tmp: Path,
+) -> None:
+    """Extended protocol, one Sync for several statements: a row image runs after the
+    statements before it (the proxy sends those first), answers as PostgreSQL would,
+    and an error before it skips the rest and rolls the implicit transaction back."""
+    with localcluster.running(pg_tmp, "--replication-method=statement", shards=1, replicas=1) as c:
+        dsn = c.status()["proxy"]["dsn"]
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE TABLE p (id int PRIMARY KEY, r float8 NOT NULL)")
+        finally:
+            await conn.close()
+        insert, image = b"INSERT INTO p VALUES ($1, 0)", b"UPDATE p SET r = random() + $1"
+        got = await asyncio.to_thread(
+            _pipelined, dsn, [(insert, [b"1"]), (image, [b"1"]), (insert, [b"2"])]
+        )
+        assert got == [("COMMAND_OK", "INSERT 0 1"), ("COMMAND_OK", "UPDATE 1"),
+                       ("COMMAND_OK", "INSERT 0 1")]  # fmt: skip
+        got = await asyncio.to_thread(
+            _pipelined,
+            dsn,
+            [(insert, [b"3"]), (insert, [b"3"]), (image, [b"5"]), (insert, [b"4"])],
+        )
+        assert [s for s, _ in got] == ["COMMAND_OK", "FATAL_ERROR", "PIPELINE_ABORTED",
+                                       "PIPELINE_ABORTED"]  # fmt: skip
+        assert "duplicate key" in got[1][1]
+        shard = await settled(c)
+        primary = await table_contents(shard["primary"]["dsn"], ["p"])
+        assert sorted((i, r >= 1) for i, r in primary["p"]) == [(1, True), (2, False)]
+        assert await table_contents(shard["followers"][0]["dsn"], ["p"]) == primary
 
 
 async def test_dependent_transactions_through_the_proxy_replay_in_commit_order(

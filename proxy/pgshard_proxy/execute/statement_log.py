@@ -21,8 +21,11 @@ follows the writer's protocol of ``contract.statement_log``:
 * in sync/quorum mode the client's ReadyForQuery after that COMMIT waits until enough
   followers applied the entry (``execute.sync_wait``).
 
-Statements the rewriter refuses fail like a PostgreSQL error (inside a transaction
-block the transaction is then aborted) with the construct and what to write instead.
+An INSERT/UPDATE/DELETE the rewriter refuses runs with row images (``row_image``),
+by either protocol: an extended batch's frames before it run first, then the proxy
+runs it under its own statement name and answers its frames itself. What neither can
+take fails like a PostgreSQL error (inside a transaction block the transaction is then
+aborted) with the construct and what to write instead.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from ..contract import statement_log as slog
@@ -76,10 +79,12 @@ LOGGED = frozenset((Kind.WRITE, Kind.DDL, Kind.OTHER, Kind.SAVEPOINT))
 """What runs through the writer; COMMIT too while its transaction wrote."""
 
 _TRANSACTION_WORDS = frozenset(("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"))
-_SIMPLE_ONLY = (
-    "the row-image fallback runs such an INSERT/UPDATE/DELETE only when sent by the simple "
-    "query protocol, without parameters"
+_IMAGE_SHAPE = (
+    "the row-image fallback runs such an INSERT/UPDATE/DELETE by the extended protocol "
+    "only as a Bind followed by the Execute of its portal (Describes of it between)"
 )
+_IMAGE = "pgshard_image"
+"""The proxy's statement and portal name for a Bind run with row images."""
 _NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'")
 
 
@@ -218,28 +223,49 @@ class Writer:
     async def _row_images(
         self, ex: Exchange, shard: int, sql: str, refusal: NotDeterministic
     ) -> Answer | NotDeterministic:
-        """The row-image fallback (``row_image``) for a statement the rewriter refused:
+        """The row-image fallback (``row_image``) for a simple Query the rewriter refused:
         its answer (already sent to the client), or the refusal to send instead."""
         tgt = row_image.target(sql)
         if tgt is None:
             return refusal
+        try:
+            got = await self._images(ex, tgt, refusal, ex.query)
+        except _Failed as e:
+            if e.answer.error is not None:
+                self._client_write(e.answer.error)
+            return e.answer
+        if isinstance(got, NotDeterministic):
+            return got
+        answer, image = got
+        if image is not None:
+            self._tx.statements.append(image)
+            self._tx.writes += 1
+        for tag in answer.tags:
+            self._client_write(messages.command_complete(tag))
+        return answer
+
+    async def _images(
+        self,
+        ex: Exchange,
+        tgt: row_image.Target,
+        refusal: NotDeterministic,
+        run: Callable[[str], Awaitable[Answer]],
+    ) -> tuple[Answer, slog.Statement | None] | NotDeterministic:
+        """Run ``tgt`` with the RETURNING of its rows' images (``run`` sends that text
+        as the client's protocol needs): its answer and the statement to log instead
+        (None: it wrote no row), or why the fallback cannot take it. A failure of the
+        statement itself raises _Failed with its error."""
         found = await _JsonRows(ex).fetch(row_image.TABLE_SQL.replace("$1", literal(tgt.table)))
         checked = row_image.check(tgt, found[0] if found else None, refusal)
         if isinstance(checked, NotDeterministic):
             return checked
         table, columns = checked
-        try:
-            await self._lock(ex)
-        except _Failed as e:
-            if e.answer.error is not None:
-                self._client_write(e.answer.error)
-            return e.answer
+        await self._lock(ex)
         row = (await ex.query(f"SELECT {SETTINGS_SQL}, {row_image.CHANGES_COLUMNS}")).one()
         settings = dict(zip(SETTINGS, map(str, row[: len(SETTINGS)]), strict=True))
-        answer = await ex.query(row_image.capture_sql(tgt, columns))
+        answer = await run(row_image.capture_sql(tgt, columns))
         if answer.error is not None:
-            self._client_write(answer.error)
-            return answer
+            raise _Failed(answer)
         after = (await ex.query(f"SELECT {row_image.CHANGES_COLUMNS}")).one()
         elsewhere = row_image.changed_elsewhere(found[0], row[-2], after[0])
         if elsewhere:
@@ -251,13 +277,46 @@ class Writer:
                 refusal.hint,
             )
         self._tx.sequences.update(row_image.advanced(row[-1], after[1]))
-        if answer.rows:
-            image = row_image.image_statement(tgt.op, table, columns, answer.rows, settings)
-            self._tx.statements.append(image)
-            self._tx.writes += 1
-        for tag in answer.tags:
-            self._client_write(messages.command_complete(tag))
-        return answer
+        if not answer.rows:
+            return answer, None
+        return answer, row_image.image_statement(tgt.op, table, columns, answer.rows, settings)
+
+    async def _bound_images(
+        self,
+        ex: Exchange,
+        tgt: row_image.Target,
+        refusal: NotDeterministic,
+        types: tuple[int, ...],
+        frames: Sequence[codec.Frame],
+    ) -> slog.Statement | NotDeterministic | None:
+        """The row-image fallback for a Bind (``frames``: it, Describes of its portal,
+        its Execute): runs it with the client's parameters under the proxy's own
+        statement and portal names (the client's unnamed ones stay as they were), and
+        answers each frame as PostgreSQL would have. What to log, as ``_images``."""
+        client = keyroute.parse_bind(frames[0].body)
+
+        def run(text: str) -> Awaitable[Answer]:
+            return ex.collect(
+                bind_messages.parse(_IMAGE, text, types)
+                + bind_messages.bind(_IMAGE, _IMAGE, client.formats, client.values)
+                + bind_messages.execute(_IMAGE)
+                + messages.close_portal(_IMAGE)
+                + messages.close_statement(_IMAGE)
+                + bind_messages.sync()
+            )
+
+        got = await self._images(ex, tgt, refusal, run)
+        if isinstance(got, NotDeterministic):
+            return got
+        answer, image = got
+        for f in frames:
+            if f.type == ord("B"):
+                self._client_write(messages.bind_complete())
+            elif f.type == ord("D"):  # the statement has no RETURNING of its own
+                self._client_write(messages.no_data())
+            else:
+                self._client_write(messages.command_complete(answer.tags[0]))
+        return image
 
     async def extended(
         self, ex: Exchange, shard: int, frames: Sequence[codec.Frame], fwd: Forward
@@ -278,8 +337,14 @@ class Writer:
         writes = 0
         commit_seq: int | None = None
         texts: dict[str, tuple[str, tuple[int, ...]]] = {}
+        start = 0
+        """The first frame not sent yet (a row image runs after the frames before it)."""
+        imaged_to = -1
+        """The last frame a row image answered."""
         try:
             for i, f in enumerate(frames):
+                if i <= imaged_to:
+                    continue
                 if f.type == ord("P"):
                     texts[messages.parse_fields(f.body)[0]] = _parsed(f.body)
                     continue
@@ -301,9 +366,25 @@ class Writer:
                     got = await self._bound(ex, shard, sql, types, f.body)
                     if isinstance(got, NotDeterministic):
                         b.statements.pop("", None)
-                        if row_image.target(sql) is not None:
-                            got = dataclasses.replace(got, hint=f"{got.hint} ({_SIMPLE_ONLY})")
-                        return await self._refuse(ex, got, autocommit)
+                        tgt = row_image.target(sql)
+                        end = _portal_end(frames, i)
+                        if tgt is None or end is None:
+                            if tgt is not None:
+                                hint = f"{got.hint} ({_IMAGE_SHAPE})"
+                                got = dataclasses.replace(got, hint=hint)
+                            return await self._refuse(ex, got, autocommit)
+                        if i > start:  # what the client sent before it runs first
+                            answer = await self._send(ex, frames[start:i], replaced, fwd, start)
+                            if answer.error is not None:
+                                return await self._failed_batch(ex, answer, shard, autocommit)
+                        start, imaged_to = end + 1, end
+                        image = await self._bound_images(ex, tgt, got, types, frames[i : end + 1])
+                        if isinstance(image, NotDeterministic):
+                            return await self._refuse(ex, image, autocommit)
+                        if image is not None:
+                            logged.append(image)
+                            writes += 1
+                        continue
                     replaced[i], stmt = got
                     logged.append(stmt)
                     writes += 1
@@ -317,7 +398,7 @@ class Writer:
                 return Outcome(messages.TxStatus.IDLE)
             return Outcome(messages.TxStatus.FAILED)
         b.statements.pop("", None)  # the proxy's own unnamed statements replaced it
-        answer = await self._send(ex, frames, replaced, fwd)
+        answer = await self._send(ex, frames[start:], replaced, fwd, start)
         if answer.error is None:
             self._tx.statements.extend(logged)
             self._tx.writes += writes
@@ -339,18 +420,35 @@ class Writer:
         frames: Sequence[codec.Frame],
         replaced: dict[int, tuple[bytes, bytes]],
         fwd: Forward,
+        first: int = 0,
     ) -> Answer:
-        """The batch as the client sent it, but each write's Bind replaced by the Parse
-        of its rewritten text (answer swallowed) and a Bind with the fixed values."""
+        """The batch as the client sent it (``frames``, the batch's from index ``first``
+        on), but each write's Bind replaced by the Parse of its rewritten text (answer
+        swallowed) and a Bind with the fixed values. Frames that do not end with the
+        client's Sync (those before a row image) get one of the proxy's: inside the
+        transaction the proxy began or the client's, it ends no transaction."""
         b = ex.b
-        for i, f in enumerate(frames[:-1]):
+        last = frames[-1] if frames[-1].type == ord("S") else None
+        for i, f in enumerate(frames if last is None else frames[:-1], first):
             instead = replaced.get(i)
             if instead is None:
                 fwd.forward(b, f)
             else:
                 b.send(instead[0], Marker.HIDDEN_PARSE)
                 b.send(instead[1])
-        return await ex.relay(frames[-1].data)
+        return await ex.relay(bind_messages.sync() if last is None else last.data)
+
+    async def _failed_batch(
+        self, ex: Exchange, answer: Answer, shard: int, autocommit: bool
+    ) -> Outcome:
+        """Frames before a row image failed (their error relayed): like PostgreSQL, the
+        rest of the batch is skipped, and its Sync ends the transaction the proxy began
+        (a client's own stays aborted)."""
+        if not autocommit:
+            return self._end(answer, shard)
+        await ex.query("ROLLBACK")
+        self._after_rollback(shard)
+        return Outcome(messages.TxStatus.IDLE)
 
     async def _bound(
         self, ex: Exchange, shard: int, sql: str, types: tuple[int, ...], bind_body: bytes
@@ -591,6 +689,19 @@ def _mixed_transaction_control(sql: str) -> NotDeterministic | None:
                 "send transaction control (BEGIN/COMMIT/ROLLBACK) as statements of their own, "
                 "so the proxy can log the transaction before it commits",
             )
+    return None
+
+
+def _portal_end(frames: Sequence[codec.Frame], i: int) -> int | None:
+    """The index of the Execute of the portal ``frames[i]`` (a Bind) binds, when only
+    Describes of that portal come between; else None."""
+    portal = messages.bind_names(frames[i].body)[0]
+    for j in range(i + 1, len(frames)):
+        f = frames[j]
+        if f.type == ord("E") and messages.execute_portal(f.body) == portal:
+            return j
+        if f.type != ord("D") or f.body[:1] != b"P" or f.body[1:-1].decode() != portal:
+            return None
     return None
 
 

@@ -227,6 +227,15 @@ def close_complete() -> bytes:
     return _msg(b"3", b"")
 
 
+def no_data() -> bytes:
+    """The Describe answer for a statement or portal that returns no rows."""
+    return _msg(b"n", b"")
+
+
+def close_portal(name: str) -> bytes:
+    return _msg(b"C", b"P" + _z(name))
+
+
 def no_parameters() -> bytes:
     """ParameterDescription of a statement that takes no parameters."""
     return _msg(b"t", _INT16.pack(0))
