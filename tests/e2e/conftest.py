@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import external
-from tests.e2e.helpers import operator_namespace
+from tests.e2e.helpers import PG18_IMAGE, operator_namespace
 from tests.kube import cluster as kube_cluster
 from tests.kube.faults import Faults
 from tests.support import containers
@@ -54,6 +54,13 @@ def _pod_image() -> str:
     return os.environ["PGSHARD_TEST_IMAGE"]
 
 
+def _image_env() -> dict[str, dict[str, str]]:
+    """Process mode: ``PG18_IMAGE`` stands for an image with PostgreSQL 18 in it."""
+    if bindir := os.environ.get("PGSHARD_TEST_PG18_BINDIR"):
+        return {PG18_IMAGE: {"PGSHARD_PG_BINDIR": bindir}}
+    return {}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if external.kubeconfig():
         for item in items:
@@ -72,7 +79,7 @@ def kube() -> Iterator[kube_cluster.Kube]:
     with tempfile.TemporaryDirectory(prefix="pgshard-kube-") as d:
         directory = Path(d)
         directory.chmod(0o755)
-        cluster = kube_cluster.up(directory, pod_image=_pod_image())
+        cluster = kube_cluster.up(directory, pod_image=_pod_image(), image_env=_image_env())
         try:
             yield cluster
         finally:

@@ -97,6 +97,11 @@ def operator_namespace(
         kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+PG18_IMAGE = "pgshard:pg18"
+"""In process mode, the image the test node runs on PostgreSQL 18 (the embedded binaries
+scripts/install-postgres18 installs, ``$PGSHARD_TEST_PG18_BINDIR``): conftest.py."""
+
+
 def create_cluster(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> None:
     """Applies a ShardedCluster ``name`` with ``spec`` in namespace ``ns`` (fails on refusal)."""
     doc = crd.cluster(spec, name=name)

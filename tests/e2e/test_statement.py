@@ -8,12 +8,18 @@ value. Then the primary's pod is deleted under a writer: the follower with the h
 applied ``seq`` is promoted, no acknowledged insert is lost, and once the old primary
 has rejoined (a fresh copy by dump) all three members are identical; so they are again
 after that follower's pod is restarted and resumes applying from its volume.
+
+Major upgrades by ``spec.postgres.image`` (process mode, the embedded PostgreSQL 18 as
+the new image's binaries): a statement cluster moves onto 18 under a writer; a WAL
+cluster refuses, keeps serving, and is whole again once the spec is set back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +28,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.acked_writer import Writer
-from tests.e2e.helpers import create_cluster, get, wait_for
+from tests.e2e.helpers import PG18_IMAGE, create_cluster, get, wait_for
 from tests.kube.cluster import Kube
 
 pytestmark = pytest.mark.e2e
@@ -45,8 +51,8 @@ CREATE TABLE t (
 """
 
 
-def shard(kube: Kube, ns: str) -> dict[str, Any]:
-    status = get(kube, "shardedcluster", "-n", ns, NAME).get("status") or {}
+def shard(kube: Kube, ns: str, name: str = NAME) -> dict[str, Any]:
+    status = get(kube, "shardedcluster", "-n", ns, name).get("status") or {}
     entry: dict[str, Any] = (status.get("shards") or [{}])[0]
     return {**entry, "phase": status.get("phase"), "method": status.get("method")}
 
@@ -65,10 +71,10 @@ def settled(kube: Kube, ns: str, least: int = 0) -> dict[str, Any] | None:
     return s if ready and primary.get("position") is not None and len(done) == 2 else None
 
 
-async def members(kube: Kube, ns: str, password: str) -> dict[str, Any]:
+async def members(kube: Kube, ns: str, password: str, name: str = NAME) -> dict[str, Any]:
     """Each pod's ordered rows of ``t`` and its sequence's last value, by pod name."""
     out = {}
-    for pod in get(kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={NAME},"
+    for pod in get(kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name},"
                    "app.kubernetes.io/component=instance")["items"]:  # fmt: skip
         ip = pod["status"]["podIP"]
         conn = await asyncpg.connect(f"postgresql://app:{password}@{ip}:5432/app", timeout=10)
@@ -81,8 +87,8 @@ async def members(kube: Kube, ns: str, password: str) -> dict[str, Any]:
     return out
 
 
-async def all_identical(kube: Kube, ns: str, password: str, count: int) -> None:
-    found = await members(kube, ns, password)
+async def all_identical(kube: Kube, ns: str, password: str, count: int, name: str = NAME) -> None:
+    found = await members(kube, ns, password, name)
     assert len(found) == count, sorted(found)
     rows, last = next(iter(found.values()))
     assert len({n for _, n, _, _ in rows}) == len(rows) > 0
@@ -102,9 +108,9 @@ async def insert_and_touch(conn: Any, n: int) -> None:
         await conn.execute("UPDATE t SET at = now(), r = r + 1 WHERE n = $1", n - 1)
 
 
-def dump(kube: Kube, ns: str) -> None:
+def dump(kube: Kube, ns: str, name: str = NAME) -> None:
     """The shard's status and what every pod said, for a failure's report."""
-    print(shard(kube, ns))
+    print(shard(kube, ns, name))
     print(kube.kubectl("get", "pods,events", "-n", ns, "-o", "wide", check=False))
     for pod in get(kube, "pods", "-n", ns)["items"]:
         print(f"--- {pod['metadata']['name']}")
@@ -115,6 +121,27 @@ async def waited(what: str, check: Any, timeout: float, every: float = 0.5) -> A
     return await asyncio.to_thread(wait_for, what, check, timeout, every)
 
 
+def app_dsn(kube: Kube, ns: str, name: str) -> tuple[str, str]:
+    """The application's DSN through the proxy Service of cluster ``name``, and its
+    password (from the cluster's Secret)."""
+    secret = get(kube, "secret", "-n", ns, f"{name}-app")["data"]
+    password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
+    assert password
+    ip = get(kube, "service", "-n", ns, name)["spec"]["clusterIP"]
+    return f"postgresql://app:{password}@{ip}:5432/app", password
+
+
+async def none_lost(dsn: str, acked: list[int]) -> None:
+    """Every acknowledged ``n`` is in ``t``."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        present = {r["n"] for r in await conn.fetch("SELECT n FROM t")}
+    finally:
+        await conn.close()
+    missing = set(acked) - present
+    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+
+
 async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kube, ns: str) -> None:
     started = time.monotonic()
     create_cluster(kube, ns, NAME, SPEC)
@@ -122,11 +149,7 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kub
                           300, 2)  # fmt: skip
     assert before["method"] == "statement"
     assert isinstance(before["primary"]["position"], int)  # a seq, not an LSN
-    secret = get(kube, "secret", "-n", ns, f"{NAME}-app")["data"]
-    password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
-    assert password
-    ip = get(kube, "service", "-n", ns, NAME)["spec"]["clusterIP"]
-    dsn = f"postgresql://app:{password}@{ip}:5432/app"
+    dsn, password = app_dsn(kube, ns, NAME)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await conn.execute(TABLE)
@@ -150,13 +173,11 @@ async def test_statement_replication_on_pods_fails_over_by_applied_seq(kube: Kub
     new = after["primary"]["name"]
     assert new != old
     assert after["lastFailover"]["to"] == new.replace("-", "_")
-    conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        present = {r["n"] for r in await conn.fetch("SELECT n FROM t")}
-    finally:
-        await conn.close()
-    missing = set(w.acked) - present
-    assert not missing, f"acknowledged inserts lost: {sorted(missing)[:10]}"
+        await none_lost(dsn, w.acked)
+    except AssertionError:
+        dump(kube, ns)
+        raise
     try:
         final = await waited(f"{old} rejoined and every member at the primary's seq",
                              lambda: settled(kube, ns, logged + len(w.acked)), 180,
@@ -209,11 +230,9 @@ async def test_statement_sync_mode_on_pods_acknowledges_applied_commits(
 
     status = await waited("a Ready cluster, its follower applying", ready, 300, 2)
     assert status["statementAcks"] == 1
-    secret = get(kube, "secret", "-n", ns, f"{SYNC_NAME}-app")["data"]
-    password = urlsplit(base64.b64decode(secret["uri"]).decode()).password
-    ip = get(kube, "service", "-n", ns, SYNC_NAME)["spec"]["clusterIP"]
+    proxy_dsn, password = app_dsn(kube, ns, SYNC_NAME)
     follower = status["shards"][0]["followers"][0]["address"]
-    proxied = await asyncpg.connect(f"postgresql://app:{password}@{ip}:5432/app", timeout=10)
+    proxied = await asyncpg.connect(proxy_dsn, timeout=10)
     try:
         await proxied.execute("CREATE TABLE t (n int PRIMARY KEY)")
         direct = await asyncpg.connect(f"postgresql://app:{password}@{follower}/app", timeout=10)
@@ -228,3 +247,159 @@ async def test_statement_sync_mode_on_pods_acknowledges_applied_commits(
     finally:
         await proxied.close()
     assert not missing, f"acknowledged before the follower applied them: {missing}"
+
+
+UPGRADE_NAME = "stmtupg"
+
+
+async def versions(kube: Kube, ns: str, password: str) -> dict[str, int]:
+    """Each shard pod's ``server_version_num`` // 10000, by pod name."""
+    out = {}
+    for pod in get(kube, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={UPGRADE_NAME},"
+                   "app.kubernetes.io/component=instance")["items"]:  # fmt: skip
+        ip = (pod.get("status") or {}).get("podIP")
+        try:
+            conn = await asyncpg.connect(f"postgresql://app:{password}@{ip}:5432/app", timeout=5)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            continue  # restarting or copying: not counted
+        try:
+            version = int(await conn.fetchval("SHOW server_version_num"))
+            out[pod["metadata"]["name"]] = version // 10000
+        finally:
+            await conn.close()
+    return out
+
+
+async def polled(check: Any, timeout: float, every: float = 2) -> Any:
+    """The first true result of the coroutine function ``check``, polled; TimeoutError
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := await check():
+            return found
+        await asyncio.sleep(every)
+    raise TimeoutError
+
+
+@pytest.mark.test_node  # PostgreSQL 18 stands in for an image's through the node's image_env
+async def test_postgres_image_change_upgrades_a_statement_cluster_online(
+    kube: Kube, ns: str
+) -> None:
+    """``spec.postgres.image`` changed to an image of PostgreSQL 18 under a writer: the
+    operator restarts the follower (its volume holds 15 data: copied anew from the
+    primary onto 18), switches over to it, restarts the old primary (copied anew too);
+    every member then runs 18, no acknowledged write is lost, members are identical."""
+    if getattr(kube, "pod_image", "") or not os.environ.get("PGSHARD_TEST_PG18_BINDIR"):
+        pytest.skip("needs process mode and PostgreSQL 18 (scripts/install-postgres18)")
+    started = time.monotonic()
+    spec = {**SPEC, "replicasPerShard": 1, "tls": {"enabled": False}}  # the 18 build lacks SSL
+    create_cluster(kube, ns, UPGRADE_NAME, spec)
+
+    def settled() -> dict[str, Any] | None:
+        status = get(kube, "shardedcluster", "-n", ns, UPGRADE_NAME).get("status") or {}
+        s = (status.get("shards") or [{}])[0]
+        primary = s.get("primary") or {}
+        done = [
+            f
+            for f in s.get("followers") or ()
+            if f.get("state") == "streaming" and f.get("position") == primary.get("position")
+        ]
+        quiet = status.get("phase") == "Ready" and not status.get("rollout")
+        return s if quiet and primary.get("position") is not None and done else None
+
+    await waited("a Ready cluster, its follower applying", settled, 300, 2)
+    dsn, password = app_dsn(kube, ns, UPGRADE_NAME)
+    assert set((await versions(kube, ns, password)).values()) == {15}
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(TABLE)
+    finally:
+        await conn.close()
+
+    async def upgraded() -> dict[str, int] | None:
+        if await asyncio.to_thread(settled) is None:
+            return None
+        found = await versions(kube, ns, password)
+        return found if len(found) == 2 and set(found.values()) == {18} else None
+
+    async with Writer(dsn, insert_and_touch).running(0) as w:
+        await w.acked_more(20, 60)
+        before = await asyncio.to_thread(settled)
+        assert before is not None
+        patch = {"spec": {"postgres": {"image": PG18_IMAGE}}}
+        kube.kubectl("patch", "shardedcluster", "-n", ns, UPGRADE_NAME, "--type", "merge",
+                     "-p", json.dumps(patch))  # fmt: skip
+        try:
+            after = await polled(upgraded, 200)
+        except TimeoutError:
+            dump(kube, ns, UPGRADE_NAME)
+            raise AssertionError("the members did not all reach PostgreSQL 18") from None
+        await w.acked_more(20, 60)  # the proxy writes to the upgraded primary
+    s = await waited("the follower at the primary's seq", settled, 60)
+    assert s["primary"]["name"] != before["primary"]["name"], "no switchover happened"
+    await none_lost(dsn, w.acked)
+    await all_identical(kube, ns, password, 2, UPGRADE_NAME)
+    print(f"upgraded {sorted(after)} to PostgreSQL 18 under a writer: {len(w.acked)} "
+          f"acknowledged, {len(w.errors)} failed (their fate unknown: {w.errors[:3]}); "
+          f"test took {time.monotonic() - started:.0f}s")  # fmt: skip
+
+
+WAL_NAME = "walupg"
+
+
+@pytest.mark.test_node  # as above
+async def test_postgres_image_of_another_major_is_refused_in_wal_mode(kube: Kube, ns: str) -> None:
+    """WAL streaming cannot cross major versions: the follower restarted on the 18 image
+    exits saying so and leaves its volume as it was, the roll-out waits at it while the
+    primary keeps taking writes; the spec set back, the operator restarts that pod on
+    its old template (it serves nothing) and the shard is whole again."""
+    if getattr(kube, "pod_image", "") or not os.environ.get("PGSHARD_TEST_PG18_BINDIR"):
+        pytest.skip("needs process mode and PostgreSQL 18 (scripts/install-postgres18)")
+    spec = {**SPEC, "replicasPerShard": 1, "replication": {"method": "wal"},
+            "tls": {"enabled": False}}  # fmt: skip
+    create_cluster(kube, ns, WAL_NAME, spec)
+
+    def status() -> dict[str, Any]:
+        return get(kube, "shardedcluster", "-n", ns, WAL_NAME).get("status") or {}
+
+    def whole() -> dict[str, Any] | None:
+        s = status()
+        shard = (s.get("shards") or [{}])[0]
+        streaming = [f for f in shard.get("followers") or () if f.get("state") == "streaming"]
+        return s if s.get("phase") == "Ready" and not s.get("rollout") and streaming else None
+
+    before = await waited("a Ready cluster, its follower streaming", whole, 300, 2)
+    primary = before["shards"][0]["primary"]["name"]
+    follower = before["shards"][0]["followers"][0]["name"]
+    dsn, _ = app_dsn(kube, ns, WAL_NAME)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute("CREATE TABLE t (n int PRIMARY KEY)")
+    finally:
+        await conn.close()
+
+    def refused() -> str | None:
+        log = kube.kubectl("logs", "-n", ns, follower, check=False)
+        waiting = follower in str((status().get("rollout") or {}).get("0", ""))
+        return log if waiting and "WAL replication cannot change major versions" in log else None
+
+    def patch(image: str | None) -> None:
+        doc = json.dumps({"spec": {"postgres": {"image": image}}})
+        kube.kubectl("patch", "shardedcluster", "-n", ns, WAL_NAME, "--type", "merge", "-p", doc)
+
+    async with Writer(dsn).running(0) as w:
+        await w.acked_more(10, 60)
+        patch(PG18_IMAGE)
+        try:
+            log = await waited("the follower's refusal, the roll-out waiting at it", refused, 120)
+            await w.acked_more(20, 30)  # the primary, untouched, keeps taking writes
+            assert status()["shards"][0]["primary"]["name"] == primary
+            assert "set spec.postgres.image back" in log
+            patch(None)
+            await waited("the shard whole again on its old image", whole, 120, 2)
+        except AssertionError:
+            dump(kube, ns, WAL_NAME)
+            raise
+        await w.acked_more(10, 30)
+    members_now = await asyncio.to_thread(whole)
+    assert members_now is not None and members_now["shards"][0]["primary"]["name"] == primary

@@ -265,10 +265,17 @@ def temporary(prefix: str = "pgshard-kube-") -> Iterator[Cluster]:
 
 
 def up(
-    directory: Path, *, bin_dir: Path | None = None, timeout: float = 120, pod_image: str = ""
+    directory: Path,
+    *,
+    bin_dir: Path | None = None,
+    timeout: float = 120,
+    pod_image: str = "",
+    image_env: dict[str, dict[str, str]] | None = None,
 ) -> Cluster:
     """Start a cluster in ``directory`` (created; must not hold a running cluster);
-    ``pod_image``: the node runs containers of that image with podman (image mode)."""
+    ``pod_image``: the node runs containers of that image with podman (image mode);
+    ``image_env``: in process mode, the environment a container of each named image gets
+    (what such an image would carry, e.g. ``PGSHARD_PG_BINDIR`` of other binaries)."""
     directory = directory.resolve()
     if (directory / CLUSTER_STATE).exists():
         raise ClusterError(
@@ -287,6 +294,7 @@ def up(
         "processes": {},
         "bin": str(bin_dir),
         "pod_image": pod_image,
+        "image_env": image_env or {},
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -464,6 +472,7 @@ def _up(
         "ca": str(ca.cert),
         "kubernetes_version": "v1.37.2",
         "pod_image": state["pod_image"],
+        "image_env": state.get("image_env", {}),
     }
     (directory / "agent.json").write_text(json.dumps(agent_config, indent=2))
     env = dict(os.environ)

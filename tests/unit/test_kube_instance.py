@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pgshard_operator import naming
 from pgshard_operator.k8s import instance, roles
 
@@ -66,6 +68,26 @@ def test_start_plan() -> None:
     for p in (first, follower):
         plan = instance.start_plan(p, empty=False, lease_holder=None)
         assert plan.hold_primary and not plan.bootstrap and plan.copy_from is None
+
+
+def test_a_volume_of_another_major_version_is_copied_anew_in_statement_mode_only() -> None:
+    statement = instance.pod_env({**ENV, "PGSHARD_REPLICATION_METHOD": "statement"})
+    plan = instance.version_plan(statement, 15, 18, "demo_shard_1_0")
+    assert plan == instance.StartPlan(
+        bootstrap=False, copy_from="demo-shard-1-0", hold_primary=False, discard=True
+    )
+    # Nobody to copy from (or this member is the primary itself): the data stays.
+    for holder in (None, statement.member):
+        with pytest.raises(instance.VersionMismatch, match="replicasPerShard >= 1"):
+            instance.version_plan(statement, 15, 18, holder)
+    with pytest.raises(instance.VersionMismatch, match="WAL replication cannot change major"):
+        instance.version_plan(instance.pod_env(ENV), 15, 18, "demo_shard_1_0")
+
+
+def test_volume_major(tmp_path: Path) -> None:
+    assert instance.volume_major(tmp_path) is None
+    (tmp_path / "PG_VERSION").write_text("15\n")
+    assert instance.volume_major(tmp_path) == 15
 
 
 def test_missing_environment_is_a_clear_error() -> None:

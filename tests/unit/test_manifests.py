@@ -146,6 +146,13 @@ def test_cluster_image_overrides_the_operator_default() -> None:
     )
 
 
+def test_postgres_image_is_the_shard_pods_alone() -> None:
+    objs = build({"image": "mine:1", "postgres": {"image": "mine:pg18"}})
+    shard = objs[("StatefulSet", "demo-shard-0")]["spec"]["template"]["spec"]["containers"][0]
+    proxy = objs[("Deployment", "demo-proxy")]["spec"]["template"]["spec"]["containers"][0]
+    assert (shard["image"], proxy["image"]) == ("mine:pg18", "mine:1")
+
+
 def test_shard_services_select_by_role() -> None:
     objs = build()
     headless = objs[("Service", "demo-shard-0")]["spec"]

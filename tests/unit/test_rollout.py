@@ -35,6 +35,21 @@ def test_one_restart_at_a_time() -> None:
     assert rollout.next_step(missing, "new", 3).kind is StepKind.WAIT
 
 
+def test_an_outdated_member_that_cannot_come_up_is_restarted_while_the_primary_serves() -> None:
+    # A spec reverted after an image the follower could not start on: its pod carries
+    # the reverted-from template, never becomes ready, and would hold the roll-out.
+    stuck = [pod(0, P, "old"), pod(1, None, "bad", ready=False)]
+    step = rollout.next_step(stuck, "old", 2)
+    assert (step.kind, step.pod) == (StepKind.RESTART, "c-shard-0-1")
+    # Never while nobody serves as primary, never the primary, one restart at a time.
+    unserved = [pod(0, P, "old", ready=False), pod(1, R, "bad", ready=False)]
+    assert rollout.next_step(unserved, "old", 2).kind is StepKind.WAIT
+    primary_down = [pod(0, P, "bad", ready=False), pod(1, R, "old")]
+    assert rollout.next_step(primary_down, "old", 2).kind is StepKind.WAIT
+    one_going = [pod(0, P, "old"), pod(1, R, "bad", ready=False), pod(2, R, "x", deleting=True)]
+    assert rollout.next_step(one_going, "old", 3).kind is StepKind.WAIT
+
+
 def test_unlabelled_members_count_as_followers() -> None:
     step = rollout.next_step([pod(0, P, "new"), pod(1, None, "old")], "new", 2)
     assert (step.kind, step.pod) == (StepKind.RESTART, "c-shard-0-1")

@@ -15,6 +15,14 @@ exported snapshot, then the applier; ``wal``: pg_basebackup, then streaming); a
 volume with data starts with ``--hold-primary``, so a restarted primary never serves
 on its own: the shard manager fails over (or rejoins it) first (a statement-mode
 follower's volume also gets ``--upstream``, the primary it applied the log of).
+
+A volume whose ``PG_VERSION`` is not the major version of this image's binaries (a
+``spec.postgres.image`` change to another major) is, in statement mode, copied anew from
+the lease holder onto the new binaries: the roll-out restarts followers first and
+switches over before the old primary, so every member reaches the new version by a copy
+and the only write pause is the switchover's. In WAL mode, or with no other member
+holding the lease, the pod exits saying so and the volume stays untouched
+(:func:`version_plan`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +39,7 @@ from pathlib import Path
 from pgshard_proxy.contract import statement_log as slog
 
 from .. import atomicfile, naming
-from ..instance import config
+from ..instance import config, postgres
 from . import apply, lease
 
 CONNECT_FROM = "0.0.0.0/0"
@@ -123,6 +132,13 @@ class StartPlan:
     """Pod to copy (and follow) because the volume is empty."""
     hold_primary: bool
     """The volume has data: if it was a primary's, wait for the shard manager."""
+    discard: bool = False
+    """The volume's data is of another major version: removed, then copied anew."""
+
+
+class VersionMismatch(Exception):
+    """The volume holds another major version and cannot be copied anew (message: why,
+    and what to do)."""
 
 
 def start_plan(p: PodEnv, empty: bool, lease_holder: str | None) -> StartPlan:
@@ -137,6 +153,36 @@ def start_plan(p: PodEnv, empty: bool, lease_holder: str | None) -> StartPlan:
         else naming.member_pod(p.cluster, p.shard, 0)
     )
     return StartPlan(bootstrap=False, copy_from=source, hold_primary=False)
+
+
+def version_plan(p: PodEnv, on_volume: int, binaries: int, lease_holder: str | None) -> StartPlan:
+    """How a pod whose volume holds PostgreSQL ``on_volume`` data starts on ``binaries``
+    of another major version (pure): a copy of the lease holder onto the new binaries, in
+    statement mode only. Raises VersionMismatch when that is not possible."""
+    what = f"the volume holds PostgreSQL {on_volume} data and this image runs PostgreSQL {binaries}"
+    if p.method != "statement":
+        raise VersionMismatch(
+            f"{what}: WAL replication cannot change major versions; set "
+            "spec.postgres.image back (a major upgrade needs replication.method: statement)"
+        )
+    if lease_holder is None or lease_holder == p.member:
+        raise VersionMismatch(
+            f"{what}, and no other member holds the primary lease to copy from; the volume "
+            "is left as it is. A major upgrade switches over to an upgraded follower before "
+            "the primary restarts: it needs replicasPerShard >= 1. Set spec.postgres.image "
+            "back to restart this member on its own version"
+        )
+    return StartPlan(
+        bootstrap=False, copy_from=member_pod_name(lease_holder), hold_primary=False, discard=True
+    )
+
+
+def volume_major(data_dir: Path) -> int | None:
+    """The major version of the data on the volume (``PG_VERSION``); None when empty."""
+    try:
+        return int((data_dir / "PG_VERSION").read_text().strip())
+    except FileNotFoundError:
+        return None
 
 
 def member_pod_name(member: str) -> str:
@@ -246,9 +292,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     atomicfile.atomic_write(state / "credentials.json", json.dumps(credentials_doc(p)), 0o600)
     atomicfile.atomic_write(state / "control.token", p.control_token + "\n", 0o600)
     conf_text = p.pg_config.read_text() if p.pg_config.exists() else ""
-    empty = not (p.data_dir / "PG_VERSION").exists()
-    plan = start_plan(p, empty, asyncio.run(lease_holder(p)) if empty else None)
+    on_volume = volume_major(p.data_dir)
+    try:
+        binaries = postgres.major_version(postgres.find_bindir())
+    except postgres.PostgresNotInstalled as e:
+        raise SystemExit(f"pgshard instance: {e}") from None
+    if on_volume is not None and on_volume != binaries:
+        try:
+            plan = version_plan(p, on_volume, binaries, asyncio.run(lease_holder(p)))
+        except VersionMismatch as e:
+            raise SystemExit(f"pgshard instance: {e}") from None
+    else:
+        empty = on_volume is None
+        plan = start_plan(p, empty, asyncio.run(lease_holder(p)) if empty else None)
     upstream = asyncio.run(pod_address(p, plan.copy_from)) if plan.copy_from else None
+    if plan.discard:
+        print(
+            f"pgshard instance: PostgreSQL {on_volume} data on the volume, binaries of "
+            f"{binaries}: removing it to copy {plan.copy_from} anew",
+            flush=True,
+        )
+        shutil.rmtree(p.data_dir)
     if plan.hold_primary and p.method == "statement":
         upstream = pinned_upstream(p.data_dir)
     args = agent_argv(p, upstream, conf_text, hold_primary=plan.hold_primary)

@@ -268,7 +268,7 @@ def shard_statefulset(
     selector = naming.shard_selector(ref.name, shard)
     container: dict[str, Any] = {
         "name": "instance",
-        "image": spec.image or settings.image,
+        "image": spec.postgres.image or spec.image or settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": list(settings.instance_command),
         "env": _instance_env(ref, spec, shard, settings.pod_env),
@@ -276,6 +276,7 @@ def shard_statefulset(
             {"name": "postgres", "containerPort": naming.PG_PORT},
             {"name": "status", "containerPort": naming.STATUS_PORT},
         ],
+        # Open once the member serves: a copy in progress restores on another port.
         "readinessProbe": {
             "tcpSocket": {"port": "postgres"},
             "periodSeconds": 2,

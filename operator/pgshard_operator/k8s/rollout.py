@@ -4,11 +4,13 @@ StatefulSets use ``updateStrategy: OnDelete``, so pods keep their old template
 until the operator deletes them. The handlers' per-cluster daemon calls
 :func:`next_step` for each shard with what it read from the API and carries out
 the answer: restart outdated followers one at a time, each only while every
-other member is ready; then move the primary role to an up-to-date follower
-(planned switchover, no acknowledged write lost); the old primary is then an
-outdated follower and is restarted like the others. :func:`scale_plan` keeps a
-lowered ``replicasPerShard`` from deleting the pod that is the primary (the
-StatefulSet removes the highest ordinals).
+other member is ready (an outdated member that is not ready, while another serves as
+primary, is restarted at once: it serves nothing, and waiting for it could last
+forever, e.g. after a spec reverted from an image it cannot start on); then move the
+primary role to an up-to-date follower (planned switchover, no acknowledged write
+lost); the old primary is then an outdated follower and is restarted like the others.
+:func:`scale_plan` keeps a lowered ``replicasPerShard`` from deleting the pod that is
+the primary (the StatefulSet removes the highest ordinals).
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def next_step(pods: Sequence[MemberPod], update_revision: str, expected: int) ->
     if not outdated:
         return Step(StepKind.DONE, "every member runs the current template")
     busy = [p for p in pods if p.deleting or not p.ready]
+    serving = [p for p in pods if p.role is naming.Role.PRIMARY and p.ready and not p.deleting]
+    stuck = [p for p in outdated if p in busy and p.role is not naming.Role.PRIMARY]
+    if serving and stuck and not any(p.deleting for p in pods):
+        # A member that cannot come up on its template (a spec reverted after a bad
+        # image, say) would hold the roll-out forever: it serves nothing, so it may go.
+        pod = max(stuck, key=lambda p: p.ordinal)
+        return Step(
+            StepKind.RESTART,
+            f"restarting {pod.name}: not ready on an outdated template while "
+            f"{serving[0].name} serves as primary",
+            pod.name,
+        )
     if busy or len(pods) < expected:
         names = ", ".join(sorted(p.name for p in busy)) or "a missing member"
         return Step(StepKind.WAIT, f"waiting for {names} to be ready before the next restart")

@@ -131,6 +131,10 @@ class PostgresSpec:
     version: int = 15
     parameters: Pairs = ()
     """postgresql.conf settings for every member, values as PostgreSQL reads them."""
+    image: str | None = None
+    """The shard pods' image (its PostgreSQL binaries); None: ``spec.image``. A change is
+    rolled out like any template change; in statement mode it may carry another major
+    version (members re-copied onto the new binaries, k8s/instance.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +367,7 @@ def _postgres(r: _Reader) -> PostgresSpec:
             kept.append((key, value))
         elif key not in managed:
             r.bad(f"parameters.{key}" if _PARAMETER_NAME.match(key) else "parameters", problem)
-    return PostgresSpec(version=int(version), parameters=tuple(kept))
+    return PostgresSpec(version=int(version), parameters=tuple(kept), image=r.string("image"))
 
 
 def _check_replication(r: _Reader) -> ReplicationMethod:

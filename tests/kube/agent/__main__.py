@@ -4,7 +4,8 @@ Wires the parts together: the bridge (network), Node registration and heartbeat 
 the pods bound to this node (pods), the Service proxy (services), the volume provisioner
 (provisioner), NetworkPolicy egress as pod routes (policies) and the failure-injection
 socket (control). With ``pod_image`` in the config, containers of that image run with
-podman (imagepods). On SIGTERM it stops every pod's processes, removes network
+podman (imagepods); ``image_env`` gives process-mode containers of the images it names
+their environment. On SIGTERM it stops every pod's processes, removes network
 namespaces and the bridge, and exits.
 """
 
@@ -52,7 +53,10 @@ async def run(config: dict[str, object]) -> None:
         int(str(config["kubelet_port"])),
     )
     pod_image = PodImage(str(config["pod_image"]), state_dir) if config.get("pod_image") else None
-    ctx = NodeContext(api, node.name, index, state_dir, services, slices, node.enabled, pod_image)
+    image_env = {str(k): dict(v) for k, v in dict(config.get("image_env") or {}).items()}
+    ctx = NodeContext(
+        api, node.name, index, state_dir, services, slices, node.enabled, pod_image, image_env
+    )
     pods = PodManager(ctx)
     policies = Informer(api, "/apis/networking.k8s.io/v1/networkpolicies")
     enforcer = Enforcer(index, policies, pods.informer, pods.network_of)

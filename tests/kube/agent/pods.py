@@ -62,10 +62,14 @@ class NodeContext:
         slices: Informer,
         connected: asyncio.Event,
         pod_image: PodImage | None = None,
+        image_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.api = api
         # Image mode (imagepods.py): containers of this image run with podman.
         self.pod_image = pod_image
+        # Process mode: what a container of each named image gets in its environment, as
+        # the image's ENV would (cluster.up(image_env=...)).
+        self.image_env = image_env or {}
         # Cleared while a stopped-heartbeat fault simulates a node cut off from the API
         # server: then pod status is not reported either.
         self.connected = connected
@@ -153,6 +157,7 @@ class ContainerRunner:
         if w.pod["spec"].get("enableServiceLinks", True) is False:
             services = []
         env.update(podenv.service_env(services, w.ns, w.ctx.kubernetes_ip))
+        env.update(w.ctx.image_env.get(self.spec.get("image", ""), {}))
         for source in self.spec.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
