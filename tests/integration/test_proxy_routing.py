@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.support import consistency_workload as workload
-from tests.support import history, pgserver, replicated
+from tests.support import history, pgserver, pipeline, replicated
 from tests.support import proxy as proxy_support
 
 
@@ -144,18 +144,6 @@ def _reads_reach_the_follower(c: psycopg.Connection) -> None:
         time.sleep(0.1)
 
 
-def _pipeline_results(pg: psycopg.pq.abc.PGconn) -> list[psycopg.pq.abc.PGresult]:
-    """Results of a libpq pipeline up to its sync (blocking connection)."""
-    out = []
-    while True:
-        r = pg.get_result()
-        if r is None:
-            continue
-        out.append(r)
-        if r.status == psycopg.pq.ExecStatus.PIPELINE_SYNC:
-            return out
-
-
 def test_a_write_arriving_later_in_a_pipelined_batch_takes_the_batch_to_the_primary(
     lagging: Setup,
 ) -> None:
@@ -172,7 +160,7 @@ def test_a_write_arriving_later_in_a_pipelined_batch_takes_the_batch_to_the_prim
         pg.send_query_params(b"insert into late_write values (1)", None)
         pg.pipeline_sync()
         assert pg.flush() == 0
-        results = _pipeline_results(pg)
+        results = pipeline.results(pg)
         pg.exit_pipeline_mode()
     errors = [r.error_message.decode() for r in results if r.error_message]
     assert errors == []
@@ -239,7 +227,7 @@ def test_after_a_failed_flushed_read_the_rest_of_the_pipeline_is_skipped(
         pg.send_query_params(b"insert into skipped_write values (1)", None)
         pg.pipeline_sync()
         assert pg.flush() == 0
-        statuses = [r.status for r in _pipeline_results(pg)]
+        statuses = [r.status for r in pipeline.results(pg)]
         pg.exit_pipeline_mode()
     assert psycopg.pq.ExecStatus.PIPELINE_ABORTED in statuses
     with psycopg.connect(primary.dsn) as direct:

@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.support import localcluster
+from tests.support import localcluster, pipeline
 from tests.support.proxy_writers import kill_primary_under_writers
 from tests.support.statement_writer import table_contents
 
@@ -347,17 +347,15 @@ def _pipelined(dsn: str, statements: list[tuple[bytes, list[bytes]]]) -> list[An
             pg.send_query_params(sql, args)
         pg.pipeline_sync()
         assert pg.flush() == 0
-        out = []
-        while True:
-            r = pg.get_result()
-            if r is None:
-                continue
-            if r.status == psycopg.pq.ExecStatus.PIPELINE_SYNC:
-                break
-            status = psycopg.pq.ExecStatus(r.status).name
-            out.append((status, (r.error_message or r.command_status or b"").decode()))
+        got = pipeline.results(pg)[:-1]  # without the sync's
         pg.exit_pipeline_mode()
-    return out
+    return [
+        (
+            psycopg.pq.ExecStatus(r.status).name,
+            (r.error_message or r.command_status or b"").decode(),
+        )
+        for r in got
+    ]
 
 
 async def test_row_images_in_a_pipelined_batch_run_after_what_came_before(

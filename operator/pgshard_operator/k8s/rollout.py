@@ -58,7 +58,7 @@ def next_step(pods: Sequence[MemberPod], update_revision: str, expected: int) ->
         return Step(StepKind.DONE, "every member runs the current template")
     busy = [p for p in pods if p.deleting or not p.ready]
     serving = [p for p in pods if p.role is naming.Role.PRIMARY and p.ready and not p.deleting]
-    stuck = [p for p in outdated if p in busy and p.role is not naming.Role.PRIMARY]
+    stuck = [p for p in outdated if not p.ready and p.role is not naming.Role.PRIMARY]
     if serving and stuck and not any(p.deleting for p in pods):
         # A member that cannot come up on its template (a spec reverted after a bad
         # image, say) would hold the roll-out forever: it serves nothing, so it may go.

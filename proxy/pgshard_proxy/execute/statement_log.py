@@ -212,13 +212,7 @@ class Writer:
         if isinstance(answer_or_refusal, NotDeterministic):
             return await self._refuse(ex, answer_or_refusal, autocommit)
         answer = answer_or_refusal
-        if not autocommit:
-            return self._end(answer, shard)
-        if answer.error is not None:
-            await ex.query("ROLLBACK")
-            self._after_rollback(shard)
-            return Outcome(messages.TxStatus.IDLE)
-        return await self._append_and_commit(ex, shard, None)
+        return await self._finish(ex, shard, answer, autocommit)
 
     async def _row_images(
         self, ex: Exchange, shard: int, sql: str, refusal: NotDeterministic
@@ -338,12 +332,11 @@ class Writer:
         commit_seq: int | None = None
         texts: dict[str, tuple[str, tuple[int, ...]]] = {}
         start = 0
-        """The first frame not sent yet (a row image runs after the frames before it)."""
-        imaged_to = -1
-        """The last frame a row image answered."""
+        """The first frame not sent yet (a row image runs after the frames before it,
+        and answers its own frames)."""
         try:
             for i, f in enumerate(frames):
-                if i <= imaged_to:
+                if i < start:
                     continue
                 if f.type == ord("P"):
                     texts[messages.parse_fields(f.body)[0]] = _parsed(f.body)
@@ -376,8 +369,8 @@ class Writer:
                         if i > start:  # what the client sent before it runs first
                             answer = await self._send(ex, frames[start:i], replaced, fwd, start)
                             if answer.error is not None:
-                                return await self._failed_batch(ex, answer, shard, autocommit)
-                        start, imaged_to = end + 1, end
+                                return await self._finish(ex, shard, answer, autocommit)
+                        start = end + 1
                         image = await self._bound_images(ex, tgt, got, types, frames[i : end + 1])
                         if isinstance(image, NotDeterministic):
                             return await self._refuse(ex, image, autocommit)
@@ -406,13 +399,7 @@ class Writer:
             committed = answer.error is None and answer.status is messages.TxStatus.IDLE
             self.ended()
             return Outcome(answer.status, commit_seq if committed else None)
-        if not autocommit:
-            return self._end(answer, shard)
-        if answer.error is not None:
-            await ex.query("ROLLBACK")
-            self._after_rollback(shard)
-            return Outcome(messages.TxStatus.IDLE)
-        return await self._append_and_commit(ex, shard, None)
+        return await self._finish(ex, shard, answer, autocommit)
 
     async def _send(
         self,
@@ -438,17 +425,18 @@ class Writer:
                 b.send(instead[1])
         return await ex.relay(bind_messages.sync() if last is None else last.data)
 
-    async def _failed_batch(
-        self, ex: Exchange, answer: Answer, shard: int, autocommit: bool
-    ) -> Outcome:
-        """Frames before a row image failed (their error relayed): like PostgreSQL, the
-        rest of the batch is skipped, and its Sync ends the transaction the proxy began
-        (a client's own stays aborted)."""
+    async def _finish(self, ex: Exchange, shard: int, answer: Answer, autocommit: bool) -> Outcome:
+        """After a request's statements ran (``answer``): a client's transaction block
+        goes on (or stays aborted); the one the proxy began for a statement outside one
+        commits with its entry, or is rolled back after an error (the rest of a batch is
+        then skipped, as PostgreSQL does)."""
         if not autocommit:
             return self._end(answer, shard)
-        await ex.query("ROLLBACK")
-        self._after_rollback(shard)
-        return Outcome(messages.TxStatus.IDLE)
+        if answer.error is not None:
+            await ex.query("ROLLBACK")
+            self._after_rollback(shard)
+            return Outcome(messages.TxStatus.IDLE)
+        return await self._append_and_commit(ex, shard, None)
 
     async def _bound(
         self, ex: Exchange, shard: int, sql: str, types: tuple[int, ...], bind_body: bytes
