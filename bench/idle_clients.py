@@ -1,7 +1,7 @@
 """Memory of idle client connections: pgshard-proxy (transaction pooling) vs PgBouncer.
 
-Run: ``python3 -m bench.idle_clients [--clients 5000] [--pool-size 10]`` from the
-repository root, as root (PostgreSQL and PgBouncer run as ``postgres``; the open-file
+Run: ``python3 -m bench.idle_clients [--clients 5000] [--pool-size 10] [--metrics]``
+from the repository root, as root (PostgreSQL and PgBouncer run as ``postgres``; the open-file
 limit is raised for the clients). Starts a throwaway PostgreSQL 15 server, a proxy with
 ``--pool-mode transaction`` and PgBouncer in transaction pooling, both with ``trust``
 authentication and the same pool size; opens the clients against each in turn (at
@@ -9,7 +9,8 @@ most 50 logging in at once), each running one ``SELECT 1`` (so it has borrowed a
 connection once), leaves them idle, and prints each process's resident memory before
 and with them, per client, and the ratio. Then a ``SELECT 1`` on 100 of the idle
 clients checks they still work. Prints numbers; asserts nothing. Everything it starts
-is stopped by pid.
+is stopped by pid. ``--metrics``: the proxy also serves ``/metrics`` (as in a local
+cluster or a pod), which loads aiohttp (~14 MB).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "proxy")]
 
-from tests.support import pgserver  # noqa: E402
+from tests.support import net, pgserver  # noqa: E402
 from tests.support import proxy as proxy_support  # noqa: E402
 
 from bench.proxy import start_pgbouncer  # noqa: E402
@@ -93,10 +94,11 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
         topo = topology.Topology(shards=(topology.Shard(index=0, epoch=1, primary=primary),))
         config = base / "proxy.yaml"
         config.write_text(f"max_clients: {args.clients + 100}\n")
+        metrics = ["--metrics-port", str(net.free_port(server.host))] if args.metrics else []
         proxy = proxy_support.start_proxy(
             base, topo, "--pool-mode", "transaction", "--pool-size", str(args.pool_size),
-            "--auth-method", "trust", "--config", str(config),
-            user="postgres", password="bench",
+            "--auth-method", "trust", "--config", str(config), *metrics,
+            user="postgres", password="bench", host=server.host,
         )  # fmt: skip
         try:
             (base / "bouncer").mkdir()
@@ -124,6 +126,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=5000)
     ap.add_argument("--pool-size", type=int, default=10)
+    ap.add_argument("--metrics", action="store_true", help="the proxy serves /metrics too")
     args = ap.parse_args()
     # Each side holds a descriptor per client (the clients here, the proxy or PgBouncer,
     # which inherit the limit).

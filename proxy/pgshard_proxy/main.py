@@ -172,14 +172,14 @@ async def serve(
     if settings.metrics_port is not None:
         port = settings.metrics_port + worker  # each worker process has its own metrics
         try:
-            exporter = await metrics.serve(server.ctx.metrics, settings.host, port)
+            exporter = metrics.Endpoint(server.ctx.metrics, settings.host, port)
         except OSError as e:
             raise ValueError(f"cannot serve metrics on {settings.host}:{port}: {e}") from None
     try:
         await server.start()
     except BaseException:
         if exporter is not None:
-            await exporter.cleanup()
+            await exporter.stop()
         raise
     print(f"pgshard-proxy listening on {server.address}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -193,7 +193,7 @@ async def serve(
         if watcher is not None:
             watcher.cancel()
         if exporter is not None:
-            await exporter.cleanup()
+            await exporter.stop()
         await server.close()
 
 

@@ -11,18 +11,18 @@ server connections, the classifier's cache statistics.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
+    start_wsgi_server,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -281,17 +281,36 @@ def _slug(reason: Reason) -> str:
     return reason.name.lower().replace("_", "-")
 
 
-async def serve(metrics: ProxyMetrics, host: str, port: int) -> web.AppRunner:
-    """``GET /metrics`` on ``host:port`` (a port of its own: scrapes never meet clients)."""
+SCRAPE_TIMEOUT = 5.0
+"""Seconds a scrape waits for the event loop to read the live metrics."""
 
-    async def scrape(request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
 
-    app = web.Application()
-    app.router.add_get("/metrics", scrape)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+class _OnLoop(Collector):
+    """Collects a registry on the event loop's thread: the live metrics read sessions
+    and pools, which only that thread may touch."""
+
+    def __init__(self, registry: CollectorRegistry, loop: asyncio.AbstractEventLoop) -> None:
+        self._registry = registry
+        self._loop = loop
+
+    def collect(self) -> list[Metric]:
+        return asyncio.run_coroutine_threadsafe(self._collect(), self._loop).result(SCRAPE_TIMEOUT)
+
+    async def _collect(self) -> list[Metric]:
+        return list(self._registry.collect())
+
+
+class Endpoint:
+    """The running ``/metrics`` endpoint: prometheus_client's WSGI server in a thread
+    of its own. Not aiohttp: a proxy that loads no HTTP framework stays ~9 MB smaller
+    (README "Idle clients"), and a scrape never runs on the event loop's time, only its
+    reading of the live metrics does."""
+
+    def __init__(self, metrics: ProxyMetrics, host: str, port: int) -> None:
+        on_loop = CollectorRegistry(auto_describe=False)
+        on_loop.register(_OnLoop(metrics.registry, asyncio.get_running_loop()))
+        self._server, self._thread = start_wsgi_server(port, host, on_loop)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._server.shutdown)
+        self._server.server_close()

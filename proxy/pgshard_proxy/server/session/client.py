@@ -110,14 +110,19 @@ class Session(asyncio.Protocol):
         self.state = State.INITIAL
         self._transport: asyncio.Transport | None = None
         self._decoder = codec.FrontendDecoder(ctx.settings.max_message_bytes)
-        self._login = startup.Login(ctx, self._decoder, self.write)
+        self._login: startup.Login | None = startup.Login(ctx, self._decoder, self.write)
+        """Until the client is authenticated; then only its ``_database`` is kept."""
+        self._database = ""
         self._servers = Servers()
         self._replicated = Replicated()
         self._key: tuple[int, int] | None = None
-        self._paused: set[str] = set()
+        self._paused: frozenset[str] = frozenset()
+        """Why reading from the client stopped (frozensets: an empty one costs an idle
+        session nothing, README "Idle clients")."""
         self._writing_paused = False
         """The client's socket is full (its transport paused writing)."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
+        """The session's own tasks, made on the first (most sessions never have one)."""
         self.consistency = SessionConsistency(
             ctx.monitor,
             mode=Mode(ctx.settings.consistency.value),
@@ -136,7 +141,7 @@ class Session(asyncio.Protocol):
         """The shard of ``_tx_route``: a transaction stays on one shard."""
         self._decided_shard = 0
         """The shard ``_decided`` is a route in."""
-        self._key_types_tried: set[str] = set()
+        self._key_types_tried: frozenset[str] = frozenset()
         self._topology_wait = borrowing.TopologyWait(ctx)
         self._watch = FollowerWatch()
         """Follower requests not yet answered, in case the follower stops answering."""
@@ -148,7 +153,8 @@ class Session(asyncio.Protocol):
         self._needs_primary: BackendConnection | None = None
         """A follower that refused the request in flight (``unlogged``): rerun it."""
         """A Query its primary refused as read-only: run it again once that answer ends."""
-        self._log_writer = log_writer.Writer(ctx.statement_log, self.write)
+        self._log_writer: log_writer.Writer | None = None
+        """Statement replication's writer, made for the session's first logged request."""
 
     # --- asyncio.Protocol
 
@@ -208,7 +214,7 @@ class Session(asyncio.Protocol):
         self._servers.release_all(
             pooled=self.ctx.settings.pool_mode is PoolMode.TRANSACTION and not self._requests.pinned
         )
-        for task in self._tasks:
+        for task in self._tasks or ():
             task.cancel()
         self._background(self.consistency.close())
 
@@ -273,6 +279,7 @@ class Session(asyncio.Protocol):
     # --- startup (startup.Login) and the first server
 
     def _read_initial(self) -> bool:
+        assert self._login is not None
         step = self._login.initial()
         if step is startup.Step.START_TLS:
             self._spawn(self._start_tls())
@@ -301,22 +308,27 @@ class Session(asyncio.Protocol):
             return
         # uvloop's transports implement the interface without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._login.tls = True
+        if self._login is not None:
+            self._login.tls = True
 
     def _read_auth(self) -> None:
         while self.state is State.AUTH and (frame := self._decoder.auth_frame()) is not None:
+            assert self._login is not None
             if self._login.password(frame) is startup.Step.AUTHENTICATED:
                 self._authenticated()
 
     def _authenticated(self) -> None:
-        assert self._login.startup is not None
+        assert self._login is not None and self._login.startup is not None
+        params = self._login.startup.params
+        self._database = self._login.startup.database
+        self._login = None
         self._login_done()
         if len(self.ctx.sessions) - len(self.ctx.logins) > self.ctx.settings.max_clients:
             self._fatal(SqlState.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
             return
         self.write(messages.auth_ok())
         self.state = State.CONNECTING
-        proxy_settings, server_settings = startup.split_settings(self._login.startup.params)
+        proxy_settings, server_settings = startup.split_settings(params)
         for name, value in server_settings:
             if name.lower() == "synchronous_commit" and weakens_commit(value):
                 self._fatal(
@@ -392,10 +404,9 @@ class Session(asyncio.Protocol):
     # --- borrowing servers and waiting
 
     async def _acquire(self, route: Route, shard: int = 0) -> BackendConnection:
-        assert self._login.startup is not None
         b, pool = await borrowing.borrow(
             self.ctx,
-            self._login.startup.database,
+            self._database,
             route,
             lambda: self.state is State.CLOSED,
             shard,
@@ -413,16 +424,24 @@ class Session(asyncio.Protocol):
 
     def _spawn(self, coro: collections.abc.Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
 
     def _pause(self, reason: str) -> None:
         if not self._paused and self._transport is not None:
             self._transport.pause_reading()
-        self._paused.add(reason)
+        self._paused |= {reason}
 
     def _resume(self, reason: str) -> None:
-        self._paused.discard(reason)
+        self._paused -= {reason}
         if not self._paused and self._transport is not None:
             self._transport.resume_reading()
 
@@ -537,8 +556,7 @@ class Session(asyncio.Protocol):
             self._forget(b)
             b = None
         if b is None and self.ctx.settings.pool_mode is PoolMode.TRANSACTION:
-            assert self._login.startup is not None
-            idle = borrowing.borrow_idle(self.ctx, self._login.startup.database, route, shard_index)
+            idle = borrowing.borrow_idle(self.ctx, self._database, route, shard_index)
             if idle is not None:
                 b = self._hold(route, shard_index, *idle)
                 self._topology_wait.reset()
@@ -618,14 +636,12 @@ class Session(asyncio.Protocol):
 
     def target(self, sql: str, bind: keyroute.BindValues | None) -> sharding.Target | None:
         topo = self.ctx.topology
-        where = sharding.target(
-            sql, bind, topo, self.ctx.key_types, frozenset(self._key_types_tried)
-        )
+        where = sharding.target(sql, bind, topo, self.ctx.key_types, self._key_types_tried)
         if where.kind is not sharding.Kind.KEY_TYPE:
             return where
         assert where.table is not None and topo is not None
         table = next(t for t in topo.tables if t.name == where.table)
-        self._key_types_tried.add(table.name)
+        self._key_types_tried |= {table.name}
         self._requests.wait()
         self._spawn(self._learn_then_resume(table, topo.shards[0]))
         return None
@@ -893,7 +909,8 @@ class Session(asyncio.Protocol):
         if idle:
             self._tx_route = None
             self._tx_shard = None
-            self._log_writer.ended()
+            if self._log_writer is not None:
+                self._log_writer.ended()
         elif self._tx_route is None:
             self._tx_route = route
             self._tx_shard = shard
@@ -1000,7 +1017,11 @@ class Session(asyncio.Protocol):
         return topo.method if topo is not None else "wal"
 
     def logs(self, c: Classified) -> bool:
-        return self.replication_method() == "statement" and self._log_writer.handles(c)
+        if self.replication_method() != "statement":
+            return False
+        if self._log_writer is None:
+            self._log_writer = log_writer.Writer(self.ctx.statement_log, self.write)
+        return self._log_writer.handles(c)
 
     def run_logged(
         self,
@@ -1023,12 +1044,14 @@ class Session(asyncio.Protocol):
         """A write of statement replication: the log writer runs it (statement_log)."""
         ex = exchange.Exchange(b, self.write)
         b.attach(ex)
+        writer = self._log_writer
+        assert writer is not None  # made by logs(), which routed the request here
         try:
             if frames[0].type == ord("Q"):
                 sql = messages.query_sql(frames[0].body)
-                done = await self._log_writer.simple(ex, shard, sql, c)
+                done = await writer.simple(ex, shard, sql, c)
             else:
-                done = await self._log_writer.extended(ex, shard, frames, self._requests)
+                done = await writer.extended(ex, shard, frames, self._requests)
         except Exception as e:  # a lost server, or a bug: never leave the client hanging
             if not isinstance(e, (exchange.ExchangeFailed, BackendError, ConnectionError)):
                 log.exception("statement-log writer failed")

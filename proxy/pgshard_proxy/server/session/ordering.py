@@ -69,6 +69,8 @@ class Servers:
         for key, have in list(self._by_role.items()):
             if have is b:
                 del self._by_role[key]
+        if not self._by_role:
+            self._by_role = {}
         if self.current is b:
             self.current = None
         self._release(b, pooled)
@@ -82,6 +84,8 @@ class Servers:
     def _release(self, b: BackendConnection, pooled: bool) -> None:
         self._routes.pop(b, None)
         pool = self._pools.pop(b, None)
+        if not self._pools:  # a dict keeps its grown table: an idle session keeps none
+            self._pools, self._routes = {}, {}
         if pool is None:
             b.close()
         elif pooled:

@@ -48,7 +48,7 @@ class Replicated:
     def __init__(self) -> None:
         self.statements: dict[str, Statement] = {}
         self.set_log: tuple[str, ...] = ()
-        self._forgetting: set[int] = set()
+        self._forgetting: frozenset[int] = frozenset()
         """Indexes of ``set_log`` entries that drop every prepared statement."""
 
     def classified(self, name: str) -> Classified | None:
@@ -109,7 +109,7 @@ class Replicated:
         before = self.set_log
         self.set_log = (*before, sql)
         if forgets:
-            self._forgetting.add(len(before))
+            self._forgetting |= {len(before)}
         if executed_on is not None and executed_on.settings == before:
             executed_on.settings = self.set_log
 
