@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pool-mode",
         choices=["session", "transaction"],
-        help="keep a server for the whole session, or return it after each transaction",
+        help="keep a server for the whole session, or return it after each transaction "
+        "[transaction]",
     )
     p.add_argument(
         "--pool-timeout-ms",
@@ -86,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
-        help="worker processes sharing the port (SO_REUSEPORT), each with its own pools [1]",
+        metavar="N|auto",
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own pools; "
+        "auto: one per usable core, at most 8 [1]",
     )
     p.add_argument(
         "--exit-with-parent",

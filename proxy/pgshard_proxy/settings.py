@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,21 @@ class User:
 
 MAX_WORKERS = 64
 """Most worker processes (their index is part of every cancel key)."""
+AUTO_WORKERS_CAP = 8
+"""``workers: auto`` starts one worker per usable core, at most this many."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, lowered to a cgroup v2 CPU quota
+    (a container's ``cpu.max``, rounded up) when one is set."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +131,8 @@ class ProxySettings:
     a ``zone``, the proxy takes its node's from the cluster's ``status.nodeZones``."""
     pool_size: int = 100
     """Most connections the proxy opens to one member for one database."""
-    pool_mode: PoolMode = PoolMode.SESSION
+    pool_mode: PoolMode = PoolMode.TRANSACTION
+    """``transaction`` by default: many clients share few servers (README "Pool modes")."""
     pool_timeout_ms: int = 5000
     """How long a session waits for a connection of a full pool; then SQLSTATE 53300."""
     connect_timeout: float = 5.0
@@ -148,7 +166,8 @@ class ProxySettings:
     """Largest Query/Bind/CopyData message accepted from a client."""
     workers: int = 1
     """Worker processes sharing the listening port (``SO_REUSEPORT``), each with its own
-    sessions, pools (``pool_size`` each) and position monitor; at most 64."""
+    sessions, pools (``pool_size`` each) and position monitor; at most 64. ``auto`` in
+    a source: one per usable core, at most ``AUTO_WORKERS_CAP``."""
     metrics_port: int | None = None
     """Port of the Prometheus endpoint ``GET /metrics`` on ``host`` (9187 in pods);
     ``None``: no endpoint. With ``workers`` > 1, worker *i* serves its own on the port
@@ -241,7 +260,9 @@ def from_sources(
     s = ProxySettings(users=users)
     changes: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in (
+        if key == "workers" and str(value).strip().lower() == "auto":
+            changes[key] = min(usable_cores(), AUTO_WORKERS_CAP)
+        elif key in (
             "port", "max_wait_ms", "pool_size", "max_clients", "max_pending_logins",
             "max_message_bytes", "workers", "metrics_port", "buffer_window_ms",
             "buffer_max_requests", "pool_timeout_ms",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
         ({"users": "a:b", "follower_read_timeout": "0"}, "must be a positive number"),
         ({"users": "a:b", "workers": "0"}, "workers must be at least 1"),
         ({"users": "a:b", "workers": "65"}, "workers must be at most 64"),
+        ({"users": "a:b", "workers": "many"}, "workers must be an integer"),
         ({"users": "a:b", "buffer_window_ms": "-1"}, "buffer_window_ms must be at least 0"),
         ({"users": "a:b", "buffer_max_requests": "0"}, "buffer_max_requests must be at least 1"),
         ({"users": "a:b", "zone": " "}, "zone must be a zone name"),
@@ -80,3 +82,14 @@ def test_startup_settings_skip_connection_fields() -> None:
         "SET \"application_name\" TO 'app'; SET \"TimeZone\" TO 'UTC'"
     )
     assert startup.set_statements([("x", "it's")]) == "SET \"x\" TO 'it''s'"
+
+
+def test_auto_workers_are_the_usable_cores_capped() -> None:
+    cores = settings.usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    for source in ({"workers": "auto"}, {"workers": "AUTO"}):
+        s = settings.from_sources(None, {}, {"users": "a:b", **source})
+        assert s.workers == min(cores, settings.AUTO_WORKERS_CAP)
+    env = settings.from_sources(None, {"PGSHARD_PROXY_WORKERS": "auto"}, {"users": "a:b"})
+    assert env.workers == min(cores, settings.AUTO_WORKERS_CAP)
+    assert settings.from_sources(None, {}, {"users": "a:b"}).workers == 1
