@@ -4,10 +4,10 @@ Run: ``python3 -m bench.proxy [--seconds 10] [--scale 10] [--clients 1,16]`` fro
 repository root (as root, PostgreSQL and PgBouncer run as ``postgres``). Starts a
 throwaway PostgreSQL 15 server, ``pgbench -i``, then for each workload (``-S``
 select-only and the default TPC-B-like script) and each client count, runs
-pgbench straight at the server, through ``pgshard-proxy`` (one process, and
-``--workers 2``; routing and session consistency on: every statement classified
-and routed), through a proxy in transaction pooling (``--pool-mode transaction``,
-20 connections, as PgBouncer's pool) and through PgBouncer in transaction pooling;
+pgbench straight at the server, through ``pgshard-proxy`` in session pooling (one
+process, and ``--workers 2``; routing and session consistency on: every statement
+classified and routed), through a proxy in transaction pooling (the proxy's default,
+``--pool-size 20``, as PgBouncer's pool) and through PgBouncer in transaction pooling;
 the load average is printed before and after (other work on the machine skews the numbers). With
 ``--follower`` the shard also gets a streaming follower, so the proxy's reads
 really go to it. With ``--connect`` every transaction opens a new connection
@@ -146,13 +146,16 @@ def main() -> int:
             topo = topology.Topology(
                 shards=(topology.Shard(index=0, epoch=1, primary=primary, followers=followers),)
             )
-            proxy = proxy_support.start_proxy(base, topo, user="postgres", password="bench")
+            proxy = proxy_support.start_proxy(
+                base, topo, "--pool-mode", "session", user="postgres", password="bench"
+            )
             stop.append(proxy)
             (base / "two").mkdir()
             (base / "two").chmod(0o755)
             proxy2 = proxy_support.start_proxy(
-                base / "two", topo, "--workers", "2", user="postgres", password="bench"
-            )
+                base / "two", topo, "--workers", "2", "--pool-mode", "session",
+                user="postgres", password="bench",
+            )  # fmt: skip
             stop.append(proxy2)
             (base / "tx").mkdir()
             (base / "tx").chmod(0o755)
@@ -165,8 +168,8 @@ def main() -> int:
             bouncer, bouncer_port = start_pgbouncer(base / "bouncer", server)
             targets = {
                 "direct": (server.host, server.port),
-                "pgshard-proxy": (proxy.host, proxy.port),
-                "proxy 2 workers": (proxy2.host, proxy2.port),
+                "proxy session": (proxy.host, proxy.port),
+                "session 2 workers": (proxy2.host, proxy2.port),
                 "proxy tx-pool": (proxy_tx.host, proxy_tx.port),
                 "pgbouncer": (server.host, bouncer_port),
             }
@@ -186,7 +189,7 @@ def main() -> int:
                                    "-j", str(min(n, 2)), "-T", str(args.seconds),
                                    *(["-C"] if args.connect else [])]  # fmt: skip
                             spy = None
-                            if args.profile and name == "pgshard-proxy" and workload == "-S":
+                            if args.profile and name == "proxy session" and workload == "-S":
                                 spy = subprocess.Popen(
                                     ["py-spy", "record", "--pid", str(proxy.proc.pid),
                                      "--format", "raw", "--duration", str(args.seconds),

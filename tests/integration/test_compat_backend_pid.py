@@ -19,6 +19,9 @@ import pytest
 from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def _pids_and_notify(dsn: str) -> tuple[bool, bool, str]:
     with psycopg.connect(dsn, autocommit=True) as c:

@@ -23,9 +23,13 @@ import sys
 import time
 
 import psycopg
+import pytest
 
 from tests.support import pgserver
 from tests.support import proxy as proxy_support
+
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
 
 APPNAME = "compat_client_gone"
 SLEEPER = f"""\

@@ -23,6 +23,9 @@ import pytest
 from tests.support import pgserver
 from tests.support import replicated as replicated_setup
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 Setup = replicated_setup.Setup
 ON_FOLLOWER = replicated_setup.ON_FOLLOWER
 

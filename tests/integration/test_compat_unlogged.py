@@ -18,6 +18,9 @@ import pytest
 
 from tests.support import replicated as replicated_setup
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 Setup = replicated_setup.Setup
 
 

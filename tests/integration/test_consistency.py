@@ -24,6 +24,9 @@ from tests.support import consistency_workload as workload
 from tests.support import history, localcluster, proxy
 from tests.support.pgserver import PgServer
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 FOLLOWER_DELAYS = "150,400"
 """``--follower-delay-ms``: both followers lag behind commits (ms)."""
 MAX_WAIT_MS = 1000

@@ -12,6 +12,9 @@ import pytest
 
 from tests.support.proxy import ProxyProc
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 async def test_asyncpg_prepared_statements_and_cache(module_proxy: ProxyProc) -> None:
     conn = await asyncpg.connect(module_proxy.dsn)

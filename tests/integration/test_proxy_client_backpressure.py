@@ -28,7 +28,7 @@ from pgshard_proxy.protocol import messages
 from tests.support import net, pgserver
 from tests.support import proxy as proxy_support
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.pool_modes]
 
 REQUESTS = int(os.environ.get("PGSHARD_TEST_BACKPRESSURE_REQUESTS", "100000"))
 """Pipelined requests: about 30 MB of answers, far more than the kernel buffers hold."""

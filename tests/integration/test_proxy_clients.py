@@ -15,6 +15,9 @@ import pytest
 
 from tests.support.proxy import ProxyProc
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def psql(p: ProxyProc, *args: str, user: str | None = None, check: bool = True) -> str:
     proc = subprocess.run(

@@ -23,6 +23,9 @@ import pytest
 
 from tests.support import localcluster, writer
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 STATEMENT_BOUND = 60.0
 """Longer than detection + failover + the proxy noticing: a statement still waiting is hung."""
 

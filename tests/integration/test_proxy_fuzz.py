@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from pgshard_proxy.protocol import messages
 from tests.support.proxy import ProxyProc
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def _exchange(p: ProxyProc, data: bytes) -> bytes:
     """Send ``data``, return what the proxy answers until it closes or goes quiet."""

@@ -21,7 +21,7 @@ from pgshard_proxy.protocol import messages
 from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.pool_modes]
 
 
 @pytest.fixture(scope="module")

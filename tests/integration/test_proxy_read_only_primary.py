@@ -31,6 +31,9 @@ from pgshard_proxy.contract import topology
 from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 Pair = tuple[pgserver.PgServer, pgserver.PgServer]
 
 

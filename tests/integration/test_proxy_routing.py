@@ -21,6 +21,9 @@ from tests.support import consistency_workload as workload
 from tests.support import history, pgserver, pipeline, replicated
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 @pytest.fixture(scope="module")
 def lagging() -> Iterator[tuple[proxy_support.ProxyProc, pgserver.PgServer, pgserver.PgServer]]:

@@ -22,6 +22,9 @@ from pgshard_operator import placement_check
 from tests.integration.test_proxy_sharding import DDL, Setup, sharded  # noqa: F401
 from tests.support import shardsim
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def _keys(setup: Setup, shard: int, n: int) -> list[int]:
     return [k for k in range(1, 1000) if shardsim.shard_of(k, setup.topo.shards) == shard][:n]

@@ -27,6 +27,9 @@ from tests.integration.test_scatter_differential import CATALOGUE, ORDERED, REFU
 from tests.support import pgserver, shardsim
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 DDL = [
     "CREATE TABLE orders (customer_id bigint NOT NULL, id int PRIMARY KEY, total numeric(10,2), "
     "qty int, note text, paid bool, day date)",

@@ -21,6 +21,9 @@ from pgshard_proxy.contract import topology
 from tests.support import pgserver, replicated
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def _topology(server: pgserver.PgServer, epoch: int, until: float | None) -> str:
     member = topology.Member("s0m0", f"{server.host}:{server.port}", server.dsn)

@@ -22,6 +22,9 @@ from pgshard_operator.instance import postgres
 from tests.support import net, pgserver
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 def test_tls_when_configured_and_refused_otherwise(
     pg_server: pgserver.PgServer, pg_tmp: Path

@@ -7,18 +7,9 @@ and psycopg through the real proxy (22-29 s in all at a load average of 10, 8 of
 the module's PostgreSQL and proxy starting; ``PGSHARD_TXPOOL_CLIENTS`` sizes the crowd,
 default 200).
 
-Existing modules also pass with ``PGSHARD_PROXY_POOL_MODE=transaction`` in the
-environment (read by every proxy the tests start, also ``pgshard local up``'s):
-test_proxy_clients, test_proxy_async_clients, test_proxy_fuzz, test_proxy_routing,
-test_proxy_client_backpressure, test_proxy_tls, test_proxy_preauth, test_proxy_workers,
-test_proxy_switch_buffer, test_proxy_dead_primary, test_proxy_read_only_primary,
-test_proxy_sharding, test_proxy_shard_writes, test_consistency, test_compat_features,
-test_compat_prepared, test_compat_pipeline_unsynced, test_compat_client_gone,
-test_compat_backend_pid, test_compat_server_local, test_compat_unlogged. In
-test_compat_server_errors the four cases of a FATAL on an idle session's server
-(``idle_session_timeout``, ``pg_terminate_backend``) fail by design: that server is in
-the pool, not the session's (README, "Pool modes"). The rest of the suite has not been
-run that way.
+Transaction pooling is the proxy's default, so the whole suite runs in it; the modules
+marked ``pool_modes`` (the proxy's and the compatibility tests) run once more in session
+pooling (``scripts/test``, ``PGSHARD_PROXY_POOL_MODE=session``).
 """
 
 from __future__ import annotations

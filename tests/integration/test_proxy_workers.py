@@ -18,6 +18,9 @@ from pgshard_proxy.server.cancel import worker_of
 from tests.support import pgserver
 from tests.support import proxy as proxy_support
 
+pytestmark = pytest.mark.pool_modes
+"""Run in both pool modes (scripts/test; README "Pool modes")."""
+
 
 @pytest.fixture
 def two_workers(pg_server: pgserver.PgServer, pg_tmp: Path) -> Iterator[proxy_support.ProxyProc]:

@@ -45,6 +45,13 @@ class ProxyProc:
         return self.log.read_text(errors="replace")
 
 
+def pool_mode() -> str:
+    """The pool mode this run's test proxies use unless a test names one: the proxy's
+    default (``transaction``), or ``PGSHARD_PROXY_POOL_MODE`` from the environment, which
+    every proxy reads (``scripts/test`` runs the proxy modules again with ``session``)."""
+    return os.environ.get("PGSHARD_PROXY_POOL_MODE") or "transaction"
+
+
 def rewrite_unnoticed(path: Path, text: str) -> None:
     """Replace a topology file's content in place, padded to its old size, and put its old
     mtime back: a change whose notification is lost (coarse timestamps, an in-place

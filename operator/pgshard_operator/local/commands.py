@@ -120,7 +120,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--pool-mode",
         choices=["session", "transaction"],
         help="the proxy keeps a server for a whole session, or returns it after each "
-        "transaction [session; may change on resume]",
+        "transaction [transaction; may change on resume]",
     )
     up.add_argument("--pool-size", type=int, help="the proxy's most connections per member [100]")
     up.add_argument(

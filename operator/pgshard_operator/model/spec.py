@@ -182,7 +182,7 @@ class ProxySpec:
     pod takes its node's ``topology.kubernetes.io/zone`` (from ``status.nodeZones``)."""
     tls_required: bool = False
     """``tls.required``: the proxy refuses clients that do not use TLS (needs ``tls.enabled``)."""
-    pool_mode: PoolMode = PoolMode.SESSION
+    pool_mode: PoolMode = PoolMode.TRANSACTION
     """``poolMode``: the proxy's ``--pool-mode``."""
     pool_size: int | None = None
     """``poolSize``: connections per member and worker; None: the proxy's default (100)."""
@@ -469,7 +469,7 @@ def parse_spec(raw: object) -> ClusterSpec:
             buffer_on_failover=proxy.flag("bufferOnFailover", False),
             zone=_zone(proxy),
             tls_required=proxy.child("tls").boolean("required", False),
-            pool_mode=proxy.choice("poolMode", PoolMode, PoolMode.SESSION),
+            pool_mode=proxy.choice("poolMode", PoolMode, PoolMode.TRANSACTION),
             pool_size=proxy.optional_integer("poolSize", 1, 10000),
             pool_timeout_ms=proxy.optional_integer("poolTimeoutMs", 1, 600000),
         ),
