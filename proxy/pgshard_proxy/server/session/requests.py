@@ -41,8 +41,8 @@ from ...routing.router import Role, Route
 from .ordering import Servers
 from .proxy_answers import Mixed, Parsed, ProxyPortals
 from .replicated import Replicated
+from .sharding import SHARD_0, Target
 from .sharding import Kind as Sharded
-from .sharding import Target
 
 # Frontend message type bytes.
 Q, P, B, D, E, C, H, S, X, F = b"QPBDECHSXF"
@@ -759,7 +759,8 @@ class RequestLoop:
         statement; None while the batch is incomplete or a key type is being learned."""
         frames: list[codec.Frame] = []
         sql = ""
-        bind: keyroute.BindValues | None = None
+        bind: bytes | None = None
+        """The last Bind's body: its values are decoded only to place a sharded statement."""
         executes = 0
         for f in self.frames:
             frames.append(f)
@@ -768,7 +769,7 @@ class RequestLoop:
             elif f.type == B:
                 if bind is not None:
                     executes = 2  # several statements: decided below
-                bind = keyroute.parse_bind(f.body)
+                bind = f.body
                 if not sql:
                     st = self._replicated.statements.get(messages.bind_names(f.body)[1])
                     sql = st.sql if st is not None else ""
@@ -783,12 +784,14 @@ class RequestLoop:
         else:
             if not self._host.sharded():
                 self._batch_executes = True
-                return Target(Sharded.ONE), frames, sql
+                return SHARD_0, frames, sql
             return None  # wait for the rest of the batch: its Bind places it
         self._batch_executes = executes > 0
         if not sql or executes == 0:
             return self._any_shard(), frames, sql  # prepare/describe only
-        where = self._host.target(sql, bind)
+        if not self._host.sharded():
+            return SHARD_0, frames, sql
+        where = self._host.target(sql, keyroute.parse_bind(bind) if bind is not None else None)
         if where is None:
             return None
         if where.kind in (Sharded.COPY_IN, Sharded.COPY_OUT):
