@@ -309,8 +309,8 @@ class Endpoint:
     def __init__(self, metrics: ProxyMetrics, host: str, port: int) -> None:
         on_loop = CollectorRegistry(auto_describe=False)
         on_loop.register(_OnLoop(metrics.registry, asyncio.get_running_loop()))
-        self._server, self._thread = start_wsgi_server(port, host, on_loop)
+        self._server, _ = start_wsgi_server(port, host, on_loop)  # a daemon thread
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self._server.shutdown)
+        await asyncio.to_thread(self._server.shutdown)  # returns once its thread has stopped
         self._server.server_close()
