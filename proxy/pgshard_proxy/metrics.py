@@ -21,7 +21,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
     start_wsgi_server,
 )
 from prometheus_client.core import (
@@ -264,9 +263,6 @@ class ProxyMetrics:
             times.add_metric([str(shard)], at)
         yield epochs
         yield times
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 class _Scraped(Collector):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from pgshard_operator.k8s import status
 from pgshard_operator.local import proxy_counts
@@ -151,7 +152,7 @@ def test_the_proxies_first_writes_are_parsed_and_the_earliest_per_epoch_kept() -
     m.wrote(0, 3)  # later writes at the same epoch do not move it
     m.wrote(0, 2)  # nor does a write on an old primary's connection
     m.wrote(1, 5)
-    parsed = proxy_counts.parse(m.exposition().decode())
+    parsed = proxy_counts.parse(generate_latest(m.registry).decode())
     assert parsed.first_writes == {(0, 3): first, (1, 5): m.first_writes[1][1]}
     assert parsed.first_write(0, 3) == first and parsed.first_write(0, 2) is None
     # Two proxy pods: counts add up; per (shard, epoch) the earliest first write.
