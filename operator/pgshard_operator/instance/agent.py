@@ -248,22 +248,27 @@ class Agent:
         recopy, self._recopy_task = self._recopy_task, None
         await _cancelled(recopy)
         await self._stop_applier()
-        held = None
+        writes = None
         if self.role is Role.PRIMARY and self.s.statement_mode:
-            held = await self._drain_log()
+            writes = await self._drain_log()
         for conn in (self._probe_conn, self._log_conn):
             if conn is not None:
                 conn.terminate()
-        try:
-            await self.pg.stop()
-        finally:
-            if held is not None:
-                held.release()
+        await self._stop_server(writes)
         if self.role is Role.PRIMARY:
             try:
                 await asyncio.wait_for(self.store.release(self.s.name, wallclock.now()), 5)
             except Exception as e:  # it then simply expires
                 log.warning("could not release the lease: %s", e)
+
+    async def _stop_server(self, writes: statement_roles.WritesStopped | None) -> None:
+        """Stop PostgreSQL; the shard's write lock (``writes``, statement mode) is let go
+        only once it is down, so no writer waiting for it commits past the handover."""
+        try:
+            await self.pg.stop()
+        finally:
+            if writes is not None:
+                writes.release()
 
     async def _drain_log(self) -> statement_roles.WritesStopped | None:
         """Statement mode: no logged commit after this, and a follower applies the last
@@ -824,20 +829,16 @@ class Agent:
                 self._fenced_by_control_plane = True
                 self.deadline.cancel()
                 self.error = "fenced by the control plane"
-                held = None
+                writes = None
                 if self.s.statement_mode:
                     try:
-                        held = await statement_roles.stop_writes(
+                        writes = await statement_roles.stop_writes(
                             self.s.server.host, self.s.server.port, self.creds
                         )
-                        final = held.position
+                        final = writes.position
                     except Exception as e:  # then the end is unknown: no switchover
                         log.warning("could not take the write lock before stopping: %s", e)
-                try:
-                    await self.pg.stop()
-                finally:
-                    if held is not None:
-                        held.release()
+                await self._stop_server(writes)
                 try:
                     await asyncio.wait_for(
                         self.store.release(self.s.name, wallclock.now()), self._store_timeout
