@@ -56,17 +56,21 @@ async def test_a_second_pod_delete_while_the_old_primary_rejoins(
         w = writer.Writer(url, timeout=5.0, connect_timeout=5.0, retry_pause=0.5)
         async with writer.running_writer(w):
             await w.wait_acked(20, timeout=120)
-            first = await pod_delete.delete_primary(kube, ns, NAME, w)
-            old = first.deleted
+            healthy = await asyncio.to_thread(
+                wait_for, "a healthy shard", lambda: pod_delete.healthy(kube, ns, NAME), 300, 1
+            )
+            old = healthy["primary"]["name"]
+            kube.kubectl("delete", "pod", "-n", ns, old, "--wait=false")
 
-            def rejoining() -> dict[str, Any] | None:
+            def promoted_first() -> dict[str, Any] | None:
                 s = pod_delete.shard(kube, ns, NAME)
-                state = {f["name"]: f.get("state") for f in s.get("followers") or ()}
-                return s if state.get(old) != "streaming" else None
+                return s if s.get("epoch", 0) > healthy["epoch"] and s.get("primary") else None
 
-            # Right away: the deleted pod is still coming back or rejoining.
-            before = rejoining()
-            assert before is not None, f"{old} was streaming again too soon to test anything"
+            # Right after the promotion, not after the writer's next writes: in sync
+            # mode those can wait for the re-created pod, which then streams again.
+            before = await asyncio.to_thread(wait_for, "a promotion", promoted_first, 120, 0.2)
+            state = {f["name"]: f.get("state") for f in before.get("followers") or ()}
+            assert state.get(old) != "streaming", f"{old} streamed again too soon to test anything"
             second_old = before["primary"]["name"]
             start = time.monotonic()
             kube.kubectl("delete", "pod", "-n", ns, second_old, "--wait=false")
