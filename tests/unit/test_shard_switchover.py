@@ -36,6 +36,21 @@ def test_refusals(
         switchover.plan(snapshot(), obs, target, POL)
 
 
+def test_only_a_follower_streaming_from_the_primary_is_a_target() -> None:
+    """Seen in a random-fault run: a target pointed elsewhere never caught up, and the
+    abandoned switchover left the shard with its primary fenced."""
+    obs = by_name(primary_obs(streaming=("a",)), follower_obs("a", 900), follower_obs("b", 950))
+    assert switchover.plan(snapshot(), obs, None, POL).target == "a"  # b is further, idle
+    with pytest.raises(switchover.SwitchoverRefused, match="b does not stream from p now"):
+        switchover.plan(snapshot(), obs, "b", POL)
+    nobody = by_name(primary_obs(streaming=()), follower_obs("a"), follower_obs("b"))
+    with pytest.raises(switchover.SwitchoverRefused, match="no running follower streaming"):
+        switchover.plan(snapshot(), nobody, None, POL)
+    # Statement mode has no WAL connections: any running follower applies the log.
+    statement = policy.ShardPolicy(replication=policy.ReplicationSettings(statement=True))
+    assert switchover.plan(snapshot(), nobody, "b", statement).target == "b"
+
+
 def test_target_already_primary_is_told_apart_from_other_refusals() -> None:
     with pytest.raises(switchover.AlreadyPrimary):
         switchover.plan(snapshot(), OBS, "p", POL)

@@ -57,6 +57,9 @@ def plan(
             f"the automatic failover handles a failed primary"
         )
     names = {m.name for m in snapshot.members}
+    # WAL: only a follower streaming from the primary can replay its last WAL once it is
+    # fenced; any other would time out with the primary already stopped.
+    streaming = {r.name for r in p_obs.replicas if r.state == "streaming"}
     if target is not None:
         if target not in names:
             raise SwitchoverRefused(
@@ -69,17 +72,28 @@ def plan(
         if obs is None or not order.promotable(obs):
             detail = obs.error if obs is not None and obs.error else "not a running follower"
             raise SwitchoverRefused(f"{target} cannot be promoted: {detail}")
+        if not pol.replication.statement and target not in streaming:
+            raise SwitchoverRefused(
+                f"{target} does not stream from {primary} now, so it could not receive "
+                f"{primary}'s last WAL; wait until status shows it streaming"
+            )
         chosen = target
     else:
-        followers = [observations[n] for n in sorted(names - {primary}) if n in observations]
+        followers = [
+            observations[n]
+            for n in sorted(names - {primary})
+            if n in observations and (pol.replication.statement or n in streaming)
+        ]
         best = order.best_candidate(followers, pol.failover)
         if best is None:
-            raise SwitchoverRefused(f"shard {snapshot.index} has no running follower to promote")
+            raise SwitchoverRefused(
+                f"shard {snapshot.index} has no running follower streaming from {primary} "
+                "to promote"
+            )
         chosen = best.name
     if pol.replication.required_acks:
         # The promoted target must find k followers to confirm commits, or writes block.
-        streaming = {r.name for r in p_obs.replicas if r.state == "streaming"} - {chosen}
-        will_have = len(streaming) + 1  # + the old primary once it rejoins
+        will_have = len(streaming - {chosen}) + 1  # + the old primary once it rejoins
         if will_have < pol.replication.required_acks:
             raise SwitchoverRefused(
                 f"after promoting {chosen} only {will_have} follower(s) could confirm commits "
