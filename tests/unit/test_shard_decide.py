@@ -508,6 +508,41 @@ def test_a_follower_that_stops_answering_is_rejoined_after_a_while() -> None:
     assert "b has not answered for 30s" in d.reason
 
 
+def test_a_follower_that_answers_but_never_streams_is_rejoined_after_a_while() -> None:
+    """E.g. repointed while it held WAL past the new primary's fork: PostgreSQL keeps it
+    running, answering, and retrying the primary, which refuses it."""
+    obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), follower_obs("b"))
+    snap = published(snapshot(), obs)
+    m = decide.remember(decide.Memory(), snap, obs, NOW - 30)
+    m = decide.remember(m, snap, obs, NOW - 1)
+    assert m.not_streaming_since == {"b": (NOW - 30, 1000)}
+    assert decide.decide(snap, obs, NOW - 1, ASYNC, m).actions == ()
+    m = decide.remember(m, snap, obs, NOW)
+    d = decide.decide(snap, obs, NOW, ASYNC, m)
+    assert d.actions == (actions.Rejoin("b", "p"),)
+    assert "b answers but has neither streamed from p nor replayed for 30s" in d.reason
+    # Statement mode has no WAL connection to look for.
+    statement = policy.ShardPolicy(replication=policy.ReplicationSettings(statement=True))
+    assert decide.decide(snap, obs, NOW, statement, m).actions == ()
+
+
+def test_a_follower_replaying_its_own_wal_before_connecting_is_left_alone() -> None:
+    snap = published(snapshot(), HEALTHY_OBS)
+    m = decide.Memory()
+    for i in range(40):  # replays one more byte each second, never connected
+        obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), follower_obs("b", i))
+        m = decide.remember(m, snap, obs, NOW + i)
+        assert not of_type(decide.decide(snap, obs, NOW + i, ASYNC, m), actions.Rejoin)
+    assert m.not_streaming_since["b"] == (NOW + 39, 39)
+    # Connected (listed by the primary), or pointed elsewhere: not tracked at all.
+    m = decide.remember(m, snap, HEALTHY_OBS, NOW + 40)
+    assert m.not_streaming_since == {}
+    elsewhere = by_name(
+        primary_obs(streaming=("a",)), follower_obs("a"), follower_obs("b", upstream="x:1")
+    )
+    assert decide.remember(m, snap, elsewhere, NOW + 41).not_streaming_since == {}
+
+
 def test_a_member_never_seen_answering_is_left_to_come_up() -> None:
     obs = by_name(primary_obs(streaming=("a",)), follower_obs("a"), down("b"))
     snap = published(snapshot(), obs)

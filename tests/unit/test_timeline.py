@@ -47,3 +47,14 @@ def test_a_timeline_not_in_the_history_cannot_follow() -> None:
     history = timeline.parse_history("1\t0/3000158\tx\n")
     assert timeline.diverged(control("0/3000028", 3), 2, history) is not None
     assert timeline.diverged(control("0/3000028", 1), 1, []) is None
+
+
+def test_a_running_follower_holding_wal_past_the_fork_cannot_follow() -> None:
+    """Its control file may still lie before the fork (restartpoints are far apart)."""
+    history = timeline.parse_history(HISTORY_3)
+    assert timeline.past_fork(0x5000060, 3, history) is None  # up to the switch point
+    assert timeline.past_fork(0x3000100, 3, history) is None
+    assert timeline.past_fork(0x7000000, 1, []) is None  # no fork: timeline 1
+    why = timeline.past_fork(0x5000068, 3, history)
+    assert why is not None and "0/5000068, past 0/5000060" in why
+    assert "timeline 3 forked off timeline 2" in why

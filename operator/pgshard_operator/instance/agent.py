@@ -464,6 +464,24 @@ class Agent:
             and rows[0][0] == wanted
         )
 
+    async def _held_wal(self, primary_tli: int | None = None) -> int | None:
+        """How far a running WAL follower's WAL goes (received or replayed, whichever is
+        further); None when not a running follower, when unknown, or when it streams on
+        timeline ``primary_tli`` already (its WAL past the fork is then that timeline's)."""
+        if self.s.statement_mode or self.role is not Role.FOLLOWER or self.pg.pid is None:
+            return None
+        try:
+            row = await asyncio.wait_for(self._probe(), 5.0)
+        except Exception as e:  # unknown: the control file's check still applies
+            log.info("could not read how much WAL it holds: %s", e)
+            return None
+        if row is None or not row["recovery"]:
+            return None
+        if primary_tli is not None and row["receiver_tli"] == primary_tli:
+            return None
+        lsns = [positions.parse_lsn(row[k]) for k in ("received", "replayed") if row[k]]
+        return max(lsns) if lsns else None
+
     def _start_applier(self, up: bootstrap.Upstream) -> None:
         self._source = up
         self.applier = applier.Applier(
@@ -792,6 +810,13 @@ class Agent:
                     self.applier.repoint(self._app_dsn(up.host, up.port))
                 log.info("now applying the log of %s", up.address)
                 return {"upstream": up.address}
+            tli, history = await timeline.primary_history(up, self.creds)
+            held = await self._held_wal(tli)
+            if held is not None and (why := timeline.past_fork(held, tli, history)):
+                # A new primary_conninfo would leave it running but never streaming.
+                raise AgentConflict(
+                    f"{self.s.name} cannot follow {up.address}: {why}; rejoin it (pg_rewind)"
+                )
             await bootstrap.ensure_slot(up, self.creds, self.s.name)
             info = bootstrap.replication_conninfo(up, self.creds, self.s.name)
             conn = await sql.connect(self.s.server.host, self.s.server.port, self.creds)
@@ -879,6 +904,7 @@ class Agent:
             if await self._streams_from(up):
                 log.info("already streaming from %s on its timeline: nothing to rejoin", up.address)
                 return rejoin.RejoinResult(rejoin.Method.RESTART, None, 0).to_dict()
+            held = await self._held_wal()
             previous = self.role
             self.role = Role.REJOINING
             try:
@@ -895,7 +921,7 @@ class Agent:
                     )
                 else:
                     result = await rejoin.follow(
-                        self.bins, self.s.datadir, self.s.server, self.creds, up
+                        self.bins, self.s.datadir, self.s.server, self.creds, up, held
                     )
             except Exception as e:
                 self.role = previous

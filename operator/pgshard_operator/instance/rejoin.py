@@ -76,8 +76,13 @@ async def rejoin(
     settings: config.ServerSettings,
     creds: Credentials,
     up: bootstrap.Upstream,
+    held: int | None = None,
 ) -> RejoinResult:
+    """``held``: the end of a running standby's WAL before it was stopped (past the
+    control file's checkpoint); what is past the fork is discarded."""
     end = _end_of_wal(bins, datadir)
+    if held is not None:
+        end = max(end or 0, held)
     # A just-promoted primary's control file names its new timeline only after its first
     # checkpoint; without one, pg_rewind sees "the same timeline", says no rewind is
     # required, and the old primary then cannot follow (it is past the fork).
@@ -135,15 +140,17 @@ async def follow(
     settings: config.ServerSettings,
     creds: Credentials,
     up: bootstrap.Upstream,
+    held: int | None = None,
 ) -> RejoinResult:
     """Make the stopped PGDATA ``datadir`` a follower of ``up`` (agent's ``/rejoin``).
 
-    A standby is only repointed when its control file lies on ``up``'s timeline history;
-    one that replayed past the fork would exit at every start ("requested timeline N is
-    not a child of this server's history"), so it is rewound (or re-cloned) like an old
+    A standby is only repointed when its control file, and the WAL it ``held`` while it
+    ran (an LSN on its older timeline), lie on ``up``'s timeline history; one that went
+    past the fork would exit at every start ("requested timeline N is not a child of
+    this server's history") or never stream, so it is rewound (or re-cloned) like an old
     primary."""
     if config.is_standby(datadir):
-        why = await timeline.why_not_follow(bins, datadir, up, creds)
+        why = await timeline.why_not_follow(bins, datadir, up, creds, held)
         if why is None:
             config.make_standby(
                 bins,
@@ -154,4 +161,4 @@ async def follow(
             await bootstrap.ensure_slot(up, creds, settings.name)
             return RejoinResult(Method.RESTART, None, 0)
         log.warning("cannot simply follow %s: %s; rewinding", up.address, why)
-    return await rejoin(bins, datadir, settings, creds, up)
+    return await rejoin(bins, datadir, settings, creds, up, held)

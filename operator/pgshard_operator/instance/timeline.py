@@ -64,6 +64,27 @@ def diverged(
     return None
 
 
+def past_fork(held: int, primary_tli: int, history: Sequence[tuple[int, int]]) -> str | None:
+    """Why a *running* follower that received or replayed WAL up to LSN ``held`` on an
+    older timeline cannot stream from a primary on ``primary_tli`` with ``history``;
+    None when it can.
+
+    The control file lags a running standby (its restartpoints are minutes apart), so
+    :func:`diverged` cannot tell. The follower's own timeline is not known reliably
+    while its WAL receiver is down (as it is when its primary changes), but it is one
+    the primary's timeline branched from, and every such timeline ended at or before the
+    newest fork: WAL past that point is another history. Such a follower never streams
+    again ("new timeline forked off ... before current recovery point") until rewound.
+    """
+    if not history or held <= history[-1][1]:
+        return None
+    return (
+        f"it holds WAL up to {positions.format_lsn(held)}, past "
+        f"{positions.format_lsn(history[-1][1])} where timeline {primary_tli} forked off "
+        f"timeline {history[-1][0]}"
+    )
+
+
 async def primary_history(
     up: bootstrap.Upstream, creds: Credentials
 ) -> tuple[int, list[tuple[int, int]]]:
@@ -80,9 +101,18 @@ async def primary_history(
 
 
 async def why_not_follow(
-    bins: postgres.Binaries, datadir: Path, up: bootstrap.Upstream, creds: Credentials
+    bins: postgres.Binaries,
+    datadir: Path,
+    up: bootstrap.Upstream,
+    creds: Credentials,
+    held: int | None = None,
 ) -> str | None:
-    """Why the stopped PGDATA ``datadir`` cannot stream from ``up``; None when it can."""
+    """Why the stopped PGDATA ``datadir`` cannot stream from ``up``; None when it can.
+    ``held``: the end of the WAL it held on an older timeline while it ran, when known
+    (:func:`past_fork`)."""
     control = await asyncio.to_thread(postgres.controldata, bins, datadir)
     tli, history = await primary_history(up, creds)
-    return diverged(control, tli, history)
+    why = diverged(control, tli, history)
+    if why is None and held is not None:
+        why = past_fork(held, tli, history)
+    return why

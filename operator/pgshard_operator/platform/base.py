@@ -64,7 +64,8 @@ class PlatformError(Exception):
 
 
 class PlatformConflict(PlatformError):
-    """A compare-and-set lost: the stored record changed since it was read."""
+    """A compare-and-set lost (the stored record changed since it was read), or an agent
+    refused a request that does not fit its member's state (HTTP 409)."""
 
 
 class EventReason(enum.Enum):

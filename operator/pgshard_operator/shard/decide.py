@@ -13,8 +13,9 @@ Transitions, in the order they are checked:
    (a promotion whose publish was lost) → ``FAILING_OVER``: publish it;
 3. primary writable → ``HEALTHY``, with upkeep actions: fence + rejoin stale
    primaries, rejoin the old primary after a failover, members whose last rejoin
-   failed and followers that stopped answering for ``STUCK_FOLLOWER_SECONDS``,
-   repoint followers that stream from elsewhere, publish the sync set (followers
+   failed, followers that stopped answering for ``STUCK_FOLLOWER_SECONDS`` and (WAL
+   mode) followers that answer but neither stream from the primary nor replay for as
+   long, repoint followers that stream from elsewhere, publish the sync set (followers
    that caught up at this epoch join it) *then* set ``synchronous_standby_names``
    from it (``replication``), publish other changes;
 4. otherwise the primary is down. Failover disabled → ``BLOCKED``. Process not
@@ -40,7 +41,10 @@ from . import actions, order, policy, record, replication, state
 
 STUCK_FOLLOWER_SECONDS = 30.0
 """A follower that answered before and has not for this long, while its process runs, is
-rejoined under the current primary (again this long after each rejoin)."""
+rejoined under the current primary (again this long after each rejoin). So is a WAL
+follower that answers, points at the primary, is not connected to it and replays
+nothing for this long: e.g. one repointed while it held WAL past the new primary's
+fork, which PostgreSQL keeps running but never lets stream again."""
 
 
 class DecisionKind(enum.Enum):
@@ -90,6 +94,12 @@ class Memory:
         default_factory=lambda: types.MappingProxyType({})
     )
     """Follower that answered once -> since when it has not answered (kept across epochs)."""
+    not_streaming_since: Mapping[str, tuple[float, positions.Position | None]] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    """Follower that answers, points at the writable primary and is not connected to it ->
+    (since when, its position then); a position that moves on starts the time again (it
+    is replaying its own WAL before it connects). Reset at each epoch."""
     answered: frozenset[str] = frozenset()
     """Members seen answering since the manager started (a member still being created
     has not: it is never taken for a stuck follower)."""
@@ -127,9 +137,41 @@ def remember(
             epoch_start_position=obs.current_lsn
             if memory.epoch_start_position is None
             else memory.epoch_start_position,
+            not_streaming_since=_not_streaming(memory, snapshot, observations, obs, now),
         )
     since = memory.primary_unreachable_since
-    return dataclasses.replace(kept, primary_unreachable_since=now if since is None else since)
+    return dataclasses.replace(
+        kept,
+        primary_unreachable_since=now if since is None else since,
+        not_streaming_since=types.MappingProxyType({}),  # not judged without a primary
+    )
+
+
+def _not_streaming(
+    memory: Memory,
+    snapshot: state.ShardSnapshot,
+    observations: Mapping[str, state.MemberObservation],
+    p_obs: state.MemberObservation,
+    now: float,
+) -> Mapping[str, tuple[float, positions.Position | None]]:
+    """``Memory.not_streaming_since`` after this cycle (the primary is writable)."""
+    primary = snapshot.member(snapshot.primary or "")
+    connected = {r.name for r in p_obs.replicas}
+    out: dict[str, tuple[float, positions.Position | None]] = {}
+    for m in snapshot.followers():
+        obs = observations.get(m.name)
+        if (
+            obs is None
+            or not obs.ok
+            or not obs.in_recovery
+            or obs.upstream != primary.address
+            or m.name in connected
+        ):
+            continue
+        since, seen = memory.not_streaming_since.get(m.name, (now, obs.position))
+        moved = obs.position is not None and (seen is None or obs.position > seen)
+        out[m.name] = (now, obs.position) if moved else (since, seen)
+    return types.MappingProxyType(out)
 
 
 def _writable(obs: state.MemberObservation) -> bool:
@@ -257,6 +299,19 @@ def _healthy(
                 f"{m.name} has not answered for "
                 f"{now - memory.followers_down_since[m.name]:.0f}s: restarting it as a "
                 f"follower of {primary.name}"
+            )
+            rejoining.add(m.name)
+        elif (
+            m.process is state.ProcessState.ALIVE
+            and not pol.replication.statement
+            and now - memory.not_streaming_since.get(m.name, (now, None))[0]
+            >= STUCK_FOLLOWER_SECONDS
+        ):
+            todo.append(actions.Rejoin(m.name, primary.name))
+            notes.append(
+                f"{m.name} answers but has neither streamed from {primary.name} nor "
+                f"replayed for {now - memory.not_streaming_since[m.name][0]:.0f}s: "
+                "rejoining it (rewound if it holds WAL past the fork)"
             )
             rejoining.add(m.name)
     for m in snapshot.followers():

@@ -338,7 +338,14 @@ class ShardManager:
                         version = await self.platform.publish_topology(shard, version)
                         self._last_refresh = self._clock()
                     case actions.Repoint(member, primary):
-                        await self.platform.repoint(member, primary)
+                        try:
+                            await self.platform.repoint(member, primary)
+                        except base.PlatformConflict as e:
+                            # E.g. it holds WAL past the new primary's fork: repointed,
+                            # it would run but never stream; a rejoin rewinds it.
+                            self._log.info("shard %s: %s; rejoining it", snap.index, e)
+                            self._start_rejoin(member, primary)
+                            continue
                         await self._event(base.EventReason.REPOINTED, action)
                     case actions.Rejoin(member, primary):
                         self._start_rejoin(member, primary)
@@ -426,11 +433,16 @@ class ShardManager:
             return
         self._rejoin_failures.pop(member, None)
         self._rejoin_errors.pop(member, None)
-        # Give it STUCK_FOLLOWER_SECONDS to open for connections before judging it again.
+        # Give it STUCK_FOLLOWER_SECONDS to open for connections, and to stream, before
+        # judging it again.
         down = dict(self._memory.followers_down_since)
         down.pop(member, None)
+        idle = dict(self._memory.not_streaming_since)
+        idle.pop(member, None)
         self._memory = dataclasses.replace(
-            self._memory, followers_down_since=types.MappingProxyType(down)
+            self._memory,
+            followers_down_since=types.MappingProxyType(down),
+            not_streaming_since=types.MappingProxyType(idle),
         )
         message = (
             f"{member} rejoined as follower of {primary} by {result.method.value}; "
