@@ -537,6 +537,11 @@ def test_a_follower_replaying_its_own_wal_before_connecting_is_left_alone() -> N
     # Connected (listed by the primary), or pointed elsewhere: not tracked at all.
     m = decide.remember(m, snap, HEALTHY_OBS, NOW + 40)
     assert m.not_streaming_since == {}
+    copying = dataclasses.replace(
+        snap, members=tuple(dataclasses.replace(m, bootstrapping=True) for m in snap.members)
+    )
+    stuck = by_name(primary_obs(streaming=("a",)), follower_obs("a"), follower_obs("b"))
+    assert decide.remember(m, copying, stuck, NOW + 41).not_streaming_since == {}
     elsewhere = by_name(
         primary_obs(streaming=("a",)), follower_obs("a"), follower_obs("b", upstream="x:1")
     )

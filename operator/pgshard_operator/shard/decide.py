@@ -162,6 +162,7 @@ def _not_streaming(
         obs = observations.get(m.name)
         if (
             obs is None
+            or m.bootstrapping
             or not obs.ok
             or not obs.in_recovery
             or obs.upstream != primary.address
